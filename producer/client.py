@@ -1,0 +1,194 @@
+"""Notifier: what a web application's hook calls. It pays for one beanstalkd ``put`` and nothing else."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import threading
+from email.utils import getaddresses
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import greenstalk
+
+from . import envelope as env
+from .envelope import Envelope, Recipient
+
+DEFAULT_URL = "beanstalk://127.0.0.1:11300"
+DEFAULT_TTR = 120
+# beanstalkd's default max-job-size is 65,535 bytes; chunks stay well under it.
+CHUNK_BYTES = 48_000
+
+
+class EnqueueError(RuntimeError):
+    """The job could not be handed to beanstalkd (and no spool is configured)."""
+
+
+def parse_url(url: str) -> str | tuple[str, int]:
+    """``beanstalk://host:port`` or ``unix:///path`` -> a greenstalk address."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"beanstalkd URL {url!r} has no socket path")
+        return parts.path
+    if parts.scheme not in ("beanstalk", "beanstalkd", "tcp"):
+        raise ValueError(f"beanstalkd URL {url!r} must be beanstalk://host:port or unix:///path")
+    return (parts.hostname or "127.0.0.1", parts.port or 11300)
+
+
+def connect(url: str, timeout: float | None = 10.0, **kwargs: Any) -> greenstalk.Client:
+    """A greenstalk client on a socket with timeouts (greenstalk itself sets none)."""
+    address = parse_url(url)
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    try:
+        return greenstalk.Client(sock, **kwargs)
+    except Exception:
+        sock.close()
+        raise
+
+
+def parse_recipient(value: str | Recipient | Mapping[str, Any] | tuple[str, str]) -> Recipient:
+    """Accepts ``"Zoë <zoe@example.com>"``, ``("Zoë", "zoe@…")``, a mapping or a Recipient."""
+    if isinstance(value, Recipient):
+        return value
+    if isinstance(value, Mapping):
+        return Recipient(value["address"], value.get("name", ""), dict(value.get("context") or {}))
+    if isinstance(value, tuple):
+        name, address = value
+        return Recipient(address, name)
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise ValueError(f"not one recipient address: {value!r}")
+    name, address = pairs[0]
+    return Recipient(address, name)
+
+
+class Notifier:
+    """Thread-safe; one connection per Notifier, reconnected (and the put retried once) if dropped."""
+
+    def __init__(self, url: str | None = None, *, secret: str | None = None, ttr: int = DEFAULT_TTR,
+                 timeout: float = 5.0) -> None:
+        self.url = url or os.environ.get("BEANMAIL_BEANSTALK_URL", DEFAULT_URL)
+        parse_url(self.url)
+        self.secret = secret if secret is not None else os.environ.get("BEANMAIL_SECRET") or None
+        self.ttr = ttr
+        self.timeout = timeout
+        self._client: greenstalk.Client | None = None
+        self._using = "default"
+        self._lock = threading.Lock()
+
+    def notify(self, template: str, to: Any, context: Mapping[str, Any] | None = None, *,
+               entities: Mapping[str, Mapping[str, Any]] | None = None, priority: str = "normal",
+               delay: int = 0, not_after: float | None = None, key: str | None = None,
+               headers: Mapping[str, str] | None = None) -> int:
+        """Queue one templated message; returns the beanstalkd job id."""
+        _check_priority(priority)
+        envelope = Envelope(
+            kind="mail", id=key or env.new_id(), to=(parse_recipient(to),), template=template,
+            context=dict(context or {}), entities={k: dict(v) for k, v in (entities or {}).items()},
+            priority=priority, not_after=_int(not_after), created_at=env.now(),
+            headers=dict(headers or {}),
+        )
+        return self.put(envelope, delay=delay)
+
+    def send_raw(self, message: bytes, to: Iterable[str], *, sender: str = "", key: str | None = None,
+                 priority: str = "normal", delay: int = 0) -> int:
+        """Queue an already built RFC 5322 message (the Django backend uses this)."""
+        _check_priority(priority)
+        envelope = Envelope(
+            kind="raw", id=key or env.new_id(), to=tuple(Recipient(a) for a in to),
+            message=base64.b64encode(message).decode("ascii"), sender=sender,
+            priority=priority, created_at=env.now(),
+        )
+        return self.put(envelope, delay=delay)
+
+    def mailout(self, template: str, recipients: Iterable[Any], context: Mapping[str, Any] | None = None,
+                *, key: str, priority: str = "bulk", exclude: Iterable[str] = (),
+                not_after: float | None = None) -> list[int]:
+        """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk."""
+        _check_priority(priority)
+        excluded = {a.lower() for a in exclude}
+        base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
+                    not_after=_int(not_after), exclude=tuple(sorted(excluded)))
+        ids: list[int] = []
+        chunk: list[Recipient] = []
+        empty = len(env.encode(Envelope(id=f"{key}#000000", to=(), created_at=env.now(), **base))) + 80
+        size = empty
+        for value in recipients:
+            recipient = parse_recipient(value)
+            if recipient.address.lower() in excluded:
+                continue
+            cost = len(env.canonical(recipient.to_json())) + 1
+            if chunk and size + cost > CHUNK_BYTES:
+                ids.append(self._put_chunk(key, len(ids), chunk, base))
+                chunk, size = [], empty
+            chunk.append(recipient)
+            size += cost
+        if chunk:
+            ids.append(self._put_chunk(key, len(ids), chunk, base))
+        return ids
+
+    def _put_chunk(self, key: str, n: int, chunk: list[Recipient], base: dict[str, Any]) -> int:
+        envelope = Envelope(id=f"{key}#{n}", to=tuple(chunk), created_at=env.now(), **base)
+        return self.put(envelope, tube=env.MAILOUT_TUBE)
+
+    def put(self, envelope: Envelope, *, delay: int = 0, tube: str | None = None) -> int:
+        default_tube, pri = env.PRIORITIES[envelope.priority]
+        body = env.encode(envelope, self.secret)
+        return self._put(body, tube or default_tube, pri, delay)
+
+    def _put(self, body: bytes, tube: str, pri: int, delay: int) -> int:
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    client = self._connection()
+                    if self._using != tube:
+                        client.use(tube)
+                        self._using = tube
+                    return client.put(body, priority=pri, delay=delay, ttr=self.ttr)
+                except greenstalk.JobTooBigError:
+                    raise EnqueueError(f"job of {len(body)} bytes is larger than beanstalkd's max-job-size") from None
+                except (OSError, greenstalk.UnknownResponseError) as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise EnqueueError(f"beanstalkd at {self.url} is unreachable: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> greenstalk.Client:
+        if self._client is None:
+            self._client = connect(self.url, timeout=self.timeout, encoding=None)
+            self._using = "default"
+        return self._client
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except OSError:
+                pass
+        self._client = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+def _check_priority(priority: str) -> None:
+    if priority not in env.PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(env.PRIORITIES)}, got {priority!r}")
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="beanmail",
+    version="0.1.0",
+    description="Asynchronous notification mail: beanstalkd jobs, supervisord workers, jinja2, SMTP",
+    packages=find_packages(include=["producer", "producer.*", "worker", "worker.*"]),
+    package_data={"producer": ["envelope.schema.json"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "greenstalk>=2.0",
+        "dnspython>=2.4",
+        "jinja2>=3.1",
+        "structlog>=23.1",
+        "supervisor>=4.2",
+        "email-validator>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4"],
+        "postgresql": ["psycopg[binary]>=3.1"],
+    },
+    entry_points={"console_scripts": ["beanmail = worker.cli:main"]},
+)

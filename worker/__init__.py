@@ -1,0 +1,1 @@
+"""The worker process: loop, stages, transports, store, CLI."""

@@ -1,0 +1,109 @@
+"""The ``beanmail`` command. Subcommands stay thin: they parse, call one module, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from . import settings as settings_mod
+from .loop import EX_CONFIG
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="beanmail", description="Asynchronous notification mail over beanstalkd.")
+    p.add_argument("--config", help="beanmail.toml (default: $BEANMAIL_CONFIG or ./beanmail.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("worker", help="reserve and deliver mail jobs")
+    w.add_argument("--tubes", help="comma-separated tubes to watch (default: mail.urgent,mail.normal,mail.bulk)")
+    w.add_argument("--burst", action="store_true", help="exit 0 once no job is ready in the watched tubes")
+
+    f = sub.add_parser("fanout", help="expand mailout chunks into one mail.bulk job per recipient")
+    f.add_argument("--burst", action="store_true", help="exit 0 once no chunk is ready")
+
+    e = sub.add_parser("enqueue", help="queue one templated message")
+    e.add_argument("template")
+    e.add_argument("--to", required=True, help='recipient, e.g. "Zoë <zoe@example.com>"')
+    e.add_argument("--context", type=_json_arg, default={}, help="JSON object for the template")
+    e.add_argument("--priority", choices=("urgent", "normal", "bulk"), default="normal")
+    e.add_argument("--key", help="idempotency key (default: a new one)")
+    e.add_argument("--delay", type=int, default=0)
+
+    r = sub.add_parser("render", help="print a message as it would be sent, without sending it")
+    r.add_argument("template")
+    r.add_argument("--context", type=_json_arg, default={})
+    r.add_argument("--to", default="Preview <preview@example.com>")
+    r.add_argument("--part", choices=("message", "text", "html", "subject"), default="message")
+
+    st = sub.add_parser("status", help="tubes, workers and supervisor processes")
+    st.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("buried", help="buried jobs with their recorded reasons")
+    b.add_argument("--tube", help="one tube (default: all mail tubes and mailout)")
+    b.add_argument("--limit", type=int, default=50)
+    b.add_argument("--json", action="store_true")
+
+    k = sub.add_parser("kick", help="move buried jobs back to ready")
+    k.add_argument("count", nargs="?", type=int, default=1)
+    k.add_argument("--tube", help="tube to kick in (default: every tube with buried jobs)")
+    k.add_argument("--job", type=int, help="kick this one job id")
+    k.add_argument("--json", action="store_true")
+
+    pa = sub.add_parser("pause", help="pause a tube: no job is reserved from it for SECONDS")
+    pa.add_argument("tube")
+    pa.add_argument("seconds", type=int)
+
+    pk = sub.add_parser("peek", help="show one job: its state, body and recorded reason")
+    pk.add_argument("id", type=int)
+    pk.add_argument("--json", action="store_true")
+
+    su = sub.add_parser("suppress", help="the suppression list")
+    su.add_argument("action", choices=("add", "remove", "list"))
+    su.add_argument("address", nargs="?")
+    su.add_argument("--reason", default="added by operator")
+    su.add_argument("--json", action="store_true")
+
+    lg = sub.add_parser("log", help="what happened to a message")
+    lg.add_argument("--key")
+    lg.add_argument("--to")
+    lg.add_argument("--limit", type=int, default=20)
+    lg.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_mod.load(path=args.config)
+        if getattr(args, "tubes", None):
+            settings = settings.replace(tubes=tuple(t.strip() for t in args.tubes.split(",") if t.strip()))
+    except settings_mod.SettingsError as exc:
+        print(f"beanmail: bad setting: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    from . import commands
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    try:
+        return int(handler(settings, args) or 0)
+    except settings_mod.SettingsError as exc:
+        print(f"beanmail: bad setting: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except commands.CommandError as exc:
+        print(f"beanmail {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

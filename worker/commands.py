@@ -1,0 +1,180 @@
+"""What each ``beanmail`` subcommand does, given the settings and its parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from producer import EnqueueError, Notifier
+from producer.client import parse_recipient
+
+from . import logs, ops
+from .loop import Worker
+from .ops import OpsError as CommandError
+from .settings import Settings
+from .store import Store
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, ensure_ascii=False, indent=None, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+
+    logs.configure(settings.log_format)
+    store = Store(settings.store)
+    worker = Worker(settings, Pipeline(settings, store), store)
+    worker.install_signal_handlers()
+    return worker.run(burst=args.burst)
+
+
+def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
+    from .fanout import Fanout
+    from producer.envelope import MAILOUT_TUBE
+
+    logs.configure(settings.log_format)
+    store = Store(settings.store)
+    worker = Worker(settings, Fanout(settings, store), store, tubes=(MAILOUT_TUBE,))
+    worker.install_signal_handlers()
+    return worker.run(burst=args.burst)
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    notifier = Notifier(settings.beanstalk_url, secret=settings.secret or None)
+    try:
+        parse_recipient(args.to)
+        job_id = notifier.notify(args.template, args.to, args.context, priority=args.priority,
+                                 key=args.key, delay=args.delay)
+    except (EnqueueError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    print(job_id)
+    return 0
+
+
+def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
+    from . import mime
+    from .outcomes import Outcome
+    from .render import Renderer
+
+    try:
+        rendered = Renderer(settings.templates).render(args.template, args.context)
+    except Outcome as exc:
+        raise CommandError(exc.reason) from None
+    if args.part == "subject":
+        print(rendered.subject)
+    elif args.part == "text":
+        sys.stdout.write(rendered.text)
+    elif args.part == "html":
+        if rendered.html is None:
+            raise CommandError(f"template {args.template!r} has no body.html")
+        sys.stdout.write(rendered.html)
+    else:
+        message = mime.build(rendered, mime.sender_address(settings.from_addr), parse_recipient(args.to))
+        sys.stdout.write(message.decode("ascii", "replace"))
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    status = ops.status(settings)
+    if args.json:
+        _print_json(status)
+        return 0
+    print(f"beanstalkd {settings.beanstalk_url}: {status['beanstalkd'].get('error') or 'up'}")
+    if status["tubes"]:
+        print(f"  {'tube':<14}{'ready':>8}{'urgent':>8}{'reserved':>10}{'delayed':>9}{'buried':>8}{'paused':>8}{'workers':>9}")
+        for t in status["tubes"]:
+            print(f"  {t['tube']:<14}{t['ready']:>8}{t['urgent']:>8}{t['reserved']:>10}{t['delayed']:>9}"
+                  f"{t['buried']:>8}{t['paused']:>8}{t['watching']:>9}")
+    sup = status["supervisor"]
+    if "error" in sup:
+        print(f"supervisord: {sup['error']}")
+    else:
+        print("supervisord:")
+        for p in sup["processes"]:
+            print(f"  {p['name']:<28}{p['state']:<10}{p['description']}")
+    return 0
+
+
+def cmd_buried(settings: Settings, args: argparse.Namespace) -> int:
+    jobs = ops.buried(settings, tube=args.tube, limit=args.limit)
+    if args.json:
+        _print_json(jobs)
+        return 0
+    if not jobs:
+        print("no buried jobs")
+    for j in jobs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["buried_at"])) if j["buried_at"] else "?"
+        print(f"{j['id']:>8}  {j['tube']:<12} {j['outcome'] or '?':<10} {when}  {j['reason'] or '(no reason recorded)'}")
+    return 0
+
+
+def cmd_kick(settings: Settings, args: argparse.Namespace) -> int:
+    kicked = ops.kick(settings, tube=args.tube, count=args.count, job=args.job)
+    if args.json:
+        _print_json(kicked)
+    else:
+        for tube, n in kicked.items():
+            print(f"{tube}: kicked {n}")
+    return 0
+
+
+def cmd_pause(settings: Settings, args: argparse.Namespace) -> int:
+    ops.pause(settings, args.tube, args.seconds)
+    print(f"{args.tube}: paused for {args.seconds}s")
+    return 0
+
+
+def cmd_peek(settings: Settings, args: argparse.Namespace) -> int:
+    job = ops.peek(settings, args.id)
+    if args.json:
+        _print_json(job)
+        return 0
+    for name in ("id", "tube", "state", "pri", "age", "delay", "reserves", "releases", "buries", "kicks",
+                 "outcome", "reason"):
+        if job.get(name) not in (None, ""):
+            print(f"{name:>9}: {job[name]}")
+    print(f"     body: {job['body']}")
+    return 0
+
+
+def cmd_suppress(settings: Settings, args: argparse.Namespace) -> int:
+    store = Store(settings.store)
+    if args.action == "list":
+        rows = store.suppression_list()
+        if args.json:
+            _print_json([dict(zip(("address", "source", "reason", "created_at"), r)) for r in rows])
+            return 0
+        for address, source, reason, _ in rows:
+            print(f"{address}  {source}  {reason}")
+        return 0
+    if not args.address:
+        raise CommandError(f"suppress {args.action} needs an ADDRESS")
+    if args.action == "add":
+        store.suppress(args.address, args.reason, "operator")
+        print(f"suppressed {args.address}")
+    elif not store.unsuppress(args.address):
+        raise CommandError(f"{args.address} is not on the suppression list")
+    else:
+        print(f"removed {args.address}")
+    return 0
+
+
+def cmd_log(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.key and not args.to:
+        raise CommandError("give --key K or --to ADDRESS")
+    rows = Store(settings.store).deliveries(key=args.key, recipient=args.to, limit=args.limit)
+    if args.json:
+        _print_json([r.__dict__ for r in rows])
+        return 0
+    if not rows:
+        print("nothing recorded")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.updated_at))
+        detail = "; ".join(x for x in (r.reason, r.reply) if x)
+        print(f"{when}  {r.outcome:<9} {r.key}  {r.recipient}  {r.template}  attempts={r.attempts}  {detail}")
+    return 0

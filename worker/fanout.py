@@ -1,0 +1,83 @@
+"""The sorting stage: one mailout chunk -> one mail job per recipient.
+
+Each recipient's job carries the deterministic key ``<mailout key>:<address>``, so a chunk that
+runs twice (a worker killed mid-chunk, a chunk kicked by an operator) sends nobody twice: the
+second copy is skipped as a duplicate by the sending stage's claim.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from producer import envelope as env
+from producer.client import EnqueueError, Notifier
+from producer.envelope import Envelope
+
+from .logs import get_logger
+from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
+from .settings import Settings
+from .store import Store
+
+
+def recipient_key(mailout_key: str, address: str) -> str:
+    return f"{mailout_key}:{address.lower()}"
+
+
+class Fanout:
+    def __init__(self, settings: Settings, store: Store, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret or None)
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
+        self.log = get_logger()
+
+    def expand(self, chunk: Envelope, touch: Callable[[], None]) -> int:
+        mailout_key = chunk.id.rpartition("#")[0] or chunk.id
+        excluded = {a.lower() for a in chunk.exclude}
+        queued = 0
+        for n, recipient in enumerate(chunk.to):
+            if recipient.address.lower() in excluded:
+                continue
+            job = Envelope(
+                kind="mail", id=recipient_key(mailout_key, recipient.address), to=(recipient,),
+                template=chunk.template, context=chunk.context, entities=chunk.entities,
+                priority=chunk.priority, not_after=chunk.not_after, created_at=chunk.created_at,
+                headers=chunk.headers,
+            )
+            self.notifier.put(job)
+            queued += 1
+            if n % 500 == 499:
+                touch()
+        return queued
+
+    # -- the loop's Stage interface -------------------------------------------------------------
+    def handle(self, job: Any, tube: str, attempt: int, touch: Callable[[], None]) -> Disposition:
+        started = time.monotonic()
+        queued = 0
+        try:
+            try:
+                chunk = env.decode(job.body, self.settings.secret or None)
+            except env.EnvelopeError as exc:
+                raise Poison(f"bad envelope: {exc}") from None
+            if chunk.kind != "mailout":
+                raise Poison(f"kind {chunk.kind!r} does not belong on the mailout tube")
+            if chunk.not_after is not None and time.time() > chunk.not_after:
+                d = Disposition("delete", "skipped", f"expired: not_after {chunk.not_after} has passed")
+            else:
+                queued = self.expand(chunk, touch)
+                d = disposition(None, attempt, self.backoff)
+        except EnqueueError as exc:  # re-running the chunk is safe: keys are deterministic
+            d = disposition(Deferred(f"fan-out put failed: {exc}"), attempt, self.backoff)
+        except Exception as exc:  # noqa: BLE001 - classified, never escapes
+            d = disposition(exc, attempt, self.backoff)
+        self.log.info("mailout chunk", job=job.id, tube=tube, attempt=attempt, outcome=d.outcome,
+                      queued=queued, reason=d.reason or None,
+                      duration_ms=round((time.monotonic() - started) * 1000, 2))
+        return d
+
+    def reload(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.notifier.close()

@@ -1,0 +1,196 @@
+"""The worker process: reserve -> stage -> delete/release/bury, until told to stop.
+
+Exit codes (supervisord's ``exitcodes``): 0 stopped on request or ``--burst`` found nothing
+ready; 69 (EX_UNAVAILABLE) ``--burst`` could not reach beanstalkd; 78 (EX_CONFIG) bad settings.
+A job never ends the process; beanstalkd going away is retried with backoff, not exited on.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from typing import Callable, Protocol
+
+import greenstalk
+
+from producer.client import connect
+
+from .logs import get_logger
+from .outcomes import Disposition
+from .settings import Settings
+from .store import Store
+
+EX_OK, EX_UNAVAILABLE, EX_CONFIG = 0, 69, 78
+CONNECTION_ERRORS = (OSError, greenstalk.UnknownResponseError, EOFError)
+
+
+class Stage(Protocol):
+    """A pipeline stage as the loop sees it (the sending stage, the fan-out stage)."""
+
+    def handle(self, job: greenstalk.Job, tube: str, attempt: int,
+               touch: Callable[[], None]) -> Disposition: ...
+
+    def reload(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, settings: Settings, stage: Stage, store: Store,
+                 tubes: tuple[str, ...] | None = None) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.store = store
+        self.tubes = tubes or settings.tubes
+        self.log = get_logger(tubes=",".join(self.tubes))
+        self.client: greenstalk.Client | None = None
+        self.stopping = False
+        self._idle = False
+        self._reload = False
+        self.processed = 0
+
+    # -- signals --------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+        if self._idle:  # blocked in reserve: nothing held, stop now rather than after the timeout
+            raise _Interrupted()
+
+    def _on_hup(self, _signum: int, _frame: object) -> None:
+        self._reload = True
+
+    # -- beanstalkd connection ------------------------------------------------------------------
+    def _connect(self, burst: bool) -> greenstalk.Client | None:
+        delay = 0.1
+        while not self.stopping:
+            try:
+                self._idle = True
+                client = connect(self.settings.beanstalk_url, timeout=self.settings.reserve_timeout + 10,
+                                 encoding=None, watch=list(self.tubes))
+                self._idle = False
+                self.log.info("connected", beanstalk=self.settings.beanstalk_url)
+                return client
+            except _Interrupted:
+                break
+            except CONNECTION_ERRORS as exc:
+                self._idle = False
+                if burst:
+                    self.log.error("beanstalkd unreachable", beanstalk=self.settings.beanstalk_url, error=str(exc))
+                    return None
+                self.log.warning("beanstalkd unreachable, retrying", beanstalk=self.settings.beanstalk_url,
+                                 error=str(exc), retry_in=round(delay, 2))
+                self._sleep(delay)
+                delay = min(delay * 2, 10.0) * random.uniform(0.8, 1.2)
+        return None
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        try:
+            self._idle = True
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(min(0.1, deadline - time.monotonic()))
+        except _Interrupted:
+            pass
+        finally:
+            self._idle = False
+
+    def _drop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except OSError:
+                pass
+        self.client = None
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, burst: bool = False) -> int:
+        self.log.info("worker started", burst=burst)
+        try:
+            while not self.stopping:
+                if self.client is None:
+                    self.client = self._connect(burst)
+                    if self.client is None:
+                        return EX_OK if self.stopping else EX_UNAVAILABLE
+                if self._reload:
+                    self._reload = False
+                    self.stage.reload()
+                    self.log.info("templates reloaded")
+                try:
+                    job = self._reserve(0 if burst else self.settings.reserve_timeout)
+                except greenstalk.TimedOutError:
+                    if burst:
+                        break
+                    continue
+                except _Interrupted:
+                    break
+                except (greenstalk.DeadlineSoonError,):
+                    continue
+                except CONNECTION_ERRORS as exc:
+                    self.log.warning("beanstalkd connection lost", error=str(exc))
+                    self._drop()
+                    continue
+                self._process(job)
+        finally:
+            self._drop()
+            self.stage.close()
+            self.log.info("worker stopped", processed=self.processed)
+        return EX_OK
+
+    def _reserve(self, timeout: int) -> greenstalk.Job:
+        assert self.client is not None
+        self._idle = True
+        try:
+            if self.stopping:
+                raise _Interrupted()
+            return self.client.reserve(timeout=timeout)
+        finally:
+            self._idle = False
+
+    def _process(self, job: greenstalk.Job) -> None:
+        client = self.client
+        assert client is not None
+        try:
+            stats = client.stats_job(job)
+        except greenstalk.NotFoundError:
+            return  # the TTR ran out in between; someone else has it now
+        except CONNECTION_ERRORS:
+            self._drop()
+            return
+        tube = str(stats["tube"])
+        # a kicked job gets a fresh retry budget; timeouts (a worker died holding it) count as attempts
+        attempt = int(stats["reserves"]) - int(stats["kicks"]) * self.settings.max_attempts
+        attempt = max(1, attempt)
+
+        def touch() -> None:
+            try:
+                client.touch(job)
+            except (greenstalk.NotFoundError, *CONNECTION_ERRORS):
+                pass
+
+        d = self.stage.handle(job, tube, attempt, touch)
+        self.processed += 1
+        try:
+            if d.action == "delete":
+                client.delete(job)
+            elif d.action == "release":
+                client.release(job, priority=int(stats["pri"]), delay=d.delay)
+            else:
+                self.store.record_failure(self.settings.beanstalk_url, job.id, tube, d.outcome, d.reason,
+                                          job.body if isinstance(job.body, bytes) else job.body.encode())
+                client.bury(job, priority=int(stats["pri"]))
+        except greenstalk.NotFoundError:
+            self.log.warning("job vanished before its disposition", job=job.id, action=d.action)
+        except CONNECTION_ERRORS as exc:
+            # beanstalkd puts the job back when our connection closes; the store's claim keeps it
+            # from being sent twice
+            self.log.warning("beanstalkd connection lost", error=str(exc), job=job.id, action=d.action)
+            self._drop()

@@ -1,0 +1,167 @@
+"""The sending stage: one job body in, one Disposition out. Stages raise Outcomes; this module
+records what happened in the store and lets ``outcomes.disposition`` decide the job's fate."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from producer import envelope as env
+from producer.envelope import Envelope
+
+from . import mime
+from .entities import Registry
+from .logs import get_logger, mask
+from .outcomes import Backoff, Bounced, Disposition, Outcome, Poison, Skipped, disposition
+from .render import Renderer
+from .settings import Settings
+from .store import Store
+from .transports.smtp import Reply
+from .validate import check_envelope
+
+
+class Transport(Protocol):
+    def send(self, sender: str, recipients: Sequence[str], message: bytes,
+             touch: Callable[[], None] = ...) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+def make_transport(settings: Settings) -> Transport:
+    if settings.transport == "mx":
+        from .transports.mx import MxTransport
+
+        return MxTransport.from_settings(settings)
+    from .transports.smtp import RelayTransport
+
+    return RelayTransport(settings.smtp, timeout=settings.smtp_timeout, helo=settings.helo_name,
+                          cafile=settings.smtp_cafile)
+
+
+@dataclass
+class Result:
+    disposition: Disposition
+    envelope: Envelope | None
+    reply: str = ""
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, store: Store, transport: Transport | None = None,
+                 registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.transport = transport or make_transport(settings)
+        self.registry = registry or Registry.from_settings(settings.entities)
+        self.renderer = Renderer(settings.templates)
+        self.sender = mime.sender_address(settings.from_addr)
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
+
+    # -- the loop's Stage interface -------------------------------------------------------------
+    def handle(self, job: Any, tube: str, attempt: int, touch: Callable[[], None]) -> Disposition:
+        started = time.monotonic()
+        result = self.run(job.body, attempt, touch)
+        log_result(result, job_id=job.id, tube=tube, attempt=attempt, started=started,
+                   mask_addresses=self.settings.mask_addresses)
+        return result.disposition
+
+    def reload(self) -> None:
+        self.renderer = Renderer(self.settings.templates)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def run(self, body: bytes, attempt: int, touch: Callable[[], None] = lambda: None) -> Result:
+        envelope: Envelope | None = None
+        claiming = claimed = False
+        reply = ""
+        try:
+            try:
+                envelope = env.decode(body, self.settings.secret or None)
+            except env.EnvelopeError as exc:
+                raise Poison(f"bad envelope: {exc}") from None
+            envelope = check_envelope(envelope)
+            self._check_suppression(envelope)
+            claiming = True
+            self.store.claim(envelope.id, self._recipient(envelope), envelope.template,
+                             lease=self.settings.ttr)
+            claimed = True
+            message, recipients = self._build(envelope)
+            reply = str(self.transport.send(self.sender.addr_spec, recipients, message, touch))
+            error: BaseException | None = None
+        except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
+            error = exc
+            reply = getattr(exc, "reply", "")
+        result = disposition(error, attempt, self.backoff)
+        if envelope is not None and (claimed or not claiming):
+            # before the claim nothing may overwrite another delivery's row of the same key
+            self.store.finish(envelope.id, self._recipient(envelope), envelope.template,
+                              result.outcome, result.reason, reply, overwrite_final=claimed)
+        if isinstance(error, Bounced) and error.hard and envelope is not None and envelope.kind == "mail":
+            self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+        return Result(result, envelope, reply)
+
+    @staticmethod
+    def _recipient(envelope: Envelope) -> str:
+        return ",".join(r.address.lower() for r in envelope.to)
+
+    def _check_suppression(self, envelope: Envelope) -> None:
+        for recipient in envelope.to:
+            entry = self.store.suppressed(recipient.address)
+            if entry is None:
+                continue
+            source, reason = entry
+            # transactional urgent mail (a password reset) may reach someone who unsubscribed
+            # from notifications, never an address that hard-bounced
+            if source == "unsubscribe" and envelope.priority == "urgent":
+                continue
+            raise Skipped(f"suppressed ({source}): {mask(recipient.address)}")
+
+    def _build(self, envelope: Envelope) -> tuple[bytes, list[str]]:
+        if envelope.kind == "raw":
+            try:
+                message = base64.b64decode(envelope.message, validate=True)
+            except (binascii.Error, ValueError):
+                raise Poison("raw job: 'message' is not base64") from None
+            return message, [r.address for r in envelope.to]
+        if envelope.kind != "mail":
+            raise Poison(f"kind {envelope.kind!r} does not belong on a mail tube")
+        context = dict(envelope.context)
+        context.update(envelope.recipient.context)
+        context.update(self.registry.resolve(envelope.entities))
+        context.setdefault("recipient", {"address": envelope.recipient.address,
+                                         "name": envelope.recipient.name})
+        rendered = self.renderer.render(envelope.template, context)
+        message = mime.build(rendered, self.sender, envelope.recipient, envelope.headers)
+        return message, [envelope.recipient.address]
+
+
+def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started: float,
+               mask_addresses: bool = True) -> None:
+    envelope = result.envelope
+    d = result.disposition
+    fields: dict[str, object] = {
+        "job": job_id, "tube": tube, "attempt": attempt, "outcome": d.outcome,
+        "action": d.action, "duration_ms": round((time.monotonic() - started) * 1000, 2),
+    }
+    if envelope is not None:
+        fields["key"] = envelope.id
+        fields["template"] = envelope.template
+        to = [r.address for r in envelope.to[:3]]
+        fields["to"] = [mask(a) for a in to] if mask_addresses else to
+    if d.reason:
+        fields["reason"] = d.reason
+    if d.delay:
+        fields["delay"] = d.delay
+    if result.reply:
+        fields["reply"] = result.reply
+    log = get_logger()
+    level = "info" if d.outcome in ("sent", "skipped") else "warning"
+    if d.outcome in ("poison", "exhausted"):
+        level = "error"
+    getattr(log, level)("job", **fields)
+
+
+__all__ = ["Outcome", "Pipeline", "Result", "log_result", "make_transport"]

@@ -1,0 +1,71 @@
+"""Templates to text: a sandboxed jinja2 environment where a missing variable is an error,
+and only the HTML part is autoescaped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from .outcomes import Poison
+from .validate import check_header_value
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+
+
+class Renderer:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(directory, encoding="utf-8"),
+            undefined=jinja2.StrictUndefined,
+            autoescape=lambda name: bool(name) and name.endswith(".html"),
+            auto_reload=False,  # compiled once per process; SIGHUP builds a new Renderer
+            keep_trailing_newline=True,
+            cache_size=-1,
+        )
+        self._parts: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]] = {}
+
+    def _templates(self, name: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]:
+        parts = self._parts.get(name)
+        if parts is not None:
+            return parts
+        try:
+            subject = self._env.get_template(f"{name}/subject.txt")
+            text = self._env.get_template(f"{name}/body.txt")
+        except jinja2.TemplateNotFound:
+            raise Poison(f"unknown template {name!r}: needs {name}/subject.txt and {name}/body.txt") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise Poison(f"template {exc.name}: syntax error line {exc.lineno}: {exc.message}") from None
+        try:
+            html: jinja2.Template | None = self._env.get_template(f"{name}/body.html")
+        except jinja2.TemplateNotFound:
+            html = None
+        except jinja2.TemplateSyntaxError as exc:
+            raise Poison(f"template {exc.name}: syntax error line {exc.lineno}: {exc.message}") from None
+        self._parts[name] = parts = (subject, text, html)
+        return parts
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+        subject_t, text_t, html_t = self._templates(name)
+        try:
+            subject = subject_t.render(context).strip()
+            text = text_t.render(context)
+            html = html_t.render(context) if html_t is not None else None
+        except jinja2.UndefinedError as exc:
+            raise Poison(f"render {name}: {exc.message}") from None
+        except jinja2.exceptions.SecurityError as exc:
+            raise Poison(f"render {name}: sandbox refused: {exc}") from None
+        except jinja2.TemplateError as exc:
+            raise Poison(f"render {name}: {type(exc).__name__}: {exc}") from None
+        if not subject:
+            raise Poison(f"render {name}: the subject is empty")
+        check_header_value("Subject", subject)
+        return Rendered(subject, text, html)

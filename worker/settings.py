@@ -1,0 +1,178 @@
+"""Settings: one object, read once from ``beanmail.toml`` plus ``BEANMAIL_*`` overrides, passed down.
+
+supervisord starts programs with a bare environment, so every default here must work without
+locale or HOME; a bad value fails at start with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from producer.client import parse_url
+from producer.envelope import MAIL_TUBES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    tls: str  # "ssl" (smtps://), or STARTTLS mode: "required" | "opportunistic" | "off"
+    user: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    beanstalk_url: str = "beanstalk://127.0.0.1:11300"
+    templates: str = str(ROOT / "templates")
+    transport: str = "smtp"
+    smtp_url: str = "smtp://127.0.0.1:1025"
+    smtp_timeout: float = 30.0
+    smtp_cafile: str = ""
+    from_addr: str = "beanmail <noreply@localhost.localdomain>"
+    helo_name: str = ""
+    store: str = str(ROOT / "var" / "beanmail.sqlite3")
+    secret: str = ""
+    dns: str = ""
+    mx_port: int = 25
+    tubes: tuple[str, ...] = MAIL_TUBES
+    ttr: int = 120
+    max_attempts: int = 8
+    backoff_base: float = 30.0
+    backoff_max: float = 3600.0
+    reserve_timeout: int = 1
+    mask_addresses: bool = True
+    log_format: str = "json"
+    supervisor_url: str = f"unix://{ROOT / 'var' / 'supervisor.sock'}"
+    entities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def smtp(self) -> SmtpTarget:
+        return parse_smtp_url(self.smtp_url)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+ENV_PREFIX = "BEANMAIL_"
+# environment variable suffix -> field, for names that differ
+_ALIASES = {"FROM": "from_addr"}
+
+
+def load(environ: Mapping[str, str] | None = None, path: str | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = path or environ.get("BEANMAIL_CONFIG")
+    if path is None and Path("beanmail.toml").is_file():
+        path = "beanmail.toml"
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError(f"BEANMAIL_CONFIG: cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"BEANMAIL_CONFIG: {path} is not valid TOML: {exc}") from None
+        values.update(data.get("beanmail", data))
+    known = {f.name: f for f in fields(Settings)}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "BEANMAIL_CONFIG":
+            continue
+        suffix = key[len(ENV_PREFIX):]
+        name = _ALIASES.get(suffix, suffix.lower())
+        if name in known and name != "entities":
+            values[name] = raw
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    return validate(Settings(**{k: _coerce(k, known[k].type, v) for k, v in values.items()}))
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    label = f"BEANMAIL_{name.upper()}" if name != "from_addr" else "BEANMAIL_FROM"
+    try:
+        if kind in ("int", int):
+            return int(value)
+        if kind in ("float", float):
+            return float(value)
+        if kind in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if name == "tubes":
+            tubes = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(t.strip() for t in tubes if t.strip())
+        if name == "entities":
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{label}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise SettingsError(f"BEANMAIL_SMTP_URL: {url!r} must start with smtp:// or smtps://")
+    query = parse_qs(parts.query)
+    if parts.scheme == "smtps":
+        tls = "ssl"
+    else:
+        tls = query.get("starttls", ["opportunistic"])[0]
+        if tls not in ("required", "opportunistic", "off"):
+            raise SettingsError("BEANMAIL_SMTP_URL: starttls must be required, opportunistic or off")
+    try:
+        port = parts.port or (465 if tls == "ssl" else 25)
+    except ValueError:
+        raise SettingsError(f"BEANMAIL_SMTP_URL: bad port in {url!r}") from None
+    if not parts.hostname:
+        raise SettingsError(f"BEANMAIL_SMTP_URL: no host in {url!r}")
+    return SmtpTarget(parts.hostname, port, tls, unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def validate(s: Settings) -> Settings:
+    from email.utils import parseaddr
+
+    try:
+        parse_url(s.beanstalk_url)
+    except ValueError as exc:
+        raise SettingsError(f"BEANMAIL_BEANSTALK_URL: {exc}") from None
+    if s.transport not in ("smtp", "mx"):
+        raise SettingsError(f"BEANMAIL_TRANSPORT: must be smtp or mx, got {s.transport!r}")
+    if s.transport == "smtp":
+        parse_smtp_url(s.smtp_url)
+    if not Path(s.templates).is_dir():
+        raise SettingsError(f"BEANMAIL_TEMPLATES: {s.templates!r} is not a directory")
+    if "@" not in parseaddr(s.from_addr)[1] or any(c in s.from_addr for c in "\r\n\0"):
+        raise SettingsError(f"BEANMAIL_FROM: {s.from_addr!r} is not an address")
+    if s.dns:
+        host, _, port = s.dns.rpartition(":") if s.dns.count(":") == 1 else (s.dns, "", "53")
+        if not port.isdigit():
+            raise SettingsError(f"BEANMAIL_DNS: {s.dns!r} must be ip[:port]")
+    if not s.tubes:
+        raise SettingsError("BEANMAIL_TUBES: no tube to watch")
+    for name in ("ttr", "max_attempts", "mx_port"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"BEANMAIL_{name.upper()}: must be positive")
+    if s.ttr <= s.smtp_timeout:
+        raise SettingsError(f"BEANMAIL_TTR: {s.ttr}s must exceed BEANMAIL_SMTP_TIMEOUT ({s.smtp_timeout}s)")
+    if s.log_format not in ("json", "console"):
+        raise SettingsError("BEANMAIL_LOG_FORMAT: must be json or console")
+    return s

@@ -1,0 +1,1 @@
+"""How a built message reaches a server: an SMTP relay or the recipient domain's MX hosts."""

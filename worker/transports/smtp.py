@@ -1,0 +1,179 @@
+"""SMTP delivery: one persistent connection reused across jobs, replies classified into outcomes.
+
+The same session code serves the relay (one smarthost from settings) and direct MX delivery
+(one session per MX host); only how hosts are chosen differs.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from ..outcomes import Bounced, Deferred
+from ..settings import SmtpTarget
+
+NETWORK_ERRORS = (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ssl.SSLError)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+def _reply(code: int, message: bytes | str) -> Reply:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    return Reply(code, " ".join(text.split()))
+
+
+class SmtpSession:
+    """A connection to one SMTP server. ``send`` returns the server's reply or raises an Outcome."""
+
+    def __init__(self, target: SmtpTarget, *, timeout: float = 30.0, helo: str = "",
+                 cafile: str = "") -> None:
+        self.target = target
+        self.timeout = timeout
+        self.helo = helo or None
+        self.cafile = cafile or None
+        self._smtp: smtplib.SMTP | None = None
+        self.connects = 0
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.cafile)
+
+    def connect(self) -> smtplib.SMTP:
+        t = self.target
+        self.connects += 1
+        try:
+            if t.tls == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(t.host, t.port, local_hostname=self.helo,
+                                                      timeout=self.timeout, context=self._tls_context())
+            else:
+                smtp = smtplib.SMTP(t.host, t.port, local_hostname=self.helo, timeout=self.timeout)
+            smtp.ehlo_or_helo_if_needed()
+            if t.tls in ("required", "opportunistic"):
+                if smtp.has_extn("starttls"):
+                    smtp.starttls(context=self._tls_context())
+                    smtp.ehlo()
+                elif t.tls == "required":
+                    smtp.close()
+                    raise Deferred(f"{t.host}:{t.port} does not offer STARTTLS and it is required")
+            if t.user:
+                smtp.login(t.user, t.password)
+        except smtplib.SMTPConnectError as exc:  # a 4xx/5xx greeting
+            raise Deferred(f"{t.host}:{t.port} greeting refused", reply=str(_reply(exc.smtp_code, exc.smtp_error))) from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise Deferred(f"{t.host}:{t.port} AUTH failed", reply=str(_reply(exc.smtp_code, exc.smtp_error))) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise Deferred(f"{t.host}:{t.port}: {exc}") from None
+        except smtplib.SMTPResponseException as exc:
+            raise Deferred(f"{t.host}:{t.port} refused the session", reply=str(_reply(exc.smtp_code, exc.smtp_error))) from None
+        except NETWORK_ERRORS as exc:
+            raise Deferred(f"cannot connect to {t.host}:{t.port}: {_describe(exc)}") from None
+        self._smtp = smtp
+        return smtp
+
+    def send(self, sender: str, recipients: Sequence[str], message: bytes,
+             touch: Callable[[], None] = lambda: None) -> Reply:
+        reused = self._smtp is not None
+        try:
+            return self._send_once(sender, recipients, message, touch)
+        except _Stale:
+            if not reused:
+                raise Deferred(f"{self.target.host}:{self.target.port} dropped the connection") from None
+        # a kept-alive connection the server closed meanwhile: one fresh try is not a retry storm
+        try:
+            return self._send_once(sender, recipients, message, touch)
+        except _Stale as exc:
+            raise Deferred(f"{self.target.host}:{self.target.port} dropped the connection: {exc}") from None
+
+    def _send_once(self, sender: str, recipients: Sequence[str], message: bytes,
+                   touch: Callable[[], None]) -> Reply:
+        smtp = self._smtp or self.connect()
+        touch()
+        try:
+            code, resp = smtp.mail(sender)
+            if code != 250:
+                self._reset(smtp)
+                raise _classify(code, resp, f"MAIL FROM refused by {self.target.host}", recipient=False)
+            refused: list[tuple[str, Reply]] = []
+            for rcpt in recipients:
+                code, resp = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused.append((rcpt, _reply(code, resp)))
+            if len(refused) == len(recipients):
+                self._reset(smtp)
+                rcpt, reply = refused[0]
+                raise _classify(reply.code, reply.text.encode(), "recipient refused", recipient=True)
+            touch()
+            code, resp = smtp.data(message)
+        except smtplib.SMTPDataError as exc:  # 4xx/5xx after DATA or its end
+            self._reset(smtp)
+            raise _classify(exc.smtp_code, exc.smtp_error, "message refused", recipient=False) from None
+        except smtplib.SMTPServerDisconnected as exc:
+            self.close()
+            raise _Stale(str(exc)) from None
+        except NETWORK_ERRORS as exc:
+            self.close()
+            raise _Stale(_describe(exc)) from None
+        if code != 250:
+            self._reset(smtp)
+            raise _classify(code, resp, "message refused", recipient=False)
+        # a partial refusal of several recipients is reported in the reply; the accepted ones got it
+        return _reply(code, resp)
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        try:
+            smtp.rset()
+        except NETWORK_ERRORS:
+            self.close()
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (NETWORK_ERRORS, smtplib.SMTPException):
+                try:
+                    smtp.close()
+                except OSError:
+                    pass
+
+
+class _Stale(Exception):
+    pass
+
+
+def _classify(code: int, resp: bytes | str, what: str, *, recipient: bool) -> Exception:
+    reply = _reply(code, resp)
+    if 400 <= code < 500 or code in (-1, 421):
+        return Deferred(f"{what}: {reply}", reply=str(reply))
+    if 500 <= code < 600:
+        return Bounced(f"{what}: {reply}", reply=str(reply), hard=recipient)
+    return Deferred(f"{what}: unexpected reply {reply}", reply=str(reply))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class RelayTransport:
+    """Everything through one smarthost (BEANMAIL_SMTP_URL)."""
+
+    def __init__(self, target: SmtpTarget, *, timeout: float, helo: str = "", cafile: str = "") -> None:
+        self.session = SmtpSession(target, timeout=timeout, helo=helo, cafile=cafile)
+
+    def send(self, sender: str, recipients: Sequence[str], message: bytes,
+             touch: Callable[[], None] = lambda: None) -> Reply:
+        return self.session.send(sender, recipients, message, touch)
+
+    def close(self) -> None:
+        self.session.close()

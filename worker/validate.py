@@ -1,0 +1,54 @@
+"""Checks that run before any rendering: addresses, header values, expiry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
+
+from producer.envelope import Envelope, Recipient
+
+from .outcomes import Poison, Skipped
+
+# Headers a job may set; everything structural (From, To, Content-*, MIME-Version, ...) is ours.
+ALLOWED_HEADERS = {"reply-to", "in-reply-to", "references", "list-id", "list-unsubscribe",
+                   "list-unsubscribe-post", "precedence", "auto-submitted", "keywords"}
+_BAD_CHARS = ("\r", "\n", "\0")
+
+
+def check_header_value(where: str, value: str) -> None:
+    if any(c in value for c in _BAD_CHARS):
+        raise Poison(f"header injection: {where} contains CR, LF or NUL")
+
+
+@lru_cache(maxsize=4096)
+def normalize_address(address: str) -> str:
+    """The address as it goes into RCPT TO; raises Poison with email-validator's explanation."""
+    check_header_value("address", address)
+    try:
+        return validate_email(address, check_deliverability=False, allow_smtputf8=False).ascii_email
+    except EmailNotValidError as exc:
+        raise Poison(f"invalid recipient address: {exc}") from None
+
+
+def check_recipient(recipient: Recipient) -> Recipient:
+    check_header_value("recipient name", recipient.name)
+    return Recipient(normalize_address(recipient.address), recipient.name, recipient.context)
+
+
+def check_envelope(envelope: Envelope, now: float | None = None) -> Envelope:
+    if envelope.not_after is not None and (now or time.time()) > envelope.not_after:
+        raise Skipped(f"expired: not_after {envelope.not_after} has passed")
+    for name, value in envelope.headers.items():
+        if name.lower() not in ALLOWED_HEADERS and not name.lower().startswith("x-"):
+            raise Poison(f"header {name!r} may not be set by a job")
+        if not name.isascii() or not name.replace("-", "").isalnum():
+            raise Poison(f"header name {name!r} is not a valid field name")
+        check_header_value(f"header {name}", value)
+    if envelope.kind == "mail":
+        return replace(envelope, to=(check_recipient(envelope.recipient),))
+    if envelope.kind == "raw":
+        return replace(envelope, to=tuple(check_recipient(r) for r in envelope.to))
+    return envelope
