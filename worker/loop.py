@@ -40,6 +40,14 @@ class _Interrupted(Exception):
     pass
 
 
+def attempt_number(stats: dict, max_attempts: int) -> int:
+    """This reservation's attempt, from beanstalkd's own counters (they survive a worker crash).
+    A worker that died holding the job (a TTR timeout) counts as an attempt; a job an operator
+    kicks out of the buried state starts a fresh retry budget."""
+    attempt = int(stats["releases"]) + int(stats["timeouts"]) + 1
+    return max(1, attempt - int(stats["buries"]) * max_attempts)
+
+
 class Worker:
     def __init__(self, settings: Settings, stage: Stage, store: Store,
                  tubes: tuple[str, ...] | None = None) -> None:
@@ -166,9 +174,7 @@ class Worker:
             self._drop()
             return
         tube = str(stats["tube"])
-        # a kicked job gets a fresh retry budget; timeouts (a worker died holding it) count as attempts
-        attempt = int(stats["reserves"]) - int(stats["kicks"]) * self.settings.max_attempts
-        attempt = max(1, attempt)
+        attempt = attempt_number(stats, self.settings.max_attempts)
 
         def touch() -> None:
             try:

@@ -139,7 +139,7 @@ class SmtpSession:
         if smtp is not None:
             try:
                 smtp.quit()
-            except (NETWORK_ERRORS, smtplib.SMTPException):
+            except (*NETWORK_ERRORS, smtplib.SMTPException):
                 try:
                     smtp.close()
                 except OSError:

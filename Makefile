@@ -1,0 +1,34 @@
+# beanmail: `make run` for the dev stack with a demo mail, `make test` for the suite.
+PY := .venv/bin/python
+export BEANMAIL_WORKERS ?= 2
+
+.PHONY: setup setup-test run demo stop status test bench bench-smoke preview clean
+
+setup:
+	scripts/setup.sh run
+
+setup-test:
+	scripts/setup.sh test
+
+## run: start beanstalkd, the catcher and supervisord, then send a demo mail through them
+run: setup
+	scripts/devstack.sh start
+	$(PY) scripts/demo.py
+
+stop:
+	scripts/devstack.sh stop
+
+status:
+	.venv/bin/beanmail status
+
+test: setup-test
+	.venv/bin/pytest -q tests
+
+## preview: print a template as it would be sent (TEMPLATE=welcome CONTEXT='{"name": "Zoë"}')
+TEMPLATE ?= welcome
+CONTEXT ?= {"name": "Zoë"}
+preview: setup
+	.venv/bin/beanmail render $(TEMPLATE) --context '$(CONTEXT)'
+
+clean: stop
+	rm -rf var

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what beanmail needs on a Debian machine, idempotently:
+#   scripts/setup.sh run    beanstalkd, Node.js (for the maildev catcher), the venv
+#   scripts/setup.sh test   the same plus the test servers (dnsmasq, postfix's smtp-sink, PostgreSQL, PHP)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-run}
+
+packages=(beanstalkd)
+# Node.js may come from elsewhere than Debian (as on many dev machines): keep it if it works.
+command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+if [ "$what" = test ] || [ "$what" = bench ]; then
+  packages+=(dnsmasq-base postfix postgresql php-cli php-pda-pheanstalk openssl curl)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  # postfix is only wanted for smtp-sink/smtp-source: no mail system is configured or started
+  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if [ ! -f .venv/.installed ] || [ setup.py -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/pip install -q -e '.[test,postgresql]'
+  touch .venv/.installed
+fi
+
+# the development catcher (MailCatcher's ports: SMTP 1025, web 1080), from the npm registry
+if [ ! -x var/catcher/node_modules/.bin/maildev ]; then
+  mkdir -p var/catcher
+  npm install --silent --no-audit --no-fund --prefix var/catcher maildev@3 >/dev/null 2>&1
+fi
+echo "setup: ok ($what)"

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import contextlib
+import threading
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from producer import Notifier
+from worker.loop import Worker
+from worker.pipeline import Pipeline
+from worker.settings import Settings
+from worker.store import Store
+
+from .servers import Beanstalkd, SmtpServer
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def beanstalkd(tmp_path: Path) -> Iterator[Beanstalkd]:
+    server = Beanstalkd(tmp_path / "beanstalkd").start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(beanstalkd: Beanstalkd, smtp: SmtpServer, tmp_path: Path) -> Settings:
+    return Settings(
+        beanstalk_url=beanstalkd.url,
+        smtp_url=smtp.url,
+        smtp_timeout=5,
+        ttr=30,
+        store=str(tmp_path / "store.sqlite3"),
+        from_addr="Beanmail Tests <noreply@beanmail.example>",
+        backoff_base=1,
+        backoff_max=2,
+        max_attempts=3,
+        supervisor_url=f"unix://{tmp_path}/no-supervisor.sock",
+    )
+
+
+@pytest.fixture
+def notifier(settings: Settings) -> Iterator[Notifier]:
+    n = Notifier(settings.beanstalk_url, secret=settings.secret or None)
+    yield n
+    n.close()
+
+
+def run_burst(settings: Settings) -> Worker:
+    """An in-process `beanmail worker --burst`: real beanstalkd, real SMTP, real store."""
+    store = Store(settings.store)
+    worker = Worker(settings, Pipeline(settings, store), store)
+    assert worker.run(burst=True) == 0
+    store.close()
+    return worker
+
+
+@contextlib.contextmanager
+def running_worker(settings: Settings) -> Iterator[Worker]:
+    """A long-running in-process worker, stopped (as SIGTERM would) when the block ends."""
+    store = Store(settings.store)
+    worker = Worker(settings, Pipeline(settings, store), store)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stopping = True
+        thread.join(settings.reserve_timeout + 10)
+        assert not thread.is_alive()
+        store.close()
+
+
+def bare_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
+    """The environment supervisord gives a program: no locale, no HOME; only what is configured."""
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C"}
+    if settings is not None:
+        env.update({
+            "BEANMAIL_BEANSTALK_URL": settings.beanstalk_url, "BEANMAIL_SMTP_URL": settings.smtp_url,
+            "BEANMAIL_STORE": settings.store, "BEANMAIL_FROM": settings.from_addr,
+            "BEANMAIL_BACKOFF_BASE": str(settings.backoff_base), "BEANMAIL_MAX_ATTEMPTS": str(settings.max_attempts),
+            "BEANMAIL_SMTP_TIMEOUT": str(settings.smtp_timeout), "BEANMAIL_TTR": str(settings.ttr),
+            "BEANMAIL_SUPERVISOR_URL": settings.supervisor_url,
+        })
+        if settings.secret:
+            env["BEANMAIL_SECRET"] = settings.secret
+    env.update(extra)
+    return env
+
+
+def beanmail(*args: str, env: dict[str, str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(VENV_BIN / "beanmail"), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"beanmail {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,160 @@
+"""Real servers for the tests, each on a free loopback port: beanstalkd and aiosmtpd.
+
+Every wait here is a condition with a deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Callable
+
+from aiosmtpd.controller import Controller
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def which(name: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise FileNotFoundError(f"{name} is not installed: run `make setup` (it installs it)")
+
+
+class Beanstalkd:
+    """A beanstalkd process with a binlog, which can be stopped and started on the same port."""
+
+    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.binlog = workdir / "binlog"
+        self.binlog.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"beanstalk://{self.host}:{self.port}"
+
+    def start(self) -> "Beanstalkd":
+        self.proc = subprocess.Popen(
+            [which("beanstalkd"), "-l", self.host, "-p", str(self.port), "-b", str(self.binlog)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(self.host, self.port), 10, "beanstalkd to listen")
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class _Handler:
+    messages: list[Received] = field(default_factory=list)
+    # local part prefix -> reply for RCPT; e.g. {"tempfail": "451 4.3.0 try later"}
+    rcpt_replies: dict[str, str] = field(default_factory=lambda: {
+        "tempfail": "451 4.3.0 Temporary failure, try later",
+        "reject": "550 5.1.1 No such user",
+    })
+    data_reply: str | None = None
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+        with self.lock:
+            self.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+        local = address.split("@")[0].lower()
+        for prefix, reply in self.rcpt_replies.items():
+            if local.startswith(prefix):
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        if self.data_reply:
+            return self.data_reply
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 Ok: queued"
+
+
+class SmtpServer:
+    """aiosmtpd on a loopback port; restartable on the same port to test reconnects."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.handler = _Handler()
+        self.controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}?starttls=off"
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.handler.messages
+
+    def start(self) -> "SmtpServer":
+        self.controller = Controller(self.handler, hostname=self.host, port=self.port,
+                                     data_size_limit=10 * 1024 * 1024)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        wait_until(lambda: len(self.messages) >= count, timeout, f"{count} messages (have {len(self.messages)})")
+        return self.messages

@@ -1,0 +1,121 @@
+"""Small pure pieces: settings, the outcome table, backoff, rendering rules, MIME under a C locale."""
+
+from __future__ import annotations
+
+import random
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from producer.envelope import Recipient
+from worker import mime
+from worker.loop import attempt_number
+from worker.outcomes import Backoff, Bounced, Deferred, Poison, Skipped, disposition
+from worker.render import Renderer
+from worker.settings import SettingsError, load
+
+
+def test_settings_come_from_toml_with_environment_overrides(tmp_path: Path) -> None:
+    toml = tmp_path / "beanmail.toml"
+    toml.write_text('[beanmail]\nsmtp_url = "smtp://relay.example:2525"\nmax_attempts = 5\nfrom_addr = "a@b.example"\n')
+    s = load({"BEANMAIL_CONFIG": str(toml), "BEANMAIL_MAX_ATTEMPTS": "9", "BEANMAIL_TUBES": "mail.urgent"})
+    assert s.smtp.host == "relay.example" and s.smtp.port == 2525 and s.smtp.tls == "opportunistic"
+    assert s.max_attempts == 9 and s.tubes == ("mail.urgent",) and s.from_addr == "a@b.example"
+
+
+def test_smtp_url_forms() -> None:
+    s = load({"BEANMAIL_SMTP_URL": "smtps://us%40er:p%3Ass@mx.example"})
+    assert (s.smtp.tls, s.smtp.port, s.smtp.user, s.smtp.password) == ("ssl", 465, "us@er", "p:ss")
+    assert load({"BEANMAIL_SMTP_URL": "smtp://h:587?starttls=required"}).smtp.tls == "required"
+
+
+@pytest.mark.parametrize("environ, named", [
+    ({"BEANMAIL_TRANSPORT": "pigeon"}, "BEANMAIL_TRANSPORT"),
+    ({"BEANMAIL_SMTP_URL": "http://x"}, "BEANMAIL_SMTP_URL"),
+    ({"BEANMAIL_SMTP_URL": "smtp://h?starttls=maybe"}, "BEANMAIL_SMTP_URL"),
+    ({"BEANMAIL_BEANSTALK_URL": "redis://x"}, "BEANMAIL_BEANSTALK_URL"),
+    ({"BEANMAIL_MAX_ATTEMPTS": "many"}, "BEANMAIL_MAX_ATTEMPTS"),
+    ({"BEANMAIL_FROM": "nobody"}, "BEANMAIL_FROM"),
+    ({"BEANMAIL_TEMPLATES": "/nonexistent"}, "BEANMAIL_TEMPLATES"),
+    ({"BEANMAIL_TTR": "10", "BEANMAIL_SMTP_TIMEOUT": "30"}, "BEANMAIL_TTR"),
+    ({"BEANMAIL_CONFIG": "/nonexistent.toml"}, "BEANMAIL_CONFIG"),
+])
+def test_a_bad_setting_fails_naming_it(environ: dict, named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load(environ)
+
+
+def test_the_outcome_table() -> None:
+    b = Backoff(base=10, cap=100, max_attempts=3)
+    assert disposition(None, 1, b).action == "delete"
+    assert (disposition(Skipped("dup"), 1, b).action, disposition(Skipped("dup"), 1, b).outcome) == ("delete", "skipped")
+    assert (disposition(Bounced("550"), 1, b).action, disposition(Bounced("550"), 1, b).outcome) == ("delete", "bounced")
+    d = disposition(Deferred("451"), 1, b)
+    assert (d.action, d.outcome) == ("release", "deferred") and 5 <= d.delay <= 10
+    assert disposition(Deferred("451"), 3, b).outcome == "exhausted"
+    assert disposition(Deferred("rate", delay=2), 9, b).delay == 2  # an explicit delay is no failure
+    assert (disposition(Poison("bad"), 1, b).action, disposition(Poison("bad"), 1, b).outcome) == ("bury", "poison")
+    bug = disposition(ZeroDivisionError("division by zero"), 1, b)
+    assert bug.action == "bury" and "ZeroDivisionError" in bug.reason
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    b = Backoff(base=30, cap=3600, max_attempts=10)
+    rng = random.Random(1)
+    for attempt in range(1, 12):
+        d = min(3600, 30 * 2 ** (attempt - 1))
+        delays = {b.delay(attempt, rng) for _ in range(50)}
+        assert all(d / 2 - 1 <= x <= d for x in delays)
+        assert len(delays) > 1  # jittered: a crowd of failed jobs does not come back at once
+
+
+def test_attempts_count_from_beanstalkd_stats() -> None:
+    stats = {"releases": 2, "timeouts": 1, "buries": 0}
+    assert attempt_number(stats, 8) == 4
+    assert attempt_number({"releases": 7, "timeouts": 0, "buries": 1}, 8) == 1  # kicked from buried
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Renderer:
+    def put(name: str, part: str, text: str) -> None:
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / part).write_text(text)
+    put("t", "subject.txt", "Hi {{ who }}\n")
+    put("t", "body.txt", "{{ who }} & {{ missing | default('x') }}\n")
+    put("t", "body.html", "<p>{{ who }}</p>")
+    put("evil", "subject.txt", "{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    put("evil", "body.txt", "x")
+    put("broken", "subject.txt", "{% if %}")
+    put("broken", "body.txt", "x")
+    return Renderer(str(tmp_path))
+
+
+def test_render_escapes_html_only_and_missing_variables_are_poison(templates: Renderer) -> None:
+    r = templates.render("t", {"who": "<b>"})
+    assert (r.subject, r.text, r.html) == ("Hi <b>", "<b> & x\n", "<p>&lt;b&gt;</p>")
+    with pytest.raises(Poison, match="'who' is undefined"):
+        templates.render("t", {})
+
+
+def test_render_sandbox_and_syntax_errors_are_poison(templates: Renderer) -> None:
+    with pytest.raises(Poison, match="sandbox|unsafe"):
+        templates.render("evil", {})
+    with pytest.raises(Poison, match="syntax error"):
+        templates.render("broken", {})
+
+
+def test_mime_round_trips_through_the_email_parser(templates: Renderer) -> None:
+    r = templates.render("t", {"who": "Ünïcødé 名前 " + "long " * 40})
+    raw = mime.build(r, mime.sender_address("Bäcker <b@x.example>"), Recipient("z@x.example", "Zoë, Q."),
+                     {"Reply-To": "r@x.example"}, message_id="<1@x.example>", now=0)
+    raw.decode("ascii")
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert msg["Subject"] == r.subject
+    assert msg["From"].addresses[0].display_name == "Bäcker"
+    assert msg["To"].addresses[0].display_name == "Zoë, Q."
+    assert msg["Date"] == "Thu, 01 Jan 1970 00:00:00 +0000"
+    # canonical MIME text has CRLF line ends whatever the transfer encoding
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == r.text
+    assert msg.get_body(("html",)).get_content().replace("\r\n", "\n") == r.html + "\n"  # a final newline is added
