@@ -5,6 +5,7 @@ Every wait here is a condition with a deadline, never a fixed sleep.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -102,6 +103,7 @@ class _Handler:
         "reject": "550 5.1.1 No such user",
     })
     data_reply: str | None = None
+    data_delay: float = 0.0  # seconds before answering DATA: a slow receiver
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -120,6 +122,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         if self.data_reply:
             return self.data_reply
         with self.lock:

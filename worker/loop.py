@@ -82,7 +82,7 @@ class Worker:
         while not self.stopping:
             try:
                 self._idle = True
-                client = connect(self.settings.beanstalk_url, timeout=self.settings.reserve_timeout + 10,
+                client = connect(self.settings.beanstalk_url, timeout=self.settings.reserve_timeout + self.settings.beanstalk_timeout,
                                  encoding=None, watch=list(self.tubes))
                 self._idle = False
                 self.log.info("connected", beanstalk=self.settings.beanstalk_url)

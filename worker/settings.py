@@ -53,6 +53,7 @@ class Settings:
     backoff_base: float = 30.0
     backoff_max: float = 3600.0
     reserve_timeout: int = 1
+    beanstalk_timeout: float = 10.0
     mask_addresses: bool = True
     log_format: str = "json"
     supervisor_url: str = f"unix://{ROOT / 'var' / 'supervisor.sock'}"

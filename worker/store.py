@@ -68,6 +68,21 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def holder_is_dead(holder: str) -> bool:
+    """A claim held by a process of this host that no longer exists (killed, then restarted by
+    supervisord) need not wait for its lease to run out."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Store:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -106,7 +121,7 @@ class Store:
                 outcome, holder, expires = row
                 if outcome in FINAL:
                     raise Skipped(f"duplicate: key already {outcome}")
-                if outcome == "claimed" and holder != self.me and expires > now:
+                if outcome == "claimed" and holder != self.me and expires > now and not holder_is_dead(holder):
                     raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
             self._db.execute(
                 "INSERT INTO deliveries (key, recipient, template, outcome, attempts, claimed_by,"
