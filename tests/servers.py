@@ -162,3 +162,46 @@ class SmtpServer:
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         wait_until(lambda: len(self.messages) >= count, timeout, f"{count} messages (have {len(self.messages)})")
         return self.messages
+
+
+class Dnsmasq:
+    """A real DNS server on a loopback port, authoritative for the zone the tests invent."""
+
+    def __init__(self, workdir: Path, lines: list[str], zone: str = "mx.example") -> None:
+        self.port = free_port()
+        self.conf = workdir / "dnsmasq.conf"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text("\n".join([
+            f"port={self.port}", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts",
+            "user=root", "local-ttl=300", f"local=/{zone}/", *lines,
+        ]) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "Dnsmasq":
+        self.proc = subprocess.Popen(
+            [which("dnsmasq"), "--keep-in-foreground", f"--conf-file={self.conf}", "--pid-file=",
+             "--log-facility=-"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def answers() -> bool:
+            import dns.resolver
+            r = dns.resolver.Resolver(configure=False)
+            r.nameservers, r.port, r.lifetime = ["127.0.0.1"], self.port, 0.5
+            try:
+                r.resolve("probe.invalid-zone.mx.example", "A")
+            except dns.resolver.NXDOMAIN:
+                return True
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+            return True
+        wait_until(answers, 10, "dnsmasq to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None

@@ -4,6 +4,7 @@ records what happened in the store and lets ``outcomes.disposition`` decide the 
 from __future__ import annotations
 
 import base64
+import math
 import binascii
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from producer.envelope import Envelope
 from . import mime
 from .entities import Registry
 from .logs import get_logger, mask
-from .outcomes import Backoff, Bounced, Disposition, Outcome, Poison, Skipped, disposition
+from .outcomes import Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Skipped, disposition
 from .render import Renderer
 from .settings import Settings
 from .store import Store
@@ -84,6 +85,7 @@ class Pipeline:
                 raise Poison(f"bad envelope: {exc}") from None
             envelope = check_envelope(envelope)
             self._check_suppression(envelope)
+            self._check_rate(envelope)
             claiming = True
             self.store.claim(envelope.id, self._recipient(envelope), envelope.template,
                              lease=self.settings.ttr)
@@ -118,6 +120,14 @@ class Pipeline:
             if source == "unsubscribe" and envelope.priority == "urgent":
                 continue
             raise Skipped(f"suppressed ({source}): {mask(recipient.address)}")
+
+    def _check_rate(self, envelope: Envelope) -> None:
+        domain = envelope.to[0].address.rpartition("@")[2].lower()
+        rate = self.settings.rate_for(domain)
+        if rate > 0:
+            wait = self.store.take_slot(domain, rate, envelope.id)
+            if wait > 0:  # released until its booked slot: the worker is free for other domains' mail
+                raise Deferred(f"rate limit: {domain} at {rate:g}/s", delay=max(1, math.ceil(wait)))
 
     def _build(self, envelope: Envelope) -> tuple[bytes, list[str]]:
         if envelope.kind == "raw":

@@ -46,7 +46,11 @@ class Settings:
     store: str = str(ROOT / "var" / "beanmail.sqlite3")
     secret: str = ""
     dns: str = ""
+    dns_timeout: float = 5.0
     mx_port: int = 25
+    mx_connections_per_domain: int = 2
+    rate_default: float = 0.0  # messages/s per recipient domain; 0 = no limit
+    rate_limits: Mapping[str, float] = field(default_factory=dict)  # domain -> messages/s
     tubes: tuple[str, ...] = MAIL_TUBES
     ttr: int = 120
     max_attempts: int = 8
@@ -62,6 +66,9 @@ class Settings:
     @property
     def smtp(self) -> SmtpTarget:
         return parse_smtp_url(self.smtp_url)
+
+    def rate_for(self, domain: str) -> float:
+        return self.rate_limits.get(domain.lower(), self.rate_default)
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -119,6 +126,10 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         if name == "tubes":
             tubes = value.split(",") if isinstance(value, str) else list(value)
             return tuple(t.strip() for t in tubes if t.strip())
+        if name == "rate_limits":
+            if isinstance(value, str):  # BEANMAIL_RATE_LIMITS="gmail.com=5,example.org=0.5"
+                value = dict(item.split("=", 1) for item in value.split(",") if item.strip())
+            return {str(k).strip().lower(): float(v) for k, v in dict(value).items()}
         if name == "entities":
             if not isinstance(value, Mapping):
                 raise ValueError(value)
@@ -169,7 +180,7 @@ def validate(s: Settings) -> Settings:
             raise SettingsError(f"BEANMAIL_DNS: {s.dns!r} must be ip[:port]")
     if not s.tubes:
         raise SettingsError("BEANMAIL_TUBES: no tube to watch")
-    for name in ("ttr", "max_attempts", "mx_port"):
+    for name in ("ttr", "max_attempts", "mx_port", "mx_connections_per_domain", "dns_timeout"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be positive")
     if s.ttr <= s.smtp_timeout:

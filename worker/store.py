@@ -14,7 +14,7 @@ from typing import Any
 
 from .outcomes import Deferred, Skipped
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS = {
     1: """
     CREATE TABLE deliveries (
@@ -47,6 +47,16 @@ MIGRATIONS = {
         created_at REAL NOT NULL
     );
     CREATE INDEX failures_job ON failures (server, job_id);
+    """,
+    2: """
+    CREATE TABLE rate_slots (
+        domain TEXT PRIMARY KEY,
+        next_at REAL NOT NULL           -- the earliest time the next message may go
+    );
+    CREATE TABLE rate_bookings (
+        key TEXT PRIMARY KEY,           -- a job released to come back at its booked slot
+        slot_at REAL NOT NULL
+    );
     """,
 }
 FINAL = ("sent", "skipped", "bounced")
@@ -160,6 +170,32 @@ class Store:
 
     def outcome_counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT outcome, count(*) FROM deliveries GROUP BY outcome").fetchall())
+
+    # -- per-domain rate limits -----------------------------------------------------------------
+    def take_slot(self, domain: str, rate: float, key: str, now: float | None = None) -> float:
+        """A send slot for ``domain`` at ``rate`` messages/s, shared by every worker on this store.
+        Returns 0 when the message may go now; otherwise the slot is booked for ``key`` and the
+        seconds until it are returned, so the job comes back to a slot of its own."""
+        now = time.time() if now is None else now
+        with self._tx():
+            booked = self._db.execute("SELECT slot_at FROM rate_bookings WHERE key = ?", (key,)).fetchone()
+            if booked is not None:
+                if booked[0] <= now + 0.01:
+                    self._db.execute("DELETE FROM rate_bookings WHERE key = ?", (key,))
+                    return 0.0
+                return booked[0] - now
+            row = self._db.execute("SELECT next_at FROM rate_slots WHERE domain = ?", (domain,)).fetchone()
+            slot = max(row[0] if row else now, now)
+            self._db.execute(
+                "INSERT INTO rate_slots (domain, next_at) VALUES (?, ?)"
+                " ON CONFLICT (domain) DO UPDATE SET next_at = excluded.next_at",
+                (domain, slot + 1.0 / rate),
+            )
+            if slot <= now + 0.01:
+                return 0.0
+            self._db.execute("DELETE FROM rate_bookings WHERE slot_at < ?", (now - 3600,))
+            self._db.execute("INSERT INTO rate_bookings (key, slot_at) VALUES (?, ?)", (key, slot))
+        return slot - now
 
     # -- suppression ----------------------------------------------------------------------------
     def suppressed(self, address: str) -> tuple[str, str] | None:

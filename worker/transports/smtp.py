@@ -6,6 +6,7 @@ The same session code serves the relay (one smarthost from settings) and direct 
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
@@ -23,8 +24,17 @@ class Reply:
     code: int
     text: str
 
+    @property
+    def enhanced(self) -> str:
+        """The RFC 3463 enhanced status code (``5.1.1``) when the server gave one."""
+        m = _ENHANCED.match(self.text)
+        return m.group(0) if m and m.group(0)[0] == str(self.code)[0] else ""
+
     def __str__(self) -> str:
         return f"{self.code} {self.text}"
+
+
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?=\s|$)")
 
 
 def _reply(code: int, message: bytes | str) -> Reply:
@@ -36,16 +46,26 @@ class SmtpSession:
     """A connection to one SMTP server. ``send`` returns the server's reply or raises an Outcome."""
 
     def __init__(self, target: SmtpTarget, *, timeout: float = 30.0, helo: str = "",
-                 cafile: str = "") -> None:
+                 cafile: str = "", verify: bool = True) -> None:
         self.target = target
         self.timeout = timeout
         self.helo = helo or None
         self.cafile = cafile or None
+        self.verify = verify
         self._smtp: smtplib.SMTP | None = None
         self.connects = 0
 
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None
+
     def _tls_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.cafile)
+        context = ssl.create_default_context(cafile=self.cafile)
+        if not self.verify:
+            # opportunistic TLS to MX hosts, as MTAs do: encrypted, not authenticated
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     def connect(self) -> smtplib.SMTP:
         t = self.target

@@ -1,0 +1,201 @@
+"""Direct delivery: find the recipient domain's mail exchangers with dnspython and hand the
+message to the first that takes it, as a mail server does (RFC 5321 section 5)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import dns.exception
+import dns.name
+import dns.resolver
+
+from ..outcomes import Bounced, Deferred
+from ..settings import Settings, SmtpTarget
+from .smtp import Reply, SmtpSession
+
+
+@dataclass(frozen=True)
+class Mx:
+    preference: int
+    host: str
+
+
+class MxResolver:
+    """MX lookups cached for their TTL; equal preferences come back in a fresh random order."""
+
+    def __init__(self, nameserver: str = "", timeout: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if nameserver:
+            host, port = _split_hostport(nameserver)
+            self.resolver = dns.resolver.Resolver(configure=False)
+            self.resolver.nameservers = [host]
+            self.resolver.port = port
+        else:
+            self.resolver = dns.resolver.Resolver()
+        self.resolver.lifetime = timeout
+        self.resolver.timeout = min(timeout, 2.0)
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, list]] = {}
+        self._lock = threading.Lock()
+
+    def _query(self, name: str, rdtype: str) -> list:
+        """Records of one type, [] when the name exists without them; raises Bounced for a name
+        that does not exist and Deferred for a DNS failure."""
+        key = (name, rdtype)
+        now = self.clock()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            answer = self.resolver.resolve(name, rdtype, search=False)
+            records, ttl = list(answer), answer.rrset.ttl if answer.rrset is not None else 0
+        except dns.resolver.NXDOMAIN:
+            raise Bounced(f"domain {name} does not exist (NXDOMAIN)", hard=True) from None
+        except dns.resolver.NoAnswer as exc:
+            records, ttl = [], _negative_ttl(exc)
+        except dns.resolver.NoNameservers as exc:
+            raise Deferred(f"DNS {rdtype} {name}: SERVFAIL ({exc})") from None
+        except dns.exception.Timeout:
+            raise Deferred(f"DNS {rdtype} {name}: timed out") from None
+        except dns.exception.DNSException as exc:
+            raise Deferred(f"DNS {rdtype} {name}: {type(exc).__name__}: {exc}") from None
+        with self._lock:
+            self._cache[key] = (now + ttl, records)
+        return records
+
+    def exchangers(self, domain: str) -> list[Mx]:
+        records = self._query(domain, "MX")
+        if not records:
+            # RFC 5321 5.1: no MX, the domain's own address is the implicit MX
+            if self._query(domain, "A") or self._query(domain, "AAAA"):
+                return [Mx(0, domain)]
+            raise Bounced(f"domain {domain} has neither MX nor address records", hard=True)
+        mxs = [Mx(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in records]
+        if len(mxs) == 1 and mxs[0].host in ("", "."):
+            raise Bounced(f"domain {domain} accepts no mail (null MX, RFC 7505)", hard=True)
+        mxs = [m for m in mxs if m.host not in ("", ".")]
+        random.shuffle(mxs)
+        return sorted(mxs, key=lambda m: m.preference)  # stable: equal preferences stay shuffled
+
+    def addresses(self, host: str) -> list[str]:
+        try:
+            found = [r.address for r in self._query(host, "A")] + [r.address for r in self._query(host, "AAAA")]
+        except Bounced:
+            return []  # an MX host that does not exist: try the next one
+        return found
+
+
+def _negative_ttl(exc: dns.resolver.NoAnswer) -> int:
+    response = exc.kwargs.get("response") if hasattr(exc, "kwargs") else None
+    for rrset in getattr(response, "authority", []) or []:
+        return min(rrset.ttl, 300)
+    return 60
+
+
+def _split_hostport(value: str) -> tuple[str, int]:
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, int(rest.lstrip(":") or 53)
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, int(port)
+    return value, 53
+
+
+class MxTransport:
+    def __init__(self, resolver: MxResolver, *, port: int = 25, timeout: float = 30.0, helo: str = "",
+                 per_domain: int = 2) -> None:
+        self.resolver = resolver
+        self.port = port
+        self.timeout = timeout
+        self.helo = helo
+        self.per_domain = per_domain
+        self._sessions: dict[str, list[SmtpSession]] = defaultdict(list)  # idle, per domain
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "MxTransport":
+        return cls(MxResolver(s.dns, s.dns_timeout), port=s.mx_port, timeout=s.smtp_timeout,
+                   helo=s.helo_name, per_domain=s.mx_connections_per_domain)
+
+    def _slot(self, domain: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            slot = self._slots.get(domain)
+            if slot is None:
+                slot = self._slots[domain] = threading.BoundedSemaphore(self.per_domain)
+            return slot
+
+    def send(self, sender: str, recipients: Sequence[str], message: bytes,
+             touch: Callable[[], None] = lambda: None) -> Reply:
+        domains = {r.rpartition("@")[2].lower() for r in recipients}
+        if len(domains) != 1:
+            raise Deferred("direct delivery sends one domain per message")  # the pipeline never does
+        domain = domains.pop()
+        slot = self._slot(domain)
+        if not slot.acquire(timeout=self.timeout):
+            raise Deferred(f"{domain}: all {self.per_domain} connections busy", delay=1)
+        try:
+            return self._deliver(domain, sender, recipients, message, touch)
+        finally:
+            slot.release()
+
+    def _deliver(self, domain: str, sender: str, recipients: Sequence[str], message: bytes,
+                 touch: Callable[[], None]) -> Reply:
+        failures: list[str] = []
+        # a kept-alive connection to this domain first: it is to one of its MX hosts already
+        while True:
+            with self._lock:
+                session = self._sessions[domain].pop() if self._sessions[domain] else None
+            if session is None:
+                break
+            try:
+                reply = session.send(sender, recipients, message, touch)
+            except Deferred as exc:
+                session.close()
+                failures.append(f"{session.target.host}: {exc.reason}")
+                continue
+            self._keep(domain, session)
+            return reply
+        for mx in self.resolver.exchangers(domain):
+            touch()
+            addresses = self.resolver.addresses(mx.host)
+            if not addresses:
+                failures.append(f"{mx.host}: no address")
+            for address in addresses:
+                session = SmtpSession(SmtpTarget(address, self.port, "opportunistic"), timeout=self.timeout,
+                                      helo=self.helo, verify=False)
+                try:
+                    reply = session.send(sender, recipients, message, touch)
+                except Deferred as exc:
+                    session.close()
+                    failures.append(f"{mx.host}[{address}]: {exc.reason}")
+                    continue
+                except Bounced:
+                    self._keep(domain, session)
+                    raise
+                self._keep(domain, session)
+                return reply
+        raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
+
+    def _keep(self, domain: str, session: SmtpSession) -> None:
+        if session.connected:
+            with self._lock:
+                idle = self._sessions[domain]
+                if len(idle) < self.per_domain:
+                    idle.append(session)
+                    return
+        session.close()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = [s for idle in self._sessions.values() for s in idle]
+            self._sessions.clear()
+        for s in sessions:
+            s.close()
