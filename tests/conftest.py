@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import threading
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from worker.pipeline import Pipeline
 from worker.settings import Settings
 from worker.store import Store
 
-from .servers import Beanstalkd, SmtpServer
+from .servers import Beanstalkd, Postgres, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -33,6 +34,22 @@ def smtp() -> Iterator[SmtpServer]:
     server = SmtpServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on both backends."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.create_database(f"t{time.monotonic_ns()}")
 
 
 @pytest.fixture

@@ -6,9 +6,11 @@ Every wait here is a condition with a deadline, never a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -205,3 +207,50 @@ class Dnsmasq:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+class Postgres:
+    """A throw-away PostgreSQL cluster (Debian's server binaries), trust auth on loopback."""
+
+    def __init__(self) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not bins:
+            raise FileNotFoundError("PostgreSQL server is not installed: run `make setup-test` (it installs it)")
+        self.bin = bins[-1].parent
+        # not under pytest's tmp_path: that is private to root, and the server refuses to run
+        # as root, so it runs as the postgres user Debian's package creates
+        self.workdir = Path(tempfile.mkdtemp(prefix="beanmail-pg-"))
+        self.dir = self.workdir / "pgdata"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.user_prefix: list[str] = []
+        if os.geteuid() == 0:
+            self.user_prefix = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.workdir, "postgres")
+
+    def dsn(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> "Postgres":
+        subprocess.run([*self.user_prefix, str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        self.proc = subprocess.Popen(
+            [*self.user_prefix, str(self.bin / "postgres"), "-D", str(self.dir), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open("127.0.0.1", self.port), 30, "PostgreSQL to listen")
+        return self
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)

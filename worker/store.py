@@ -1,21 +1,27 @@
-"""The delivery store: delivery log and claims (nothing sent twice), suppression list, and the
-reasons jobs were buried (beanstalkd keeps none). SQLite by default, WAL so that a pool of worker
-processes shares one file."""
+"""The delivery store: the delivery log and claims (nothing sent twice), the suppression list,
+per-domain send slots, and the reasons jobs were buried (beanstalkd keeps none).
+
+``BEANMAIL_STORE`` is an SQLite file (WAL, so a pool of processes on one host shares it) or a
+``postgresql://`` DSN for a fleet of worker hosts. The SQL is written once, in the dialect both
+understand; a backend only says how to connect, open a transaction and spell a placeholder.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from .outcomes import Deferred, Skipped
 
-SCHEMA_VERSION = 2
-MIGRATIONS = {
+# Types are spelled so that both engines read them right: DOUBLE PRECISION is a float8 in
+# PostgreSQL (its REAL would lose the sub-second part of a timestamp) and REAL-affine in SQLite.
+MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE deliveries (
         key TEXT PRIMARY KEY,
@@ -26,39 +32,39 @@ MIGRATIONS = {
         reply TEXT NOT NULL DEFAULT '',
         attempts INTEGER NOT NULL DEFAULT 0,
         claimed_by TEXT NOT NULL DEFAULT '',
-        claim_expires REAL NOT NULL DEFAULT 0,
-        updated_at REAL NOT NULL
+        claim_expires DOUBLE PRECISION NOT NULL DEFAULT 0,
+        updated_at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX deliveries_recipient ON deliveries (recipient);
     CREATE TABLE suppression (
         address TEXT PRIMARY KEY,
         reason TEXT NOT NULL,
         source TEXT NOT NULL,           -- bounce | unsubscribe | operator
-        created_at REAL NOT NULL
+        created_at DOUBLE PRECISION NOT NULL
     );
     CREATE TABLE failures (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
         server TEXT NOT NULL,
-        job_id INTEGER NOT NULL,
+        job_id BIGINT NOT NULL,
         tube TEXT NOT NULL,
         outcome TEXT NOT NULL,          -- poison | exhausted
         reason TEXT NOT NULL,
-        body BLOB,
-        created_at REAL NOT NULL
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
     );
-    CREATE INDEX failures_job ON failures (server, job_id);
+    CREATE INDEX failures_job ON failures (server, job_id, created_at);
     """,
     2: """
     CREATE TABLE rate_slots (
         domain TEXT PRIMARY KEY,
-        next_at REAL NOT NULL           -- the earliest time the next message may go
+        next_at DOUBLE PRECISION NOT NULL -- the earliest time the next message may go
     );
     CREATE TABLE rate_bookings (
         key TEXT PRIMARY KEY,           -- a job released to come back at its booked slot
-        slot_at REAL NOT NULL
+        slot_at DOUBLE PRECISION NOT NULL
     );
     """,
 }
+SCHEMA_VERSION = max(MIGRATIONS)
 FINAL = ("sent", "skipped", "bounced")
 
 
@@ -93,54 +99,127 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
-class Store:
+class _Sqlite:
+    placeholder = "?"
+    for_update = ""
+
     def __init__(self, path: str) -> None:
-        self.path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        # IMMEDIATE: a read-then-write (a claim, a slot) must not interleave across processes
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self.db.execute(sql, args)
+
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def set_schema_version(self, version: int) -> None:
+        self.db.execute(f"PRAGMA user_version={int(version)}")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Postgres:
+    placeholder = "%s"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        self.db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.db.transaction():
+            yield
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self.db.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+
+    def schema_version(self) -> int:
+        self.db.execute("CREATE TABLE IF NOT EXISTS beanmail_schema (version INTEGER NOT NULL)")
+        row = self.db.execute("SELECT max(version) FROM beanmail_schema").fetchone()
+        return int(row[0] or 0)
+
+    def set_schema_version(self, version: int) -> None:
+        self.db.execute("INSERT INTO beanmail_schema (version) VALUES (%s)", (version,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Store:
+    def __init__(self, location: str) -> None:
+        self.location = location
+        if location.startswith(("postgresql://", "postgres://")):
+            self._db: _Sqlite | _Postgres = _Postgres(location)
+        else:
+            self._db = _Sqlite(location)
         self.me = worker_id()
         self._migrate()
 
     def _migrate(self) -> None:
-        with self._tx():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        with self._db.transaction():
+            if isinstance(self._db, _Postgres):  # one migrating host at a time
+                self._db.execute("SELECT pg_advisory_xact_lock(716235)")
+            version = self._db.schema_version()
             for v in range(version + 1, SCHEMA_VERSION + 1):
-                # executescript() would commit mid-transaction; run the statements one by one
                 for statement in MIGRATIONS[v].split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={v}")
+                self._db.set_schema_version(v)
 
-    def _tx(self) -> "_Tx":
-        return _Tx(self._db)
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self._db.execute(sql, args).fetchall()
 
     # -- claims and the delivery log ------------------------------------------------------------
     def claim(self, key: str, recipient: str, template: str, lease: float) -> None:
         """Take the key for this process, or raise: Skipped if it already ended, Deferred if a
         live worker holds it (retried after its lease, so a crashed holder loses nothing)."""
         now = time.time()
-        with self._tx():
-            row = self._db.execute(
-                "SELECT outcome, claimed_by, claim_expires FROM deliveries WHERE key = ?", (key,)
-            ).fetchone()
+        with self._db.transaction():
+            row = self._one("SELECT outcome, claimed_by, claim_expires FROM deliveries WHERE key = ?"
+                            + self._db.for_update, (key,))
             if row is not None:
                 outcome, holder, expires = row
                 if outcome in FINAL:
                     raise Skipped(f"duplicate: key already {outcome}")
                 if outcome == "claimed" and holder != self.me and expires > now and not holder_is_dead(holder):
                     raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
-            self._db.execute(
+            # ON CONFLICT also covers a concurrent first claim of a key that had no row
+            claimed = self._one(
                 "INSERT INTO deliveries (key, recipient, template, outcome, attempts, claimed_by,"
                 " claim_expires, updated_at) VALUES (?, ?, ?, 'claimed', 1, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET outcome = 'claimed', attempts = attempts + 1,"
+                " ON CONFLICT (key) DO UPDATE SET outcome = 'claimed', attempts = deliveries.attempts + 1,"
                 " claimed_by = excluded.claimed_by, claim_expires = excluded.claim_expires,"
-                " updated_at = excluded.updated_at",
-                (key, recipient, template, self.me, now + lease, now),
+                " updated_at = excluded.updated_at"
+                " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
+                " AND (deliveries.outcome <> 'claimed' OR deliveries.claim_expires <= excluded.updated_at"
+                "      OR deliveries.claimed_by IN (excluded.claimed_by, ?))"
+                " RETURNING claimed_by",
+                (key, recipient, template, self.me, now + lease, now, row[1] if row else ""),
             )
+            if claimed is None:
+                raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
 
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
                reply: str = "", *, overwrite_final: bool = True) -> None:
@@ -162,14 +241,14 @@ class Store:
             where, args = "key = ?", [key]
         elif recipient is not None:
             where, args = "recipient = ?", [recipient.lower()]
-        rows = self._db.execute(
+        rows = self._all(
             f"SELECT key, recipient, template, outcome, reason, reply, attempts, updated_at"
             f" FROM deliveries WHERE {where} ORDER BY updated_at DESC LIMIT ?", (*args, limit)
-        ).fetchall()
+        )
         return [Delivery(*row) for row in rows]
 
     def outcome_counts(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT outcome, count(*) FROM deliveries GROUP BY outcome").fetchall())
+        return dict(self._all("SELECT outcome, count(*) FROM deliveries GROUP BY outcome"))
 
     # -- per-domain rate limits -----------------------------------------------------------------
     def take_slot(self, domain: str, rate: float, key: str, now: float | None = None) -> float:
@@ -177,31 +256,27 @@ class Store:
         Returns 0 when the message may go now; otherwise the slot is booked for ``key`` and the
         seconds until it are returned, so the job comes back to a slot of its own."""
         now = time.time() if now is None else now
-        with self._tx():
-            booked = self._db.execute("SELECT slot_at FROM rate_bookings WHERE key = ?", (key,)).fetchone()
+        with self._db.transaction():
+            booked = self._one("SELECT slot_at FROM rate_bookings WHERE key = ?", (key,))
             if booked is not None:
                 if booked[0] <= now + 0.01:
                     self._db.execute("DELETE FROM rate_bookings WHERE key = ?", (key,))
                     return 0.0
-                return booked[0] - now
-            row = self._db.execute("SELECT next_at FROM rate_slots WHERE domain = ?", (domain,)).fetchone()
-            slot = max(row[0] if row else now, now)
-            self._db.execute(
-                "INSERT INTO rate_slots (domain, next_at) VALUES (?, ?)"
-                " ON CONFLICT (domain) DO UPDATE SET next_at = excluded.next_at",
-                (domain, slot + 1.0 / rate),
-            )
+                return float(booked[0] - now)
+            self._db.execute("INSERT INTO rate_slots (domain, next_at) VALUES (?, ?) ON CONFLICT (domain) DO NOTHING",
+                             (domain, now))
+            (next_at,) = self._one("SELECT next_at FROM rate_slots WHERE domain = ?" + self._db.for_update, (domain,))
+            slot = max(next_at, now)
+            self._db.execute("UPDATE rate_slots SET next_at = ? WHERE domain = ?", (slot + 1.0 / rate, domain))
             if slot <= now + 0.01:
                 return 0.0
             self._db.execute("DELETE FROM rate_bookings WHERE slot_at < ?", (now - 3600,))
             self._db.execute("INSERT INTO rate_bookings (key, slot_at) VALUES (?, ?)", (key, slot))
-        return slot - now
+        return float(slot - now)
 
     # -- suppression ----------------------------------------------------------------------------
     def suppressed(self, address: str) -> tuple[str, str] | None:
-        row = self._db.execute(
-            "SELECT source, reason FROM suppression WHERE address = ?", (address.lower(),)
-        ).fetchone()
+        row = self._one("SELECT source, reason FROM suppression WHERE address = ?", (address.lower(),))
         return (row[0], row[1]) if row else None
 
     def suppress(self, address: str, reason: str, source: str) -> None:
@@ -215,9 +290,8 @@ class Store:
         return self._db.execute("DELETE FROM suppression WHERE address = ?", (address.lower(),)).rowcount > 0
 
     def suppression_list(self) -> list[tuple[str, str, str, float]]:
-        return self._db.execute(
-            "SELECT address, source, reason, created_at FROM suppression ORDER BY address"
-        ).fetchall()
+        return [tuple(r) for r in self._all(
+            "SELECT address, source, reason, created_at FROM suppression ORDER BY address")]
 
     # -- buried jobs ----------------------------------------------------------------------------
     def record_failure(self, server: str, job_id: int, tube: str, outcome: str, reason: str,
@@ -225,34 +299,19 @@ class Store:
         self._db.execute(
             "INSERT INTO failures (server, job_id, tube, outcome, reason, body, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (server, job_id, tube, outcome, reason, body, time.time()),
+            (server, job_id, tube, outcome, reason, body[:65536].decode("utf-8", "replace"), time.time()),
         )
 
     def failure(self, server: str, job_id: int) -> tuple[str, str, float] | None:
-        return self._db.execute(
+        return self._one(
             "SELECT outcome, reason, created_at FROM failures WHERE server = ? AND job_id = ?"
-            " ORDER BY id DESC LIMIT 1", (server, job_id)
-        ).fetchone()
+            " ORDER BY created_at DESC LIMIT 1", (server, job_id))
 
     def failed_job_ids(self, server: str, limit: int = 200) -> list[int]:
-        rows = self._db.execute(
-            "SELECT DISTINCT job_id FROM failures WHERE server = ? ORDER BY job_id DESC LIMIT ?", (server, limit)
-        ).fetchall()
+        rows = self._all(
+            "SELECT job_id FROM failures WHERE server = ? GROUP BY job_id ORDER BY job_id DESC LIMIT ?",
+            (server, limit))
         return [r[0] for r in rows]
 
     def close(self) -> None:
         self._db.close()
-
-
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT: a claim's read and write must not interleave across processes."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
