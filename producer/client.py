@@ -119,7 +119,7 @@ class Notifier:
                 not_after: float | None = None) -> list[int]:
         """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk."""
         _check_priority(priority)
-        excluded = {a.lower() for a in exclude}
+        excluded = {parse_recipient(a).address.lower() for a in exclude}
         base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
                     not_after=_int(not_after), exclude=tuple(sorted(excluded)))
         ids: list[int] = []
@@ -139,6 +139,13 @@ class Notifier:
         if chunk:
             ids.append(self._put_chunk(key, len(ids), chunk, base))
         return ids
+
+    def notify_watchers(self, template: str, watchers: Iterable[Any], actor: Any = None,
+                        context: Mapping[str, Any] | None = None, *, key: str, priority: str = "normal",
+                        not_after: float | None = None) -> list[int]:
+        """The classic hook: tell everyone watching something, except whoever caused the event."""
+        return self.mailout(template, watchers, context, key=key, priority=priority,
+                            exclude=[actor] if actor else (), not_after=not_after)
 
     def _put_chunk(self, key: str, n: int, chunk: list[Recipient], base: dict[str, Any]) -> int:
         envelope = Envelope(id=f"{key}#{n}", to=tuple(chunk), created_at=env.now(), **base)

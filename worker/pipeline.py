@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from producer import envelope as env
 from producer.envelope import Envelope
+from producer.unsubscribe import list_unsubscribe_headers
 
 from . import mime
 from .entities import Registry
@@ -121,6 +122,20 @@ class Pipeline:
                 continue
             raise Skipped(f"suppressed ({source}): {mask(recipient.address)}")
 
+    def _list_headers(self, envelope: Envelope) -> dict[str, str]:
+        """Bulk mail says what it is (RFC 2076 Precedence, RFC 2919 List-Id) and how to leave."""
+        s = self.settings
+        list_id = s.list_id or f"<{envelope.template.replace('/', '.')}.{self.sender.domain}>"
+        headers = {"Precedence": "bulk", "List-Id": list_id}
+        address = envelope.recipient.address
+        if s.unsubscribe_url:
+            headers.update(list_unsubscribe_headers(address, s.token_secret, url=s.unsubscribe_url,
+                                                    mailto=s.unsubscribe_mailto, list_id=list_id,
+                                                    ttl=s.unsubscribe_days * 86400))
+        elif s.unsubscribe_mailto:
+            headers["List-Unsubscribe"] = f"<mailto:{s.unsubscribe_mailto}?subject=unsubscribe>"
+        return headers
+
     def _check_rate(self, envelope: Envelope) -> None:
         domain = envelope.to[0].address.rpartition("@")[2].lower()
         rate = self.settings.rate_for(domain)
@@ -144,7 +159,9 @@ class Pipeline:
         context.setdefault("recipient", {"address": envelope.recipient.address,
                                          "name": envelope.recipient.name})
         rendered = self.renderer.render(envelope.template, context)
-        message = mime.build(rendered, self.sender, envelope.recipient, envelope.headers)
+        headers = self._list_headers(envelope) if envelope.priority == "bulk" else {}
+        headers.update(envelope.headers)  # an application's own list headers win
+        message = mime.build(rendered, self.sender, envelope.recipient, headers)
         return message, [envelope.recipient.address]
 
 

@@ -60,12 +60,21 @@ class Settings:
     beanstalk_timeout: float = 10.0
     mask_addresses: bool = True
     log_format: str = "json"
+    unsubscribe_url: str = ""  # https://app.example/mail/unsubscribe (the UnsubscribeApp)
+    unsubscribe_mailto: str = ""  # unsubscribe@app.example
+    unsubscribe_secret: str = ""  # signs unsubscribe tokens; defaults to BEANMAIL_SECRET
+    unsubscribe_days: float = 60.0  # how long an unsubscribe link works
+    list_id: str = ""  # List-Id of bulk mail; default <template.from-domain>
     supervisor_url: str = f"unix://{ROOT / 'var' / 'supervisor.sock'}"
     entities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def smtp(self) -> SmtpTarget:
         return parse_smtp_url(self.smtp_url)
+
+    @property
+    def token_secret(self) -> str:
+        return self.unsubscribe_secret or self.secret
 
     def rate_for(self, domain: str) -> float:
         return self.rate_limits.get(domain.lower(), self.rate_default)
@@ -185,6 +194,10 @@ def validate(s: Settings) -> Settings:
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be positive")
     if s.ttr <= s.smtp_timeout:
         raise SettingsError(f"BEANMAIL_TTR: {s.ttr}s must exceed BEANMAIL_SMTP_TIMEOUT ({s.smtp_timeout}s)")
+    if s.unsubscribe_url and not s.token_secret:
+        raise SettingsError("BEANMAIL_UNSUBSCRIBE_SECRET: needed (or BEANMAIL_SECRET) to sign unsubscribe links")
+    if s.unsubscribe_url and not s.unsubscribe_url.startswith(("https://", "http://")):
+        raise SettingsError("BEANMAIL_UNSUBSCRIBE_URL: must be an http(s) URL")
     if s.log_format not in ("json", "console"):
         raise SettingsError("BEANMAIL_LOG_FORMAT: must be json or console")
     return s
