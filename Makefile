@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export BEANMAIL_WORKERS ?= 2
 
-.PHONY: setup setup-test run demo stop status test bench bench-smoke preview clean
+.PHONY: setup setup-test run example stop status test bench bench-smoke preview clean
 
 setup:
 	scripts/setup.sh run
@@ -14,6 +14,11 @@ setup-test:
 run: setup
 	scripts/devstack.sh start
 	$(PY) scripts/demo.py
+
+## example: the example issue tracker on http://127.0.0.1:8000/ against the dev stack
+example: setup
+	scripts/devstack.sh start
+	.venv/bin/python examples/tracker/app.py
 
 stop:
 	scripts/devstack.sh stop

@@ -16,7 +16,9 @@ setup(
         "email-validator>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4"],
+        "test": ["pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3"],
+        "django": ["django>=4.2"],
+        "flask": ["flask>=2.3"],
         "postgresql": ["psycopg[binary]>=3.1"],
     },
     entry_points={"console_scripts": ["beanmail = worker.cli:main"]},

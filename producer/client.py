@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import greenstalk
 
 from . import envelope as env
+from . import spool
 from .envelope import Envelope, Recipient
 
 DEFAULT_URL = "beanstalk://127.0.0.1:11300"
@@ -22,7 +23,11 @@ CHUNK_BYTES = 48_000
 
 
 class EnqueueError(RuntimeError):
-    """The job could not be handed to beanstalkd (and no spool is configured)."""
+    """The job could not be handed to beanstalkd."""
+
+
+class Unreachable(EnqueueError):
+    """beanstalkd did not answer (twice) or refuses jobs for now: a spool may take the job."""
 
 
 def parse_url(url: str) -> str | tuple[str, int]:
@@ -79,10 +84,13 @@ class Notifier:
     """Thread-safe; one connection per Notifier, reconnected (and the put retried once) if dropped."""
 
     def __init__(self, url: str | None = None, *, secret: str | None = None, ttr: int = DEFAULT_TTR,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, spool: str | None = None) -> None:
+        """``spool``: a file to append jobs to when beanstalkd is unreachable (``beanmail spool
+        flush`` and every worker start move them on); without one, an outage raises EnqueueError."""
         self.url = url or os.environ.get("BEANMAIL_BEANSTALK_URL", DEFAULT_URL)
         parse_url(self.url)
         self.secret = secret if secret is not None else os.environ.get("BEANMAIL_SECRET") or None
+        self.spool = spool if spool is not None else os.environ.get("BEANMAIL_SPOOL") or None
         self.ttr = ttr
         self.timeout = timeout
         self._client: greenstalk.Client | None = None
@@ -157,6 +165,16 @@ class Notifier:
         return self._put(body, tube or default_tube, pri, delay)
 
     def _put(self, body: bytes, tube: str, pri: int, delay: int) -> int:
+        """The beanstalkd job id; 0 when the job went to the spool instead."""
+        try:
+            return self.put_body(tube, pri, delay, self.ttr, body)
+        except Unreachable:
+            if not self.spool:
+                raise
+            spool.append(self.spool, tube, pri, delay, self.ttr, body)
+            return 0
+
+    def put_body(self, tube: str, pri: int, delay: int, ttr: int, body: bytes) -> int:
         with self._lock:
             for attempt in (1, 2):
                 try:
@@ -164,13 +182,15 @@ class Notifier:
                     if self._using != tube:
                         client.use(tube)
                         self._using = tube
-                    return client.put(body, priority=pri, delay=delay, ttr=self.ttr)
+                    return client.put(body, priority=pri, delay=delay, ttr=ttr)
                 except greenstalk.JobTooBigError:
                     raise EnqueueError(f"job of {len(body)} bytes is larger than beanstalkd's max-job-size") from None
+                except (greenstalk.DrainingError, greenstalk.OutOfMemoryError) as exc:
+                    raise Unreachable(f"beanstalkd at {self.url} refuses jobs: {type(exc).__name__}") from exc
                 except (OSError, greenstalk.UnknownResponseError) as exc:
-                    self._drop()
+                    self._drop()  # a dropped connection: one fresh try
                     if attempt == 2:
-                        raise EnqueueError(f"beanstalkd at {self.url} is unreachable: {exc}") from exc
+                        raise Unreachable(f"beanstalkd at {self.url} is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _connection(self) -> greenstalk.Client:

@@ -29,7 +29,7 @@ start() {
   fi
   if ! alive "$VAR/catcher.pid"; then
     port_busy 1025 && { echo "devstack: port 1025 is taken by another program" >&2; exit 1; }
-    setsid "$VAR/catcher/node_modules/.bin/maildev" --ip 127.0.0.1 --smtp 1025 --web 1080 \
+    setsid "$VAR/catcher/node_modules/.bin/maildev" --ip 127.0.0.1 --smtp 1025 --web 1080 --mail-directory "$VAR/catcher/mail" \
       >>"$VAR/log/catcher.log" 2>&1 &
     echo $! >"$VAR/catcher.pid"
     wait_for 20 "the catcher" port_busy 1080

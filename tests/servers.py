@@ -254,3 +254,38 @@ class Postgres:
             self.proc.wait(30)
             self.proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Maildev:
+    """The development catcher (maildev from the npm registry, installed by `make setup`)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.bin = Path(__file__).resolve().parent.parent / "var" / "catcher" / "node_modules" / ".bin" / "maildev"
+        if not self.bin.exists():
+            raise FileNotFoundError("maildev is not installed: run `make setup` (it installs it)")
+        self.smtp_port, self.web_port = free_port(), free_port()
+        self.maildir = workdir / "maildev"
+        self.maildir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def smtp_url(self) -> str:
+        return f"smtp://127.0.0.1:{self.smtp_port}?starttls=off"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self) -> "Maildev":
+        self.proc = subprocess.Popen(
+            [str(self.bin), "--ip", "127.0.0.1", "--smtp", str(self.smtp_port), "--web", str(self.web_port),
+             "--mail-directory", str(self.maildir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open("127.0.0.1", self.web_port) and port_open("127.0.0.1", self.smtp_port),
+                   30, "maildev to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None

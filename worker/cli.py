@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", default="Preview <preview@example.com>")
     r.add_argument("--part", choices=("message", "text", "html", "subject"), default="message")
 
+    sp = sub.add_parser("spool", help="move jobs a producer spooled during an outage to beanstalkd")
+    sp.add_argument("action", choices=("flush",))
+    sp.add_argument("--spool", help="the spool file (default: $BEANMAIL_SPOOL)")
+
     st = sub.add_parser("status", help="tubes, workers and supervisor processes")
     st.add_argument("--json", action="store_true")
 
@@ -87,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_mod.load(path=args.config)
+        if getattr(args, "spool", None):
+            settings = settings.replace(spool=args.spool)
         if getattr(args, "tubes", None):
             settings = settings.replace(tubes=tuple(t.strip() for t in args.tubes.split(",") if t.strip()))
     except settings_mod.SettingsError as exc:

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from producer import EnqueueError, Notifier
+from producer import EnqueueError, Notifier, spool
 from producer.client import parse_recipient
 
 from . import logs, ops
@@ -23,10 +23,35 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def flush_spool(settings: Settings) -> int:
+    """Move spooled jobs to beanstalkd; returns how many (0 without a spool)."""
+    if not settings.spool:
+        return 0
+    notifier = Notifier(settings.beanstalk_url, spool="")
+    try:
+        return spool.flush(settings.spool, notifier.put_body)
+    except EnqueueError as exc:
+        raise CommandError(f"spool kept for later: {exc}") from None
+    finally:
+        notifier.close()
+
+
+def cmd_spool(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.spool:
+        raise CommandError("no spool configured (BEANMAIL_SPOOL or --spool)")
+    print(f"flushed {flush_spool(settings)} job(s) from {settings.spool}")
+    return 0
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
     logs.configure(settings.log_format)
+    try:
+        if flushed := flush_spool(settings):
+            logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
+    except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
+        logs.get_logger().warning("spool not flushed", reason=str(exc))
     store = Store(settings.store)
     worker = Worker(settings, Pipeline(settings, store), store)
     worker.install_signal_handlers()

@@ -28,7 +28,8 @@ class Fanout:
     def __init__(self, settings: Settings, store: Store, notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret or None)
+        # no spool here: a chunk that cannot be fanned out stays in beanstalkd and is retried
+        self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret or None, spool="")
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
         self.log = get_logger()
 

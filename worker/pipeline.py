@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import binascii
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol, Sequence
 
 from producer import envelope as env
@@ -23,6 +24,9 @@ from .settings import Settings
 from .store import Store
 from .transports.smtp import Reply
 from .validate import check_envelope
+
+
+_CRLF = re.compile(rb"\r\n|\r|\n")
 
 
 class Transport(Protocol):
@@ -85,14 +89,15 @@ class Pipeline:
             except env.EnvelopeError as exc:
                 raise Poison(f"bad envelope: {exc}") from None
             envelope = check_envelope(envelope)
-            self._check_suppression(envelope)
+            envelope = self._check_suppression(envelope)
             self._check_rate(envelope)
             claiming = True
             self.store.claim(envelope.id, self._recipient(envelope), envelope.template,
                              lease=self.settings.ttr)
             claimed = True
             message, recipients = self._build(envelope)
-            reply = str(self.transport.send(self.sender.addr_spec, recipients, message, touch))
+            sender = envelope.sender or self.sender.addr_spec  # a raw job may name its own
+            reply = str(self.transport.send(sender, recipients, message, touch))
             error: BaseException | None = None
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             error = exc
@@ -110,17 +115,20 @@ class Pipeline:
     def _recipient(envelope: Envelope) -> str:
         return ",".join(r.address.lower() for r in envelope.to)
 
-    def _check_suppression(self, envelope: Envelope) -> None:
+    def _check_suppression(self, envelope: Envelope) -> Envelope:
+        """The envelope without its suppressed recipients; Skipped when none is left."""
+        kept, reasons = [], []
         for recipient in envelope.to:
             entry = self.store.suppressed(recipient.address)
-            if entry is None:
-                continue
-            source, reason = entry
             # transactional urgent mail (a password reset) may reach someone who unsubscribed
             # from notifications, never an address that hard-bounced
-            if source == "unsubscribe" and envelope.priority == "urgent":
-                continue
-            raise Skipped(f"suppressed ({source}): {mask(recipient.address)}")
+            if entry is None or (entry[0] == "unsubscribe" and envelope.priority == "urgent"):
+                kept.append(recipient)
+            else:
+                reasons.append(f"suppressed ({entry[0]}): {mask(recipient.address)}")
+        if not kept:
+            raise Skipped("; ".join(reasons))
+        return replace(envelope, to=tuple(kept)) if reasons else envelope
 
     def _list_headers(self, envelope: Envelope) -> dict[str, str]:
         """Bulk mail says what it is (RFC 2076 Precedence, RFC 2919 List-Id) and how to leave."""
@@ -150,7 +158,8 @@ class Pipeline:
                 message = base64.b64decode(envelope.message, validate=True)
             except (binascii.Error, ValueError):
                 raise Poison("raw job: 'message' is not base64") from None
-            return message, [r.address for r in envelope.to]
+            # SMTP wants CRLF; messages built with "\n" (Django's as_bytes() default) get it here
+            return _CRLF.sub(b"\r\n", message), [r.address for r in envelope.to]
         if envelope.kind != "mail":
             raise Poison(f"kind {envelope.kind!r} does not belong on a mail tube")
         context = dict(envelope.context)

@@ -45,6 +45,7 @@ class Settings:
     helo_name: str = ""
     store: str = str(ROOT / "var" / "beanmail.sqlite3")
     secret: str = ""
+    spool: str = ""  # producers' spool file, flushed to beanstalkd at every worker start
     dns: str = ""
     dns_timeout: float = 5.0
     mx_port: int = 25

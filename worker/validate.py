@@ -50,5 +50,6 @@ def check_envelope(envelope: Envelope, now: float | None = None) -> Envelope:
     if envelope.kind == "mail":
         return replace(envelope, to=(check_recipient(envelope.recipient),))
     if envelope.kind == "raw":
-        return replace(envelope, to=tuple(check_recipient(r) for r in envelope.to))
+        sender = normalize_address(envelope.sender) if envelope.sender else ""
+        return replace(envelope, to=tuple(check_recipient(r) for r in envelope.to), sender=sender)
     return envelope

@@ -1,0 +1,132 @@
+"""A tiny issue tracker: commenting on an issue notifies its watchers, except the commenter.
+
+The classic watch-list hook, in plain WSGI and sqlite3, to show the one rule that matters: the
+notification is enqueued after the comment is committed (producer.hooks.transaction).
+
+    python examples/tracker/app.py            # http://127.0.0.1:8000/ against the dev stack
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
+from wsgiref.simple_server import make_server
+
+from producer import Notifier
+from producer.hooks import transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS issues (id INTEGER PRIMARY KEY, title TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS watchers (issue_id INTEGER NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
+                                     PRIMARY KEY (issue_id, email));
+CREATE TABLE IF NOT EXISTS comments (id INTEGER PRIMARY KEY, issue_id INTEGER NOT NULL,
+                                     author TEXT NOT NULL, body TEXT NOT NULL);
+"""
+SEED = [
+    (1, "Login fails with a ü in the password", [("ann@example.com", "Ann Müller"), ("bob@example.com", "Bob"),
+                                                 ("cat@example.com", "Cat")]),
+    (2, "Dark mode", [("ann@example.com", "Ann Müller")]),
+]
+
+
+class Tracker:
+    def __init__(self, db_path: str, notifier: Notifier) -> None:
+        self.db_path = db_path
+        self.notifier = notifier
+        self._local = threading.local()
+        with self.db() as db:
+            db.executescript(SCHEMA)
+            if not db.execute("SELECT 1 FROM issues").fetchone():
+                for issue_id, title, watchers in SEED:
+                    db.execute("INSERT INTO issues VALUES (?, ?)", (issue_id, title))
+                    db.executemany("INSERT INTO watchers VALUES (?, ?, ?)",
+                                   [(issue_id, e, n) for e, n in watchers])
+
+    def db(self) -> sqlite3.Connection:
+        if not hasattr(self._local, "db"):
+            self._local.db = sqlite3.connect(self.db_path)
+        return self._local.db
+
+    def comment(self, issue_id: int, author: str, body: str) -> int:
+        db = self.db()
+        title = db.execute("SELECT title FROM issues WHERE id = ?", (issue_id,)).fetchone()
+        if title is None:
+            raise LookupError(issue_id)
+        with transaction(db, self.notifier) as mail:
+            comment_id = db.execute("INSERT INTO comments (issue_id, author, body) VALUES (?, ?, ?)",
+                                    (issue_id, author, body)).lastrowid
+            db.execute("INSERT OR IGNORE INTO watchers VALUES (?, ?, ?)", (issue_id, author, author))
+            watchers = [{"address": e, "name": n}
+                        for e, n in db.execute("SELECT email, name FROM watchers WHERE issue_id = ?", (issue_id,))]
+            mail.notify_watchers("comment", watchers, actor=author, key=f"comment:{comment_id}", context={
+                "issue": {"id": issue_id, "title": title[0]},
+                "comment": {"id": comment_id, "author": author, "body": body},
+            })
+        return int(comment_id)
+
+    # -- WSGI -----------------------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", "/"), environ["REQUEST_METHOD"]
+        parts = [p for p in path.split("/") if p]
+        try:
+            if method == "GET" and not parts:
+                return self._page(start_response, self._index())
+            if method == "GET" and len(parts) == 2 and parts[0] == "issues":
+                return self._page(start_response, self._issue(int(parts[1])))
+            if method == "POST" and len(parts) == 3 and parts[0] == "issues" and parts[2] == "comments":
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                form = parse_qs(environ["wsgi.input"].read(size).decode())
+                author, body = form.get("author", [""])[0].strip(), form.get("body", [""])[0].strip()
+                if not author or not body:
+                    return self._page(start_response, "<p>author and body are required</p>", "400 Bad Request")
+                self.comment(int(parts[1]), author, body)
+                start_response("303 See Other", [("Location", f"/issues/{parts[1]}")])
+                return [b""]
+        except (LookupError, ValueError):
+            pass
+        return self._page(start_response, "<p>not found</p>", "404 Not Found")
+
+    def _index(self) -> str:
+        rows = self.db().execute("SELECT id, title FROM issues ORDER BY id").fetchall()
+        items = "".join(f'<li><a href="/issues/{i}">#{i} {html.escape(t)}</a></li>' for i, t in rows)
+        return f"<h1>Issues</h1><ul>{items}</ul>"
+
+    def _issue(self, issue_id: int) -> str:
+        db = self.db()
+        row = db.execute("SELECT title FROM issues WHERE id = ?", (issue_id,)).fetchone()
+        if row is None:
+            raise LookupError(issue_id)
+        comments = "".join(f"<li><b>{html.escape(a)}</b>: {html.escape(b)}</li>" for a, b in
+                           db.execute("SELECT author, body FROM comments WHERE issue_id = ? ORDER BY id", (issue_id,)))
+        watchers = ", ".join(html.escape(n) for (n,) in db.execute("SELECT name FROM watchers WHERE issue_id = ?", (issue_id,)))
+        return (f"<h1>#{issue_id} {html.escape(row[0])}</h1><p>Watchers: {watchers}</p><ul>{comments}</ul>"
+                f'<form method="post" action="/issues/{issue_id}/comments">'
+                f'<input name="author" placeholder="your e-mail" value="bob@example.com">'
+                f'<textarea name="body"></textarea><button>Comment</button></form>')
+
+    @staticmethod
+    def _page(start_response: Callable[..., Any], body: str, status: str = "200 OK") -> list[bytes]:
+        data = f"<!doctype html><meta charset=utf-8><title>tracker</title>{body}".encode()
+        start_response(status, [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data)))])
+        return [data]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--db", default=str(Path(__file__).resolve().parents[2] / "var" / "tracker.sqlite3"))
+    parser.add_argument("--beanstalk", default=None, help="default: $BEANMAIL_BEANSTALK_URL or the local one")
+    args = parser.parse_args()
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    app = Tracker(args.db, Notifier(args.beanstalk))
+    print(f"tracker on http://127.0.0.1:{args.port}/ — comment on an issue, then look in the catcher")
+    make_server("127.0.0.1", args.port, app).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Flask integration: ``beanmail.notify(...)`` inside a view is enqueued when the request ends
+without an error, that is after the view committed its transaction; an error drops it.
+
+    from producer.flask import Beanmail
+    beanmail = Beanmail(app)                 # app.config["BEANMAIL_URL"], "BEANMAIL_SECRET", "BEANMAIL_SPOOL"
+
+    @app.post("/issues/<int:id>/comments")
+    def comment(id):
+        db.session.add(Comment(...)); db.session.commit()
+        beanmail.notify_watchers("comment", watchers, actor=user.email, key=f"comment:{c.id}", context=...)
+
+With Flask-SQLAlchemy, ``beanmail.attach(db.session)`` flushes on the session's own commit
+instead, and drops on its rollback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, g
+
+from .client import Notifier
+from .hooks import AfterCommit
+
+
+class Beanmail:
+    def __init__(self, app: Flask | None = None) -> None:
+        self.notifier: Notifier | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        self.notifier = Notifier(app.config.get("BEANMAIL_URL"), secret=app.config.get("BEANMAIL_SECRET"),
+                                 spool=app.config.get("BEANMAIL_SPOOL"))
+        app.extensions["beanmail"] = self
+        app.teardown_request(self._teardown)
+
+    @property
+    def pending(self) -> AfterCommit:
+        if "beanmail_pending" not in g:
+            assert self.notifier is not None, "Beanmail.init_app(app) was not called"
+            g.beanmail_pending = AfterCommit(self.notifier)
+        return g.beanmail_pending
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("notify", "mailout", "notify_watchers", "send_raw"):
+            return getattr(self.pending, name)
+        raise AttributeError(name)
+
+    def _teardown(self, exc: BaseException | None) -> None:
+        pending = g.pop("beanmail_pending", None)
+        if pending is None:
+            return
+        if exc is None:
+            pending.flush()
+        else:
+            pending.discard()
+
+    def attach(self, session: Any) -> None:
+        """Flush on an SQLAlchemy session's commit, drop on its rollback."""
+        from sqlalchemy import event
+
+        event.listen(session, "after_commit", lambda _s: self.pending.flush() if "beanmail_pending" in g else None)
+        event.listen(session, "after_rollback", lambda _s: self.pending.discard() if "beanmail_pending" in g else None)
