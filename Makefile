@@ -29,6 +29,14 @@ status:
 test: setup-test
 	.venv/bin/pytest -q tests
 
+## bench: every scenario at full size against beanstalkd and smtp-sink (minutes); one JSON line each
+bench: setup-test
+	.venv/bin/python bench/run.py
+
+## bench-smoke: the same scenarios at 2% size (seconds); figures printed, nothing asserted
+bench-smoke: setup-test
+	.venv/bin/python bench/run.py --scale 0.02
+
 ## preview: print a template as it would be sent (TEMPLATE=welcome CONTEXT='{"name": "Zoë"}')
 TEMPLATE ?= welcome
 CONTEXT ?= {"name": "Zoë"}

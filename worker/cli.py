@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="reserve and deliver mail jobs")
     w.add_argument("--tubes", help="comma-separated tubes to watch (default: mail.urgent,mail.normal,mail.bulk)")
     w.add_argument("--burst", action="store_true", help="exit 0 once no job is ready in the watched tubes")
+    w.add_argument("--threads", type=int, help="loops in this process (default: $BEANMAIL_THREADS or 1)")
 
     f = sub.add_parser("fanout", help="expand mailout chunks into one mail.bulk job per recipient")
     f.add_argument("--burst", action="store_true", help="exit 0 once no chunk is ready")
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_mod.load(path=args.config)
         if getattr(args, "spool", None):
             settings = settings.replace(spool=args.spool)
+        if getattr(args, "threads", None):
+            settings = settings_mod.validate(settings.replace(threads=args.threads))
         if getattr(args, "tubes", None):
             settings = settings.replace(tubes=tuple(t.strip() for t in args.tubes.split(",") if t.strip()))
     except settings_mod.SettingsError as exc:

@@ -12,7 +12,7 @@ from producer import EnqueueError, Notifier, spool
 from producer.client import parse_recipient
 
 from . import logs, ops
-from .loop import Worker
+from .loop import Pool, Worker
 from .ops import OpsError as CommandError
 from .settings import Settings
 from .store import Store
@@ -52,8 +52,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
     except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
         logs.get_logger().warning("spool not flushed", reason=str(exc))
-    store = Store(settings.store)
-    worker = Worker(settings, Pipeline(settings, store), store)
+    if settings.threads == 1:
+        store = Store(settings.store)
+        worker: Worker | Pool = Worker(settings, Pipeline(settings, store), store)
+    else:
+        stores = [Store(settings.store) for _ in range(settings.threads)]
+        worker = Pool([Worker(settings, Pipeline(settings, s), s) for s in stores])
     worker.install_signal_handlers()
     return worker.run(burst=args.burst)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from typing import Callable, Protocol
 
@@ -208,3 +209,35 @@ class Worker:
             # from being sent twice
             self.log.warning("beanstalkd connection lost", error=str(exc), job=job.id, action=d.action)
             self._drop()
+
+
+class Pool:
+    """Several loops in one process, each with its own beanstalkd connection, stage and store:
+    for slow receivers, where a loop spends its time waiting on the network, not the CPU."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, _signum: int, _frame: object) -> None:
+        for w in self.workers:
+            w.stopping = True  # each notices within its reserve timeout
+
+    def _on_hup(self, _signum: int, _frame: object) -> None:
+        for w in self.workers:
+            w._reload = True
+
+    def run(self, burst: bool = False) -> int:
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda w=w: codes.append(w.run(burst)), name=f"loop-{i}")
+                   for i, w in enumerate(self.workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)  # the main thread stays free to take signals
+        return max(codes, default=EX_OK)

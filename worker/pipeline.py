@@ -185,6 +185,8 @@ def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started:
     if envelope is not None:
         fields["key"] = envelope.id
         fields["template"] = envelope.template
+        if envelope.created_at:
+            fields["age_ms"] = round((time.time() - envelope.created_at) * 1000, 1)  # enqueue -> now
         to = [r.address for r in envelope.to[:3]]
         fields["to"] = [mask(a) for a in to] if mask_addresses else to
     if d.reason:

@@ -57,6 +57,7 @@ class Settings:
     max_attempts: int = 8
     backoff_base: float = 30.0
     backoff_max: float = 3600.0
+    threads: int = 1  # loops per worker process; more for slow receivers (direct MX delivery)
     reserve_timeout: int = 1
     beanstalk_timeout: float = 10.0
     mask_addresses: bool = True
@@ -190,7 +191,7 @@ def validate(s: Settings) -> Settings:
             raise SettingsError(f"BEANMAIL_DNS: {s.dns!r} must be ip[:port]")
     if not s.tubes:
         raise SettingsError("BEANMAIL_TUBES: no tube to watch")
-    for name in ("ttr", "max_attempts", "mx_port", "mx_connections_per_domain", "dns_timeout"):
+    for name in ("ttr", "max_attempts", "mx_port", "mx_connections_per_domain", "dns_timeout", "threads"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be positive")
     if s.ttr <= s.smtp_timeout:

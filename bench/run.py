@@ -1,0 +1,306 @@
+"""`make bench`: the scenarios of the performance issue against real servers started here
+(beanstalkd with a binlog, Postfix's smtp-sink), one JSON line per scenario on stdout.
+
+    python bench/run.py [--scale 1.0] [--only relay,enqueue,...]
+
+--scale multiplies every job count (`make bench-smoke` runs 0.02 of it in seconds). Figures on a
+small noisy machine vary run to run; compare ratios from one run, e.g. relay against raw-limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from producer import Notifier  # noqa: E402
+from producer.client import connect  # noqa: E402
+from tests.servers import Beanstalkd, free_port, port_open, wait_until, which  # noqa: E402
+
+BIN = Path(sys.executable).parent
+CONTEXT = {
+    "name": "Zoë", "project": "acme", "count": 3, "settings_url": "https://acme.example/settings/notifications",
+    "items": [
+        {"title": "Login fails when the password has an umlaut", "author": "ann", "url": "https://acme.example/issues/1",
+         "summary": "Fixed in 1.2, please verify on staging before we close it."},
+        {"title": "Dark mode", "author": "bob", "url": "https://acme.example/issues/2",
+         "summary": "Design review on Thursday; mockups attached to the issue."},
+        {"title": "Export to CSV", "author": "cat", "url": "https://acme.example/issues/3",
+         "summary": "Merged; release notes updated and docs linked from the dashboard."},
+    ],
+}
+MESSAGE_BYTES = 1900  # what the bench template renders to; smtp-source sends the same size
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def emit(scenario: str, **figures: Any) -> None:
+    print(json.dumps({"scenario": scenario, **figures}), flush=True)
+
+
+class SmtpSink:
+    def __init__(self, delay: int = 0, expect: int | None = None) -> None:
+        self.port = free_port()
+        args = [which("smtp-sink"), "-u", "nobody", "-m", "1024"]
+        if delay:
+            args += ["-w", str(delay)]
+        if expect:
+            args += ["-M", str(expect)]
+        self.proc = subprocess.Popen([*args, f"127.0.0.1:{self.port}", "1024"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open("127.0.0.1", self.port), 10, "smtp-sink")
+
+    def wait(self, timeout: float) -> None:
+        self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def proc_stat(pid: int) -> tuple[float, float]:
+    """(RSS MB, CPU seconds) of a process from /proc."""
+    try:
+        rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("VmRSS:"))
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return rss_kb / 1024, cpu
+    except (FileNotFoundError, StopIteration, ProcessLookupError):
+        return float("nan"), float("nan")
+
+
+class Workers:
+    """W `beanmail worker` processes with the environment supervisord would give them."""
+
+    def __init__(self, tmp: Path, beanstalk_url: str, smtp_port: int, count: int, *, threads: int = 1,
+                 command: str = "worker", tubes: str | None = None) -> None:
+        self.env = {"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C",
+                    "BEANMAIL_BEANSTALK_URL": beanstalk_url,
+                    "BEANMAIL_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}?starttls=off",
+                    "BEANMAIL_TEMPLATES": str(ROOT / "bench" / "templates"),
+                    "BEANMAIL_STORE": str(tmp / "store.sqlite3"), "BEANMAIL_FROM": "Bench <bench@beanmail.example>",
+                    "BEANMAIL_THREADS": str(threads)}
+        args = [str(BIN / "beanmail"), command] + (["--tubes", tubes] if tubes else [])
+        self.logs = [tmp / f"{command}-{i}-{time.monotonic_ns()}.log" for i in range(count)]
+        self.procs = [subprocess.Popen(args, env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                      for log in self.logs]
+        try:
+            wait_until(lambda: all(b'"connected"' in log.read_bytes() for log in self.logs), 30, "workers to connect")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("workers did not start:\n" + "\n".join(log.read_text()[-2000:] for log in self.logs))
+        self.rss_start = [proc_stat(p.pid)[0] for p in self.procs]
+
+    def usage(self) -> tuple[float, float]:
+        stats = [proc_stat(p.pid) for p in self.procs]
+        return max(s[0] for s in stats), sum(s[1] for s in stats)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(60)
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for log in self.logs:
+            for line in log.read_bytes().splitlines():
+                if line.startswith(b"{") and b'"event": "job"' in line:
+                    out.append(json.loads(line))
+        return out
+
+
+def stack(tmp: Path) -> Beanstalkd:
+    return Beanstalkd(tmp / f"beanstalkd-{time.monotonic_ns()}").start()
+
+
+def ready_jobs(url: str, tube: str) -> int:
+    with connect(url, encoding=None) as c:
+        return int(c.stats_tube(tube)["current-jobs-ready"]) if tube in c.tubes() else 0
+
+
+# -- scenarios ------------------------------------------------------------------------------------
+
+def relay(tmp: Path, n: int, w: int) -> None:
+    b = stack(tmp)
+    notifier = Notifier(b.url)
+    for i in range(n):
+        notifier.notify("bench", f"user{i}@example.com", CONTEXT, priority="bulk")
+    sink = SmtpSink(expect=n)
+    workers = Workers(tmp, b.url, sink.port, w)
+    started = time.perf_counter()
+    sink.wait(timeout=3600)
+    seconds = time.perf_counter() - started
+    rss_end, cpu = workers.usage()
+    workers.stop()
+    ages = [e["age_ms"] for e in workers.events() if e.get("outcome") == "sent"]
+    emit("relay", messages=n, workers=w, seconds=round(seconds, 2), messages_per_s=round(n / seconds),
+         latency_ms_p50=round(pct(ages, 50)), latency_ms_p99=round(pct(ages, 99)),
+         rss_mb_start=round(max(workers.rss_start), 1), rss_mb_end=round(rss_end, 1),
+         cpu_seconds=round(cpu, 2), note="latency includes the wait behind the pre-queued backlog")
+    b.stop()
+
+
+def enqueue(tmp: Path, n: int) -> None:
+    b = stack(tmp)
+    notifier = Notifier(b.url)
+    notifier.notify("bench", "warm@example.com", CONTEXT)
+    costs = []
+    for i in range(n):
+        t = time.perf_counter_ns()
+        notifier.notify("bench", f"user{i}@example.com", CONTEXT, key=f"order:{i}")
+        costs.append((time.perf_counter_ns() - t) / 1000)
+    emit("enqueue", calls=n, us_p50=round(pct(costs, 50), 1), us_p99=round(pct(costs, 99), 1),
+         us_mean=round(statistics.fmean(costs), 1), calls_per_s=round(n / (sum(costs) / 1e6)))
+    b.stop()
+
+
+def slow_receivers(tmp: Path, n: int, w: int, threads: int, delay: int) -> None:
+    b = stack(tmp)
+    notifier = Notifier(b.url)
+    for i in range(n):
+        notifier.notify("bench", f"user{i}@example.com", CONTEXT)
+    sink = SmtpSink(delay=delay, expect=n)
+    workers = Workers(tmp, b.url, sink.port, w, threads=threads)
+    started = time.perf_counter()
+    sink.wait(timeout=3600)
+    seconds = time.perf_counter() - started
+    workers.stop()
+    concurrency = w * threads
+    ideal = concurrency / delay
+    emit("slow-receivers", messages=n, workers=w, threads=threads, delay_s=delay, seconds=round(seconds, 2),
+         messages_per_s=round(n / seconds, 1), ideal_per_s=ideal, fraction_of_ideal=round(n / seconds / ideal, 3))
+    b.stop()
+
+
+def urgent_under_load(tmp: Path, backlog: int, urgent: int, w: int) -> None:
+    b = stack(tmp)
+    notifier = Notifier(b.url)
+    for i in range(backlog):
+        notifier.notify("bench", f"bulk{i}@example.com", CONTEXT, priority="bulk")
+    sink = SmtpSink()
+    workers = Workers(tmp, b.url, sink.port, w)
+    wait_until(lambda: ready_jobs(b.url, "mail.bulk") < backlog - 200, 60, "the backlog to drain")
+    for i in range(urgent):
+        notifier.notify("bench", f"urgent{i}@example.com", CONTEXT, priority="urgent")
+        time.sleep(0.02)  # urgent mail arrives over time, not as a block
+    wait_until(lambda: sum(1 for e in workers.events() if e.get("tube") == "mail.urgent") >= urgent, 120,
+               "the urgent mail")
+    left = ready_jobs(b.url, "mail.bulk")
+    workers.stop()
+    sink.stop()
+    ages = [e["age_ms"] for e in workers.events() if e.get("tube") == "mail.urgent"]
+    emit("urgent-under-load", backlog=backlog, bulk_left_when_done=left, urgent=urgent, workers=w,
+         urgent_ms_p50=round(pct(ages, 50), 1), urgent_ms_p99=round(pct(ages, 99), 1))
+    b.stop()
+
+
+def fanout(tmp: Path, n: int, w: int) -> None:
+    b = stack(tmp)
+    notifier = Notifier(b.url)
+    sink = SmtpSink(expect=n)
+    workers = Workers(tmp, b.url, sink.port, w)
+    fan = Workers(tmp, b.url, sink.port, 1, command="fanout")
+    started = time.perf_counter()
+    chunks = notifier.mailout("bench", (f"r{i}@example.com" for i in range(n)), CONTEXT, key="bench-mailout")
+    mailout_s = time.perf_counter() - started
+
+    def fanned() -> bool:
+        with connect(b.url, encoding=None) as c:
+            return "mail.bulk" in c.tubes() and int(c.stats_tube("mail.bulk")["total-jobs"]) >= n
+    wait_until(fanned, 600, "fan-out")
+    fanned_s = time.perf_counter() - started
+    sink.wait(timeout=3600)
+    seconds = time.perf_counter() - started
+    workers.stop()
+    fan.stop()
+    emit("fanout", recipients=n, chunks=len(chunks), mailout_call_s=round(mailout_s, 3),
+         fanout_recipients_per_s=round(n / fanned_s), seconds_to_last_accepted=round(seconds, 2),
+         messages_per_s=round(n / seconds))
+    b.stop()
+
+
+def mailout_memory(tmp: Path, n: int) -> None:
+    """Peak memory of one mailout() call over a generator of n recipients, in a fresh process."""
+    b = stack(tmp)
+    code = f"""
+import resource, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from producer import Notifier
+n = Notifier({b.url!r})
+n.notify("bench", "warm@example.com", {{}})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+chunks = n.mailout("bench", (f"r{{i}}@example.com" for i in range({n})), {{"project": "acme"}}, key="big")
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(chunks), time.perf_counter() - t)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, after, chunks, seconds = int(out[0]), int(out[1]), int(out[2]), float(out[3])
+    emit("mailout-memory", recipients=n, chunks=chunks, seconds=round(seconds, 2),
+         rss_mb_before=round(before / 1024, 1), rss_mb_peak=round(after / 1024, 1),
+         rss_mb_growth=round((after - before) / 1024, 1))
+    b.stop()
+
+
+def raw_limit(tmp: Path, n: int, w: int) -> None:
+    sink = SmtpSink()
+    started = time.perf_counter()
+    subprocess.run([which("smtp-source"), "-s", str(w * 4), "-l", str(MESSAGE_BYTES), "-m", str(n), "-c",
+                    "-f", "bench@beanmail.example", "-t", "user@example.com", f"127.0.0.1:{sink.port}"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    sink.stop()
+    emit("raw-limit", messages=n, sessions=w * 4, message_bytes=MESSAGE_BYTES, seconds=round(seconds, 2),
+         messages_per_s=round(n / seconds))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--only", default="relay,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,mailout-memory")
+    args = parser.parse_args()
+    s, w = args.scale, args.workers
+
+    def n(base: int, minimum: int = 20) -> int:
+        return max(minimum, int(base * s))
+    scenarios: dict[str, Callable[[Path], None]] = {
+        "relay": lambda t: relay(t, n(20_000), w),
+        "enqueue": lambda t: enqueue(t, n(20_000, 200)),
+        "slow-receivers": lambda t: slow_receivers(t, n(16 * w * 8, 16 * w), w, 16, 1),
+        "urgent-under-load": lambda t: urgent_under_load(t, n(100_000, 2000), 50 if s >= 0.5 else 10, w),
+        "fanout": lambda t: fanout(t, n(100_000, 500), w),
+        "raw-limit": lambda t: raw_limit(t, n(20_000), w),
+        "mailout-memory": lambda t: mailout_memory(t, n(1_000_000, 10_000)),
+    }
+    for name in args.only.split(","):
+        tmp = Path(tempfile.mkdtemp(prefix=f"beanmail-bench-{name}-"))
+        try:
+            scenarios[name](tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    sys.exit(main())
