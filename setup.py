@@ -13,7 +13,7 @@ setup(
         "jinja2>=3.1",
         "structlog>=23.1",
         "supervisor>=4.2",
-        "email-validator>=2.0",
+        "email-validator>=2.1,<3",
     ],
     extras_require={
         "test": ["pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3"],

@@ -140,20 +140,20 @@ def ready_jobs(url: str, tube: str) -> int:
 
 # -- scenarios ------------------------------------------------------------------------------------
 
-def relay(tmp: Path, n: int, w: int) -> None:
+def relay(tmp: Path, n: int, w: int, threads: int = 1) -> None:
     b = stack(tmp)
     notifier = Notifier(b.url)
     for i in range(n):
         notifier.notify("bench", f"user{i}@example.com", CONTEXT, priority="bulk")
     sink = SmtpSink(expect=n)
-    workers = Workers(tmp, b.url, sink.port, w)
+    workers = Workers(tmp, b.url, sink.port, w, threads=threads)
     started = time.perf_counter()
     sink.wait(timeout=3600)
     seconds = time.perf_counter() - started
     rss_end, cpu = workers.usage()
     workers.stop()
     ages = [e["age_ms"] for e in workers.events() if e.get("outcome") == "sent"]
-    emit("relay", messages=n, workers=w, seconds=round(seconds, 2), messages_per_s=round(n / seconds),
+    emit("relay", messages=n, workers=w, threads=threads, seconds=round(seconds, 2), messages_per_s=round(n / seconds),
          latency_ms_p50=round(pct(ages, 50)), latency_ms_p99=round(pct(ages, 99)),
          rss_mb_start=round(max(workers.rss_start), 1), rss_mb_end=round(rss_end, 1),
          cpu_seconds=round(cpu, 2), note="latency includes the wait behind the pre-queued backlog")
@@ -277,6 +277,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=1, help="loops per worker process in the relay scenario")
     parser.add_argument("--only", default="relay,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,mailout-memory")
     args = parser.parse_args()
     s, w = args.scale, args.workers
@@ -284,7 +285,7 @@ def main() -> int:
     def n(base: int, minimum: int = 20) -> int:
         return max(minimum, int(base * s))
     scenarios: dict[str, Callable[[Path], None]] = {
-        "relay": lambda t: relay(t, n(20_000), w),
+        "relay": lambda t: relay(t, n(20_000), w, args.threads),
         "enqueue": lambda t: enqueue(t, n(20_000, 200)),
         "slow-receivers": lambda t: slow_receivers(t, n(16 * w * 8, 16 * w), w, 16, 1),
         "urgent-under-load": lambda t: urgent_under_load(t, n(100_000, 2000), 50 if s >= 0.5 else 10, w),

@@ -91,20 +91,17 @@ def header(name: str, value: str, width: int = 78, *, address: bool = False) -> 
 
 def _part(text: str, subtype: str) -> tuple[str, str]:
     """Content headers and the encoded body of one text part, CRLF line ends."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if text.isascii() and all(len(x) <= 998 for x in lines):
-        cte, body = "7bit", CRLF.join(lines)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.isascii() and all(len(x) <= 998 for x in text.split("\n")):
+        cte, body = "7bit", text.replace("\n", CRLF)
     else:
-        data = text.encode()
-        non_ascii = sum(1 for b in data if b > 127)
-        if non_ascii * 4 < len(data):
+        non_ascii = len(text) - len(text.encode("ascii", "ignore"))
+        if non_ascii * 4 < len(text):
             cte = "quoted-printable"
-            body = CRLF.join(binascii.b2a_qp(line.encode()).decode("ascii").replace("\n", CRLF)
-                             for line in lines)
+            body = binascii.b2a_qp(text.encode()).decode("ascii").replace("\n", CRLF)
         else:
             cte = "base64"
-            raw = CRLF.join(lines).encode()
-            b64 = base64.b64encode(raw).decode("ascii")
+            b64 = base64.b64encode(text.replace("\n", CRLF).encode()).decode("ascii")
             body = CRLF.join(b64[i:i + 76] for i in range(0, len(b64), 76))
     head = f'Content-Type: text/{subtype}; charset="utf-8"{CRLF}Content-Transfer-Encoding: {cte}'
     return head, body

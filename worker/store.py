@@ -196,29 +196,36 @@ class Store:
         """Take the key for this process, or raise: Skipped if it already ended, Deferred if a
         live worker holds it (retried after its lease, so a crashed holder loses nothing)."""
         now = time.time()
-        with self._db.transaction():
+        # the common case in one atomic statement: a new key, or one nobody holds
+        if self._one(
+            "INSERT INTO deliveries (key, recipient, template, outcome, attempts, claimed_by,"
+            " claim_expires, updated_at) VALUES (?, ?, ?, 'claimed', 1, ?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET outcome = 'claimed', attempts = deliveries.attempts + 1,"
+            " claimed_by = excluded.claimed_by, claim_expires = excluded.claim_expires,"
+            " updated_at = excluded.updated_at"
+            " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
+            " AND (deliveries.outcome <> 'claimed' OR deliveries.claim_expires <= excluded.updated_at"
+            "      OR deliveries.claimed_by = excluded.claimed_by)"
+            " RETURNING claimed_by",
+            (key, recipient, template, self.me, now + lease, now),
+        ) is not None:
+            return
+        with self._db.transaction():  # why not: ended, held, or held by a process that died
             row = self._one("SELECT outcome, claimed_by, claim_expires FROM deliveries WHERE key = ?"
                             + self._db.for_update, (key,))
-            if row is not None:
-                outcome, holder, expires = row
-                if outcome in FINAL:
-                    raise Skipped(f"duplicate: key already {outcome}")
-                if outcome == "claimed" and holder != self.me and expires > now and not holder_is_dead(holder):
-                    raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
-            # ON CONFLICT also covers a concurrent first claim of a key that had no row
-            claimed = self._one(
-                "INSERT INTO deliveries (key, recipient, template, outcome, attempts, claimed_by,"
-                " claim_expires, updated_at) VALUES (?, ?, ?, 'claimed', 1, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET outcome = 'claimed', attempts = deliveries.attempts + 1,"
-                " claimed_by = excluded.claimed_by, claim_expires = excluded.claim_expires,"
-                " updated_at = excluded.updated_at"
-                " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
-                " AND (deliveries.outcome <> 'claimed' OR deliveries.claim_expires <= excluded.updated_at"
-                "      OR deliveries.claimed_by IN (excluded.claimed_by, ?))"
-                " RETURNING claimed_by",
-                (key, recipient, template, self.me, now + lease, now, row[1] if row else ""),
-            )
-            if claimed is None:
+            if row is None:
+                raise Deferred("claim raced with a removal; retrying", delay=1)
+            outcome, holder, expires = row
+            if outcome in FINAL:
+                raise Skipped(f"duplicate: key already {outcome}")
+            if outcome == "claimed" and holder != self.me and expires > now and not holder_is_dead(holder):
+                raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
+            taken = self._db.execute(
+                "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
+                " claim_expires = ?, updated_at = ? WHERE key = ? AND outcome = ? AND claimed_by = ?",
+                (self.me, now + lease, now, key, outcome, holder),
+            ).rowcount
+            if not taken:
                 raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
 
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
