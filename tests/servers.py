@@ -289,3 +289,30 @@ class Maildev:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+class SmtpSink:
+    """Postfix's smtp-sink: a real, fast SMTP server that offers PIPELINING and can be told to
+    refuse commands (-r soft, -f hard) or drop the connection (-Q); -d dumps every message."""
+
+    def __init__(self, *options: str) -> None:
+        self.port = free_port()
+        # smtp-sink writes as nobody: not under pytest's tmp_path, which only root may enter
+        self.dumps = Path(tempfile.mkdtemp(prefix="beanmail-sink-"))
+        os.chmod(self.dumps, 0o777)
+        self.proc = subprocess.Popen(
+            [which("smtp-sink"), "-u", "nobody", "-d", f"{self.dumps}/%M.", *options, f"127.0.0.1:{self.port}", "64"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open("127.0.0.1", self.port), 10, "smtp-sink to listen")
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}?starttls=off"
+
+    def messages(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted(self.dumps.rglob("*")) if p.is_file()]
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        shutil.rmtree(self.dumps, ignore_errors=True)
