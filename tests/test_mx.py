@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -12,7 +11,7 @@ import pytest
 
 from producer import Notifier
 from producer.client import connect
-from worker.outcomes import Bounced, Deferred
+from worker.outcomes import Deferred
 from worker.settings import Settings
 from worker.store import Store
 from worker.transports.mx import MxResolver
@@ -136,7 +135,8 @@ def test_null_mx_and_nonexistent_domains_bounce(mx_settings: Settings, notifier:
 
 def test_a_5xx_from_the_mx_bounces_with_its_enhanced_status(mx_settings: Settings, notifier: Notifier,
                                                             hosts) -> None:
-    first, second = hosts("127.0.0.2"), hosts("127.0.0.3")
+    hosts("127.0.0.2")
+    second = hosts("127.0.0.3")
     notifier.notify("welcome", "reject@two.mx.example", {"name": "x"}, key="5xx")
     run_burst(mx_settings)
     state, _, reply = outcome(mx_settings, "5xx")

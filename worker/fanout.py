@@ -8,13 +8,14 @@ second copy is skipped as a duplicate by the sending stage's claim.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from producer import envelope as env
 from producer.client import EnqueueError, Notifier
 from producer.envelope import Envelope
 
 from .logs import get_logger
+from .loop import Reserved
 from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
 from .settings import Settings
 from .store import Store
@@ -53,7 +54,9 @@ class Fanout:
         return queued
 
     # -- the loop's Stage interface -------------------------------------------------------------
-    def handle(self, job: Any, tube: str, attempt: int, touch: Callable[[], None]) -> Disposition:
+    def handle(self, job: Reserved) -> Disposition:
+        attempt = lambda: job.attempt  # noqa: E731 - asked only by a deferral
+        touch = job.touch
         started = time.monotonic()
         queued = 0
         try:
@@ -72,7 +75,7 @@ class Fanout:
             d = disposition(Deferred(f"fan-out put failed: {exc}"), attempt, self.backoff)
         except Exception as exc:  # noqa: BLE001 - classified, never escapes
             d = disposition(exc, attempt, self.backoff)
-        self.log.info("mailout chunk", job=job.id, tube=tube, attempt=attempt, outcome=d.outcome,
+        self.log.info("mailout chunk", job=job.id, tube="mailout", outcome=d.outcome,
                       queued=queued, reason=d.reason or None,
                       duration_ms=round((time.monotonic() - started) * 1000, 2))
         return d

@@ -11,7 +11,7 @@ import random
 import signal
 import threading
 import time
-from typing import Callable, Protocol
+from typing import Protocol
 
 import greenstalk
 
@@ -26,11 +26,54 @@ EX_OK, EX_UNAVAILABLE, EX_CONFIG = 0, 69, 78
 CONNECTION_ERRORS = (OSError, greenstalk.UnknownResponseError, EOFError)
 
 
+class Reserved:
+    """A reserved job as a stage sees it. beanstalkd's job stats cost a round trip, so they are
+    asked for only when needed: to count the attempts of a failure, to release or bury the job
+    at its own priority, to learn its TTR when a send runs long."""
+
+    def __init__(self, client: greenstalk.Client, job: greenstalk.Job, max_attempts: int) -> None:
+        self.client = client
+        self.id: int = job.id
+        self.body: bytes = job.body if isinstance(job.body, bytes) else job.body.encode()
+        self.max_attempts = max_attempts
+        self._stats: dict[str, object] | None = None
+        self._touched = time.monotonic()
+
+    @property
+    def has_stats(self) -> bool:
+        return self._stats is not None
+
+    @property
+    def stats(self) -> dict[str, object]:
+        if self._stats is None:
+            self._stats = dict(self.client.stats_job(self.id))
+        return self._stats
+
+    @property
+    def tube(self) -> str:
+        return str(self.stats["tube"])
+
+    @property
+    def attempt(self) -> int:
+        return attempt_number(self.stats, self.max_attempts)
+
+    def touch(self) -> None:
+        """Called between the phases of a send; a round trip only once a third of the TTR is gone."""
+        elapsed = time.monotonic() - self._touched
+        if elapsed < 1:
+            return
+        try:
+            if elapsed >= int(self.stats["ttr"]) / 3:
+                self.client.touch(self.id)
+                self._touched = time.monotonic()
+        except (greenstalk.NotFoundError, *CONNECTION_ERRORS):
+            pass
+
+
 class Stage(Protocol):
     """A pipeline stage as the loop sees it (the sending stage, the fan-out stage)."""
 
-    def handle(self, job: greenstalk.Job, tube: str, attempt: int,
-               touch: Callable[[], None]) -> Disposition: ...
+    def handle(self, job: Reserved) -> Disposition: ...
 
     def reload(self) -> None: ...
 
@@ -167,47 +210,27 @@ class Worker:
     def _process(self, job: greenstalk.Job) -> None:
         client = self.client
         assert client is not None
+        reserved = Reserved(client, job, self.settings.max_attempts)
         try:
-            stats = client.stats_job(job)
-        except greenstalk.NotFoundError:
-            return  # the TTR ran out in between; someone else has it now
-        except CONNECTION_ERRORS:
-            self._drop()
-            return
-        tube = str(stats["tube"])
-        attempt = attempt_number(stats, self.settings.max_attempts)
-
-        ttr = int(stats["ttr"])
-        touched = time.monotonic()
-
-        def touch() -> None:
-            """Called between the phases of a long send; only a third of the TTR on costs a round trip."""
-            nonlocal touched
-            if time.monotonic() - touched < ttr / 3:
-                return
-            try:
-                client.touch(job)
-                touched = time.monotonic()
-            except (greenstalk.NotFoundError, *CONNECTION_ERRORS):
-                pass
-
-        d = self.stage.handle(job, tube, attempt, touch)
-        self.processed += 1
-        try:
+            d = self.stage.handle(reserved)
+            self.processed += 1
             if d.action == "delete":
                 client.delete(job)
-            elif d.action == "release":
-                client.release(job, priority=int(stats["pri"]), delay=d.delay)
+                return
+            pri, tube = int(reserved.stats["pri"]), reserved.tube
+            if d.action == "release":
+                client.release(job, priority=pri, delay=d.delay)
             else:
                 self.store.record_failure(self.settings.beanstalk_url, job.id, tube, d.outcome, d.reason,
-                                          job.body if isinstance(job.body, bytes) else job.body.encode())
-                client.bury(job, priority=int(stats["pri"]))
+                                          reserved.body)
+                client.bury(job, priority=pri)
         except greenstalk.NotFoundError:
-            self.log.warning("job vanished before its disposition", job=job.id, action=d.action)
+            # the TTR ran out meanwhile and someone else holds it; the store's claim decides
+            self.log.warning("job vanished before its disposition", job=job.id)
         except CONNECTION_ERRORS as exc:
             # beanstalkd puts the job back when our connection closes; the store's claim keeps it
             # from being sent twice
-            self.log.warning("beanstalkd connection lost", error=str(exc), job=job.id, action=d.action)
+            self.log.warning("beanstalkd connection lost", error=str(exc), job=job.id)
             self._drop()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 
 class Outcome(Exception):
@@ -69,9 +70,10 @@ class Disposition:
     delay: int = 0
 
 
-def disposition(exc: BaseException | None, attempt: int, backoff: Backoff) -> Disposition:
-    """``attempt`` counts from 1 (this reservation). Any unexpected exception is poison: a bug
-    must bury the job with its traceback recorded, never crash the worker or loop."""
+def disposition(exc: BaseException | None, attempt: int | Callable[[], int], backoff: Backoff) -> Disposition:
+    """``attempt`` counts from 1 (this reservation); a callable is asked only when a deferral
+    needs it (it costs a round trip to beanstalkd). Any unexpected exception is poison: a bug
+    must bury the job with its reason recorded, never crash the worker or loop."""
     if exc is None:
         return Disposition("delete", "sent")
     if isinstance(exc, (Skipped, Bounced)):
@@ -79,6 +81,8 @@ def disposition(exc: BaseException | None, attempt: int, backoff: Backoff) -> Di
     if isinstance(exc, Deferred):
         if exc.delay is not None:
             return Disposition("release", "deferred", exc.reason, exc.delay)
+        if callable(attempt):
+            attempt = attempt()
         if attempt >= backoff.max_attempts:
             return Disposition("bury", "exhausted", f"{attempt} attempts: {exc.reason}")
         return Disposition("release", "deferred", exc.reason, backoff.delay(attempt))

@@ -4,20 +4,21 @@ records what happened in the store and lets ``outcomes.disposition`` decide the 
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 import re
-import binascii
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from producer import envelope as env
-from producer.envelope import Envelope
+from producer.envelope import PRIORITIES, Envelope
 from producer.unsubscribe import list_unsubscribe_headers
 
 from . import mime
 from .entities import Registry
 from .logs import get_logger, mask
+from .loop import Reserved
 from .outcomes import Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Skipped, disposition
 from .render import Renderer
 from .settings import Settings
@@ -52,6 +53,7 @@ class Result:
     disposition: Disposition
     envelope: Envelope | None
     reply: str = ""
+    attempt: int = 1  # how often the store saw this key claimed
 
 
 class Pipeline:
@@ -66,12 +68,18 @@ class Pipeline:
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
 
     # -- the loop's Stage interface -------------------------------------------------------------
-    def handle(self, job: Any, tube: str, attempt: int, touch: Callable[[], None]) -> Disposition:
+    def handle(self, job: Reserved) -> Disposition:
         started = time.monotonic()
-        result = self.run(job.body, attempt, touch)
+        result = self.run(job.body, lambda: job.attempt, job.touch)
+        d = result.disposition
+        if d.action == "delete" and result.envelope is not None:
+            # no round trip for stats on success: the tube its priority names, the store's count
+            tube, attempt = PRIORITIES[result.envelope.priority][0], result.attempt
+        else:
+            tube, attempt = job.tube, job.attempt  # the loop needs the stats now anyway
         log_result(result, job_id=job.id, tube=tube, attempt=attempt, started=started,
                    mask_addresses=self.settings.mask_addresses)
-        return result.disposition
+        return d
 
     def reload(self) -> None:
         self.renderer = Renderer(self.settings.templates)
@@ -79,10 +87,11 @@ class Pipeline:
     def close(self) -> None:
         self.transport.close()
 
-    def run(self, body: bytes, attempt: int, touch: Callable[[], None] = lambda: None) -> Result:
+    def run(self, body: bytes, attempt: Callable[[], int], touch: Callable[[], None] = lambda: None) -> Result:
         envelope: Envelope | None = None
         claiming = claimed = False
         reply = ""
+        claims = 1
         try:
             try:
                 envelope = env.decode(body, self.settings.secret or None)
@@ -92,8 +101,8 @@ class Pipeline:
             envelope = self._check_suppression(envelope)
             self._check_rate(envelope)
             claiming = True
-            self.store.claim(envelope.id, self._recipient(envelope), envelope.template,
-                             lease=self.settings.ttr)
+            claims = self.store.claim(envelope.id, self._recipient(envelope), envelope.template,
+                                      lease=self.settings.ttr)
             claimed = True
             message, recipients = self._build(envelope)
             sender = envelope.sender or self.sender.addr_spec  # a raw job may name its own
@@ -109,7 +118,7 @@ class Pipeline:
                               result.outcome, result.reason, reply, overwrite_final=claimed)
         if isinstance(error, Bounced) and error.hard and envelope is not None and envelope.kind == "mail":
             self.store.suppress(envelope.recipient.address, error.reason, "bounce")
-        return Result(result, envelope, reply)
+        return Result(result, envelope, reply, claims)
 
     @staticmethod
     def _recipient(envelope: Envelope) -> str:

@@ -192,12 +192,13 @@ class Store:
         return self._db.execute(sql, args).fetchall()
 
     # -- claims and the delivery log ------------------------------------------------------------
-    def claim(self, key: str, recipient: str, template: str, lease: float) -> None:
-        """Take the key for this process, or raise: Skipped if it already ended, Deferred if a
-        live worker holds it (retried after its lease, so a crashed holder loses nothing)."""
+    def claim(self, key: str, recipient: str, template: str, lease: float) -> int:
+        """Take the key for this process and return how often it was taken, or raise: Skipped if
+        it already ended, Deferred if a live worker holds it (retried after its lease, so a
+        crashed holder loses nothing)."""
         now = time.time()
         # the common case in one atomic statement: a new key, or one nobody holds
-        if self._one(
+        taken = self._one(
             "INSERT INTO deliveries (key, recipient, template, outcome, attempts, claimed_by,"
             " claim_expires, updated_at) VALUES (?, ?, ?, 'claimed', 1, ?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET outcome = 'claimed', attempts = deliveries.attempts + 1,"
@@ -206,16 +207,17 @@ class Store:
             " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
             " AND (deliveries.outcome <> 'claimed' OR deliveries.claim_expires <= excluded.updated_at"
             "      OR deliveries.claimed_by = excluded.claimed_by)"
-            " RETURNING claimed_by",
+            " RETURNING attempts",
             (key, recipient, template, self.me, now + lease, now),
-        ) is not None:
-            return
+        )
+        if taken is not None:
+            return int(taken[0])
         with self._db.transaction():  # why not: ended, held, or held by a process that died
-            row = self._one("SELECT outcome, claimed_by, claim_expires FROM deliveries WHERE key = ?"
+            row = self._one("SELECT outcome, claimed_by, claim_expires, attempts FROM deliveries WHERE key = ?"
                             + self._db.for_update, (key,))
             if row is None:
                 raise Deferred("claim raced with a removal; retrying", delay=1)
-            outcome, holder, expires = row
+            outcome, holder, expires, attempts = row
             if outcome in FINAL:
                 raise Skipped(f"duplicate: key already {outcome}")
             if outcome == "claimed" and holder != self.me and expires > now and not holder_is_dead(holder):
@@ -227,6 +229,7 @@ class Store:
             ).rowcount
             if not taken:
                 raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
+        return int(attempts) + 1
 
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
                reply: str = "", *, overwrite_final: bool = True) -> None:
