@@ -285,3 +285,12 @@ def test_the_catcher_helper_speaks_mailcatcher_too() -> None:
     assert catcher.flavour == "mailcatcher"
     assert [m["Subject"] for m in messages] == ["one", "two"]
     assert messages[0].get_content() == "first\r\n" or messages[0].get_content() == "first\n"
+
+
+def test_pipelined_puts_report_a_refused_job_and_the_connection_recovers(settings: Settings) -> None:
+    notifier = Notifier(settings.beanstalk_url)
+    ids = notifier.put_many([("mail.bulk", 4096, b"{}"), ("mail.normal", 1024, b"{}")])
+    assert len(ids) == 2 and ids[1] == ids[0] + 1
+    with pytest.raises(EnqueueError, match="JOB_TOO_BIG"):
+        notifier.put_many([("mail.bulk", 4096, b"x" * 70_000)])
+    assert notifier.notify("welcome", "a@example.com", {"name": "x"}) == ids[1] + 1

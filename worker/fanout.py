@@ -8,7 +8,7 @@ second copy is skipped as a duplicate by the sending stage's claim.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from producer import envelope as env
 from producer.client import EnqueueError, Notifier
@@ -37,21 +37,21 @@ class Fanout:
     def expand(self, chunk: Envelope, touch: Callable[[], None]) -> int:
         mailout_key = chunk.id.rpartition("#")[0] or chunk.id
         excluded = {a.lower() for a in chunk.exclude}
-        queued = 0
-        for n, recipient in enumerate(chunk.to):
-            if recipient.address.lower() in excluded:
-                continue
-            job = Envelope(
-                kind="mail", id=recipient_key(mailout_key, recipient.address), to=(recipient,),
-                template=chunk.template, context=chunk.context, entities=chunk.entities,
-                priority=chunk.priority, not_after=chunk.not_after, created_at=chunk.created_at,
-                headers=chunk.headers,
-            )
-            self.notifier.put(job)
-            queued += 1
-            if n % 500 == 499:
-                touch()
-        return queued
+        tube, pri = env.PRIORITIES[chunk.priority]
+        secret = self.settings.secret or None
+
+        def jobs() -> Iterator[tuple[str, int, bytes]]:
+            for n, recipient in enumerate(chunk.to):
+                if recipient.address.lower() in excluded:
+                    continue
+                if n % 500 == 499:
+                    touch()
+                yield tube, pri, env.encode(Envelope(
+                    kind="mail", id=recipient_key(mailout_key, recipient.address), to=(recipient,),
+                    template=chunk.template, context=chunk.context, entities=chunk.entities,
+                    priority=chunk.priority, not_after=chunk.not_after, created_at=chunk.created_at,
+                    headers=chunk.headers), secret)
+        return len(self.notifier.put_many(jobs()))
 
     # -- the loop's Stage interface -------------------------------------------------------------
     def handle(self, job: Reserved) -> Disposition:
