@@ -73,6 +73,8 @@ def parse_recipient(value: str | Recipient | Mapping[str, Any] | tuple[str, str]
     if isinstance(value, tuple):
         name, address = value
         return Recipient(address, name)
+    if not any(c in value for c in '<>,"() '):  # a bare address: the hot path of every notify
+        return Recipient(value)
     pairs = getaddresses([value])
     if len(pairs) != 1 or not pairs[0][1]:
         raise ValueError(f"not one recipient address: {value!r}")
