@@ -166,7 +166,17 @@ class SmtpServer:
         return self.messages
 
 
-class Dnsmasq:
+class _Process:
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class Dnsmasq(_Process):
     """A real DNS server on a loopback port, authoritative for the zone the tests invent."""
 
     def __init__(self, workdir: Path, lines: list[str], zone: str = "mx.example") -> None:
@@ -202,11 +212,6 @@ class Dnsmasq:
         wait_until(answers, 10, "dnsmasq to answer")
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 class Postgres:
@@ -256,7 +261,7 @@ class Postgres:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class Maildev:
+class Maildev(_Process):
     """The development catcher (maildev from the npm registry, installed by `make setup`)."""
 
     def __init__(self, workdir: Path) -> None:
@@ -284,11 +289,6 @@ class Maildev:
                    30, "maildev to listen")
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 class SmtpSink:

@@ -155,14 +155,9 @@ class MxTransport:
                 session = self._sessions[domain].pop() if self._sessions[domain] else None
             if session is None:
                 break
-            try:
-                reply = session.send(sender, recipients, message, touch)
-            except Deferred as exc:
-                session.close()
-                failures.append(f"{session.target.host}: {exc.reason}")
-                continue
-            self._keep(domain, session)
-            return reply
+            reply = self._try(domain, session, session.target.host, failures, sender, recipients, message, touch)
+            if reply is not None:
+                return reply
         for mx in self.resolver.exchangers(domain):
             touch()
             addresses = self.resolver.addresses(mx.host)
@@ -171,18 +166,25 @@ class MxTransport:
             for address in addresses:
                 session = SmtpSession(SmtpTarget(address, self.port, "opportunistic"), timeout=self.timeout,
                                       helo=self.helo, verify=False)
-                try:
-                    reply = session.send(sender, recipients, message, touch)
-                except Deferred as exc:
-                    session.close()
-                    failures.append(f"{mx.host}[{address}]: {exc.reason}")
-                    continue
-                except Bounced:
-                    self._keep(domain, session)
-                    raise
-                self._keep(domain, session)
-                return reply
+                reply = self._try(domain, session, f"{mx.host}[{address}]", failures, sender, recipients,
+                                  message, touch)
+                if reply is not None:
+                    return reply
         raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
+
+    def _try(self, domain: str, session: SmtpSession, label: str, failures: list[str], sender: str,
+             recipients: Sequence[str], message: bytes, touch: Callable[[], None]) -> Reply | None:
+        """One host's answer: its reply, None to move on to the next host, or Bounced."""
+        try:
+            reply = session.send(sender, recipients, message, touch)
+        except Deferred as exc:
+            session.close()
+            failures.append(f"{label}: {exc.reason}")
+            return None
+        finally:
+            if session.connected:
+                self._keep(domain, session)
+        return reply
 
     def _keep(self, domain: str, session: SmtpSession) -> None:
         if session.connected:
