@@ -90,6 +90,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    tls: bool = False
+    login: object = None
 
     @property
     def message(self) -> EmailMessage:
@@ -129,18 +131,22 @@ class _Handler:
         if self.data_reply:
             return self.data_reply
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
+                                          tls=server.transport.get_extra_info("ssl_object") is not None,
+                                          login=getattr(session.auth_data, "login", None)))
         return "250 2.0.0 Ok: queued"
 
 
 class SmtpServer:
     """aiosmtpd on a loopback port; restartable on the same port to test reconnects."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, **smtp_options: object) -> None:
+        """``smtp_options`` go to aiosmtpd's SMTP: tls_context, require_starttls, authenticator..."""
         self.host = host
         self.port = port or free_port(host)
         self.handler = _Handler()
         self.controller: Controller | None = None
+        self.smtp_options = smtp_options
 
     @property
     def url(self) -> str:
@@ -152,7 +158,7 @@ class SmtpServer:
 
     def start(self) -> "SmtpServer":
         self.controller = Controller(self.handler, hostname=self.host, port=self.port,
-                                     data_size_limit=10 * 1024 * 1024)
+                                     data_size_limit=10 * 1024 * 1024, **self.smtp_options)
         self.controller.start()
         return self
 
