@@ -19,7 +19,7 @@ def main() -> int:
     job = notifier.notify("welcome", "Zoë Demo <zoe@example.com>", {"name": "Zoë", "site": "beanmail demo"},
                           priority="urgent", key=key)
     enqueue_us = (time.perf_counter() - started) * 1e6
-    print(f"enqueued job {job} (key {key}) in {enqueue_us:.0f} µs")
+    print(f"enqueued job {job} (key {key}) in {enqueue_us:.0f} µs, connecting included")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"{CATCHER}/api/email", timeout=5) as resp:
