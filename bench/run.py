@@ -92,13 +92,13 @@ class Workers:
     """W `beanmail worker` processes with the environment supervisord would give them."""
 
     def __init__(self, tmp: Path, beanstalk_url: str, smtp_port: int, count: int, *, threads: int = 1,
-                 command: str = "worker", tubes: str | None = None) -> None:
+                 command: str = "worker", tubes: str | None = None, extra: dict[str, str] | None = None) -> None:
         self.env = {"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C",
                     "BEANMAIL_BEANSTALK_URL": beanstalk_url,
                     "BEANMAIL_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}?starttls=off",
                     "BEANMAIL_TEMPLATES": str(ROOT / "bench" / "templates"),
                     "BEANMAIL_STORE": str(tmp / "store.sqlite3"), "BEANMAIL_FROM": "Bench <bench@beanmail.example>",
-                    "BEANMAIL_THREADS": str(threads)}
+                    "BEANMAIL_THREADS": str(threads), **(extra or {})}
         args = [str(BIN / "beanmail"), command] + (["--tubes", tubes] if tubes else [])
         self.logs = [tmp / f"{command}-{i}-{time.monotonic_ns()}.log" for i in range(count)]
         self.procs = [subprocess.Popen(args, env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -263,6 +263,37 @@ print(before, hwm(), len(chunks), time.perf_counter() - t)
     b.stop()
 
 
+def mx_rate(tmp: Path, n: int, w: int, limit: float) -> None:
+    """Direct delivery to one domain (dnsmasq answers its MX, smtp-sink on 127.0.0.2 is the MX),
+    with the per-domain limit off and then on."""
+    from tests.servers import Dnsmasq
+
+    dns = Dnsmasq(tmp / "dns", ["mx-host=bench.mx.example,mx.bench.mx.example,10",
+                                "host-record=mx.bench.mx.example,127.0.0.2"]).start()
+    try:
+        for rate in (0.0, limit):
+            b = stack(tmp)
+            notifier = Notifier(b.url)
+            for i in range(n):
+                notifier.notify("bench", f"user{i}@bench.mx.example", CONTEXT)
+            port = free_port("127.0.0.2")
+            sink = subprocess.Popen([which("smtp-sink"), "-u", "nobody", "-M", str(n), f"127.0.0.2:{port}", "256"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_until(lambda: port_open("127.0.0.2", port), 10, "smtp-sink")
+            workers = Workers(tmp, b.url, port, w, extra={
+                "BEANMAIL_TRANSPORT": "mx", "BEANMAIL_DNS": dns.address, "BEANMAIL_MX_PORT": str(port),
+                "BEANMAIL_RATE_LIMITS": f"bench.mx.example={rate}", "BEANMAIL_STORE": str(tmp / f"mx-{rate}.sqlite3")})
+            started = time.perf_counter()
+            sink.wait(timeout=3600)
+            seconds = time.perf_counter() - started
+            workers.stop()
+            emit("mx-one-domain", messages=n, workers=w, limit_per_s=rate or "off", seconds=round(seconds, 2),
+                 messages_per_s=round(n / seconds, 1))
+            b.stop()
+    finally:
+        dns.stop()
+
+
 def raw_limit(tmp: Path, n: int, w: int) -> None:
     sink = SmtpSink()
     started = time.perf_counter()
@@ -280,7 +311,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="loops per worker process in the relay scenario")
-    parser.add_argument("--only", default="relay,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,mailout-memory")
+    parser.add_argument("--only", default="relay,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,"
+                                           "mailout-memory,mx-one-domain")
     args = parser.parse_args()
     s, w = args.scale, args.workers
 
@@ -293,6 +325,7 @@ def main() -> int:
         "urgent-under-load": lambda t: urgent_under_load(t, n(100_000, 2000), 50 if s >= 0.5 else 10, w),
         "fanout": lambda t: fanout(t, n(100_000, 500), w),
         "raw-limit": lambda t: raw_limit(t, n(20_000), w),
+        "mx-one-domain": lambda t: mx_rate(t, n(2_000, 100), w, 50.0),
         "mailout-memory": lambda t: mailout_memory(t, n(1_000_000, 10_000)),
     }
     for name in args.only.split(","):
