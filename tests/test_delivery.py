@@ -279,3 +279,17 @@ def test_burst_worker_with_beanstalkd_down_exits_69(settings: Settings, beanstal
     proc = beanmail("worker", "--burst", env=bare_env(settings), check=False)
     assert proc.returncode == 69
     assert "beanstalkd unreachable" in proc.stdout
+
+
+def test_an_smtp_server_that_never_answers_is_bounded_by_the_timeout(settings: Settings, notifier: Notifier) -> None:
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never says 220
+    try:
+        s = settings.replace(smtp_url=f"smtp://127.0.0.1:{silent.getsockname()[1]}?starttls=off", smtp_timeout=0.5)
+        job = notifier.notify("welcome", "a@example.com", {"name": "x"}, key="hung")
+        run_burst(s)
+    finally:
+        silent.close()
+    assert job_state(settings, job) == "delayed"
+    assert "timed out" in store(settings).deliveries(key="hung")[0].reason
