@@ -107,9 +107,20 @@ class _Sqlite:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
+
+    def _wal(self) -> None:
+        """Switch a new file to WAL. Several workers starting on a new store at once race for
+        it, and that lock is not one SQLite's busy timeout waits for: retry for a while."""
+        deadline = time.monotonic() + 30
+        while self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
