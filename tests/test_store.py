@@ -126,10 +126,10 @@ def _open(location: str, barrier: "multiprocessing.synchronize.Barrier", queue: 
 def test_many_workers_starting_at_once_on_a_new_store(tmp_path: Path) -> None:
     """supervisord starts a whole pool at once; none of it may fail creating the SQLite store.
     (Switching a new file to WAL races in a way SQLite's busy timeout does not cover: before
-    the fix about one round in four of these failed.)"""
+    the fix several of these forty rounds failed.)"""
     ctx = multiprocessing.get_context("fork")
     failures = []
-    for round_ in range(12):
+    for round_ in range(40):
         location = str(tmp_path / f"new{round_}.sqlite3")
         barrier, queue = ctx.Barrier(12), ctx.Queue()
         procs = [ctx.Process(target=_open, args=(location, barrier, queue)) for _ in range(12)]
