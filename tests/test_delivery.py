@@ -293,3 +293,20 @@ def test_an_smtp_server_that_never_answers_is_bounded_by_the_timeout(settings: S
         silent.close()
     assert job_state(settings, job) == "delayed"
     assert "timed out" in store(settings).deliveries(key="hung")[0].reason
+
+
+def test_a_store_that_stays_locked_defers_the_job_and_the_worker_goes_on(settings: Settings, notifier: Notifier,
+                                                                         smtp: SmtpServer) -> None:
+    from worker.loop import Worker
+    from worker.pipeline import Pipeline
+
+    store = Store(settings.store, timeout=0.2)
+    blocker = sqlite3.connect(settings.store, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another program holding the file, past the timeout
+    try:
+        job = notifier.notify("welcome", "a@example.com", {"name": "x"}, key="locked")
+        worker = Worker(settings, Pipeline(settings, store), store)
+        assert worker.run(burst=True) == 0 and worker.processed == 1
+    finally:
+        blocker.execute("ROLLBACK")
+    assert job_state(settings, job) == "delayed" and smtp.messages == []

@@ -20,7 +20,7 @@ from producer.client import connect
 from .logs import get_logger
 from .outcomes import Disposition
 from .settings import Settings
-from .store import Store
+from .store import Store, StoreUnavailable
 
 EX_OK, EX_UNAVAILABLE, EX_CONFIG = 0, 69, 78
 CONNECTION_ERRORS = (OSError, greenstalk.UnknownResponseError, EOFError)
@@ -235,7 +235,13 @@ class Worker:
         assert client is not None
         reserved = Reserved(client, job, self.settings.max_attempts)
         try:
-            d = self.stage.handle(reserved)
+            try:
+                d = self.stage.handle(reserved)
+            except CONNECTION_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a stage's own failure never ends the worker
+                self.log.exception("stage failed; job released", job=job.id, error=repr(exc))
+                d = Disposition("release", "deferred", f"stage failed: {exc!r}", int(self.settings.backoff_base))
             self.processed += 1
             if d.action == "delete":
                 self._pending_delete = job.id  # sent with the next reserve: one round trip less
@@ -244,8 +250,11 @@ class Worker:
             if d.action == "release":
                 client.release(job, priority=pri, delay=d.delay)
             else:
-                self.store.record_failure(self.settings.beanstalk_url, job.id, tube, d.outcome, d.reason,
-                                          reserved.body)
+                try:
+                    self.store.record_failure(self.settings.beanstalk_url, job.id, tube, d.outcome, d.reason,
+                                              reserved.body)
+                except StoreUnavailable as exc:  # bury all the same: the reason is in the log
+                    self.log.error("failure not recorded", job=job.id, reason=d.reason, error=exc.reason)
                 client.bury(job, priority=pri)
         except greenstalk.NotFoundError:
             # the TTR ran out meanwhile and someone else holds it; the store's claim decides

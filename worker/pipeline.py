@@ -22,7 +22,7 @@ from .loop import Reserved
 from .outcomes import Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Skipped, disposition
 from .render import Renderer
 from .settings import Settings
-from .store import Store
+from .store import Store, StoreUnavailable
 from .transports.smtp import Reply
 from .validate import check_envelope
 
@@ -112,12 +112,16 @@ class Pipeline:
             error = exc
             reply = getattr(exc, "reply", "")
         result = disposition(error, attempt, self.backoff)
-        if envelope is not None and (claimed or not claiming):
-            # before the claim nothing may overwrite another delivery's row of the same key
-            self.store.finish(envelope.id, self._recipient(envelope), envelope.template,
-                              result.outcome, result.reason, reply, overwrite_final=claimed)
-        if isinstance(error, Bounced) and error.hard and envelope is not None and envelope.kind == "mail":
-            self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+        try:
+            if envelope is not None and (claimed or not claiming):
+                # before the claim nothing may overwrite another delivery's row of the same key
+                self.store.finish(envelope.id, self._recipient(envelope), envelope.template,
+                                  result.outcome, result.reason, reply, overwrite_final=claimed)
+            if isinstance(error, Bounced) and error.hard and envelope is not None and envelope.kind == "mail":
+                self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+        except StoreUnavailable as exc:
+            # what happened stands (the mail went, or not); only its record is missing
+            get_logger().error("delivery not recorded", key=envelope.id if envelope else None, error=exc.reason)
         return Result(result, envelope, reply, claims)
 
     @staticmethod

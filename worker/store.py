@@ -99,14 +99,18 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+class StoreUnavailable(Deferred):
+    """The store cannot be reached or is locked past its timeout: retry the job later."""
+
+
 class _Sqlite:
     placeholder = "?"
     for_update = ""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, timeout: float) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         self._wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
 
@@ -125,16 +129,20 @@ class _Sqlite:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         # IMMEDIATE: a read-then-write (a claim, a slot) must not interleave across processes
-        self.db.execute("BEGIN IMMEDIATE")
+        self.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        self.execute("COMMIT")
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return self.db.execute(sql, args)
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, I/O
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -150,18 +158,31 @@ class _Postgres:
     placeholder = "%s"
     for_update = " FOR UPDATE"
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, timeout: float) -> None:
         import psycopg
 
-        self.db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        try:
+            self.db = psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, int(timeout)))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.db.transaction():
-            yield
+        import psycopg
+
+        try:
+            with self.db.transaction():
+                yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return self.db.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+        import psycopg
+
+        try:
+            return self.db.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     def schema_version(self) -> int:
         self.db.execute("CREATE TABLE IF NOT EXISTS beanmail_schema (version INTEGER NOT NULL)")
@@ -176,12 +197,13 @@ class _Postgres:
 
 
 class Store:
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, timeout: float = 30.0) -> None:
+        """``timeout``: how long a write waits for another process's lock before the job is deferred."""
         self.location = location
         if location.startswith(("postgresql://", "postgres://")):
-            self._db: _Sqlite | _Postgres = _Postgres(location)
+            self._db: _Sqlite | _Postgres = _Postgres(location, timeout)
         else:
-            self._db = _Sqlite(location)
+            self._db = _Sqlite(location, timeout)
         self.me = worker_id()
         self._migrate()
 
