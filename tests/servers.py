@@ -105,6 +105,7 @@ class _Handler:
     rcpt_replies: dict[str, str] = field(default_factory=lambda: {
         "tempfail": "451 4.3.0 Temporary failure, try later",
         "reject": "550 5.1.1 No such user",
+        "spamtrap": "550 5.7.1 Message rejected as spam",
     })
     data_reply: str | None = None
     data_delay: float = 0.0  # seconds before answering DATA: a slow receiver

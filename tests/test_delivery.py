@@ -177,6 +177,21 @@ def test_550_ends_the_job_as_bounced_and_suppresses_the_address(settings: Settin
     assert smtp.handler.connections == 1
 
 
+def test_a_policy_refusal_bounces_without_suppressing_the_address(settings: Settings, notifier: Notifier,
+                                                                  smtp: SmtpServer) -> None:
+    notifier.notify("welcome", "spamtrap@example.com", {"name": "x"}, key="571")
+    run_burst(settings)
+    s = store(settings)
+    assert s.deliveries(key="571")[0].outcome == "bounced"
+    assert s.suppressed("spamtrap@example.com") is None  # 5.7.1 says nothing about the address
+
+
+def test_a_bad_setting_stops_the_worker_at_start_naming_it(settings: Settings) -> None:
+    proc = beanmail("worker", "--burst", env=bare_env(settings, BEANMAIL_TRANSPORT="pigeon"), check=False)
+    assert proc.returncode == 78
+    assert "BEANMAIL_TRANSPORT" in proc.stderr and "pigeon" in proc.stderr
+
+
 def test_expired_not_after_is_skipped(settings: Settings, notifier: Notifier, smtp: SmtpServer) -> None:
     job = notifier.notify("welcome", "a@example.com", {"name": "x"}, not_after=time.time() - 1, key="old")
     run_burst(settings)

@@ -193,7 +193,10 @@ def _classify(reply: Reply, what: str, *, recipient: bool) -> Exception:
     if 400 <= reply.code < 500:
         return Deferred(f"{what}: {reply}", reply=str(reply))
     if 500 <= reply.code < 600:
-        return Bounced(f"{what}: {reply}", reply=str(reply), hard=recipient)
+        # a hard bounce suppresses the address: only when the address itself is refused
+        # (RFC 3463 5.1.x, or no enhanced code at all), not for a policy or content refusal (5.7.1)
+        hard = recipient and (not reply.enhanced or reply.enhanced.startswith("5.1."))
+        return Bounced(f"{what}: {reply}", reply=str(reply), hard=hard)
     return Deferred(f"{what}: unexpected reply {reply}", reply=str(reply))
 
 
