@@ -160,6 +160,31 @@ def relay(tmp: Path, n: int, w: int, threads: int = 1) -> None:
     b.stop()
 
 
+def relay_aiosmtpd(tmp: Path, n: int) -> None:
+    """One worker into aiosmtpd in its own process: the server the tests use (no PIPELINING)."""
+    b = stack(tmp)
+    notifier = Notifier(b.url)
+    for i in range(n):
+        notifier.notify("bench", f"user{i}@example.com", CONTEXT)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
+                               "-l", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: port_open("127.0.0.1", port), 10, "aiosmtpd")
+    workers = Workers(tmp, b.url, port, 1)
+    started = time.perf_counter()
+
+    def drained() -> bool:
+        with connect(b.url, encoding=None) as c:
+            s = c.stats_tube("mail.normal")
+            return s["current-jobs-ready"] == 0 and s["current-jobs-reserved"] == 0
+    wait_until(drained, 3600, "the queue to drain")
+    seconds = time.perf_counter() - started
+    workers.stop()
+    server.kill()
+    emit("relay-aiosmtpd", messages=n, workers=1, seconds=round(seconds, 2), messages_per_s=round(n / seconds))
+    b.stop()
+
+
 def enqueue(tmp: Path, n: int) -> None:
     b = stack(tmp)
     notifier = Notifier(b.url)
@@ -312,7 +337,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="loops per worker process in the relay scenario")
     parser.add_argument("--only", default="relay,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,"
-                                           "mailout-memory,mx-one-domain")
+                                           "mailout-memory,mx-one-domain,relay-aiosmtpd")
     args = parser.parse_args()
     s, w = args.scale, args.workers
 
@@ -320,6 +345,7 @@ def main() -> int:
         return max(minimum, int(base * s))
     scenarios: dict[str, Callable[[Path], None]] = {
         "relay": lambda t: relay(t, n(20_000), w, args.threads),
+        "relay-aiosmtpd": lambda t: relay_aiosmtpd(t, n(3_000)),
         "enqueue": lambda t: enqueue(t, n(20_000, 200)),
         "slow-receivers": lambda t: slow_receivers(t, n(16 * w * 8, 16 * w), w, 16, 1),
         "urgent-under-load": lambda t: urgent_under_load(t, n(100_000, 2000), 50 if s >= 0.5 else 10, w),
