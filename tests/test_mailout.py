@@ -31,7 +31,7 @@ from .servers import SmtpServer, wait_until
 
 def run_fanout(settings: Settings) -> None:
     store = Store(settings.store)
-    assert Worker(settings, Fanout(settings, store), store, tubes=("mailout",)).run(burst=True) == 0
+    assert Worker(settings, Fanout(settings), store, tubes=("mailout",)).run(burst=True) == 0
 
 
 def recipients(n: int, prefix: str = "r") -> list[str]:

@@ -68,7 +68,7 @@ def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
 
     logs.configure(settings.log_format)
     store = Store(settings.store)
-    worker = Worker(settings, Fanout(settings, store), store, tubes=(MAILOUT_TUBE,))
+    worker = Worker(settings, Fanout(settings), store, tubes=(MAILOUT_TUBE,))
     worker.install_signal_handlers()
     return worker.run(burst=args.burst)
 

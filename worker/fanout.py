@@ -18,7 +18,6 @@ from .logs import get_logger
 from .loop import Reserved
 from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
 from .settings import Settings
-from .store import Store
 
 
 def recipient_key(mailout_key: str, address: str) -> str:
@@ -26,9 +25,8 @@ def recipient_key(mailout_key: str, address: str) -> str:
 
 
 class Fanout:
-    def __init__(self, settings: Settings, store: Store, notifier: Notifier | None = None) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
-        self.store = store
         # no spool here: a chunk that cannot be fanned out stays in beanstalkd and is retried
         self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret or None, spool="")
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
