@@ -240,3 +240,31 @@ def test_a_hung_beanstalkd_socket_is_bounded_by_a_timeout(env: dict[str, str]) -
             s.close()
     assert proc.returncode == 69
     assert "timed out" in proc.stdout
+
+
+def test_sighup_reloads_templates_without_a_restart(beanstalkd: Beanstalkd, smtp: SmtpServer, env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    import shutil
+
+    from .conftest import ROOT
+
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    proc = subprocess.Popen([str(VENV_BIN / "beanmail"), "worker"], env={**env, "BEANMAIL_TEMPLATES": str(templates)},
+                            stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    try:
+        notifier = Notifier(beanstalkd.url)
+        notifier.notify("welcome", "a@example.com", {"name": "A"})
+        smtp.wait_for(1)
+        (templates / "welcome" / "subject.txt").write_text("Hello again, {{ name }}\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: any('"templates reloaded"' in line for line in lines), 10, "the reload")
+        notifier.notify("welcome", "b@example.com", {"name": "B"})
+        subjects = [m.message["Subject"] for m in smtp.wait_for(2)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert subjects == ["Welcome to beanmail, A!", "Hello again, B"]

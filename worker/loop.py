@@ -187,10 +187,7 @@ class Worker:
                     self.client = self._connect(burst)
                     if self.client is None:
                         return EX_OK if self.stopping else EX_UNAVAILABLE
-                if self._reload:
-                    self._reload = False
-                    self.stage.reload()
-                    self.log.info("templates reloaded")
+                self._maybe_reload()
                 try:
                     job = self._reserve(0 if burst else self.settings.reserve_timeout)
                 except greenstalk.TimedOutError:
@@ -205,6 +202,7 @@ class Worker:
                     self.log.warning("beanstalkd connection lost", error=str(exc))
                     self._drop()
                     continue
+                self._maybe_reload()  # a SIGHUP during the reserve applies to this job already
                 self._process(job)
         finally:
             if self._pending_delete is not None and self.client is not None:
@@ -216,6 +214,12 @@ class Worker:
             self.stage.close()
             self.log.info("worker stopped", processed=self.processed)
         return EX_OK
+
+    def _maybe_reload(self) -> None:
+        if self._reload:
+            self._reload = False
+            self.stage.reload()
+            self.log.info("templates reloaded")
 
     def _reserve(self, timeout: int) -> greenstalk.Job:
         assert self.client is not None
