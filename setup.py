@@ -8,7 +8,7 @@ setup(
     package_data={"producer": ["envelope.schema.json"]},
     python_requires=">=3.11",
     install_requires=[
-        "greenstalk>=2.0",
+        "greenstalk>=2.0,<3",  # worker.loop.delete_and_reserve uses its reply parser
         "dnspython>=2.4",
         "jinja2>=3.1",
         "structlog>=23.1",
