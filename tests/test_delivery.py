@@ -325,3 +325,14 @@ def test_a_store_that_stays_locked_defers_the_job_and_the_worker_goes_on(setting
     finally:
         blocker.execute("ROLLBACK")
     assert job_state(settings, job) == "delayed" and smtp.messages == []
+
+
+def test_cli_refuses_a_bad_address_and_status_fails_while_beanstalkd_is_down(settings: Settings,
+                                                                            beanstalkd: Beanstalkd) -> None:
+    env = bare_env(settings)
+    bad = beanmail("enqueue", "welcome", "--to", "Zoë <zoe at example.com>", "--context", "{}", env=env, check=False)
+    assert bad.returncode == 1 and "invalid recipient address" in bad.stderr
+    assert beanmail("status", env=env).returncode == 0
+    beanstalkd.stop()
+    down = beanmail("status", "--json", env=env, check=False)
+    assert down.returncode == 1 and "unreachable" in json.loads(down.stdout)["beanstalkd"]["error"]

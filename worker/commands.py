@@ -74,9 +74,15 @@ def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from .outcomes import Poison
+    from .validate import check_recipient
+
     notifier = Notifier(settings.beanstalk_url, secret=settings.secret or None)
     try:
-        parse_recipient(args.to)
+        check_recipient(parse_recipient(args.to))  # the worker would bury it: say so now
+    except (ValueError, Poison) as exc:
+        raise CommandError(getattr(exc, "reason", str(exc))) from None
+    try:
         job_id = notifier.notify(args.template, args.to, args.context, priority=args.priority,
                                  key=args.key, delay=args.delay)
     except (EnqueueError, ValueError) as exc:
@@ -109,10 +115,12 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit status 1 when beanstalkd is unreachable, so a monitor can use it as a check."""
     status = ops.status(settings)
+    down = int("error" in status["beanstalkd"])
     if args.json:
         _print_json(status)
-        return 0
+        return down
     print(f"beanstalkd {settings.beanstalk_url}: {status['beanstalkd'].get('error') or 'up'}")
     if status["tubes"]:
         print(f"  {'tube':<14}{'ready':>8}{'urgent':>8}{'reserved':>10}{'delayed':>9}{'buried':>8}{'paused':>8}{'workers':>9}")
@@ -126,7 +134,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print("supervisord:")
         for p in sup["processes"]:
             print(f"  {p['name']:<28}{p['state']:<10}{p['description']}")
-    return 0
+    return down
 
 
 def cmd_buried(settings: Settings, args: argparse.Namespace) -> int:
