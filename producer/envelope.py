@@ -12,8 +12,8 @@ import hmac
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 VERSION = 1
 KINDS = ("mail", "mailout", "raw")
@@ -106,6 +106,24 @@ def encode(envelope: Envelope, secret: str | None = None) -> bytes:
     if secret:
         obj["sig"] = signature(obj, secret)
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encoder_for(base: Envelope, secret: str | None = None) -> Callable[[str, Recipient], bytes]:
+    """``(id, recipient) -> body`` for many mail jobs alike but for those two fields, as fan-out
+    makes: everything else is serialized once. (A signed body is canonical JSON, made in full.)"""
+    if secret:
+        return lambda job_id, recipient: encode(replace(base, kind="mail", id=job_id, to=(recipient,), exclude=()),
+                                                secret)
+    fields = replace(base, kind="mail", id="", to=(Recipient("-"),), exclude=()).to_json()
+    del fields["v"], fields["kind"], fields["id"], fields["to"]
+    rest = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)[1:].encode()  # '"template":...}'
+    head = b'{"v":%d,"kind":"mail","id":' % VERSION
+
+    def body(job_id: str, recipient: Recipient) -> bytes:
+        return b"".join((head, json.dumps(job_id, ensure_ascii=False).encode(), b',"to":',
+                         json.dumps(recipient.to_json(), separators=(",", ":"), ensure_ascii=False).encode(),
+                         b",", rest))
+    return body
 
 
 def decode(body: bytes | str, secret: str | None = None) -> Envelope:

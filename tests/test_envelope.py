@@ -89,3 +89,17 @@ def test_signature_covers_canonical_json_so_key_order_and_spacing_do_not_matter(
     obj = json.loads(env.encode(sample(), "k"))
     reordered = json.dumps(dict(reversed(list(obj.items()))), indent=2)
     assert env.decode(reordered, "k") == sample()
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret"])
+def test_the_fan_out_encoder_makes_the_same_jobs_as_the_codec(secret: str | None) -> None:
+    chunk = sample(kind="mailout", id="news#3", to=(), priority="bulk", exclude=("boss@example.com",),
+                   context={"name": "Zoë", "path": "/a/b", "n": [1, 2.5, None]}, not_after=2_000_000_000)
+    body = env.encoder_for(chunk, secret)
+    recipient = Recipient("zoe@example.com", "Zoë \"Z\"", {"n": 1})
+    made = body("news:zoe@example.com", recipient)
+    jsonschema.validate(json.loads(made), SCHEMA)
+    expected = Envelope(kind="mail", id="news:zoe@example.com", to=(recipient,), template=chunk.template,
+                        context=chunk.context, entities=chunk.entities, priority="bulk", not_after=chunk.not_after,
+                        created_at=chunk.created_at, headers=chunk.headers)
+    assert env.decode(made, secret) == expected

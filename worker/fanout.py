@@ -36,7 +36,7 @@ class Fanout:
         mailout_key = chunk.id.rpartition("#")[0] or chunk.id
         excluded = {a.lower() for a in chunk.exclude}
         tube, pri = env.PRIORITIES[chunk.priority]
-        secret = self.settings.secret or None
+        body = env.encoder_for(chunk, self.settings.secret or None)
 
         def jobs() -> Iterator[tuple[str, int, bytes]]:
             for n, recipient in enumerate(chunk.to):
@@ -44,11 +44,7 @@ class Fanout:
                     continue
                 if n % 500 == 499:
                     touch()
-                yield tube, pri, env.encode(Envelope(
-                    kind="mail", id=recipient_key(mailout_key, recipient.address), to=(recipient,),
-                    template=chunk.template, context=chunk.context, entities=chunk.entities,
-                    priority=chunk.priority, not_after=chunk.not_after, created_at=chunk.created_at,
-                    headers=chunk.headers), secret)
+                yield tube, pri, body(recipient_key(mailout_key, recipient.address), recipient)
         return len(self.notifier.put_many(jobs()))
 
     # -- the loop's Stage interface -------------------------------------------------------------
