@@ -79,11 +79,12 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
 
     notifier = Notifier(settings.beanstalk_url, secret=settings.secret or None)
     try:
-        check_recipient(parse_recipient(args.to))  # the worker would bury it: say so now
+        recipient = parse_recipient(args.to)
+        check_recipient(recipient)  # the worker would bury it: say so now
     except (ValueError, Poison) as exc:
         raise CommandError(getattr(exc, "reason", str(exc))) from None
     try:
-        job_id = notifier.notify(args.template, args.to, args.context, priority=args.priority,
+        job_id = notifier.notify(args.template, recipient, args.context, priority=args.priority,
                                  key=args.key, delay=args.delay)
     except (EnqueueError, ValueError) as exc:
         raise CommandError(str(exc)) from None

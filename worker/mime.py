@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import os
 import re
 import secrets
@@ -22,11 +23,12 @@ from producer.envelope import Recipient
 
 from .outcomes import Poison
 from .render import Rendered
+from .validate import check_header_value
 
 CRLF = "\r\n"
 # RFC 5322 atext plus space: a display name made only of these needs no quoting
 _ATOM_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*$")
-_counter = 0
+_sequence = itertools.count(1)  # next() on it is atomic: worker threads share it
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,7 @@ def header(name: str, value: str, width: int = 78, *, address: bool = False) -> 
     """One header line, folded at spaces; unstructured non-ASCII text as encoded-words (which
     fold at their own spaces); an ``address`` header comes already encoded by format_address.
     Long unbreakable ASCII tokens such as unsubscribe URLs stay intact."""
-    if any(c in value for c in "\r\n\0"):
-        raise Poison(f"header injection: {name} contains CR, LF or NUL")
+    check_header_value(name, value)
     if not address and (not value.isascii() or "=?" in value):  # text that merely looks encoded must be, too
         value = encode_words(value)
     lines: list[str] = []
@@ -113,9 +114,7 @@ def date_header(now: float) -> str:
 
 
 def new_message_id(domain: str) -> str:
-    global _counter
-    _counter += 1
-    return f"<{time.time_ns():x}.{os.getpid():x}.{_counter:x}.{secrets.token_hex(4)}@{domain}>"
+    return f"<{time.time_ns():x}.{os.getpid():x}.{next(_sequence):x}.{secrets.token_hex(4)}@{domain}>"
 
 
 def build(rendered: Rendered, sender: Sender, recipient: Recipient,
