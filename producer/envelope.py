@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 VERSION = 1
-KINDS = ("mail", "mailout", "raw")
+KINDS = ("mail", "mailout", "raw", "ref")
 
 # priority name -> (tube, beanstalkd priority; lower is more urgent)
 PRIORITIES: dict[str, tuple[str, int]] = {
@@ -62,6 +62,7 @@ class Envelope:
     message: str = ""  # raw kind: the RFC 5322 message, base64
     sender: str = ""  # raw kind: envelope sender; empty means the configured From
     exclude: tuple[str, ...] = ()  # mailout kind: addresses to leave out
+    ref: str = ""  # ref kind: the blob holding the whole job's body (a large message)
     v: int = VERSION
 
     @property
@@ -72,6 +73,8 @@ class Envelope:
         out: dict[str, Any] = {"v": self.v, "kind": self.kind, "id": self.id}
         if self.kind == "mail":
             out["to"] = self.to[0].to_json()
+        elif self.kind == "ref":
+            out["ref"] = self.ref
         else:
             out["to"] = [r.to_json() for r in self.to]
         for name in ("template", "context", "entities", "headers", "message", "sender"):
@@ -150,7 +153,7 @@ def decode(body: bytes | str, secret: str | None = None) -> Envelope:
 
 _FIELDS = {
     "v", "kind", "id", "template", "to", "context", "entities", "priority", "not_after",
-    "created_at", "headers", "message", "sender", "exclude", "sig",
+    "created_at", "headers", "message", "sender", "exclude", "sig", "ref",
 }
 
 
@@ -170,6 +173,10 @@ def _from_json(obj: dict[str, Any]) -> Envelope:
     if priority not in PRIORITIES:
         raise EnvelopeError(f"'priority' must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     raw_to = obj.get("to")
+    if kind == "ref":
+        ref = _str(obj, "ref", required=True)
+        return Envelope(kind=kind, id=job_id, to=(), priority=priority, ref=ref,
+                        created_at=_number(obj, "created_at") or 0.0)
     if kind == "mail":
         to = (_recipient(raw_to, "to"),)
     else:

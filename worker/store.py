@@ -103,6 +103,11 @@ class StoreUnavailable(Deferred):
     """The store cannot be reached or is locked past its timeout: retry the job later."""
 
 
+class StoreCorrupt(Exception):
+    """The store's file is not a beanmail store (damaged, or another program's file): a person
+    must look; commands exit 78 with this one line."""
+
+
 class _Sqlite:
     placeholder = "?"
     for_update = ""
