@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
 from . import settings as settings_mod
-from .loop import EX_CONFIG
+from .loop import EX_CONFIG, EX_UNAVAILABLE
+from .store import StoreCorrupt, StoreUnavailable
+
+EX_USAGE = 2  # what argparse uses for a command line it refuses
+EX_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `seq 1000000 | head -1` reports, so pipefail sees a cut-off
 
 
 def _json_arg(text: str) -> Any:
@@ -60,11 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=50)
     b.add_argument("--json", action="store_true")
 
-    k = sub.add_parser("kick", help="move buried jobs back to ready")
-    k.add_argument("count", nargs="?", type=int, default=1)
+    k = sub.add_parser("kick", help="move buried jobs back to ready: N (the first N of each tube), --all, or --job ID")
+    k.add_argument("count", nargs="?", type=int, help="kick at most this many buried jobs in each tube")
+    k.add_argument("--all", action="store_true", help="every buried job (of every tube, or of --tube)")
     k.add_argument("--tube", help="tube to kick in (default: every tube with buried jobs)")
     k.add_argument("--job", type=int, help="kick this one job id")
     k.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("delete", help="delete a job (--job ID) or every buried job of a tube (--tube T --buried)")
+    d.add_argument("--job", type=int, help="delete this one job (buried, ready or delayed)")
+    d.add_argument("--tube", help="with --buried: the tube whose buried jobs go")
+    d.add_argument("--buried", action="store_true", help="every buried job of --tube")
+    d.add_argument("--json", action="store_true")
 
     pa = sub.add_parser("pause", help="pause a tube: no job is reserved from it for SECONDS")
     pa.add_argument("tube")
@@ -88,7 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 1 failed (one line says why), 2 a command line refused, 69 beanstalkd
+    (worker --burst) or the store unreachable, 78 bad settings or a corrupt store, 141 stdout was
+    closed before everything was written (`beanmail buried | head`): ends quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must be caught below
+        return code
+    except BrokenPipeError:
+        # whatever is still buffered would fail again when Python flushes at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_mod.load(path=args.config)
@@ -109,9 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except settings_mod.SettingsError as exc:
         print(f"beanmail: bad setting: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except commands.UsageError as exc:
+        print(f"beanmail {args.command}: {exc}", file=sys.stderr)
+        return EX_USAGE
     except commands.CommandError as exc:
         print(f"beanmail {args.command}: {exc}", file=sys.stderr)
         return 1
+    except StoreUnavailable as exc:
+        reason = _one_line(exc.reason).removeprefix("store unavailable: ")
+        print(f"beanmail: store unavailable: {reason}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except StoreCorrupt as exc:
+        message = _one_line(str(exc))
+        if settings.store not in message:
+            message += f" (BEANMAIL_STORE={settings.store})"
+        print(f"beanmail: store corrupt: {message}", file=sys.stderr)
+        return EX_CONFIG
 
 
 if __name__ == "__main__":

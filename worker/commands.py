@@ -11,11 +11,17 @@ from typing import Any
 from producer import EnqueueError, Notifier, spool
 from producer.client import parse_recipient
 
+from producer.envelope import MAILOUT_TUBE
+
 from . import logs, ops
 from .loop import Pool, Worker
 from .ops import OpsError as CommandError
-from .settings import Settings
-from .store import Store
+from .ops import open_store
+from .settings import Settings, SettingsError
+
+
+class UsageError(CommandError):
+    """A command line that could mean something an operator did not intend (exit status 2)."""
 
 
 def _print_json(value: Any) -> None:
@@ -46,17 +52,25 @@ def cmd_spool(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
+    if MAILOUT_TUBE in settings.tubes:
+        raise SettingsError(f"the worker cannot send {MAILOUT_TUBE} chunks (it would bury every one as poison):"
+                            f" run `beanmail fanout` for the {MAILOUT_TUBE} tube; it puts one mail.bulk job per"
+                            " recipient for the workers")
     logs.configure(settings.log_format)
+    if "mail.bulk" in settings.tubes and not (settings.unsubscribe_url or settings.unsubscribe_mailto):
+        logs.get_logger().warning(
+            "bulk mail will go out without List-Unsubscribe, which Gmail and Yahoo require of bulk senders:"
+            " set BEANMAIL_UNSUBSCRIBE_URL or BEANMAIL_UNSUBSCRIBE_MAILTO", tubes=",".join(settings.tubes))
     try:
         if flushed := flush_spool(settings):
             logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
     except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
         logs.get_logger().warning("spool not flushed", reason=str(exc))
     if settings.threads == 1:
-        store = Store(settings.store)
+        store = open_store(settings)
         worker: Worker | Pool = Worker(settings, Pipeline(settings, store), store)
     else:
-        stores = [Store(settings.store) for _ in range(settings.threads)]
+        stores = [open_store(settings) for _ in range(settings.threads)]
         worker = Pool([Worker(settings, Pipeline(settings, s), s) for s in stores])
     worker.install_signal_handlers()
     return worker.run(burst=args.burst)
@@ -64,10 +78,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
     from .fanout import Fanout
-    from producer.envelope import MAILOUT_TUBE
 
     logs.configure(settings.log_format)
-    store = Store(settings.store)
+    store = open_store(settings)
     worker = Worker(settings, Fanout(settings), store, tubes=(MAILOUT_TUBE,))
     worker.install_signal_handlers()
     return worker.run(burst=args.burst)
@@ -152,12 +165,39 @@ def cmd_buried(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_kick(settings: Settings, args: argparse.Namespace) -> int:
-    kicked = ops.kick(settings, tube=args.tube, count=args.count, job=args.job)
+    """A bare ``kick`` is refused: beanstalkd's default of one job is rarely what was meant, and
+    "all" is not a default worth guessing for jobs that were buried for a reason."""
+    chosen = [x for x in (args.count is not None, args.all, args.job is not None) if x]
+    if len(chosen) != 1:
+        what = "say which" if not chosen else "choose one of"
+        raise UsageError(f"{what}: `kick N` (the first N buried jobs of each tube), `kick --all`, `kick --job ID`")
+    if args.count is not None and args.count < 1:
+        raise UsageError("N must be 1 or more")
+    kicked = ops.kick(settings, tube=args.tube, count=args.count, job=args.job, every=args.all)
     if args.json:
         _print_json(kicked)
+    elif not kicked:
+        print(f"no buried jobs in {args.tube}" if args.tube else "nothing to kick: no tube has buried jobs")
     else:
         for tube, n in kicked.items():
-            print(f"{tube}: kicked {n}")
+            print(f"{tube}: kicked {n}" + (f" (job {args.job})" if args.job is not None else ""))
+    return 0
+
+
+def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
+    if args.job is not None and (args.tube or args.buried):
+        raise UsageError("either `delete --job ID` or `delete --tube T --buried`, not both")
+    if args.job is None and not (args.tube and args.buried):
+        raise UsageError("say which: `delete --job ID`, or `delete --tube T --buried` (every buried job of T)")
+    deleted = ops.delete(settings, tube=args.tube, job=args.job)
+    if args.json:
+        _print_json(deleted)
+    elif args.job is not None:
+        print(f"{next(iter(deleted))}: deleted job {args.job}")
+    elif not deleted:
+        print(f"no buried jobs in {args.tube}")
+    else:
+        print(f"{args.tube}: deleted {deleted[args.tube]} buried job(s)")
     return 0
 
 
@@ -181,31 +221,43 @@ def cmd_peek(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_suppress(settings: Settings, args: argparse.Namespace) -> int:
-    store = Store(settings.store)
+    store = open_store(settings)
     if args.action == "list":
         rows = store.suppression_list()
         if args.json:
             _print_json([dict(zip(("address", "source", "reason", "created_at"), r)) for r in rows])
             return 0
+        if not rows:
+            print("the suppression list is empty")
         for address, source, reason, _ in rows:
             print(f"{address}  {source}  {reason}")
         return 0
     if not args.address:
-        raise CommandError(f"suppress {args.action} needs an ADDRESS")
+        raise UsageError(f"suppress {args.action} needs an ADDRESS")
+    try:
+        address = parse_recipient(args.address).address
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.action == "add":
-        store.suppress(args.address, args.reason, "operator")
-        print(f"suppressed {args.address}")
-    elif not store.unsuppress(args.address):
-        raise CommandError(f"{args.address} is not on the suppression list")
+        store.suppress(address, args.reason, "operator")
+        print(f"suppressed {address.lower()}")
+    elif not store.unsuppress(address):
+        raise CommandError(f"{address.lower()} is not on the suppression list")
     else:
-        print(f"removed {args.address}")
+        print(f"removed {address.lower()}")
     return 0
 
 
 def cmd_log(settings: Settings, args: argparse.Namespace) -> int:
     if not args.key and not args.to:
         raise CommandError("give --key K or --to ADDRESS")
-    rows = Store(settings.store).deliveries(key=args.key, recipient=args.to, limit=args.limit)
+    recipient = None
+    if args.to:
+        try:  # any form the producer accepts: "Zoë <ZOE@example.com>", a bare address; the log keeps it lowercased
+            recipient = parse_recipient(args.to).address.lower()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    rows = open_store(settings).deliveries(key=args.key, recipient=recipient, limit=args.limit)
     if args.json:
         _print_json([r.__dict__ for r in rows])
         return 0

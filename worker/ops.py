@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import xmlrpc.client
 from typing import Any
 
@@ -11,13 +13,29 @@ from producer.client import connect
 from producer.envelope import MAIL_TUBES, MAILOUT_TUBE
 
 from .settings import Settings
-from .store import Store
+from .store import Store, StoreCorrupt, StoreUnavailable
 
 TUBES = (*MAIL_TUBES, MAILOUT_TUBE)
 
 
 class OpsError(Exception):
     """A failure an operator should read in one line (exit status 1)."""
+
+
+def open_store(settings: Settings) -> Store:
+    """The store, or StoreUnavailable / StoreCorrupt, the two failures the CLI turns into one line
+    and an exit status. Store's constructor is meant to raise only those two; the clauses below
+    translate what it may still let through, so that no command ends in a traceback."""
+    try:
+        return Store(settings.store)
+    except (StoreUnavailable, StoreCorrupt):
+        raise
+    except sqlite3.OperationalError as exc:  # locked, read-only, cannot open
+        raise StoreUnavailable(f"store unavailable: {settings.store}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        raise StoreCorrupt(f"{settings.store} is not a beanmail store: {exc}") from exc
+    except OSError as exc:  # its folder cannot be created
+        raise StoreUnavailable(f"store unavailable: {settings.store}: {exc}") from exc
 
 
 def _client(settings: Settings) -> greenstalk.Client:
@@ -87,7 +105,14 @@ def _job_view(client: greenstalk.Client, store: Store, settings: Settings, job_i
 def buried(settings: Settings, tube: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """beanstalkd can only show the first buried job of a tube, so the store's record of what was
     buried provides the list, and peek-buried catches anything buried by another program."""
-    store = Store(settings.store)
+    store = open_store(settings)
+    try:
+        return _buried(settings, store, tube, limit)
+    finally:
+        store.close()
+
+
+def _buried(settings: Settings, store: Store, tube: str | None, limit: int) -> list[dict[str, Any]]:
     jobs: dict[int, dict[str, Any]] = {}
     with _client(settings) as client:
         for job_id in store.failed_job_ids(settings.beanstalk_url, limit=max(limit * 4, 200)):
@@ -110,7 +135,26 @@ def buried(settings: Settings, tube: str | None = None, limit: int = 50) -> list
     return sorted(jobs.values(), key=lambda j: j["id"])[:limit]
 
 
-def kick(settings: Settings, tube: str | None = None, count: int = 1, job: int | None = None) -> dict[str, int]:
+def _buried_count(client: greenstalk.Client, tube: str) -> int:
+    try:
+        return int(client.stats_tube(tube)["current-jobs-buried"])
+    except greenstalk.NotFoundError:  # no such tube: nothing in it
+        return 0
+
+
+def _tubes_with_buried(client: greenstalk.Client, tube: str | None) -> dict[str, int]:
+    names = [tube] if tube else client.tubes()
+    return {t: n for t in names if (n := _buried_count(client, t))}
+
+
+def kick(settings: Settings, tube: str | None = None, count: int | None = None, job: int | None = None,
+         every: bool = False) -> dict[str, int]:
+    """Kick one job, the first ``count`` buried jobs of each tube, or (``every``) all of them.
+    Returns how many per tube; only tubes where something moved appear.
+
+    beanstalkd's kick moves *delayed* jobs when a tube has no buried one: retries waiting out
+    their backoff would be sent early. So a tube is only kicked while it has buried jobs, and
+    never by more than it has."""
     with _client(settings) as client:
         if job is not None:
             try:
@@ -120,11 +164,45 @@ def kick(settings: Settings, tube: str | None = None, count: int = 1, job: int |
                 raise OpsError(f"job {job} is not buried or delayed (or does not exist)") from None
             return {str(stats["tube"]): 1}
         kicked: dict[str, int] = {}
-        tubes = [tube] if tube else [t for t in client.tubes() if client.stats_tube(t)["current-jobs-buried"]]
-        for t in tubes:
+        for t, buried_now in _tubes_with_buried(client, tube).items():
             client.use(t)
-            kicked[t] = client.kick(count)
+            wanted = buried_now if every else min(count or 0, buried_now)
+            moved = 0
+            while moved < wanted and (n := min(wanted - moved, _buried_count(client, t))):
+                moved += client.kick(n)  # re-counted each round: another operator may kick too
+            if moved:
+                kicked[t] = moved
         return kicked
+
+
+def delete(settings: Settings, tube: str | None = None, job: int | None = None) -> dict[str, int]:
+    """Delete one job (any state but reserved) or every buried job of ``tube``; how many per tube.
+    The store keeps its record of why they were buried."""
+    with _client(settings) as client:
+        if job is not None:
+            try:
+                stats = client.stats_job(job)
+            except greenstalk.NotFoundError:
+                raise OpsError(f"no job {job} on {settings.beanstalk_url}") from None
+            if stats["state"] == "reserved":
+                raise OpsError(f"job {job} is reserved by a worker; delete it once it is buried or ready")
+            try:
+                client.delete(job)
+            except greenstalk.NotFoundError:  # reserved or deleted meanwhile
+                raise OpsError(f"job {job} could not be deleted: a worker reserved it or it ended meanwhile") from None
+            return {str(stats["tube"]): 1}
+        assert tube is not None
+        deleted = 0
+        if tube in client.tubes():
+            client.use(tube)
+            while True:
+                try:
+                    first = client.peek_buried()
+                    client.delete(first)
+                except greenstalk.NotFoundError:  # none left (or kicked by someone else meanwhile)
+                    break
+                deleted += 1
+        return {tube: deleted} if deleted else {}
 
 
 def pause(settings: Settings, tube: str, seconds: int) -> None:
@@ -136,8 +214,20 @@ def pause(settings: Settings, tube: str, seconds: int) -> None:
 
 
 def peek(settings: Settings, job_id: int) -> dict[str, Any]:
-    with _client(settings) as client:
-        view = _job_view(client, Store(settings.store), settings, job_id)
-    if view is None:
-        raise OpsError(f"no job {job_id} on {settings.beanstalk_url}")
-    return view
+    store = open_store(settings)
+    try:
+        with _client(settings) as client:
+            view = _job_view(client, store, settings, job_id)
+        if view is not None:
+            return view
+        failure = store.failure(settings.beanstalk_url, job_id)
+    finally:
+        store.close()
+    hint = (f"no job {job_id} on {settings.beanstalk_url}: it may have finished (a sent, skipped or bounced"
+            " job leaves beanstalkd) or been deleted; see what happened with `beanmail log --key KEY`"
+            " (the message's idempotency key)")
+    if failure:
+        outcome, reason, at = failure
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        hint += f"; the store recorded it buried as {outcome} at {when}: {reason}"
+    raise OpsError(hint)
