@@ -14,20 +14,40 @@ import greenstalk
 
 from . import envelope as env
 from . import spool
+from .blobs import BlobError, BlobStore
 from .envelope import Envelope, Recipient
 
 DEFAULT_URL = "beanstalk://127.0.0.1:11300"
 DEFAULT_TTR = 120
 # beanstalkd's default max-job-size is 65,535 bytes; chunks stay well under it.
 CHUNK_BYTES = 48_000
+# A body over this many bytes goes to the blob store and the job carries its reference: well
+# under beanstalkd's default max-job-size (65,535), leaving room for a signature and headroom.
+INLINE_LIMIT = 32_000
+HOW_TO_STORE = ("store large messages by reference: configure a blob store (Notifier(blobs=...) or "
+                "BEANMAIL_STORE; Django BEANMAIL['STORE']; Flask BEANMAIL_STORE), the worker's store location")
 
 
 class EnqueueError(RuntimeError):
-    """The job could not be handed to beanstalkd."""
+    """The job could not be handed to beanstalkd.
+
+    ``job`` is ``(tube, priority, delay, ttr, body)`` when the body was built, so a caller that
+    must not lose it (the after-commit hooks) can keep it in the spool."""
+
+    job: tuple[str, int, int, int, bytes] | None = None
 
 
 class Unreachable(EnqueueError):
     """beanstalkd did not answer (twice) or refuses jobs for now: a spool may take the job."""
+
+
+class JobTooBig(EnqueueError):
+    """beanstalkd refuses this job for good (larger than its max-job-size): retrying never helps,
+    so a spool flush sets it aside in the rejects file instead of retrying it."""
+
+
+class BlobUnavailable(EnqueueError):
+    """A large job's body could not be written to the blob store: the job was not queued."""
 
 
 def parse_url(url: str) -> str | tuple[str, int]:
@@ -86,13 +106,21 @@ class Notifier:
     """Thread-safe; one connection per Notifier, reconnected (and the put retried once) if dropped."""
 
     def __init__(self, url: str | None = None, *, secret: str | None = None, ttr: int = DEFAULT_TTR,
-                 timeout: float = 5.0, spool: str | None = None) -> None:
-        """``spool``: a file to append jobs to when beanstalkd is unreachable (``beanmail spool
-        flush`` and every worker start move them on); without one, an outage raises EnqueueError."""
+                 timeout: float = 5.0, spool: str | None = None, blobs: str | None = None) -> None:
+        """``secret``: signs every job; a comma-separated list signs with its first.
+        ``spool``: a file to append jobs to when beanstalkd is unreachable (``beanmail spool
+        flush`` and every worker start move them on); without one, an outage raises EnqueueError.
+        ``blobs``: the store (the worker's ``BEANMAIL_STORE``: an SQLite file or a
+        ``postgresql://`` DSN) that holds bodies over INLINE_LIMIT; the job then carries a
+        reference. None reads ``BEANMAIL_STORE``; "" means none, and a body larger than
+        beanstalkd's max-job-size raises JobTooBig."""
         self.url = url or os.environ.get("BEANMAIL_BEANSTALK_URL", DEFAULT_URL)
         parse_url(self.url)
-        self.secret = secret if secret is not None else os.environ.get("BEANMAIL_SECRET") or None
+        self.secret = signing_secret(secret if secret is not None else os.environ.get("BEANMAIL_SECRET"))
         self.spool = spool if spool is not None else os.environ.get("BEANMAIL_SPOOL") or None
+        self.blobs = blobs if blobs is not None else os.environ.get("BEANMAIL_STORE") or None
+        self._blob_store: BlobStore | None = None  # opened on the first large job only
+        self._blob_lock = threading.Lock()
         self.ttr = ttr
         self.timeout = timeout
         self._client: greenstalk.Client | None = None
@@ -162,9 +190,40 @@ class Notifier:
         return self.put(envelope, tube=env.MAILOUT_TUBE)
 
     def put(self, envelope: Envelope, *, delay: int = 0, tube: str | None = None) -> int:
+        """The beanstalkd job id; 0 when the job went to the spool instead. A body over
+        INLINE_LIMIT is stored in the blob store first, and a small ``ref`` job queued for it."""
         default_tube, pri = env.PRIORITIES[envelope.priority]
+        tube = tube or default_tube
         body = env.encode(envelope, self.secret)
-        return self._put(body, tube or default_tube, pri, delay)
+        try:
+            if len(body) > INLINE_LIMIT and self.blobs:
+                body = self._by_reference(envelope, body)
+            return self._put(body, tube, pri, delay)
+        except EnqueueError as exc:
+            if exc.job is None:
+                exc.job = (tube, pri, delay, self.ttr, body)
+            raise
+
+    def _by_reference(self, envelope: Envelope, body: bytes) -> bytes:
+        """The blob is written before the job exists, so a worker never meets a dangling ref.
+        A job that then fails to queue leaves its blob behind: harmless, and safer than deleting
+        a blob a job that did reach beanstalkd (its reply lost) still needs."""
+        try:
+            ref = self.blob_store().put(body)
+        except BlobError as exc:
+            raise BlobUnavailable(f"job {envelope.id!r} of {len(body)} bytes needs the blob store: {exc}") from exc
+        ref_envelope = Envelope(kind="ref", id=envelope.id, to=(), priority=envelope.priority, ref=ref,
+                                created_at=env.now())
+        return env.encode(ref_envelope, self.secret)
+
+    def blob_store(self) -> BlobStore:
+        """The blob store, opened once per Notifier; BlobError if none is configured or it fails."""
+        with self._blob_lock:
+            if self._blob_store is None:
+                if not self.blobs:
+                    raise BlobError("no blob store configured")
+                self._blob_store = BlobStore(self.blobs)
+            return self._blob_store
 
     def _put(self, body: bytes, tube: str, pri: int, delay: int) -> int:
         """The beanstalkd job id; 0 when the job went to the spool instead."""
@@ -186,7 +245,8 @@ class Notifier:
                         self._using = tube
                     return client.put(body, priority=pri, delay=delay, ttr=ttr)
                 except greenstalk.JobTooBigError:
-                    raise EnqueueError(f"job of {len(body)} bytes is larger than beanstalkd's max-job-size") from None
+                    raise JobTooBig(f"job of {len(body)} bytes is larger than beanstalkd's max-job-size"
+                                    f" ({self._max_job_size(client)} bytes); {HOW_TO_STORE}") from None
                 except (greenstalk.DrainingError, greenstalk.OutOfMemoryError) as exc:
                     raise Unreachable(f"beanstalkd at {self.url} refuses jobs: {type(exc).__name__}") from exc
                 except (OSError, greenstalk.UnknownResponseError) as exc:
@@ -194,6 +254,13 @@ class Notifier:
                     if attempt == 2:
                         raise Unreachable(f"beanstalkd at {self.url} is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def _max_job_size(self, client: greenstalk.Client) -> str:
+        try:
+            return str(client.stats()["max-job-size"])
+        except Exception:  # noqa: BLE001 - only for the message
+            self._drop()
+            return "unknown"
 
     def put_many(self, jobs: Iterable[tuple[str, int, bytes]], batch: int = 256) -> list[int]:
         """Puts of ``(tube, priority, body)`` pipelined: one write and one read per batch rather
@@ -255,6 +322,17 @@ class Notifier:
     def close(self) -> None:
         with self._lock:
             self._drop()
+        with self._blob_lock:
+            if self._blob_store is not None:
+                self._blob_store.close()
+                self._blob_store = None
+
+
+def signing_secret(value: str | None) -> str | None:
+    """A secret setting may list several, comma-separated, as during a rotation (every one
+    verifies at the worker): the first signs."""
+    first = (value or "").split(",")[0].strip()
+    return first or None
 
 
 def _check_priority(priority: str) -> None:

@@ -2,30 +2,46 @@
 
     # settings.py
     EMAIL_BACKEND = "producer.django.EmailBackend"
-    BEANMAIL = {"URL": "beanstalk://127.0.0.1:11300", "SECRET": "", "SPOOL": "",
+    BEANMAIL = {"URL": "beanstalk://127.0.0.1:11300", "SECRET": "", "SPOOL": "", "STORE": "",
                 "PRIORITY": "normal", "ON_COMMIT": True}
 
 Every ``send_mail()`` / ``EmailMessage.send()`` then becomes a ``raw`` job carrying the built
 message with its attachments, enqueued when the surrounding transaction commits (at once outside
 one). ``notify_on_commit()`` does the same for templated notifications.
+
+After a commit the request has succeeded, so an enqueue failure then never raises into it: the
+job goes to the spool (``SPOOL``) or, without one, is logged at error and lost (see
+``producer.hooks``). Enqueued at once (outside a transaction, or ``ON_COMMIT: False``), a failure
+raises unless ``fail_silently``.
+
+One message's priority: ``with priority("urgent"): form.save(...)`` (Django's password reset
+form sends its mail inside), or the header ``X-Beanmail-Priority: urgent``, which is removed
+before the message is queued.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from email.utils import getaddresses, parseaddr
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from django.conf import settings as django_settings
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import transaction
 
+from . import envelope as env
 from .client import Notifier
+from .hooks import call_after_commit
+
+PRIORITY_HEADER = "X-Beanmail-Priority"
 
 _notifier: Notifier | None = None
+_priority: contextvars.ContextVar[str | None] = contextvars.ContextVar("beanmail_priority", default=None)
 
 
 def config() -> dict[str, Any]:
-    return {"URL": None, "SECRET": None, "SPOOL": None, "PRIORITY": "normal", "ON_COMMIT": True,
+    return {"URL": None, "SECRET": None, "SPOOL": None, "STORE": None, "PRIORITY": "normal", "ON_COMMIT": True,
             **getattr(django_settings, "BEANMAIL", {})}
 
 
@@ -34,14 +50,48 @@ def notifier() -> Notifier:
     global _notifier
     if _notifier is None:
         c = config()
-        _notifier = Notifier(c["URL"], secret=c["SECRET"], spool=c["SPOOL"])
+        _notifier = Notifier(c["URL"], secret=c["SECRET"], spool=c["SPOOL"], blobs=c["STORE"])
     return _notifier
 
 
+@contextlib.contextmanager
+def priority(name: str) -> Iterator[None]:
+    """Mail sent inside the block (``send_mail``, ``notify_on_commit``) gets this priority,
+    unless a message sets its own header or call its own ``priority=``."""
+    if name not in env.PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(env.PRIORITIES)}, got {name!r}")
+    token = _priority.set(name)
+    try:
+        yield
+    finally:
+        _priority.reset(token)
+
+
+def _in_transaction(using: str | None) -> bool:
+    return transaction.get_connection(using).in_atomic_block
+
+
+def _after_commit(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, using: str | None,
+                  fail_silently: bool) -> None:
+    """Enqueue when the transaction commits, never raising then; at once (raising unless
+    ``fail_silently``) when there is no transaction."""
+    if _in_transaction(using):
+        transaction.on_commit(lambda: call_after_commit(notifier(), name, args, kwargs), using=using)
+        return
+    try:
+        getattr(notifier(), name)(*args, **kwargs)
+    except Exception:
+        if not fail_silently:
+            raise
+
+
 def notify_on_commit(template: str, to: Any, context: dict[str, Any] | None = None, *, using: str | None = None,
-                     **kwargs: Any) -> None:
-    """``Notifier.notify`` once the current transaction commits; nothing if it rolls back."""
-    transaction.on_commit(lambda: notifier().notify(template, to, context, **kwargs), using=using)
+                     fail_silently: bool = False, **kwargs: Any) -> None:
+    """``Notifier.notify(template, to, context, **kwargs)`` once the current transaction commits;
+    nothing if it rolls back. ``kwargs``: entities, priority, delay, not_after, key, headers."""
+    if "priority" not in kwargs and _priority.get():
+        kwargs["priority"] = _priority.get()
+    _after_commit("notify", (template, to, context), kwargs, using=using, fail_silently=fail_silently)
 
 
 class EmailBackend(BaseEmailBackend):
@@ -49,21 +99,23 @@ class EmailBackend(BaseEmailBackend):
         c = config()
         sent = 0
         for message in email_messages:
-            recipients = [address for _, address in getaddresses(message.recipients()) if address]
-            if not recipients:
-                continue
-            built = message.message()
-            data = built.as_bytes(linesep="\r\n")
-            key = f"django:{built['Message-ID']}" if built["Message-ID"] else None
-
-            def put(data: bytes = data, recipients: list[str] = recipients,
-                    sender: str = parseaddr(message.from_email or "")[1], key: str | None = key) -> None:
-                notifier().send_raw(data, recipients, sender=sender, key=key, priority=c["PRIORITY"])
             try:
+                recipients = [address for _, address in getaddresses(message.recipients()) if address]
+                if not recipients:
+                    continue
+                built = message.message()
+                chosen = built[PRIORITY_HEADER]
+                del built[PRIORITY_HEADER]  # for the worker, not for the recipient
+                level = str(chosen).strip().lower() if chosen else (_priority.get() or c["PRIORITY"])
+                if level not in env.PRIORITIES:
+                    raise ValueError(f"{PRIORITY_HEADER} must be one of {', '.join(env.PRIORITIES)}, got {level!r}")
+                data = built.as_bytes(linesep="\r\n")
+                key = f"django:{built['Message-ID']}" if built["Message-ID"] else None
+                kwargs = {"sender": parseaddr(message.from_email or "")[1], "key": key, "priority": level}
                 if c["ON_COMMIT"]:
-                    transaction.on_commit(put)
+                    _after_commit("send_raw", (data, recipients), kwargs, using=None, fail_silently=self.fail_silently)
                 else:
-                    put()
+                    notifier().send_raw(data, recipients, **kwargs)
             except Exception:
                 if not self.fail_silently:
                     raise

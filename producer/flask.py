@@ -2,7 +2,7 @@
 without an error, that is after the view committed its transaction; an error drops it.
 
     from producer.flask import Beanmail
-    beanmail = Beanmail(app)                 # app.config["BEANMAIL_URL"], "BEANMAIL_SECRET", "BEANMAIL_SPOOL"
+    beanmail = Beanmail(app)   # app.config: BEANMAIL_URL, BEANMAIL_SECRET, BEANMAIL_SPOOL, BEANMAIL_STORE
 
     @app.post("/issues/<int:id>/comments")
     def comment(id):
@@ -11,6 +11,10 @@ without an error, that is after the view committed its transaction; an error dro
 
 With Flask-SQLAlchemy, ``beanmail.attach(db.session)`` flushes on the session's own commit
 instead, and drops on its rollback.
+
+Once the request (or the session's commit) has succeeded, an enqueue failure never raises into
+it and never costs the other mails: the job goes to the spool, or without one is logged at error
+(see ``producer.hooks``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class Beanmail:
 
     def init_app(self, app: Flask) -> None:
         self.notifier = Notifier(app.config.get("BEANMAIL_URL"), secret=app.config.get("BEANMAIL_SECRET"),
-                                 spool=app.config.get("BEANMAIL_SPOOL"))
+                                 spool=app.config.get("BEANMAIL_SPOOL"), blobs=app.config.get("BEANMAIL_STORE"))
         app.extensions["beanmail"] = self
         app.teardown_request(self._teardown)
 
