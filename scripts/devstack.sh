@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The embedded development stack: beanstalkd (binlog in var/), the maildev catcher, supervisord.
+# Everything listens on 127.0.0.1 only (maildev's web UI has its own --web-ip, 0.0.0.0 by default).
 #   scripts/devstack.sh start | stop | status
 # Idempotent: what already runs (its pid file says so) is left as it is.
 set -euo pipefail
@@ -7,7 +8,6 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VAR=$ROOT/var
 BEANSTALK_PORT=${BEANSTALK_PORT:-11300}
-export BEANMAIL_WORKERS=${BEANMAIL_WORKERS:-2}
 mkdir -p "$VAR/log" "$VAR/binlog"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -29,7 +29,7 @@ start() {
   fi
   if ! alive "$VAR/catcher.pid"; then
     port_busy 1025 && { echo "devstack: port 1025 is taken by another program" >&2; exit 1; }
-    setsid "$VAR/catcher/node_modules/.bin/maildev" --ip 127.0.0.1 --smtp 1025 --web 1080 --mail-directory "$VAR/catcher/mail" \
+    setsid "$VAR/catcher/node_modules/.bin/maildev" --ip 127.0.0.1 --web-ip 127.0.0.1 --smtp 1025 --web 1080 --mail-directory "$VAR/catcher/mail" \
       >>"$VAR/log/catcher.log" 2>&1 &
     echo $! >"$VAR/catcher.pid"
     wait_for 20 "the catcher" port_busy 1080

@@ -3,6 +3,7 @@ supervisord in a scratch folder, against the tests' beanstalkd and SMTP server."
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -17,13 +18,25 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def tracked(folder: str) -> list[str]:
+    """The files a clone of the repository has under ``folder`` (what git tracks, nothing made
+    by running it)."""
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--", folder], capture_output=True,
+                         check=True, timeout=30).stdout.decode()
+    return [p for p in out.split("\0") if p]
+
+
 class Supervisor:
     def __init__(self, home: Path, env: dict[str, str]) -> None:
+        """``home`` is laid out like a fresh clone: the repository's supervisord.conf, the tracked
+        files of var/ and nothing else there (no log folder made for it), a link to the venv."""
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "supervisord.conf", home / "supervisord.conf")
         (home / ".venv").symlink_to(ROOT / ".venv")
-        (home / "var" / "log").mkdir(parents=True)
+        for path in tracked("var"):
+            (home / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / path, home / path)
         self.conf = str(home / "supervisord.conf")
         self.env = {**env, "BEANMAIL_TEMPLATES": str(ROOT / "templates"),
                     "BEANMAIL_SUPERVISOR_URL": f"unix://{home}/var/supervisor.sock"}
@@ -49,10 +62,25 @@ class Supervisor:
                 out[parts[0]] = (parts[1], int(m.group(1)) if m else 0)
         return out
 
+    def expected(self) -> dict[str, int]:
+        """How many processes each program of the file runs (its numprocs, resolved as
+        supervisord would from the environment)."""
+        parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+        parser.read(self.conf)
+        counts: dict[str, int] = {}
+        for section in parser.sections():
+            if section.startswith("program:"):
+                value = parser.get(section, "numprocs", fallback="1")
+                value = re.sub(r"%\(ENV_(\w+)\)s", lambda m: self.env[m.group(1)], value)
+                counts[section.removeprefix("program:")] = int(value)
+        return counts
+
     def wait_running(self, timeout: float = 30) -> dict[str, tuple[str, int]]:
+        total = sum(self.expected().values())
+
         def all_running() -> dict[str, tuple[str, int]] | None:
             states = self.states()
-            ok = len(states) == int(self.env["BEANMAIL_WORKERS"]) + 2 and all(s == "RUNNING" for s, _ in states.values())
+            ok = len(states) == total and all(s == "RUNNING" for s, _ in states.values())
             return states if ok else None
         return wait_until(all_running, timeout, "every process RUNNING")  # type: ignore[return-value]
 
