@@ -10,7 +10,7 @@ import pytest
 
 from producer.envelope import Recipient
 from worker import mime
-from worker.loop import attempt_number
+from worker.job import attempt_number
 from worker.outcomes import Backoff, Bounced, Deferred, Poison, Skipped, disposition
 from worker.render import Rendered, Renderer
 from worker.settings import SettingsError, load

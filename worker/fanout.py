@@ -14,9 +14,9 @@ from producer import envelope as env
 from producer.client import EnqueueError, Notifier
 from producer.envelope import Envelope
 
-from .logs import get_logger
-from .loop import Reserved
-from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
+from .job import Reserved
+from .logs import get_logger, mask_text
+from .outcomes import Backoff, Deferred, Disposition, Poison, Skipped, disposition
 from .settings import Settings
 
 
@@ -28,7 +28,7 @@ class Fanout:
     def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
         # no spool here: a chunk that cannot be fanned out stays in beanstalkd and is retried
-        self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret or None, spool="")
+        self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret, spool="", blobs="")
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
         self.log = get_logger()
 
@@ -61,16 +61,15 @@ class Fanout:
             if chunk.kind != "mailout":
                 raise Poison(f"kind {chunk.kind!r} does not belong on the mailout tube")
             if chunk.not_after is not None and time.time() > chunk.not_after:
-                d = Disposition("delete", "skipped", f"expired: not_after {chunk.not_after} has passed")
-            else:
-                queued = self.expand(chunk, touch)
-                d = disposition(None, attempt, self.backoff)
+                raise Skipped(f"expired: not_after {chunk.not_after} has passed")
+            queued = self.expand(chunk, touch)
+            d = disposition(None, attempt, self.backoff)
         except EnqueueError as exc:  # re-running the chunk is safe: keys are deterministic
             d = disposition(Deferred(f"fan-out put failed: {exc}"), attempt, self.backoff)
         except Exception as exc:  # noqa: BLE001 - classified, never escapes
             d = disposition(exc, attempt, self.backoff)
         self.log.info("mailout chunk", job=job.id, tube="mailout", outcome=d.outcome,
-                      queued=queued, reason=d.reason or None,
+                      queued=queued, reason=(mask_text(d.reason) if self.settings.mask_addresses else d.reason) or None,
                       duration_ms=round((time.monotonic() - started) * 1000, 2))
         return d
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -30,6 +31,16 @@ def mask(address: str) -> str:
     if not at:
         return "***"
     return f"{local[:1]}***@{domain}"
+
+
+_ADDRESS = re.compile(r"([^\s<>(),;:\"'@]+)@([A-Za-z0-9.\-\[\]:\u0080-\uffff]+)")
+
+
+def mask_text(text: str) -> str:
+    """Every address inside a key, an SMTP reply or a reason, masked as ``mask`` does."""
+    if "@" not in text:
+        return text
+    return _ADDRESS.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", text)
 
 
 def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:

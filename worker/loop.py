@@ -11,96 +11,23 @@ import random
 import signal
 import threading
 import time
-from typing import Protocol
 
 import greenstalk
 
 from producer.client import connect
 
+from .beanstalk import CONNECTION_ERRORS, delete_and_reserve
+from .job import Reserved, Stage
 from .logs import get_logger
-from .outcomes import Disposition
+from .outcomes import Action, Backoff, disposition
 from .settings import Settings
 from .store import Store, StoreUnavailable
 
 EX_OK, EX_UNAVAILABLE, EX_CONFIG = 0, 69, 78
-CONNECTION_ERRORS = (OSError, greenstalk.UnknownResponseError, EOFError)
-
-
-def delete_and_reserve(client: greenstalk.Client, job_id: int, timeout: int) -> greenstalk.Job:
-    """``delete`` and ``reserve-with-timeout`` in one write, their replies read in order.
-    greenstalk has no pipelining, so this speaks on its socket and reuses its reply parsing."""
-    client._sock.sendall(b"delete %d\r\nreserve-with-timeout %d\r\n" % (job_id, timeout))
-    deleted = client._reader.readline()
-    if deleted not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):  # NOT_FOUND: its TTR ran out meanwhile
-        raise greenstalk.UnknownResponseError(deleted.strip(), [])
-    job_id_, size = (int(n) for n in greenstalk._parse_response(client._reader.readline(), b"RESERVED"))
-    return greenstalk.Job(job_id_, client._read_chunk(size))
-
-
-class Reserved:
-    """A reserved job as a stage sees it. beanstalkd's job stats cost a round trip, so they are
-    asked for only when needed: to count the attempts of a failure, to release or bury the job
-    at its own priority, to learn its TTR when a send runs long."""
-
-    def __init__(self, client: greenstalk.Client, job: greenstalk.Job, max_attempts: int) -> None:
-        self.client = client
-        self.id: int = job.id
-        self.body: bytes = job.body if isinstance(job.body, bytes) else job.body.encode()
-        self.max_attempts = max_attempts
-        self._stats: dict[str, object] | None = None
-        self._touched = time.monotonic()
-
-    @property
-    def has_stats(self) -> bool:
-        return self._stats is not None
-
-    @property
-    def stats(self) -> dict[str, object]:
-        if self._stats is None:
-            self._stats = dict(self.client.stats_job(self.id))
-        return self._stats
-
-    @property
-    def tube(self) -> str:
-        return str(self.stats["tube"])
-
-    @property
-    def attempt(self) -> int:
-        return attempt_number(self.stats, self.max_attempts)
-
-    def touch(self) -> None:
-        """Called between the phases of a send; a round trip only once a third of the TTR is gone."""
-        elapsed = time.monotonic() - self._touched
-        if elapsed < 1:
-            return
-        try:
-            if elapsed >= int(self.stats["ttr"]) / 3:
-                self.client.touch(self.id)
-                self._touched = time.monotonic()
-        except (greenstalk.NotFoundError, *CONNECTION_ERRORS):
-            pass
-
-
-class Stage(Protocol):
-    """A pipeline stage as the loop sees it (the sending stage, the fan-out stage)."""
-
-    def handle(self, job: Reserved) -> Disposition: ...
-
-    def reload(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class _Interrupted(Exception):
     pass
-
-
-def attempt_number(stats: dict, max_attempts: int) -> int:
-    """This reservation's attempt, from beanstalkd's own counters (they survive a worker crash).
-    A worker that died holding the job (a TTR timeout) counts as an attempt; a job an operator
-    kicks out of the buried state starts a fresh retry budget."""
-    attempt = int(stats["releases"]) + int(stats["timeouts"]) + 1
-    return max(1, attempt - int(stats["buries"]) * max_attempts)
 
 
 class Worker:
@@ -117,6 +44,7 @@ class Worker:
         self._idle = False
         self._reload = False
         self.processed = 0
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
 
     # -- signals --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -244,14 +172,14 @@ class Worker:
             except CONNECTION_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - a stage's own failure never ends the worker
-                self.log.exception("stage failed; job released", job=job.id, error=repr(exc))
-                d = Disposition("release", "deferred", f"stage failed: {exc!r}", int(self.settings.backoff_base))
+                self.log.exception("stage failed", job=job.id, error=repr(exc))
+                d = disposition(exc, lambda: reserved.attempt, self.backoff)
             self.processed += 1
-            if d.action == "delete":
+            if d.action is Action.DELETE:
                 self._pending_delete = job.id  # sent with the next reserve: one round trip less
                 return
             pri, tube = int(reserved.stats["pri"]), reserved.tube
-            if d.action == "release":
+            if d.action is Action.RELEASE:
                 client.release(job, priority=pri, delay=d.delay)
             else:
                 try:

@@ -117,18 +117,33 @@ def new_message_id(domain: str) -> str:
     return f"<{time.time_ns():x}.{os.getpid():x}.{next(_sequence):x}.{secrets.token_hex(4)}@{domain}>"
 
 
+def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Header layers merged as mail readers see names, case-insensitively: a later layer's
+    header replaces an earlier one's (an application's Precedence replaces ours), never a
+    second copy. Keeps the first spelling's position and the last value."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            merged[name.lower()] = (name, value)
+    return dict(merged.values())
+
+
+DEFAULT_HEADERS = {"Auto-Submitted": "auto-generated"}  # RFC 3834: no vacation replies to us
+
+
 def build(rendered: Rendered, sender: Sender, recipient: Recipient,
           headers: Mapping[str, str] = {}, *, message_id: str | None = None,
           now: float | None = None) -> bytes:
+    """``headers``: extra headers, already merged (``merge_headers``); they replace the
+    defaults above, never the structural ones (validation refuses those)."""
     lines = [
         header("From", format_address(sender.name, sender.addr_spec), address=True),
         header("To", format_address(recipient.name, recipient.address), address=True),
         header("Subject", rendered.subject),
         f"Date: {date_header(now if now is not None else time.time())}",
         f"Message-ID: {message_id or new_message_id(sender.domain)}",
-        "Auto-Submitted: auto-generated",
     ]
-    for name, value in headers.items():
+    for name, value in merge_headers(DEFAULT_HEADERS, headers).items():
         if name.lower() == "reply-to":
             lines.append(header(name, _reply_to(value), address=True))
         else:

@@ -1,10 +1,31 @@
-"""The outcome table of DESIGN.md in code: stages raise, and only this module decides a job's fate."""
+"""Every job's fate is decided here, and only here (the table is in docs/outcomes.md): stages
+raise, ``disposition`` maps what they raised to one action on beanstalkd and one recorded outcome.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Callable
+
+
+class Action(StrEnum):
+    DELETE = "delete"
+    RELEASE = "release"
+    BURY = "bury"
+
+
+class Fate(StrEnum):
+    """What the delivery log records. StrEnum: stored and compared as plain text."""
+
+    SENT = "sent"
+    SKIPPED = "skipped"
+    BOUNCED = "bounced"
+    DEFERRED = "deferred"
+    IN_DOUBT = "in_doubt"
+    EXHAUSTED = "exhausted"
+    POISON = "poison"
 
 
 class Outcome(Exception):
@@ -21,13 +42,13 @@ class Outcome(Exception):
 class Skipped(Outcome):
     """Nothing to send: suppressed, expired, entity gone, duplicate key."""
 
-    name = "skipped"
+    name = Fate.SKIPPED
 
 
 class Bounced(Outcome):
     """Permanent refusal for the recipient; ``hard`` bounces suppress the address."""
 
-    name = "bounced"
+    name = Fate.BOUNCED
 
     def __init__(self, reason: str, *, reply: str = "", hard: bool = True) -> None:
         super().__init__(reason, reply=reply)
@@ -35,19 +56,28 @@ class Bounced(Outcome):
 
 
 class Deferred(Outcome):
-    """Worth retrying later; ``delay`` overrides the backoff (e.g. a rate limit's next slot)."""
+    """Worth retrying later. ``delay`` overrides the backoff: such a deferral (a rate limit's
+    booked slot, a claim another live worker holds) is no failure and costs no retry."""
 
-    name = "deferred"
+    name = Fate.DEFERRED
 
     def __init__(self, reason: str, *, reply: str = "", delay: int | None = None) -> None:
         super().__init__(reason, reply=reply)
         self.delay = delay
 
 
+class InDoubt(Outcome):
+    """The message went out but its final reply never came: the server may have taken it.
+    Retried only after a long delay (``BEANMAIL_IN_DOUBT_DELAY``), so a slow server gets at most
+    one more copy, never one per retry."""
+
+    name = Fate.IN_DOUBT
+
+
 class Poison(Outcome):
     """The job itself is wrong; retrying cannot help, a person must look."""
 
-    name = "poison"
+    name = Fate.POISON
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,7 @@ class Backoff:
     base: float = 30.0
     cap: float = 3600.0
     max_attempts: int = 8
+    in_doubt_delay: int = 3600
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> int:
         """Exponential with jitter: uniform in [d/2, d], d = base * 2**(attempt-1), capped."""
@@ -64,10 +95,11 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Disposition:
-    action: str  # "delete" | "release" | "bury"
-    outcome: str  # sent | skipped | bounced | deferred | exhausted | poison
+    action: Action
+    outcome: Fate
     reason: str = ""
     delay: int = 0
+    free: bool = False  # a release with a delay of its own: costs no retry
 
 
 def disposition(exc: BaseException | None, attempt: int | Callable[[], int], backoff: Backoff) -> Disposition:
@@ -75,17 +107,23 @@ def disposition(exc: BaseException | None, attempt: int | Callable[[], int], bac
     needs it (it costs a round trip to beanstalkd). Any unexpected exception is poison: a bug
     must bury the job with its reason recorded, never crash the worker or loop."""
     if exc is None:
-        return Disposition("delete", "sent")
+        return Disposition(Action.DELETE, Fate.SENT)
     if isinstance(exc, (Skipped, Bounced)):
-        return Disposition("delete", exc.name, exc.reason)
+        return Disposition(Action.DELETE, Fate(exc.name), exc.reason)
     if isinstance(exc, Deferred):
         if exc.delay is not None:
-            return Disposition("release", "deferred", exc.reason, exc.delay)
+            return Disposition(Action.RELEASE, Fate.DEFERRED, exc.reason, exc.delay, free=True)
         if callable(attempt):
             attempt = attempt()
         if attempt >= backoff.max_attempts:
-            return Disposition("bury", "exhausted", f"{attempt} attempts: {exc.reason}")
-        return Disposition("release", "deferred", exc.reason, backoff.delay(attempt))
+            return Disposition(Action.BURY, Fate.EXHAUSTED, f"{attempt} attempts: {exc.reason}")
+        return Disposition(Action.RELEASE, Fate.DEFERRED, exc.reason, backoff.delay(attempt))
+    if isinstance(exc, InDoubt):
+        if callable(attempt):
+            attempt = attempt()
+        if attempt >= backoff.max_attempts:
+            return Disposition(Action.BURY, Fate.EXHAUSTED, f"{attempt} attempts: {exc.reason}")
+        return Disposition(Action.RELEASE, Fate.IN_DOUBT, exc.reason, backoff.in_doubt_delay)
     if isinstance(exc, Poison):
-        return Disposition("bury", "poison", exc.reason)
-    return Disposition("bury", "poison", f"bug: {type(exc).__name__}: {exc}")
+        return Disposition(Action.BURY, Fate.POISON, exc.reason)
+    return Disposition(Action.BURY, Fate.POISON, f"bug: {type(exc).__name__}: {exc}")

@@ -17,12 +17,12 @@ from producer.unsubscribe import list_unsubscribe_headers
 
 from . import mime
 from .entities import Registry
-from .logs import get_logger, mask
-from .loop import Reserved
-from .outcomes import Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Skipped, disposition
+from .job import Reserved
+from .logs import get_logger, mask, mask_text
+from .outcomes import Action, Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Fate, Skipped, disposition
 from .render import Renderer
 from .settings import Settings
-from .store import Store, StoreUnavailable
+from .store import FINAL, Store, StoreUnavailable
 from .transports.smtp import Reply
 from .validate import check_envelope
 
@@ -45,7 +45,7 @@ def make_transport(settings: Settings) -> Transport:
     from .transports.smtp import RelayTransport
 
     return RelayTransport(settings.smtp, timeout=settings.smtp_timeout, helo=settings.helo_name,
-                          cafile=settings.smtp_cafile)
+                          cafile=settings.smtp_cafile, data_timeout=settings.smtp_data_timeout)
 
 
 @dataclass
@@ -65,14 +65,15 @@ class Pipeline:
         self.registry = registry or Registry.from_settings(settings.entities)
         self.renderer = Renderer(settings.templates)
         self.sender = mime.sender_address(settings.from_addr)
-        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
+                               settings.in_doubt_delay)
 
     # -- the loop's Stage interface -------------------------------------------------------------
     def handle(self, job: Reserved) -> Disposition:
         started = time.monotonic()
         result = self.run(job.body, lambda: job.attempt, job.touch)
         d = result.disposition
-        if d.action == "delete" and result.envelope is not None:
+        if d.action is Action.DELETE and result.envelope is not None:
             # no round trip for stats on success: the tube its priority names, the store's count
             tube, attempt = PRIORITIES[result.envelope.priority][0], result.attempt
         else:
@@ -87,16 +88,17 @@ class Pipeline:
     def close(self) -> None:
         self.transport.close()
 
-    def run(self, body: bytes, attempt: Callable[[], int], touch: Callable[[], None] = lambda: None) -> Result:
+    def run(self, body: bytes, attempt: Callable[[], int], touch: Callable[[], object] = lambda: None) -> Result:
         envelope: Envelope | None = None
+        ref = ""
         claiming = claimed = False
         reply = ""
         claims = 1
         try:
-            try:
-                envelope = env.decode(body, self.settings.secret or None)
-            except env.EnvelopeError as exc:
-                raise Poison(f"bad envelope: {exc}") from None
+            envelope = self._decode(body)
+            if envelope.kind == "ref":
+                ref = envelope.ref
+                envelope = self._dereference(envelope)
             envelope = check_envelope(envelope)
             envelope = self._check_suppression(envelope)
             self._check_rate(envelope)
@@ -106,23 +108,72 @@ class Pipeline:
             claimed = True
             message, recipients = self._build(envelope)
             sender = envelope.sender or self.sender.addr_spec  # a raw job may name its own
-            reply = str(self.transport.send(sender, recipients, message, touch))
+            keep = self._keeper(envelope.id, touch)
+            reply = str(self.transport.send(sender, recipients, message, keep))
             error: BaseException | None = None
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             error = exc
             reply = getattr(exc, "reply", "")
+        key = envelope.id if envelope is not None else None
+        if key is not None:
+            attempt = self._attempt(key, attempt)
         result = disposition(error, attempt, self.backoff)
         try:
             if envelope is not None and (claimed or not claiming):
                 # before the claim nothing may overwrite another delivery's row of the same key
+                hold = self.backoff.in_doubt_delay if result.outcome is Fate.IN_DOUBT else 0.0
                 self.store.finish(envelope.id, self._recipient(envelope), envelope.template,
-                                  result.outcome, result.reason, reply, overwrite_final=claimed)
+                                  result.outcome, result.reason, reply, overwrite_final=claimed,
+                                  hold=hold, free=result.free)
             if isinstance(error, Bounced) and error.hard and envelope is not None and envelope.kind == "mail":
                 self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+            if ref and result.action is Action.DELETE:
+                self.store.delete_blob(ref)  # a final outcome: the body is needed no more
         except StoreUnavailable as exc:
-            # what happened stands (the mail went, or not); only its record is missing
-            get_logger().error("delivery not recorded", key=envelope.id if envelope else None, error=exc.reason)
+            # what happened stands (the mail went, or not); only its record is missing. An outage
+            # the job already met is logged once by the store, not again for every job.
+            if not isinstance(error, StoreUnavailable):
+                get_logger().error("delivery not recorded", outcome=result.outcome, error=exc.reason,
+                                   key=mask_text(key or "") if self.settings.mask_addresses else key)
         return Result(result, envelope, reply, claims)
+
+    def _decode(self, body: bytes) -> Envelope:
+        try:
+            return env.decode(body, self.settings.secret or None)
+        except env.EnvelopeError as exc:
+            raise Poison(f"bad envelope: {exc}") from None
+
+    def _dereference(self, ref: Envelope) -> Envelope:
+        """The job a ``ref`` envelope stands for, from the blob store. A key that already ended
+        is a duplicate (its blob was removed with its final outcome), not a lost body."""
+        done = self.store.deliveries(key=ref.id, limit=1)
+        if done and done[0].outcome in FINAL:
+            raise Skipped(f"duplicate: key already {done[0].outcome}")
+        body = self.store.blob(ref.ref)
+        if body is None:
+            raise Poison(f"blob {ref.ref} is gone: the message body stored by reference was removed")
+        envelope = self._decode(body)
+        if envelope.id != ref.id or envelope.kind == "ref":
+            raise Poison(f"blob {ref.ref} holds job {envelope.id!r} ({envelope.kind}), not {ref.id!r}")
+        return envelope
+
+    def _attempt(self, key: str, attempt: int | Callable[[], int]) -> int | Callable[[], int]:
+        """beanstalkd counts every release; those that named their own delay (a rate-limit slot,
+        a claim held elsewhere) were no failure and are given back."""
+        if not callable(attempt):
+            return attempt
+        return lambda: max(1, attempt() - self.store.free_releases(key))
+
+    def _keeper(self, key: str, touch: Callable[[], object]) -> Callable[[], None]:
+        """What the transport calls through every long step: keeps beanstalkd's reservation and
+        the store's claim alive together, so a slow server never sees a second copy."""
+        def keep() -> None:
+            if touch():
+                try:
+                    self.store.renew(key, self.settings.ttr)
+                except StoreUnavailable:
+                    pass  # the claim's lease still runs; the outage is logged by the store
+        return keep
 
     @staticmethod
     def _recipient(envelope: Envelope) -> str:
@@ -172,7 +223,7 @@ class Pipeline:
             except (binascii.Error, ValueError):
                 raise Poison("raw job: 'message' is not base64") from None
             # SMTP wants CRLF; messages built with "\n" (Django's as_bytes() default) get it here
-            return _CRLF.sub(b"\r\n", message), [r.address for r in envelope.to]
+            return complete_raw(_CRLF.sub(b"\r\n", message), self.sender.domain), [r.address for r in envelope.to]
         if envelope.kind != "mail":
             raise Poison(f"kind {envelope.kind!r} does not belong on a mail tube")
         context = dict(envelope.context)
@@ -181,10 +232,30 @@ class Pipeline:
         context.setdefault("recipient", {"address": envelope.recipient.address,
                                          "name": envelope.recipient.name})
         rendered = self.renderer.render(envelope.template, context)
-        headers = self._list_headers(envelope) if envelope.priority == "bulk" else {}
-        headers.update(envelope.headers)  # an application's own list headers win
+        headers = mime.merge_headers(self._list_headers(envelope) if envelope.priority == "bulk" else {},
+                                     envelope.headers)  # an application's own headers win
         message = mime.build(rendered, self.sender, envelope.recipient, headers)
         return message, [envelope.recipient.address]
+
+
+_HEADER_END = re.compile(rb"\r\n\r\n")
+
+
+def _has_header(head: bytes, name: bytes) -> bool:
+    return re.search(rb"(?im)^" + re.escape(name) + rb"[ \t]*:", head) is not None
+
+
+def complete_raw(message: bytes, domain: str) -> bytes:
+    """RFC 5322 requires Date and a receiver expects Message-ID: a raw message without them
+    gets them here, as a submission server would add them (RFC 6409 section 8)."""
+    m = _HEADER_END.search(message)
+    head = message[: m.start()] if m else message
+    missing = []
+    if not _has_header(head, b"Date"):
+        missing.append(f"Date: {mime.date_header(time.time())}\r\n".encode())
+    if not _has_header(head, b"Message-ID"):
+        missing.append(f"Message-ID: {mime.new_message_id(domain)}\r\n".encode())
+    return b"".join(missing) + message if missing else message
 
 
 def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started: float,
@@ -195,22 +266,23 @@ def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started:
         "job": job_id, "tube": tube, "attempt": attempt, "outcome": d.outcome,
         "action": d.action, "duration_ms": round((time.monotonic() - started) * 1000, 2),
     }
+    shown = mask_text if mask_addresses else str  # fan-out keys, replies and reasons hold addresses
     if envelope is not None:
-        fields["key"] = envelope.id
+        fields["key"] = shown(envelope.id)
         fields["template"] = envelope.template
         if envelope.created_at:
             fields["age_ms"] = round((time.time() - envelope.created_at) * 1000, 1)  # enqueue -> now
         to = [r.address for r in envelope.to[:3]]
         fields["to"] = [mask(a) for a in to] if mask_addresses else to
     if d.reason:
-        fields["reason"] = d.reason
+        fields["reason"] = shown(d.reason)
     if d.delay:
         fields["delay"] = d.delay
     if result.reply:
-        fields["reply"] = result.reply
+        fields["reply"] = shown(result.reply)
     log = get_logger()
-    level = "info" if d.outcome in ("sent", "skipped") else "warning"
-    if d.outcome in ("poison", "exhausted"):
+    level = "info" if d.outcome in (Fate.SENT, Fate.SKIPPED) else "warning"
+    if d.outcome in (Fate.POISON, Fate.EXHAUSTED):
         level = "error"
     getattr(log, level)("job", **fields)
 

@@ -7,14 +7,16 @@ locale or HOME; a bad value fails at start with a message naming the setting.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from producer.client import parse_url
+from producer.client import DEFAULT_TTR, parse_url
 from producer.envelope import MAIL_TUBES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +41,9 @@ class Settings:
     templates: str = str(ROOT / "templates")
     transport: str = "smtp"
     smtp_url: str = "smtp://127.0.0.1:1025"
-    smtp_timeout: float = 30.0
+    smtp_timeout: float = 30.0  # seconds per SMTP step
+    smtp_data_timeout: float = 600.0  # the reply to the end of data (RFC 5321 4.5.3.2.6: 10 minutes)
+    in_doubt_delay: int = 3600  # no reply after the data: retry (maybe a second copy) only this late
     smtp_cafile: str = ""
     from_addr: str = "beanmail <noreply@localhost.localdomain>"
     helo_name: str = ""
@@ -53,7 +57,7 @@ class Settings:
     rate_default: float = 0.0  # messages/s per recipient domain; 0 = no limit
     rate_limits: Mapping[str, float] = field(default_factory=dict)  # domain -> messages/s
     tubes: tuple[str, ...] = MAIL_TUBES
-    ttr: int = 120
+    ttr: int = DEFAULT_TTR
     max_attempts: int = 8
     backoff_base: float = 30.0
     backoff_max: float = 3600.0
@@ -82,15 +86,37 @@ class Settings:
         return self.rate_limits.get(domain.lower(), self.rate_default)
 
     def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, checked like settings read at start (a bad ``--tubes`` too)."""
+        return validate(dataclasses.replace(self, **changes))
 
 
 ENV_PREFIX = "BEANMAIL_"
-# environment variable suffix -> field, for names that differ
+# environment variable suffix (and TOML key) -> field, for names that differ
 _ALIASES = {"FROM": "from_addr"}
+# BEANMAIL_* variables that are not settings of this object but are read elsewhere
+OTHER_VARIABLES = {"BEANMAIL_CONFIG", "BEANMAIL_WORKERS", "BEANMAIL_URGENT_WORKERS"}
 
 
-def load(environ: Mapping[str, str] | None = None, path: str | None = None) -> Settings:
+def _warn(message: str) -> None:
+    print(f"beanmail: warning: {message}", file=sys.stderr)
+
+
+def variable_names() -> list[str]:
+    return sorted({f"BEANMAIL_{_label(f.name)}" for f in fields(Settings) if f.name != "entities"} | OTHER_VARIABLES)
+
+
+def _label(name: str) -> str:
+    return {v: k for k, v in _ALIASES.items()}.get(name, name.upper())
+
+
+def toml_keys() -> list[str]:
+    return sorted(_label(f.name).lower() for f in fields(Settings))
+
+
+def load(environ: Mapping[str, str] | None = None, path: str | None = None,
+         warn: Any = _warn) -> Settings:
+    """``warn`` is told of each BEANMAIL_* variable that names no setting (a typo would
+    otherwise be ignored without a word)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     path = path or environ.get("BEANMAIL_CONFIG")
@@ -104,23 +130,29 @@ def load(environ: Mapping[str, str] | None = None, path: str | None = None) -> S
             raise SettingsError(f"BEANMAIL_CONFIG: cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"BEANMAIL_CONFIG: {path} is not valid TOML: {exc}") from None
-        values.update(data.get("beanmail", data))
+        table = data.get("beanmail", data)
+        values.update({_ALIASES.get(k.upper(), k): v for k, v in table.items()})
     known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(values) - set(known) - {"from"})
+    if unknown:
+        raise SettingsError(f"unknown setting(s) in {path}: {', '.join(unknown)}; "
+                            f"the keys are: {', '.join(toml_keys())}")
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "BEANMAIL_CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in OTHER_VARIABLES:
             continue
         suffix = key[len(ENV_PREFIX):]
         name = _ALIASES.get(suffix, suffix.lower())
         if name in known and name != "entities":
             values[name] = raw
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise SettingsError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+        else:
+            close = difflib.get_close_matches(key, variable_names(), n=1, cutoff=0.6)
+            warn(f"{key} is not a beanmail setting and is ignored"
+                 + (f"; did you mean {close[0]}?" if close else ""))
     return validate(Settings(**{k: _coerce(k, known[k].type, v) for k, v in values.items()}))
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
-    label = f"BEANMAIL_{name.upper()}" if name != "from_addr" else "BEANMAIL_FROM"
+    label = f"BEANMAIL_{_label(name)}"
     try:
         if kind in ("int", int):
             return int(value)
@@ -185,15 +217,27 @@ def validate(s: Settings) -> Settings:
         raise SettingsError(f"BEANMAIL_TEMPLATES: {s.templates!r} is not a directory")
     if "@" not in parseaddr(s.from_addr)[1] or any(c in s.from_addr for c in "\r\n\0"):
         raise SettingsError(f"BEANMAIL_FROM: {s.from_addr!r} is not an address")
+    from .outcomes import Poison
+    from .validate import normalize_address
+
+    try:
+        normalize_address(parseaddr(s.from_addr)[1], "From")
+    except Poison as exc:
+        raise SettingsError(f"BEANMAIL_FROM: {exc.reason}") from None
     if s.dns:
         host, _, port = s.dns.rpartition(":") if s.dns.count(":") == 1 else (s.dns, "", "53")
         if not port.isdigit():
             raise SettingsError(f"BEANMAIL_DNS: {s.dns!r} must be ip[:port]")
     if not s.tubes:
         raise SettingsError("BEANMAIL_TUBES: no tube to watch")
-    for name in ("ttr", "max_attempts", "mx_port", "mx_connections_per_domain", "dns_timeout", "threads"):
-        if getattr(s, name) <= 0:
-            raise SettingsError(f"BEANMAIL_{name.upper()}: must be positive")
+    for name in ("ttr", "max_attempts", "mx_port", "mx_connections_per_domain", "threads", "smtp_timeout",
+                 "smtp_data_timeout", "dns_timeout", "beanstalk_timeout", "backoff_base", "backoff_max",
+                 "in_doubt_delay", "unsubscribe_days"):
+        value = getattr(s, name)
+        if not value > 0 or value != value or value == float("inf"):  # NaN and inf too
+            raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {value!r}")
+    if s.reserve_timeout < 0:
+        raise SettingsError(f"BEANMAIL_RESERVE_TIMEOUT: must not be negative, got {s.reserve_timeout!r}")
     if s.ttr <= s.smtp_timeout:
         raise SettingsError(f"BEANMAIL_TTR: {s.ttr}s must exceed BEANMAIL_SMTP_TIMEOUT ({s.smtp_timeout}s)")
     if s.unsubscribe_url and not s.token_secret:

@@ -12,11 +12,14 @@ import contextlib
 import os
 import socket
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
+from .logs import get_logger
 from .outcomes import Deferred, Skipped
 
 # Types are spelled so that both engines read them right: DOUBLE PRECISION is a float8 in
@@ -27,7 +30,7 @@ MIGRATIONS: dict[int, str] = {
         key TEXT PRIMARY KEY,
         recipient TEXT NOT NULL,
         template TEXT NOT NULL,
-        outcome TEXT NOT NULL,          -- claimed | sent | skipped | bounced | deferred | exhausted | poison
+        outcome TEXT NOT NULL,          -- claimed | sent | skipped | bounced | deferred | in_doubt | exhausted | poison
         reason TEXT NOT NULL DEFAULT '',
         reply TEXT NOT NULL DEFAULT '',
         attempts INTEGER NOT NULL DEFAULT 0,
@@ -63,6 +66,14 @@ MIGRATIONS: dict[int, str] = {
         slot_at DOUBLE PRECISION NOT NULL
     );
     """,
+    3: """
+    ALTER TABLE deliveries ADD COLUMN free_releases INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS blobs (
+        id TEXT PRIMARY KEY,            -- sha256:<hex> of the data (producer.blobs writes them)
+        data {blob} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 FINAL = ("sent", "skipped", "bounced")
@@ -78,6 +89,14 @@ class Delivery:
     reply: str
     attempts: int
     updated_at: float
+
+
+def _safe_location(location: str) -> str:
+    """A DSN without its password, for logs."""
+    parts = urlsplit(location)
+    if parts.password:
+        return location.replace(f":{parts.password}@", ":***@", 1)
+    return location
 
 
 def worker_id() -> str:
@@ -108,46 +127,130 @@ class StoreCorrupt(Exception):
     must look; commands exit 78 with this one line."""
 
 
+def _sqlite_unavailable(exc: sqlite3.Error) -> bool:
+    """Errors of the store, not of our SQL: locked, disk full, I/O error, read-only, damaged."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
 class _Sqlite:
     placeholder = "?"
     for_update = ""
+    blob_type = "BLOB"
 
     def __init__(self, path: str, timeout: float) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        self._wal()
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.path = path
+        self.timeout = timeout
+        self._identity: tuple[int, int] | None = None
+        self.db = self._open()
 
-    def _wal(self) -> None:
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"store unavailable: {self.path}: {exc}") from exc
+        try:
+            self._wal(db)
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if _sqlite_unavailable(exc) and "not a database" not in str(exc) and "malformed" not in str(exc):
+                raise StoreUnavailable(f"store unavailable: {self.path}: {exc}") from exc
+            raise StoreCorrupt(f"{self.path} is not a usable beanmail store: {exc}") from exc
+        if self.path != ":memory:":
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+        return db
+
+    @staticmethod
+    def _wal(db: sqlite3.Connection) -> None:
         """Switch a new file to WAL. Several workers starting on a new store at once race for
         it, and that lock is not one SQLite's busy timeout waits for: retry for a while."""
         deadline = time.monotonic() + 30
-        while self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             try:
-                self.db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA journal_mode=WAL")
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
 
+    def check(self) -> bool:
+        """Notice a store file deleted or replaced under the running worker (SQLite would go on
+        writing to the deleted inode, and every record after it would be lost). A deleted file
+        is restored from our still-open handle; a replaced one is reopened. True when the
+        connection changed (the schema must be checked again)."""
+        if self._identity is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._restore()
+            return True
+        except OSError as exc:
+            raise StoreUnavailable(f"store unavailable: {self.path}: {exc}") from exc
+        if (st.st_dev, st.st_ino) == self._identity:
+            return False
+        get_logger().warning("store file replaced; reopened", store=self.path)
+        self._reopen()
+        return True
+
+    def _restore(self) -> None:
+        """Copy the deleted store (its inode lives on while we hold it open) back to its path.
+        Several workers may race: the file is linked into place only if none is there yet."""
+        tmp = f"{self.path}.restore-{os.getpid()}-{threading.get_ident()}"
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            target = sqlite3.connect(tmp)
+            try:
+                self.db.backup(target)
+            finally:
+                target.close()
+            try:
+                os.link(tmp, self.path)
+                get_logger().error("store file was deleted under the worker; restored from the open store",
+                                   store=self.path)
+            except FileExistsError:
+                pass  # another worker restored it first: use theirs
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"store file {self.path} was deleted and cannot be restored: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._reopen()
+
+    def _reopen(self) -> None:
+        old = self.db
+        self.db = self._open()
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if not _sqlite_unavailable(exc):
+                raise
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         # IMMEDIATE: a read-then-write (a claim, a slot) must not interleave across processes
-        self.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
-        self.execute("COMMIT")
+        with self.guard():
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                raise
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        try:
-            return self.db.execute(sql, args)
-        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, I/O
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        return self.db.execute(sql, args)
 
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -162,32 +265,44 @@ class _Sqlite:
 class _Postgres:
     placeholder = "%s"
     for_update = " FOR UPDATE"
+    blob_type = "BYTEA"
 
     def __init__(self, dsn: str, timeout: float) -> None:
         import psycopg
 
+        self.psycopg = psycopg
+        self.dsn = dsn
+        self.timeout = timeout
+        self._db: Any = None
+        self.db  # connect now: a bad DSN fails at start
+
+    @property
+    def db(self) -> Any:
+        """The connection, made again after the server went away (a restart, a failover)."""
+        if self._db is None or self._db.closed or self._db.broken:
+            try:
+                self._db = self.psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout)))
+            except self.psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        return self._db
+
+    def check(self) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
         try:
-            self.db = psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, int(timeout)))
-        except psycopg.OperationalError as exc:
+            yield
+        except (self.psycopg.OperationalError, self.psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        import psycopg
-
-        try:
-            with self.db.transaction():
-                yield
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        with self.guard(), self.db.transaction():
+            yield
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        import psycopg
-
-        try:
-            return self.db.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        return self.db.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
 
     def schema_version(self) -> int:
         self.db.execute("CREATE TABLE IF NOT EXISTS beanmail_schema (version INTEGER NOT NULL)")
@@ -198,42 +313,79 @@ class _Postgres:
         self.db.execute("INSERT INTO beanmail_schema (version) VALUES (%s)", (version,))
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 class Store:
     def __init__(self, location: str, timeout: float = 30.0) -> None:
-        """``timeout``: how long a write waits for another process's lock before the job is deferred."""
+        """``timeout``: how long a write waits for another process's lock before the job is
+        deferred. Raises StoreUnavailable (cannot reach or create it) or StoreCorrupt."""
         self.location = location
         if location.startswith(("postgresql://", "postgres://")):
             self._db: _Sqlite | _Postgres = _Postgres(location, timeout)
         else:
             self._db = _Sqlite(location, timeout)
         self.me = worker_id()
+        self._outage_since: float | None = None
         self._migrate()
 
     def _migrate(self) -> None:
-        with self._db.transaction():
-            if isinstance(self._db, _Postgres):  # one migrating host at a time
-                self._db.execute("SELECT pg_advisory_xact_lock(716235)")
-            version = self._db.schema_version()
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[v].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.set_schema_version(v)
+        try:
+            with self._db.transaction():
+                if isinstance(self._db, _Postgres):  # one migrating host at a time
+                    self._db.execute("SELECT pg_advisory_xact_lock(716235)")
+                version = self._db.schema_version()
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[v].format(blob=self._db.blob_type).split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.set_schema_version(v)
+        except sqlite3.DatabaseError as exc:  # guard let it through: not an outage, a wrong file
+            raise StoreCorrupt(f"{self.location} is not a usable beanmail store: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Every store error is an outage, logged once when it starts and once when it ends."""
+        try:
+            if self._db.check():
+                self._migrate()
+            with self._db.guard():
+                yield
+        except StoreUnavailable as exc:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                get_logger().error("store unavailable; jobs are deferred until it is back",
+                                   store=_safe_location(self.location), error=exc.reason)
+            raise
+        if self._outage_since is not None:
+            get_logger().warning("store available again", store=_safe_location(self.location),
+                                 outage_s=round(time.monotonic() - self._outage_since, 1))
+            self._outage_since = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._guard(), self._db.transaction():
+            yield
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return self._db.execute(sql, args).fetchone()
+        with self._guard():
+            return self._db.execute(sql, args).fetchone()
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        return self._db.execute(sql, args).fetchall()
+        with self._guard():
+            return self._db.execute(sql, args).fetchall()
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """A write; the number of rows it changed."""
+        with self._guard():
+            return int(self._db.execute(sql, args).rowcount)
 
     # -- claims and the delivery log ------------------------------------------------------------
     def claim(self, key: str, recipient: str, template: str, lease: float) -> int:
         """Take the key for this process and return how often it was taken, or raise: Skipped if
-        it already ended, Deferred if a live worker holds it (retried after its lease, so a
-        crashed holder loses nothing)."""
+        it already ended, Deferred if a live worker holds it (its lease is renewed while it
+        works) or if it is in doubt and its hold has not passed."""
         now = time.time()
         # the common case in one atomic statement: a new key, or one nobody holds
         taken = self._one(
@@ -243,21 +395,25 @@ class Store:
             " claimed_by = excluded.claimed_by, claim_expires = excluded.claim_expires,"
             " updated_at = excluded.updated_at"
             " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
-            " AND (deliveries.outcome <> 'claimed' OR deliveries.claim_expires <= excluded.updated_at"
+            " AND (deliveries.outcome NOT IN ('claimed', 'in_doubt')"
+            "      OR deliveries.claim_expires <= excluded.updated_at"
             "      OR deliveries.claimed_by = excluded.claimed_by)"
             " RETURNING attempts",
             (key, recipient, template, self.me, now + lease, now),
         )
         if taken is not None:
             return int(taken[0])
-        with self._db.transaction():  # why not: ended, held, or held by a process that died
-            row = self._one("SELECT outcome, claimed_by, claim_expires, attempts FROM deliveries WHERE key = ?"
-                            + self._db.for_update, (key,))
+        with self._transaction():  # why not: ended, held, in doubt, or held by a process that died
+            row = self._db.execute("SELECT outcome, claimed_by, claim_expires, attempts FROM deliveries"
+                                   " WHERE key = ?" + self._db.for_update, (key,)).fetchone()
             if row is None:
                 raise Deferred("claim raced with a removal; retrying", delay=1)
             outcome, holder, expires, attempts = row
             if outcome in FINAL:
                 raise Skipped(f"duplicate: key already {outcome}")
+            if outcome == "in_doubt" and expires > now:
+                raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
+                               delay=max(1, round(expires - now)))
             if outcome == "claimed" and holder != self.me and expires > now and not holder_is_dead(holder):
                 raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
             taken = self._db.execute(
@@ -269,18 +425,36 @@ class Store:
                 raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
         return int(attempts) + 1
 
+    def renew(self, key: str, lease: float) -> bool:
+        """Extend this process's claim on ``key`` (called through a long send); False if the
+        claim is no longer ours."""
+        now = time.time()
+        return self._run("UPDATE deliveries SET claim_expires = ?, updated_at = ?"
+                         " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?",
+                         (now + lease, now, key, self.me)) > 0
+
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
-               reply: str = "", *, overwrite_final: bool = True) -> None:
+               reply: str = "", *, overwrite_final: bool = True, hold: float = 0.0, free: bool = False) -> None:
         """Record how a job ended; any outcome releases the claim. Without ``overwrite_final``
-        (the job never held the claim) a row that ended or is claimed is left alone."""
+        (the job never held the claim) a row that ended or is claimed is left alone. ``hold``
+        keeps other copies of the key away that long (in doubt); ``free`` counts a release that
+        costs no retry."""
+        now = time.time()
         guard = "" if overwrite_final else " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
-        self._db.execute(
-            "INSERT INTO deliveries (key, recipient, template, outcome, reason, reply, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET outcome = excluded.outcome,"
-            " reason = excluded.reason, reply = excluded.reply, claimed_by = '', claim_expires = 0,"
+        self._run(
+            "INSERT INTO deliveries (key, recipient, template, outcome, reason, reply, claim_expires,"
+            " free_releases, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+            " outcome = excluded.outcome, reason = excluded.reason, reply = excluded.reply, claimed_by = '',"
+            " claim_expires = excluded.claim_expires,"
+            " free_releases = deliveries.free_releases + excluded.free_releases,"
             " updated_at = excluded.updated_at" + guard,
-            (key, recipient, template, outcome, reason, reply, time.time()),
+            (key, recipient, template, outcome, reason, reply, now + hold if hold else 0, int(free), now),
         )
+
+    def free_releases(self, key: str) -> int:
+        """Releases of this key that named their own delay: they do not count as attempts."""
+        row = self._one("SELECT free_releases FROM deliveries WHERE key = ?", (key,))
+        return int(row[0]) if row else 0
 
     def deliveries(self, *, key: str | None = None, recipient: str | None = None,
                    limit: int = 100) -> list[Delivery]:
@@ -298,28 +472,39 @@ class Store:
     def outcome_counts(self) -> dict[str, int]:
         return dict(self._all("SELECT outcome, count(*) FROM deliveries GROUP BY outcome"))
 
+    # -- large messages -------------------------------------------------------------------------
+    def blob(self, ref: str) -> bytes | None:
+        """A job body a producer stored by reference (``producer.blobs``)."""
+        row = self._one("SELECT data FROM blobs WHERE id = ?", (ref,))
+        return bytes(row[0]) if row else None
+
+    def delete_blob(self, ref: str) -> None:
+        self._run("DELETE FROM blobs WHERE id = ?", (ref,))
+
     # -- per-domain rate limits -----------------------------------------------------------------
     def take_slot(self, domain: str, rate: float, key: str, now: float | None = None) -> float:
         """A send slot for ``domain`` at ``rate`` messages/s, shared by every worker on this store.
         Returns 0 when the message may go now; otherwise the slot is booked for ``key`` and the
         seconds until it are returned, so the job comes back to a slot of its own."""
         now = time.time() if now is None else now
-        with self._db.transaction():
-            booked = self._one("SELECT slot_at FROM rate_bookings WHERE key = ?", (key,))
+        db = self._db
+        with self._transaction():
+            booked = db.execute("SELECT slot_at FROM rate_bookings WHERE key = ?", (key,)).fetchone()
             if booked is not None:
                 if booked[0] <= now + 0.01:
-                    self._db.execute("DELETE FROM rate_bookings WHERE key = ?", (key,))
+                    db.execute("DELETE FROM rate_bookings WHERE key = ?", (key,))
                     return 0.0
                 return float(booked[0] - now)
-            self._db.execute("INSERT INTO rate_slots (domain, next_at) VALUES (?, ?) ON CONFLICT (domain) DO NOTHING",
-                             (domain, now))
-            (next_at,) = self._one("SELECT next_at FROM rate_slots WHERE domain = ?" + self._db.for_update, (domain,))
+            db.execute("INSERT INTO rate_slots (domain, next_at) VALUES (?, ?) ON CONFLICT (domain) DO NOTHING",
+                       (domain, now))
+            (next_at,) = db.execute("SELECT next_at FROM rate_slots WHERE domain = ?" + db.for_update,
+                                    (domain,)).fetchone()
             slot = max(next_at, now)
-            self._db.execute("UPDATE rate_slots SET next_at = ? WHERE domain = ?", (slot + 1.0 / rate, domain))
+            db.execute("UPDATE rate_slots SET next_at = ? WHERE domain = ?", (slot + 1.0 / rate, domain))
             if slot <= now + 0.01:
                 return 0.0
-            self._db.execute("DELETE FROM rate_bookings WHERE slot_at < ?", (now - 3600,))
-            self._db.execute("INSERT INTO rate_bookings (key, slot_at) VALUES (?, ?)", (key, slot))
+            db.execute("DELETE FROM rate_bookings WHERE slot_at < ?", (now - 3600,))
+            db.execute("INSERT INTO rate_bookings (key, slot_at) VALUES (?, ?)", (key, slot))
         return float(slot - now)
 
     # -- suppression ----------------------------------------------------------------------------
@@ -328,14 +513,14 @@ class Store:
         return (row[0], row[1]) if row else None
 
     def suppress(self, address: str, reason: str, source: str) -> None:
-        self._db.execute(
+        self._run(
             "INSERT INTO suppression (address, reason, source, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source",
             (address.lower(), reason, source, time.time()),
         )
 
     def unsuppress(self, address: str) -> bool:
-        return self._db.execute("DELETE FROM suppression WHERE address = ?", (address.lower(),)).rowcount > 0
+        return self._run("DELETE FROM suppression WHERE address = ?", (address.lower(),)) > 0
 
     def suppression_list(self) -> list[tuple[str, str, str, float]]:
         return [tuple(r) for r in self._all(
@@ -344,7 +529,7 @@ class Store:
     # -- buried jobs ----------------------------------------------------------------------------
     def record_failure(self, server: str, job_id: int, tube: str, outcome: str, reason: str,
                        body: bytes) -> None:
-        self._db.execute(
+        self._run(
             "INSERT INTO failures (server, job_id, tube, outcome, reason, body, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (server, job_id, tube, outcome, reason, body[:65536].decode("utf-8", "replace"), time.time()),

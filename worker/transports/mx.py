@@ -110,10 +110,11 @@ def _split_hostport(value: str) -> tuple[str, int]:
 
 class MxTransport:
     def __init__(self, resolver: MxResolver, *, port: int = 25, timeout: float = 30.0, helo: str = "",
-                 per_domain: int = 2) -> None:
+                 per_domain: int = 2, data_timeout: float = 600.0) -> None:
         self.resolver = resolver
         self.port = port
         self.timeout = timeout
+        self.data_timeout = data_timeout
         self.helo = helo
         self.per_domain = per_domain
         self._sessions: dict[str, list[SmtpSession]] = defaultdict(list)  # idle, per domain
@@ -123,7 +124,7 @@ class MxTransport:
     @classmethod
     def from_settings(cls, s: Settings) -> "MxTransport":
         return cls(MxResolver(s.dns, s.dns_timeout), port=s.mx_port, timeout=s.smtp_timeout,
-                   helo=s.helo_name, per_domain=s.mx_connections_per_domain)
+                   helo=s.helo_name, per_domain=s.mx_connections_per_domain, data_timeout=s.smtp_data_timeout)
 
     def _slot(self, domain: str) -> threading.BoundedSemaphore:
         with self._lock:
@@ -165,7 +166,7 @@ class MxTransport:
                 failures.append(f"{mx.host}: no address")
             for address in addresses:
                 session = SmtpSession(SmtpTarget(address, self.port, "opportunistic"), timeout=self.timeout,
-                                      helo=self.helo, verify=False)
+                                      helo=self.helo, verify=False, data_timeout=self.data_timeout)
                 reply = self._try(domain, session, f"{mx.host}[{address}]", failures, sender, recipients,
                                   message, touch)
                 if reply is not None:

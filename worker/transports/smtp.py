@@ -7,13 +7,15 @@ The same session code serves the relay (one smarthost from settings) and direct 
 from __future__ import annotations
 
 import re
+import select
 import smtplib
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..outcomes import Bounced, Deferred
+from ..outcomes import Bounced, Deferred, InDoubt
 from ..settings import SmtpTarget
 
 NETWORK_ERRORS = (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ssl.SSLError)
@@ -47,9 +49,12 @@ class SmtpSession:
     """A connection to one SMTP server. ``send`` returns the server's reply or raises an Outcome."""
 
     def __init__(self, target: SmtpTarget, *, timeout: float = 30.0, helo: str = "",
-                 cafile: str = "", verify: bool = True) -> None:
+                 cafile: str = "", verify: bool = True, data_timeout: float = 600.0) -> None:
+        """``timeout`` bounds each SMTP step; ``data_timeout`` the wait for the reply to the end
+        of data, which RFC 5321 section 4.5.3.2.6 gives 10 minutes (a server may scan the message)."""
         self.target = target
         self.timeout = timeout
+        self.data_timeout = data_timeout
         self.helo = helo or None
         self.cafile = cafile or None
         self.verify = verify
@@ -136,18 +141,39 @@ class SmtpSession:
             touch()
             body = _DOT.sub(b"..", message)
             smtp.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
-            final = _reply(*smtp.getreply())
         except smtplib.SMTPServerDisconnected as exc:
             self.close()
             raise _Stale(str(exc)) from None
         except NETWORK_ERRORS as exc:
             self.close()
             raise _Stale(_describe(exc)) from None
+        # the message is out: from here on a lost reply means the server may have taken it, and
+        # sending it again could deliver a second copy
+        try:
+            final = self._final_reply(smtp, touch)
+        except (smtplib.SMTPServerDisconnected, *NETWORK_ERRORS) as exc:
+            self.close()
+            raise InDoubt(f"{self.target.host}:{self.target.port}: no reply to the end of data "
+                          f"({_describe(exc)}); the message may have been delivered") from None
         if final.code != 250:
             self._reset(smtp)
             raise _classify(final, "message refused", recipient=False)
         # a partial refusal of several recipients is reported in the reply; the accepted ones got it
         return final
+
+    def _final_reply(self, smtp: smtplib.SMTP, touch: Callable[[], None]) -> Reply:
+        """Wait up to ``data_timeout`` for the final reply in short slices, calling ``touch``
+        between them so the job's reservation and claim outlive a slow server."""
+        sock = smtp.sock
+        deadline = time.monotonic() + self.data_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"{self.data_timeout:g}s passed")
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            if pending or select.select([sock], [], [], min(left, 0.5))[0]:
+                return _reply(*smtp.getreply())
+            touch()
 
     @staticmethod
     def _envelope(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str]) -> tuple[Reply, list[Reply], Reply]:
@@ -209,8 +235,9 @@ def _describe(exc: BaseException) -> str:
 class RelayTransport:
     """Everything through one smarthost (BEANMAIL_SMTP_URL)."""
 
-    def __init__(self, target: SmtpTarget, *, timeout: float, helo: str = "", cafile: str = "") -> None:
-        self.session = SmtpSession(target, timeout=timeout, helo=helo, cafile=cafile)
+    def __init__(self, target: SmtpTarget, *, timeout: float, helo: str = "", cafile: str = "",
+                 data_timeout: float = 600.0) -> None:
+        self.session = SmtpSession(target, timeout=timeout, helo=helo, cafile=cafile, data_timeout=data_timeout)
 
     def send(self, sender: str, recipients: Sequence[str], message: bytes,
              touch: Callable[[], None] = lambda: None) -> Reply:
