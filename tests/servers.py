@@ -290,7 +290,8 @@ class Maildev(_Process):
 
     def start(self) -> "Maildev":
         self.proc = subprocess.Popen(
-            [str(self.bin), "--ip", "127.0.0.1", "--smtp", str(self.smtp_port), "--web", str(self.web_port),
+            [str(self.bin), "--ip", "127.0.0.1", "--web-ip", "127.0.0.1", "--smtp", str(self.smtp_port),
+             "--web", str(self.web_port),
              "--mail-directory", str(self.maildir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open("127.0.0.1", self.web_port) and port_open("127.0.0.1", self.smtp_port),
                    30, "maildev to listen")

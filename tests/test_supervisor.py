@@ -31,7 +31,6 @@ JOBS = 300
 def env(beanstalkd: Beanstalkd, smtp: SmtpServer, tmp_path: Path) -> dict[str, str]:
     return bare_env(
         None,
-        BEANMAIL_WORKERS="2",
         BEANMAIL_BEANSTALK_URL=beanstalkd.url,
         BEANMAIL_SMTP_URL=smtp.url,
         BEANMAIL_STORE=str(tmp_path / "store.sqlite3"),
@@ -79,6 +78,30 @@ def tube_totals(url: str) -> dict[str, int]:
 
 def report(name: str, **figures: object) -> None:
     print(f"FAULT {name}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def test_supervisord_conf_starts_in_a_fresh_clone_with_nothing_set(beanstalkd: Beanstalkd, smtp: SmtpServer,
+                                                                      tmp_path: Path) -> None:
+    """`supervisord -c supervisord.conf` as the file's comment says, in a folder laid out like a
+    fresh clone (only the tracked files of var/; no log folder made for it) and an environment
+    that names neither BEANMAIL_WORKERS nor anything else supervisord would need."""
+    env = bare_env(None, BEANMAIL_BEANSTALK_URL=beanstalkd.url, BEANMAIL_SMTP_URL=smtp.url)
+    assert not any(name.startswith("BEANMAIL_WORKERS") for name in env)
+    home = tmp_path / "clone"
+    sup = Supervisor(home, env)
+    sup.env.pop("BEANMAIL_WORKERS", None)
+    assert sorted(p.relative_to(home).as_posix() for p in (home / "var").rglob("*") if p.is_file()) == \
+        ["var/log/.gitkeep"]
+    try:
+        sup.start()
+        states = sup.wait_running()
+    finally:
+        sup.shutdown()
+    expected = sup.expected()
+    assert expected["mail"] >= 1 and expected["urgent"] == 1 and expected["fanout"] == 1
+    assert sorted(states) == sorted(f"beanmail:{program}_{i:02d}" for program, n in expected.items() for i in range(n))
+    assert all(s == "RUNNING" for s, _ in states.values())
+    assert (home / "var" / "log" / "mail_00.log").exists() and (home / "var" / "log" / "supervisord.log").exists()
 
 
 def test_kill_9_a_worker_mid_run_loses_nothing(stack: Supervisor, beanstalkd: Beanstalkd, smtp: SmtpServer) -> None:
