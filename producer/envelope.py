@@ -1,21 +1,32 @@
-"""Envelope v1: the one wire format shared by producers (any language) and workers.
+"""Envelope v2: the one wire format shared by producers (any language) and workers.
 
 A job body is UTF-8 JSON. The reference is ``docs/envelope.md`` with the JSON Schema in
 ``producer/envelope.schema.json``; this module is the only Python codec, so producer and worker
 cannot drift apart.
+
+A signed v2 job carries the exact bytes it signs, at a fixed place::
+
+    {"v":2,"signed":<TEXT>,"sig":"<HMAC-SHA256 of TEXT, lowercase hex>"}
+
+TEXT is an unsigned v2 envelope as the producer's own JSON encoder wrote it. Nothing is
+re-serialized to be checked, so no language has to reproduce anyone's canonical form (v1 made
+every producer re-derive Python's, and PHP could not: U+2028, ``ksort``, ``1.0e+25``). TEXT sits
+in the body as JSON, not as a string: nothing is escaped twice, a signed job is 90 bytes longer
+than the unsigned one, and the worker finds TEXT by position without parsing the body twice.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from functools import lru_cache
+from typing import Any, Callable, Sequence, Union
 
-VERSION = 1
+VERSION = 2
 KINDS = ("mail", "mailout", "raw", "ref")
 
 # priority name -> (tube, beanstalkd priority; lower is more urgent)
@@ -27,9 +38,21 @@ PRIORITIES: dict[str, tuple[str, int]] = {
 MAILOUT_TUBE = "mailout"
 MAIL_TUBES = tuple(tube for tube, _ in PRIORITIES.values())
 
+# A signed v2 body is SIGNED_HEAD + TEXT + SIG_HEAD + 64 hex digits + SIG_TAIL, byte for byte.
+SIGNED_HEAD = b'{"v":2,"signed":'
+SIG_HEAD = b',"sig":"'
+SIG_TAIL = b'"}'
+_TAIL = len(SIG_HEAD) + 64 + len(SIG_TAIL)
+_HEX64 = re.compile(rb"[0-9a-f]{64}")
+_LAYOUT = ('a signed v2 body is exactly {"v":2,"signed":TEXT,"sig":"<64 lowercase hex>"}: '
+           "those bytes, no spaces, nothing before or after (docs/envelope.md)")
+
+# BEANMAIL_SECRET: "new,old" or ["new", "old"]; the first signs, every one verifies.
+Secret = Union[str, Sequence[str], None]
+
 
 class EnvelopeError(ValueError):
-    """The body is not a valid v1 envelope; the message says which part and why."""
+    """The body is not a valid envelope; the message says which part and why."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +86,24 @@ class Envelope:
     sender: str = ""  # raw kind: envelope sender; empty means the configured From
     exclude: tuple[str, ...] = ()  # mailout kind: addresses to leave out
     ref: str = ""  # ref kind: the blob holding the whole job's body (a large message)
-    v: int = VERSION
+    # the version the body was written in (1 is deprecated); encode() always writes VERSION
+    v: int = field(default=VERSION, compare=False)
 
     @property
     def recipient(self) -> Recipient:
         return self.to[0]
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"v": self.v, "kind": self.kind, "id": self.id}
+        out: dict[str, Any] = {"v": VERSION, "kind": self.kind, "id": self.id}
+        if self.kind == "ref":  # a pointer: everything else lies in the blob
+            out["ref"] = self.ref
+            out["priority"] = self.priority
+            if self.not_after is not None:
+                out["not_after"] = self.not_after
+            out["created_at"] = self.created_at
+            return out
         if self.kind == "mail":
             out["to"] = self.to[0].to_json()
-        elif self.kind == "ref":
-            out["ref"] = self.ref
         else:
             out["to"] = [r.to_json() for r in self.to]
         for name in ("template", "context", "entities", "headers", "message", "sender"):
@@ -94,76 +123,168 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# -- secrets ----------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=64)
+def _split(secret: str) -> tuple[bytes, ...]:
+    return tuple(k.strip().encode() for k in secret.split(",") if k.strip())
+
+
+def keys(secret: Secret) -> tuple[bytes, ...]:
+    """The HMAC keys a secret setting names, signing key first: ``"new,old"`` (commas separate,
+    white space around each is dropped) or a sequence. Parsed once per setting, not per job."""
+    if not secret:
+        return ()
+    ring = _split(secret) if isinstance(secret, str) else tuple(k.encode() for k in secret if k)
+    if not ring:  # a misconfigured secret must never turn verification off
+        raise ValueError("the secret names no key")
+    return ring
+
+
+def _hmac_hex(key: bytes, data: bytes) -> bytes:
+    return hmac.digest(key, data, "sha256").hex().encode()
+
+
+def sign(text: bytes, secret: Secret) -> bytes:
+    """The signed v2 body around an envelope's JSON text, signed with the first key."""
+    return b"".join((SIGNED_HEAD, text, SIG_HEAD, _hmac_hex(keys(secret)[0], text), SIG_TAIL))
+
+
+# -- v1 (deprecated): a signature over a canonical form every language had to reproduce ----------
+
 def canonical(obj: dict[str, Any]) -> bytes:
-    """The bytes a signature covers: keys sorted, no spaces, UTF-8, '/' unescaped."""
+    """v1's signed bytes: keys sorted, no spaces, UTF-8, '/' unescaped. (Also the compact
+    size of a JSON value, as the Notifier's chunking counts it.)"""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def signature(obj: dict[str, Any], secret: str) -> str:
+def signature(obj: dict[str, Any], secret: Secret) -> str:
+    """v1's ``sig``, with the first key; kept to verify v1 jobs and to test them."""
     unsigned = {k: v for k, v in obj.items() if k != "sig"}
-    return hmac.new(secret.encode(), canonical(unsigned), hashlib.sha256).hexdigest()
+    return _hmac_hex(keys(secret)[0], canonical(unsigned)).decode()
 
 
-def encode(envelope: Envelope, secret: str | None = None) -> bytes:
-    obj = envelope.to_json()
-    if secret:
-        obj["sig"] = signature(obj, secret)
+# -- encoding ---------------------------------------------------------------------------------------
+
+def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encoder_for(base: Envelope, secret: str | None = None) -> Callable[[str, Recipient], bytes]:
+def encode(envelope: Envelope, secret: Secret = None) -> bytes:
+    """A v2 body: the plain object, or with a secret the signed form around it."""
+    text = _dumps(envelope.to_json())
+    return sign(text, secret) if secret else text
+
+
+def encoder_for(base: Envelope, secret: Secret = None) -> Callable[[str, Recipient], bytes]:
     """``(id, recipient) -> body`` for many mail jobs alike but for those two fields, as fan-out
-    makes: everything else is serialized once. (A signed body is canonical JSON, made in full.)"""
-    if secret:
-        return lambda job_id, recipient: encode(replace(base, kind="mail", id=job_id, to=(recipient,), exclude=()),
-                                                secret)
+    makes: everything else is serialized once. The same bytes as ``encode()``."""
     fields = replace(base, kind="mail", id="", to=(Recipient("-"),), exclude=()).to_json()
     del fields["v"], fields["kind"], fields["id"], fields["to"]
-    rest = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)[1:].encode()  # '"template":...}'
+    rest = _dumps(fields)[1:]  # b'"template":...}'
     head = b'{"v":%d,"kind":"mail","id":' % VERSION
 
     def body(job_id: str, recipient: Recipient) -> bytes:
         return b"".join((head, json.dumps(job_id, ensure_ascii=False).encode(), b',"to":',
-                         json.dumps(recipient.to_json(), separators=(",", ":"), ensure_ascii=False).encode(),
-                         b",", rest))
-    return body
+                         _dumps(recipient.to_json()), b",", rest))
+    if not secret:
+        return body
+    key = keys(secret)[0]
+
+    def signed(job_id: str, recipient: Recipient) -> bytes:
+        text = body(job_id, recipient)
+        return b"".join((SIGNED_HEAD, text, SIG_HEAD, _hmac_hex(key, text), SIG_TAIL))
+    return signed
 
 
-def decode(body: bytes | str, secret: str | None = None) -> Envelope:
-    """Parse and check a job body. Raises EnvelopeError with a reason a person can act on."""
-    if isinstance(body, bytes):
+# -- decoding ---------------------------------------------------------------------------------------
+
+def decode(body: bytes | str, secret: Secret = None) -> Envelope:
+    """Parse and check a job body (v2, or the deprecated v1). With a secret, only a body signed
+    with one of its keys passes. Raises EnvelopeError with a reason a person can act on."""
+    if isinstance(body, str):
         try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise EnvelopeError(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            body = body.encode()
+        except UnicodeEncodeError as exc:
+            raise EnvelopeError(f"body is not UTF-8 ({exc.reason} at character {exc.start})") from None
+    ring = keys(secret)
+    if body.startswith(SIGNED_HEAD):
+        obj = _load(_signed_text(body, ring), "the signed text")
+        if obj.get("v") != 2:
+            raise EnvelopeError(f"the signed text must be a v2 envelope: 'v' must be 2, got {obj.get('v')!r}")
+        return _from_json(obj, 2)
+    obj = _load(body, "body")
+    v = obj.get("v")
+    if v == 2:
+        if "signed" in obj or "sig" in obj:
+            raise EnvelopeError(_LAYOUT)
+        if ring:
+            raise EnvelopeError("unsigned job: a secret is configured and the body is not a signed v2 envelope")
+        return _from_json(obj, 2)
+    if v == 1:
+        if ring:
+            _verify_v1(obj, ring)
+        return _from_json(obj, 1)
+    unknown = obj.keys() - _ALL_FIELDS
+    if unknown:
+        raise EnvelopeError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    raise EnvelopeError(f"'v' must be 1 (deprecated) or 2, got {v!r}")
+
+
+def _signed_text(body: bytes, ring: tuple[bytes, ...]) -> bytes:
+    if len(body) < len(SIGNED_HEAD) + _TAIL or body[-_TAIL:-66] != SIG_HEAD or body[-2:] != SIG_TAIL:
+        raise EnvelopeError(_LAYOUT)
+    text, sig = body[len(SIGNED_HEAD):-_TAIL], body[-66:-2]
+    if not ring:
+        if not _HEX64.fullmatch(sig):
+            raise EnvelopeError(_LAYOUT)
+        return text
+    for key in ring:
+        if hmac.compare_digest(_hmac_hex(key, text), sig):
+            return text
+    raise EnvelopeError("bad signature: 'sig' is not the HMAC of the signed text with any configured secret")
+
+
+def _verify_v1(obj: dict[str, Any], ring: tuple[bytes, ...]) -> None:
+    sig = obj.get("sig")
+    if not isinstance(sig, str):
+        raise EnvelopeError("unsigned job: a secret is configured and 'sig' is missing")
+    data = canonical({k: v for k, v in obj.items() if k != "sig"})
+    given = sig.encode("utf-8", "surrogatepass")
+    if not any(hmac.compare_digest(_hmac_hex(key, data), given) for key in ring):
+        raise EnvelopeError("bad signature: 'sig' does not match any configured secret")
+
+
+def _load(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(body)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise EnvelopeError(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise EnvelopeError(f"{what} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(obj, dict):
-        raise EnvelopeError(f"body must be a JSON object, not {type(obj).__name__}")
-    if secret:
-        sig = obj.get("sig")
-        if not isinstance(sig, str):
-            raise EnvelopeError("unsigned job: a secret is configured and 'sig' is missing")
-        if not hmac.compare_digest(sig, signature(obj, secret)):
-            raise EnvelopeError("bad signature: 'sig' does not match the configured secret")
-    return _from_json(obj)
+        raise EnvelopeError(f"{what} must be a JSON object, not {type(obj).__name__}")
+    return obj
 
 
 _FIELDS = {
     "v", "kind", "id", "template", "to", "context", "entities", "priority", "not_after",
-    "created_at", "headers", "message", "sender", "exclude", "sig", "ref",
+    "created_at", "headers", "message", "sender", "exclude",
 }
+_REF_FIELDS = {"v", "kind", "id", "ref", "priority", "not_after", "created_at"}
+_ALLOWED = {(2, False): _FIELDS, (1, False): _FIELDS | {"sig"},
+            (2, True): _REF_FIELDS, (1, True): _REF_FIELDS | {"sig"}}
+_ALL_FIELDS = _FIELDS | _REF_FIELDS | {"sig", "signed"}
 
 
-def _from_json(obj: dict[str, Any]) -> Envelope:
-    unknown = sorted(set(obj) - _FIELDS)
-    if unknown:
-        raise EnvelopeError(f"unknown field(s): {', '.join(unknown)}")
-    if obj.get("v") != VERSION:
-        raise EnvelopeError(f"'v' must be {VERSION}, got {obj.get('v')!r}")
+def _from_json(obj: dict[str, Any], v: int) -> Envelope:
     kind = obj.get("kind")
+    unknown = obj.keys() - _ALLOWED[v, kind == "ref"]
+    if unknown:
+        where = " in a ref job (it carries v, kind, id, ref, priority, not_after, created_at)" if kind == "ref" else ""
+        raise EnvelopeError(f"unknown field(s){where}: {', '.join(sorted(unknown))}")
     if kind not in KINDS:
         raise EnvelopeError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     job_id = _str(obj, "id", required=True)
@@ -172,11 +293,10 @@ def _from_json(obj: dict[str, Any]) -> Envelope:
     priority = obj.get("priority", "normal")
     if priority not in PRIORITIES:
         raise EnvelopeError(f"'priority' must be one of {', '.join(PRIORITIES)}, got {priority!r}")
-    raw_to = obj.get("to")
     if kind == "ref":
-        ref = _str(obj, "ref", required=True)
-        return Envelope(kind=kind, id=job_id, to=(), priority=priority, ref=ref,
-                        created_at=_number(obj, "created_at") or 0.0)
+        return Envelope(kind=kind, id=job_id, to=(), priority=priority, ref=_str(obj, "ref", required=True),
+                        not_after=_number(obj, "not_after"), created_at=_number(obj, "created_at") or 0.0, v=v)
+    raw_to = obj.get("to")
     if kind == "mail":
         to = (_recipient(raw_to, "to"),)
     else:
@@ -212,6 +332,7 @@ def _from_json(obj: dict[str, Any]) -> Envelope:
         message=message,
         sender=_str(obj, "sender"),
         exclude=tuple(exclude),
+        v=v,
     )
 
 

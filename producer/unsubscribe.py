@@ -3,6 +3,10 @@ small WSGI app, mountable in any web application, that records the unsubscribe o
 
 A GET only shows a confirmation button: mail scanners follow links, and RFC 8058 requires that
 merely fetching the URL unsubscribes nobody.
+
+The secret may name several keys (``"new,old"`` or a sequence, as BEANMAIL_SECRET): the first
+signs new tokens, every one verifies, so links already in people's mailboxes keep working after
+a rotation for as long as the old key stays listed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import time
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
+
+from .envelope import Secret, keys
 
 Record = Callable[[str, str], None]  # (address, list id)
 
@@ -31,23 +37,27 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def make_token(address: str, secret: str, *, list_id: str = "", ttl: float = 60 * 86400,
+def make_token(address: str, secret: Secret, *, list_id: str = "", ttl: float = 60 * 86400,
                now: float | None = None) -> str:
     payload = json.dumps({"a": address.lower(), "l": list_id, "e": int((now or time.time()) + ttl)},
                          separators=(",", ":")).encode()
-    mac = hmac.new(secret.encode(), payload, hashlib.sha256).digest()[:16]
+    mac = _mac(keys(secret)[0], payload)
     return f"{_b64(payload)}.{_b64(mac)}"
 
 
-def verify_token(token: str, secret: str, *, now: float | None = None) -> tuple[str, str]:
-    """The (address, list id) a token was made for; TokenError if forged, damaged or expired."""
+def _mac(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, payload, hashlib.sha256).digest()[:16]
+
+
+def verify_token(token: str, secret: Secret, *, now: float | None = None) -> tuple[str, str]:
+    """The (address, list id) a token was made for, if any of the secret's keys made it;
+    TokenError if forged, damaged or expired."""
     try:
         payload_part, mac_part = token.split(".")
         payload, mac = _unb64(payload_part), _unb64(mac_part)
     except ValueError:
         raise TokenError("malformed token") from None
-    expected = hmac.new(secret.encode(), payload, hashlib.sha256).digest()[:16]
-    if not hmac.compare_digest(mac, expected):
+    if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in keys(secret)):
         raise TokenError("bad signature")
     data = json.loads(payload)
     if (now or time.time()) > data["e"]:
@@ -55,7 +65,7 @@ def verify_token(token: str, secret: str, *, now: float | None = None) -> tuple[
     return data["a"], data["l"]
 
 
-def list_unsubscribe_headers(address: str, secret: str, *, url: str, mailto: str = "", list_id: str = "",
+def list_unsubscribe_headers(address: str, secret: Secret, *, url: str, mailto: str = "", list_id: str = "",
                              ttl: float = 60 * 86400) -> dict[str, str]:
     token = make_token(address, secret, list_id=list_id, ttl=ttl)
     sep = "&" if "?" in url else "?"
@@ -70,9 +80,10 @@ class UnsubscribeApp:
     the unsubscribe through ``record(address, list_id)``; with the worker's store that is
     ``lambda a, l: Store(dsn).suppress(a, f"unsubscribed from {l}", "unsubscribe")``."""
 
-    def __init__(self, secret: str, record: Record, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, secret: Secret, record: Record, *, clock: Callable[[], float] = time.time) -> None:
         if not secret:
             raise ValueError("an unsubscribe secret is required")
+        keys(secret)  # a secret naming no key fails here, not at the first click
         self.secret = secret
         self.record = record
         self.clock = clock
