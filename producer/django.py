@@ -71,27 +71,28 @@ def _in_transaction(using: str | None) -> bool:
     return transaction.get_connection(using).in_atomic_block
 
 
-def _after_commit(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, using: str | None,
-                  fail_silently: bool) -> None:
-    """Enqueue when the transaction commits, never raising then; at once (raising unless
-    ``fail_silently``) when there is no transaction."""
+def _after_commit(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, using: str | None) -> None:
+    """Enqueue when the transaction commits, never raising then; at once, raising, when there is
+    no transaction (the caller still can tell its user)."""
     if _in_transaction(using):
         transaction.on_commit(lambda: call_after_commit(notifier(), name, args, kwargs), using=using)
-        return
-    try:
+    else:
         getattr(notifier(), name)(*args, **kwargs)
-    except Exception:
-        if not fail_silently:
-            raise
 
 
 def notify_on_commit(template: str, to: Any, context: dict[str, Any] | None = None, *, using: str | None = None,
                      fail_silently: bool = False, **kwargs: Any) -> None:
     """``Notifier.notify(template, to, context, **kwargs)`` once the current transaction commits;
-    nothing if it rolls back. ``kwargs``: entities, priority, delay, not_after, key, headers."""
+    nothing if it rolls back. ``kwargs``: entities, priority, delay, not_after, key, headers.
+    After the commit a failure never raises (spooled, or logged at error); without a transaction
+    the job is put at once and a failure raises unless ``fail_silently``."""
     if "priority" not in kwargs and _priority.get():
         kwargs["priority"] = _priority.get()
-    _after_commit("notify", (template, to, context), kwargs, using=using, fail_silently=fail_silently)
+    try:
+        _after_commit("notify", (template, to, context), kwargs, using=using)
+    except Exception:
+        if not fail_silently:
+            raise
 
 
 class EmailBackend(BaseEmailBackend):
@@ -113,7 +114,7 @@ class EmailBackend(BaseEmailBackend):
                 key = f"django:{built['Message-ID']}" if built["Message-ID"] else None
                 kwargs = {"sender": parseaddr(message.from_email or "")[1], "key": key, "priority": level}
                 if c["ON_COMMIT"]:
-                    _after_commit("send_raw", (data, recipients), kwargs, using=None, fail_silently=self.fail_silently)
+                    _after_commit("send_raw", (data, recipients), kwargs, using=None)
                 else:
                     notifier().send_raw(data, recipients, **kwargs)
             except Exception:
