@@ -28,6 +28,7 @@ class Reserved:
     def __init__(self, client: greenstalk.Client, job: greenstalk.Job, max_attempts: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
+        self.job = job
         self.id: int = job.id
         self.body: bytes = job.body if isinstance(job.body, bytes) else job.body.encode()
         self.max_attempts = max_attempts
@@ -61,7 +62,7 @@ class Reserved:
             return False
         try:
             if elapsed >= int(self.stats["ttr"]) / 3:
-                self.client.touch(self.id)
+                self.client.touch(self.job)  # greenstalk wants the Job, not its id
                 self._touched = self.clock()
                 return True
         except (greenstalk.NotFoundError, *CONNECTION_ERRORS):

@@ -9,6 +9,7 @@ understand; a backend only says how to connect, open a transaction and spell a p
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import sqlite3
@@ -99,14 +100,20 @@ def _safe_location(location: str) -> str:
     return location
 
 
+_connections = itertools.count(1)
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid:n``: each store connection claims for itself, so two loops of one process
+    (BEANMAIL_THREADS) never take each other's claim for their own."""
+    return f"{socket.gethostname()}:{os.getpid()}:{next(_connections)}"
 
 
 def holder_is_dead(holder: str) -> bool:
     """A claim held by a process of this host that no longer exists (killed, then restarted by
     supervisord) need not wait for its lease to run out."""
-    host, _, pid = holder.rpartition(":")
+    parts = holder.split(":")
+    host, pid = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:

@@ -1,0 +1,290 @@
+"""Nothing lost, nothing sent twice, at the edges a production shop meets: a full disk under the
+store, a store deleted under the workers, a server that answers the end of data late or never,
+bad settings, senders and headers. Each test is one row of the issue that found the break."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from producer import Notifier
+from producer import envelope as env
+from producer.client import connect
+from worker.loop import Worker
+from worker.outcomes import Action, Backoff, Deferred, Fate, InDoubt, disposition
+from worker.pipeline import Pipeline
+from worker.settings import Settings
+from worker.store import Store
+
+from .conftest import ROOT, bare_env, beanmail, run_burst
+from .servers import SmtpServer, wait_until
+
+
+def tube_counts(settings: Settings) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        for tube in c.tubes():
+            s = c.stats_tube(tube)
+            for state in ("ready", "reserved", "delayed", "buried"):
+                counts[state] += int(s[f"current-jobs-{state}"])
+    return counts
+
+
+def subjects(smtp: SmtpServer) -> Counter[str]:
+    return Counter(str(m.message["Subject"]) for m in list(smtp.messages))
+
+
+@contextlib.contextmanager
+def workers(settings: Settings, n: int = 1) -> Iterator[list[Worker]]:
+    """``n`` in-process worker loops, each with its own store connection, as a pool would run."""
+    stores = [Store(settings.store) for _ in range(n)]
+    loops = [Worker(settings, Pipeline(settings, s), s) for s in stores]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in loops]
+    for t in threads:
+        t.start()
+    try:
+        yield loops
+    finally:
+        for w in loops:
+            w.stopping = True
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive()
+        for s in stores:
+            s.close()
+
+
+# -- the store's disk fills up, the store is deleted -----------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MB filesystem (the suite runs as root), unmounted after, also on failure."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_under_the_store_defers_jobs_and_loses_or_doubles_nothing(settings: Settings, smtp: SmtpServer,
+                                                                             tmpfs: Path) -> None:
+    settings = settings.replace(store=str(tmpfs / "store.sqlite3"), backoff_base=1, backoff_max=1, max_attempts=100)
+    Store(settings.store).close()
+    n = 200
+    notifier = Notifier(settings.beanstalk_url)
+    for i in range(n):
+        notifier.notify("welcome", f"user{i}@example.com", {"name": f"k{i}"}, key=f"disk:{i}")
+    filler = tmpfs / "filler"
+    with workers(settings):
+        smtp.wait_for(40, timeout=30)
+        with open(filler, "wb") as fh:  # every free block taken
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+        wait_until(lambda: tube_counts(settings)["delayed"] > 0, 30, "jobs deferred while the disk is full")
+        assert tube_counts(settings)["buried"] == 0
+        filler.unlink()
+        wait_until(lambda: len(smtp.messages) >= n and tube_counts(settings)["delayed"] == 0
+                   and tube_counts(settings)["ready"] == 0, 60, f"all {n} delivered")
+    got = subjects(smtp)
+    assert len(got) == n and max(got.values()) == 1, "every key delivered exactly once"
+    assert tube_counts(settings)["buried"] == 0
+    counts = Store(settings.store).outcome_counts()
+    # a send whose record hit the full disk stays "claimed": delivered, its key still held
+    assert counts.get("sent", 0) + counts.get("claimed", 0) == n
+    print(f"disk full: {n} jobs, {len(got)} delivered, 0 duplicates, 0 buried, store {counts}")
+
+
+def test_a_store_deleted_under_the_worker_is_restored_and_keeps_every_record(settings: Settings,
+                                                                            smtp: SmtpServer, tmp_path: Path) -> None:
+    folder = tmp_path / "storedir"
+    settings = settings.replace(store=str(folder / "store.sqlite3"))
+    n = 150
+    notifier = Notifier(settings.beanstalk_url)
+    with workers(settings, 2):
+        for i in range(n):
+            notifier.notify("welcome", f"user{i}@example.com", {"name": f"k{i}"}, key=f"gone:{i}")
+        smtp.wait_for(30, timeout=30)
+        shutil.rmtree(folder)
+        smtp.wait_for(n, timeout=60)
+        wait_until(lambda: Store(settings.store).outcome_counts().get("sent") == n, 30, "every record")
+        for i in range(n):  # the same keys again: the restored ledger knows them all
+            notifier.notify("welcome", f"user{i}@example.com", {"name": f"k{i}"}, key=f"gone:{i}")
+        wait_until(lambda: sum(tube_counts(settings).values()) == 0, 30, "the repeats handled")
+    got = subjects(smtp)
+    assert len(got) == n and max(got.values()) == 1
+    assert Store(settings.store).outcome_counts() == {"sent": n}
+
+
+# -- a slow server: the reply to the end of data comes late, or never ---------------------------------
+
+def test_a_server_that_answers_the_end_of_data_after_the_ttr_gets_one_copy(settings: Settings, smtp: SmtpServer) -> None:
+    """Measured before: each of 4 keys accepted 8 times and the store said exhausted."""
+    smtp.handler.data_delay = 3.5
+    settings = settings.replace(smtp_timeout=2.5, ttr=3)
+    notifier = Notifier(settings.beanstalk_url)
+    for i in range(4):  # each key queued twice, too: the store's claim must outlive the TTR
+        for _ in range(2):
+            notifier.notify("welcome", f"slow{i}@example.com", {"name": f"slow{i}"}, key=f"slow:{i}")
+    with workers(settings, 2):
+        wait_until(lambda: sum(tube_counts(settings).values()) == 0, 60, "every job handled")
+    assert subjects(smtp) == Counter({f"Welcome to beanmail, slow{i}!": 1 for i in range(4)})
+    assert Store(settings.store).outcome_counts() == {"sent": 4}
+
+
+def test_no_reply_to_the_end_of_data_is_in_doubt_and_not_resent(settings: Settings, smtp: SmtpServer) -> None:
+    smtp.handler.data_delay = 3
+    settings = settings.replace(smtp_data_timeout=1, in_doubt_delay=600)
+    notifier = Notifier(settings.beanstalk_url)
+    job = notifier.notify("welcome", "doubt@example.com", {"name": "doubt"}, key="doubt:1")
+    notifier.notify("welcome", "doubt@example.com", {"name": "doubt"}, key="doubt:1")  # a second copy queued
+    run_burst(settings)
+    smtp.wait_for(1, timeout=10)  # the server took it, late
+    [row] = Store(settings.store).deliveries(key="doubt:1")
+    assert row.outcome == "in_doubt" and "no reply to the end of data" in row.reason
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        stats = c.stats_job(job)
+    assert stats["state"] == "delayed" and int(stats["delay"]) == 600
+    assert tube_counts(settings)["ready"] == 0  # the queued copy is held too, not sent
+    assert len(smtp.messages) == 1
+
+
+# -- one owner for outcomes ---------------------------------------------------------------------------
+
+def test_in_doubt_and_free_deferrals_in_the_outcome_table() -> None:
+    b = Backoff(1, 2, max_attempts=3, in_doubt_delay=900)
+    d = disposition(InDoubt("no reply"), 1, b)
+    assert (d.action, d.outcome, d.delay) == (Action.RELEASE, Fate.IN_DOUBT, 900)
+    assert disposition(InDoubt("no reply"), 3, b).outcome is Fate.EXHAUSTED
+    slot = disposition(Deferred("rate limit", delay=4), 99, b)
+    assert slot.free and slot.delay == 4 and slot.action is Action.RELEASE
+    assert not disposition(Deferred("451"), 1, b).free
+
+
+def test_a_rate_limit_release_does_not_use_up_the_retry_budget(settings: Settings, smtp: SmtpServer) -> None:
+    """Two releases for a booked slot, then a 451: still the first real attempt, not exhausted."""
+    settings = settings.replace(max_attempts=2)
+    store = Store(settings.store)
+    pipeline = Pipeline(settings, store)
+    job = env.encode(env.Envelope(kind="mail", id="budget:1", to=(env.Recipient("tempfail@example.com"),),
+                                  template="welcome", context={"name": "x"}))
+    for _ in range(2):
+        store.finish("budget:1", "tempfail@example.com", "welcome", "deferred", "rate limit", free=True,
+                     overwrite_final=False)
+    result = pipeline.run(job, lambda: 3)  # beanstalkd counts 2 releases: this is its third reservation
+    assert result.disposition.outcome is Fate.DEFERRED, result.disposition
+
+
+def test_a_stage_that_raises_is_buried_through_the_outcome_table(settings: Settings, smtp: SmtpServer) -> None:
+    class Broken:
+        def handle(self, job):  # noqa: ANN001, ANN201
+            raise ZeroDivisionError("a bug")
+
+        def reload(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    job = Notifier(settings.beanstalk_url).notify("welcome", "z@example.com", {"name": "z"})
+    store = Store(settings.store)
+    Worker(settings, Broken(), store).run(burst=True)
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        assert c.stats_job(job)["state"] == "buried"
+    assert "bug: ZeroDivisionError: a bug" in store.failure(settings.beanstalk_url, job)[1]
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,value", [("BEANMAIL_SMTP_TIMEOUT", "0"), ("BEANMAIL_SMTP_TIMEOUT", "-1"),
+                                        ("BEANMAIL_SMTP_DATA_TIMEOUT", "0"), ("BEANMAIL_DNS_TIMEOUT", "nan")])
+def test_a_timeout_that_is_not_positive_stops_the_worker_at_start(settings: Settings, name: str, value: str) -> None:
+    proc = beanmail("worker", "--burst", env=bare_env(settings, **{name: value}), check=False)
+    assert proc.returncode == 78 and name in proc.stderr, proc.stderr
+
+
+def test_a_misspelled_variable_is_a_warning_naming_the_right_one(settings: Settings) -> None:
+    proc = beanmail("worker", "--burst", env=bare_env(settings, BEANMAIL_SMTP_TIMOUT="3"), check=False)
+    assert proc.returncode == 0
+    assert "BEANMAIL_SMTP_TIMOUT is not a beanmail setting" in proc.stderr
+    assert "did you mean BEANMAIL_SMTP_TIMEOUT?" in proc.stderr
+
+
+def test_a_toml_key_error_lists_the_valid_keys(settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "beanmail.toml").write_text('[beanmail]\nfrom = "Shop <shop@example.com>"\nsmtp_timout = 3\n')
+    proc = beanmail("worker", "--burst", env=bare_env(settings, BEANMAIL_CONFIG=str(tmp_path / "beanmail.toml")),
+                    check=False)
+    assert proc.returncode == 78
+    assert "smtp_timout" in proc.stderr and "smtp_timeout" in proc.stderr and "from," in proc.stderr
+
+
+# -- addresses and headers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sender", ["webmaster@localhost", "shop@app.test"])
+def test_a_development_sender_is_accepted(settings: Settings, smtp: SmtpServer, sender: str) -> None:
+    """Django's default DEFAULT_FROM_EMAIL was buried as an invalid *recipient*."""
+    message = f"From: {sender}\r\nTo: dev@localhost\r\nSubject: hi\r\n\r\nbody\r\n".encode()
+    Notifier(settings.beanstalk_url).send_raw(message, ["dev@localhost", "qa@app.test"], sender=sender)
+    run_burst(settings.replace(from_addr=f"Shop <{sender}>"))
+    [got] = smtp.wait_for(1)
+    assert got.mail_from == sender and got.rcpt_tos == ["dev@localhost", "qa@app.test"]
+    assert got.message["Date"] and got.message["Message-ID"]  # added: the raw message had none
+
+
+def test_a_bad_sender_is_poison_naming_the_sender(settings: Settings, smtp: SmtpServer) -> None:
+    job = Notifier(settings.beanstalk_url).send_raw(b"Subject: x\r\n\r\nx\r\n", ["ok@example.com"], sender="bad@@x")
+    run_burst(settings)
+    reason = Store(settings.store).failure(settings.beanstalk_url, job)[1]
+    assert reason.startswith("bad envelope") is False and "invalid sender address" in reason, reason
+
+
+def test_an_application_header_replaces_the_built_in_one(settings: Settings, smtp: SmtpServer) -> None:
+    Notifier(settings.beanstalk_url).notify("welcome", "z@example.com", {"name": "z"}, priority="bulk",
+                                            headers={"Auto-Submitted": "no", "precedence": "list"})
+    run_burst(settings)
+    msg = smtp.wait_for(1)[0].message
+    assert msg.get_all("Auto-Submitted") == ["no"]
+    assert msg.get_all("Precedence") == ["list"]
+    assert len(msg.get_all("List-Id")) == 1
+
+
+@pytest.mark.parametrize("char", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x00", "\x7f"])
+def test_control_characters_never_reach_a_header(settings: Settings, smtp: SmtpServer, char: str) -> None:
+    n = Notifier(settings.beanstalk_url)
+    in_header = n.notify("welcome", "z@example.com", {"name": "z"}, headers={"X-Tag": f"a{char}b"})
+    in_subject = n.notify("welcome", "y@example.com", {"name": f"y{char}y"})
+    run_burst(settings)
+    store = Store(settings.store)
+    for job in (in_header, in_subject):
+        assert "control character" in store.failure(settings.beanstalk_url, job)[1]
+    assert smtp.messages == []
+
+
+# -- masking means every line -----------------------------------------------------------------------
+
+def test_masked_logs_show_no_address_in_keys_replies_or_reasons(settings: Settings, smtp: SmtpServer) -> None:
+    n = Notifier(settings.beanstalk_url)
+    n.mailout("welcome", ["alice.secret@example.com", "reject.secret@example.com"], {"name": "x"}, key="news-1")
+    env = bare_env(settings, BEANMAIL_TEMPLATES=str(ROOT / "templates"), BEANMAIL_MASK_ADDRESSES="true")
+    out = beanmail("fanout", "--burst", env=env).stdout + beanmail("worker", "--burst", env=env).stdout
+    smtp.wait_for(1)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(e.get("outcome") == "bounced" for e in events)
+    assert "secret@" not in out, [line for line in out.splitlines() if "secret@" in line]
+    assert any(e.get("key") == "news-1:a***@example.com" for e in events)
+
+
+def test_unmasked_when_the_setting_says_so(settings: Settings, smtp: SmtpServer) -> None:
+    Notifier(settings.beanstalk_url).notify("welcome", "reject.plain@example.com", {"name": "x"}, key="k:reject.plain@example.com")
+    out = beanmail("worker", "--burst", env=bare_env(settings, BEANMAIL_MASK_ADDRESSES="false")).stdout
+    assert "k:reject.plain@example.com" in out
+
