@@ -98,8 +98,6 @@ class Envelope:
         if self.kind == "ref":  # a pointer: everything else lies in the blob
             out["ref"] = self.ref
             out["priority"] = self.priority
-            if self.not_after is not None:
-                out["not_after"] = self.not_after
             out["created_at"] = self.created_at
             return out
         if self.kind == "mail":
@@ -273,7 +271,7 @@ _FIELDS = {
     "v", "kind", "id", "template", "to", "context", "entities", "priority", "not_after",
     "created_at", "headers", "message", "sender", "exclude",
 }
-_REF_FIELDS = {"v", "kind", "id", "ref", "priority", "not_after", "created_at"}
+_REF_FIELDS = {"v", "kind", "id", "ref", "priority", "created_at"}
 _ALLOWED = {(2, False): _FIELDS, (1, False): _FIELDS | {"sig"},
             (2, True): _REF_FIELDS, (1, True): _REF_FIELDS | {"sig"}}
 _ALL_FIELDS = _FIELDS | _REF_FIELDS | {"sig", "signed"}
@@ -283,7 +281,7 @@ def _from_json(obj: dict[str, Any], v: int) -> Envelope:
     kind = obj.get("kind")
     unknown = obj.keys() - _ALLOWED[v, kind == "ref"]
     if unknown:
-        where = " in a ref job (it carries v, kind, id, ref, priority, not_after, created_at)" if kind == "ref" else ""
+        where = " in a ref job (it carries v, kind, id, ref, priority, created_at)" if kind == "ref" else ""
         raise EnvelopeError(f"unknown field(s){where}: {', '.join(sorted(unknown))}")
     if kind not in KINDS:
         raise EnvelopeError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -295,7 +293,7 @@ def _from_json(obj: dict[str, Any], v: int) -> Envelope:
         raise EnvelopeError(f"'priority' must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     if kind == "ref":
         return Envelope(kind=kind, id=job_id, to=(), priority=priority, ref=_str(obj, "ref", required=True),
-                        not_after=_number(obj, "not_after"), created_at=_number(obj, "created_at") or 0.0, v=v)
+                        created_at=_number(obj, "created_at") or 0.0, v=v)
     raw_to = obj.get("to")
     if kind == "mail":
         to = (_recipient(raw_to, "to"),)

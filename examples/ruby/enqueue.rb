@@ -17,7 +17,7 @@ def beanmail_body(job, secret = "")
   %({"v":2,"signed":#{text},"sig":"#{OpenSSL::HMAC.hexdigest("SHA256", key, text)}"})
 end
 
-# arguments arrive in the locale's encoding (US-ASCII under LANG=C): they are UTF-8
+# arguments arrive binary under LANG=C (as supervisord starts programs): they are UTF-8
 host, port, template, address, name, context_json, secret = ARGV.map { |a| a.dup.force_encoding(Encoding::UTF_8) }
 
 job = {
