@@ -107,7 +107,7 @@ class Notifier:
 
     def __init__(self, url: str | None = None, *, secret: str | None = None, ttr: int = DEFAULT_TTR,
                  timeout: float = 5.0, spool: str | None = None, blobs: str | None = None) -> None:
-        """``secret``: signs every job; a comma-separated list signs with its first.
+        """``secret``: signs every job; a comma-separated list (a rotation) signs with its first.
         ``spool``: a file to append jobs to when beanstalkd is unreachable (``beanmail spool
         flush`` and every worker start move them on); without one, an outage raises EnqueueError.
         ``blobs``: the store (the worker's ``BEANMAIL_STORE``: an SQLite file or a
@@ -116,7 +116,7 @@ class Notifier:
         beanstalkd's max-job-size raises JobTooBig."""
         self.url = url or os.environ.get("BEANMAIL_BEANSTALK_URL", DEFAULT_URL)
         parse_url(self.url)
-        self.secret = signing_secret(secret if secret is not None else os.environ.get("BEANMAIL_SECRET"))
+        self.secret = secret if secret is not None else os.environ.get("BEANMAIL_SECRET") or None
         self.spool = spool if spool is not None else os.environ.get("BEANMAIL_SPOOL") or None
         self.blobs = blobs if blobs is not None else os.environ.get("BEANMAIL_STORE") or None
         self._blob_store: BlobStore | None = None  # opened on the first large job only
@@ -326,13 +326,6 @@ class Notifier:
             if self._blob_store is not None:
                 self._blob_store.close()
                 self._blob_store = None
-
-
-def signing_secret(value: str | None) -> str | None:
-    """A secret setting may list several, comma-separated, as during a rotation (every one
-    verifies at the worker): the first signs."""
-    first = (value or "").split(",")[0].strip()
-    return first or None
 
 
 def _check_priority(priority: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 from producer import EnqueueError, Notifier
 from producer.catcher import Catcher
 from producer.client import connect
+from producer.envelope import VERSION
 from worker.settings import Settings
 
 from .conftest import ROOT, bare_env, beanmail, run_burst
@@ -196,7 +197,7 @@ def test_one_notifier_is_safe_from_many_threads(settings: Settings) -> None:
         for tube in ("mail.urgent", "mail.normal", "mail.bulk"):
             c.watch(tube)
         bodies = [json.loads(c.reserve(0).body) for _ in range(400)]
-    assert all(b["v"] == 1 for b in bodies)  # no interleaved, torn puts
+    assert all(b["v"] == VERSION for b in bodies)  # no interleaved, torn puts
 
 
 # -- the catcher and the example application, end to end ---------------------------------------
