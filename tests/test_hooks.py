@@ -27,8 +27,8 @@ from producer.client import connect
 from producer.hooks import transaction
 from worker.settings import Settings
 
-from .conftest import ROOT
-from .servers import Beanstalkd
+from .conftest import ROOT, run_burst
+from .servers import Beanstalkd, SmtpServer
 
 BIG = os.urandom(2 * 1024 * 1024)  # a 2 MB attachment: 2.7 MB once base64 in the job
 
@@ -120,8 +120,8 @@ def configure(**beanmail: str) -> None:
     producer.django._notifier = None
 
 
-def test_django_small_large_small_in_one_transaction_are_all_queued_the_large_by_reference(
-        django_app: Any, settings: Settings) -> None:
+def test_django_small_large_small_in_one_transaction_are_all_queued_and_delivered_the_large_by_reference(
+        django_app: Any, settings: Settings, smtp: SmtpServer) -> None:
     configure(STORE=settings.store)
     assert django_app.get("/mail?send=small,big,small").status_code == 200
     jobs = queued(settings.beanstalk_url)
@@ -132,6 +132,13 @@ def test_django_small_large_small_in_one_transaction_are_all_queued_the_large_by
         whole = env.decode(blobs.get(jobs[1][1].ref) or b"")
     [attachment] = message_from_bytes(base64.b64decode(whole.message), policy=policy.default).iter_attachments()
     assert attachment.get_content() == BIG
+    run_burst(settings)  # the worker resolves the reference and delivers all three
+    received = {m.rcpt_tos[0]: m.message for m in smtp.wait_for(3)}
+    assert sorted(received) == ["u0@example.com", "u1@example.com", "u2@example.com"]
+    [attachment] = received["u1@example.com"].iter_attachments()
+    assert attachment.get_content() == BIG
+    with BlobStore(settings.store) as blobs:
+        assert blobs.get(jobs[1][1].ref) is None  # removed with its final outcome
 
 
 def test_django_too_big_without_a_store_after_commit_is_logged_and_costs_no_other_mail(
@@ -184,7 +191,8 @@ def test_django_fail_silently_is_honoured_when_enqueued_at_once(django_app: Any,
         assert send_mail("s", "b", None, ["a@example.com"], fail_silently=True) == 0
 
 
-def test_django_per_message_priority_by_header_or_block(django_app: Any, settings: Settings) -> None:
+def test_django_per_message_priority_by_header_or_block(django_app: Any, settings: Settings,
+                                                        smtp: SmtpServer) -> None:
     from django.core.mail import EmailMessage, send_mail
     from django.db import transaction as dj_transaction
 
@@ -200,7 +208,9 @@ def test_django_per_message_priority_by_header_or_block(django_app: Any, setting
     assert [(tube, e.to[0].address) for tube, e in jobs] == [
         ("mail.urgent", "a@example.com"), ("mail.urgent", "b@example.com"), ("mail.urgent", "c@example.com"),
         ("mail.normal", "d@example.com")]
-    for _, e in jobs:
+    run_burst(settings)
+    assert all("X-Beanmail-Priority" not in m.message for m in smtp.wait_for(4))
+    for _, e in jobs[:2] + jobs[3:]:
         assert b"X-Beanmail-Priority" not in base64.b64decode(e.message)
     with pytest.raises(ValueError, match="X-Beanmail-Priority"):
         EmailMessage("x", "b", to=["a@example.com"], headers={"X-Beanmail-Priority": "asap"}).send()
@@ -235,7 +245,8 @@ with transaction.atomic():
 """
 
 
-def test_django_password_reset_form_mail_goes_urgent_in_one_line(settings: Settings, tmp_path: Path) -> None:
+def test_django_password_reset_form_mail_goes_urgent_in_one_line(settings: Settings, smtp: SmtpServer,
+                                                                  tmp_path: Path) -> None:
     """A real project with django.contrib.auth: ``with priority("urgent"): form.save(...)``."""
     templates = tmp_path / "templates" / "registration"
     templates.mkdir(parents=True)
@@ -250,6 +261,9 @@ def test_django_password_reset_form_mail_goes_urgent_in_one_line(settings: Setti
     assert tube == "mail.urgent" and [r.address for r in job.to] == ["zoe@example.com"]
     message = base64.b64decode(job.message)
     assert b"Subject: Reset your password" in message and b"X-Beanmail-Priority" not in message
+    run_burst(settings)
+    [received] = smtp.wait_for(1)
+    assert received.rcpt_tos == ["zoe@example.com"] and "X-Beanmail-Priority" not in received.message
 
 
 # -- Flask ----------------------------------------------------------------------------------------
