@@ -39,12 +39,16 @@ def append(path: str, tube: str, priority: int, delay: int, ttr: int, body: byte
     line = (json.dumps({"tube": tube, "pri": priority, "delay": delay, "ttr": ttr,
                         "body": base64.b64encode(body).decode("ascii")}) + "\n").encode()
     while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not _is_current(fd, path):
                 continue  # renamed aside while we waited for the lock: append to the new spool
-            _write_all(fd, line)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                _write_all(fd, b"\n" + line)  # after a torn line (a crashed append): keep ours whole
+            else:
+                _write_all(fd, line)
             os.fsync(fd)
             return
         finally:

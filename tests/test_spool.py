@@ -132,10 +132,13 @@ def test_damaged_lines_go_to_the_rejects_file_with_a_logged_count(beanstalkd: Be
     torn = _line("mail.normal", _job("torn"))[:40]  # the last append of a process that died
     path.write_bytes(_line("mail.normal", _job("one")) + damaged[0] + _line("mail.urgent", _job("two"))
                      + damaged[1] + _line("mail.bulk", _job("three")) + torn)
+    # a producer appends after the torn line: its job stays whole
+    Notifier(f"beanstalk://127.0.0.1:{free_port()}", spool=str(path), blobs="").notify(
+        "welcome", "four@example.com", {"name": "x"}, key="four")
     with caplog.at_level(logging.ERROR, logger="beanmail.producer"):
-        assert spool.flush(str(path), Notifier(beanstalkd.url, spool="", blobs="").put_body) == 3
+        assert spool.flush(str(path), Notifier(beanstalkd.url, spool="", blobs="").put_body) == 4
     assert "3 damaged spool line(s) moved to" in caplog.text
-    assert sorted(drain(beanstalkd.url)) == ["one", "three", "two"]
+    assert sorted(drain(beanstalkd.url)) == ["four", "one", "three", "two"]
     assert Path(f"{path}.rejects").read_bytes() == damaged[0] + damaged[1] + torn + b"\n"
     assert not path.exists()
 
