@@ -83,6 +83,13 @@ def test_delete_one_job_then_every_buried_job_of_one_tube(settings: Settings) ->
         assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1
     assert state(url, ready) == "ready"
 
+    with connect(url, encoding=None) as holder:  # a worker holding a job: not the operator's to delete
+        holder.watch("mail.bulk")
+        held = holder.reserve(timeout=5)
+        refused = beanmail("delete", "--job", str(held.id), env=env, check=False)
+        assert refused.returncode == 1 and "reserved by a worker" in refused.stderr
+        assert state(url, held.id) == "reserved"
+
 
 def test_kick_all_kicks_every_buried_job_of_every_tube_and_never_a_delayed_one(settings: Settings) -> None:
     env, url = bare_env(settings), settings.beanstalk_url
