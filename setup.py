@@ -1,5 +1,13 @@
 from setuptools import find_packages, setup
 
+WORKER = [
+    "dnspython>=2.4",
+    "jinja2>=3.1",
+    "structlog>=23.1",
+    "supervisor>=4.2",
+    "email-validator>=2.1,<3",
+]
+
 setup(
     name="beanmail",
     version="0.1.0",
@@ -7,16 +15,13 @@ setup(
     packages=find_packages(include=["producer", "producer.*", "worker", "worker.*"]),
     package_data={"producer": ["envelope.schema.json"]},
     python_requires=">=3.11",
+    # a web app that only enqueues needs greenstalk alone; the worker's parts are an extra
     install_requires=[
-        "greenstalk>=2.0,<3",  # worker.loop.delete_and_reserve uses its reply parser
-        "dnspython>=2.4",
-        "jinja2>=3.1",
-        "structlog>=23.1",
-        "supervisor>=4.2",
-        "email-validator>=2.1,<3",
+        "greenstalk>=2.0,<3",  # worker/beanstalk.py pipelines over its socket and reply parser
     ],
     extras_require={
-        "test": ["pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3"],
+        "worker": WORKER,
+        "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3"],
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],
         "postgresql": ["psycopg[binary]>=3.1"],

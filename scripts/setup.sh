@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f .venv/.installed ] || [ setup.py -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e '.[test,postgresql]'
+  .venv/bin/pip install -q -e '.[worker,test,postgresql]'
   touch .venv/.installed
 fi
 

@@ -212,6 +212,20 @@ def test_a_timeout_that_is_not_positive_stops_the_worker_at_start(settings: Sett
     assert proc.returncode == 78 and name in proc.stderr, proc.stderr
 
 
+def test_defaults_are_relative_to_the_working_folder_not_the_package(settings: Settings, tmp_path: Path) -> None:
+    """A non-editable install must write nothing into site-packages; a worker started where
+    there is no templates/ folder stops at start (78) saying where it looked."""
+    env = {k: v for k, v in bare_env(settings).items() if k != "BEANMAIL_STORE"}
+    proc = subprocess.run([str(ROOT / ".venv/bin/beanmail"), "worker", "--burst"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 78 and f"{tmp_path}/templates" in proc.stderr, proc.stderr
+    (tmp_path / "templates").mkdir()
+    proc = subprocess.run([str(ROOT / ".venv/bin/beanmail"), "worker", "--burst"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "var" / "beanmail.sqlite3").is_file()
+
+
 def test_a_misspelled_variable_is_a_warning_naming_the_right_one(settings: Settings) -> None:
     proc = beanmail("worker", "--burst", env=bare_env(settings, BEANMAIL_SMTP_TIMOUT="3"), check=False)
     assert proc.returncode == 0

@@ -37,7 +37,6 @@ def test_smtp_url_forms() -> None:
     ({"BEANMAIL_BEANSTALK_URL": "redis://x"}, "BEANMAIL_BEANSTALK_URL"),
     ({"BEANMAIL_MAX_ATTEMPTS": "many"}, "BEANMAIL_MAX_ATTEMPTS"),
     ({"BEANMAIL_FROM": "nobody"}, "BEANMAIL_FROM"),
-    ({"BEANMAIL_TEMPLATES": "/nonexistent"}, "BEANMAIL_TEMPLATES"),
     ({"BEANMAIL_TTR": "10", "BEANMAIL_SMTP_TIMEOUT": "30"}, "BEANMAIL_TTR"),
     ({"BEANMAIL_CONFIG": "/nonexistent.toml"}, "BEANMAIL_CONFIG"),
 ])

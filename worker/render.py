@@ -3,6 +3,7 @@ and only the HTML part is autoescaped."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -22,6 +23,11 @@ class Rendered:
 
 class Renderer:
     def __init__(self, directory: str) -> None:
+        from .settings import SettingsError
+
+        if not os.path.isdir(directory):
+            raise SettingsError(f"BEANMAIL_TEMPLATES: {directory!r} is not a directory (it is relative to the"
+                                f" folder the program runs in, {os.getcwd()!r})")
         self.directory = directory
         self._env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(directory, encoding="utf-8"),

@@ -19,8 +19,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from producer.client import DEFAULT_TTR, parse_url
 from producer.envelope import MAIL_TUBES
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
@@ -38,7 +36,9 @@ class SmtpTarget:
 @dataclass(frozen=True)
 class Settings:
     beanstalk_url: str = "beanstalk://127.0.0.1:11300"
-    templates: str = str(ROOT / "templates")
+    # paths are relative to the working directory (supervisord.conf runs programs in its own
+    # folder), never to where the package is installed; load() makes them absolute
+    templates: str = "templates"
     transport: str = "smtp"
     smtp_url: str = "smtp://127.0.0.1:1025"
     smtp_timeout: float = 30.0  # seconds per SMTP step
@@ -47,7 +47,7 @@ class Settings:
     smtp_cafile: str = ""
     from_addr: str = "beanmail <noreply@localhost.localdomain>"
     helo_name: str = ""
-    store: str = str(ROOT / "var" / "beanmail.sqlite3")
+    store: str = "var/beanmail.sqlite3"
     secret: str = ""
     spool: str = ""  # producers' spool file, flushed to beanstalkd at every worker start
     dns: str = ""
@@ -71,7 +71,7 @@ class Settings:
     unsubscribe_secret: str = ""  # signs unsubscribe tokens; defaults to BEANMAIL_SECRET
     unsubscribe_days: float = 60.0  # how long an unsubscribe link works
     list_id: str = ""  # List-Id of bulk mail; default <template.from-domain>
-    supervisor_url: str = f"unix://{ROOT / 'var' / 'supervisor.sock'}"
+    supervisor_url: str = "unix://var/supervisor.sock"
     entities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -148,7 +148,17 @@ def load(environ: Mapping[str, str] | None = None, path: str | None = None,
             close = difflib.get_close_matches(key, variable_names(), n=1, cutoff=0.6)
             warn(f"{key} is not a beanmail setting and is ignored"
                  + (f"; did you mean {close[0]}?" if close else ""))
-    return validate(Settings(**{k: _coerce(k, known[k].type, v) for k, v in values.items()}))
+    return validate(_absolute(Settings(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})))
+
+
+def _absolute(s: Settings) -> Settings:
+    """Relative paths resolved once, against the folder the program started in."""
+    changes: dict[str, str] = {"templates": os.path.abspath(s.templates)}
+    if "://" not in s.store and s.store != ":memory:":
+        changes["store"] = os.path.abspath(s.store)
+    if s.supervisor_url.startswith("unix://") and not s.supervisor_url.startswith("unix:///"):
+        changes["supervisor_url"] = "unix://" + os.path.abspath(s.supervisor_url[len("unix://"):])
+    return dataclasses.replace(s, **changes)
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
@@ -213,8 +223,6 @@ def validate(s: Settings) -> Settings:
         raise SettingsError(f"BEANMAIL_TRANSPORT: must be smtp or mx, got {s.transport!r}")
     if s.transport == "smtp":
         parse_smtp_url(s.smtp_url)
-    if not Path(s.templates).is_dir():
-        raise SettingsError(f"BEANMAIL_TEMPLATES: {s.templates!r} is not a directory")
     if "@" not in parseaddr(s.from_addr)[1] or any(c in s.from_addr for c in "\r\n\0"):
         raise SettingsError(f"BEANMAIL_FROM: {s.from_addr!r} is not an address")
     from .outcomes import Poison
