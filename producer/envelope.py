@@ -205,7 +205,7 @@ def decode(body: bytes | str, secret: Secret = None) -> Envelope:
             body = body.encode()
         except UnicodeEncodeError as exc:
             raise EnvelopeError(f"body is not UTF-8 ({exc.reason} at character {exc.start})") from None
-    ring = keys(secret)
+    ring = keys(secret) if secret else ()
     if body.startswith(SIGNED_HEAD):
         obj = _load(_signed_text(body, ring), "the signed text")
         if obj.get("v") != 2:
@@ -272,14 +272,14 @@ _FIELDS = {
     "created_at", "headers", "message", "sender", "exclude",
 }
 _REF_FIELDS = {"v", "kind", "id", "ref", "priority", "created_at"}
-_ALLOWED = {(2, False): _FIELDS, (1, False): _FIELDS | {"sig"},
-            (2, True): _REF_FIELDS, (1, True): _REF_FIELDS | {"sig"}}
+_ALLOWED = {2: _FIELDS, 1: _FIELDS | {"sig"}}
+_REF_ALLOWED = {2: _REF_FIELDS, 1: _REF_FIELDS | {"sig"}}
 _ALL_FIELDS = _FIELDS | _REF_FIELDS | {"sig", "signed"}
 
 
 def _from_json(obj: dict[str, Any], v: int) -> Envelope:
     kind = obj.get("kind")
-    unknown = obj.keys() - _ALLOWED[v, kind == "ref"]
+    unknown = obj.keys() - (_REF_ALLOWED[v] if kind == "ref" else _ALLOWED[v])
     if unknown:
         where = " in a ref job (it carries v, kind, id, ref, priority, created_at)" if kind == "ref" else ""
         raise EnvelopeError(f"unknown field(s){where}: {', '.join(sorted(unknown))}")

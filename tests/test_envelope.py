@@ -272,3 +272,22 @@ def test_jobs_signed_with_the_old_key_are_delivered_after_rotation(settings: Set
         "m1@example.com", "m2@example.com", "v1@example.com",
         "v2-0@example.com", "v2-1@example.com", "v2-2@example.com"]
     assert "bad signature" in poison_reasons(settings)[forged]
+
+
+def test_what_the_docs_say_of_headers_and_recipients_holds(settings: Settings, smtp: SmtpServer) -> None:
+    def job(**kw: Any) -> bytes:
+        return env.encode(Envelope(**{"kind": "mail", "id": f"docs:{len(kw)}:{sorted(kw)}", "template": "welcome",
+                                      "to": (Recipient("zoe@example.com"),), "context": {"name": "Zoë"}, **kw}))
+    cc = put(settings, job(headers={"Cc": "boss@example.com"}))
+    named = put(settings, job(to=(Recipient("Zoë <zoe@example.com>"),)))
+    bulk = put(settings, job(priority="bulk", headers={"precedence": "list", "X-Campaign": "47"}), "mail.bulk")
+    run_burst(settings)
+    reasons = poison_reasons(settings)
+    assert "header 'Cc' may not be set by a job" in reasons[cc]
+    assert "invalid recipient address" in reasons[named]
+    assert bulk not in reasons
+    [received] = smtp.wait_for(1)
+    msg = received.message
+    assert msg.get_all("Precedence") == ["list"]  # the job's own header replaces the worker's
+    assert msg["List-Id"] == "<welcome.beanmail.example>" and msg["X-Campaign"] == "47"
+    assert msg["Auto-Submitted"] == "auto-generated"
