@@ -191,12 +191,14 @@ class Notifier:
 
     def put(self, envelope: Envelope, *, delay: int = 0, tube: str | None = None) -> int:
         """The beanstalkd job id; 0 when the job went to the spool instead. A body over
-        INLINE_LIMIT is stored in the blob store first, and a small ``ref`` job queued for it."""
+        INLINE_LIMIT is stored in the blob store first, and a small ``ref`` job queued for it
+        (a mailout chunk excepted)."""
         default_tube, pri = env.PRIORITIES[envelope.priority]
         tube = tube or default_tube
         body = env.encode(envelope, self.secret)
         try:
-            if len(body) > INLINE_LIMIT and self.blobs:
+            # mailout chunks are sized to fit (CHUNK_BYTES), and fan-out reads them inline
+            if len(body) > INLINE_LIMIT and self.blobs and envelope.kind != "mailout":
                 body = self._by_reference(envelope, body)
             return self._put(body, tube, pri, delay)
         except EnqueueError as exc:

@@ -92,6 +92,16 @@ def test_notify_with_a_large_context_goes_by_reference_and_small_jobs_stay_inlin
     assert ref.kind == "ref" and env.decode(notifier.blob_store().get(ref.ref)).context["name"] == "x" * INLINE_LIMIT
 
 
+def test_mailout_chunks_stay_inline_with_a_blob_store(beanstalkd: Beanstalkd, tmp_path: Path) -> None:
+    """Fan-out reads chunks inline; they are sized under beanstalkd's limit, not INLINE_LIMIT."""
+    notifier = Notifier(beanstalkd.url, blobs=str(tmp_path / "store.sqlite3"))
+    [job_id] = notifier.mailout("digest", [f"user{i:05d}@example.com" for i in range(1200)], key="m")
+    with connect(beanstalkd.url, encoding=None) as c:
+        job = c.peek(job_id)
+        assert c.stats_job(job)["tube"] == env.MAILOUT_TUBE
+    assert len(job.body) > INLINE_LIMIT and env.decode(job.body).kind == "mailout"
+
+
 def test_a_large_job_spooled_during_an_outage_is_a_ref_line(beanstalkd: Beanstalkd, tmp_path: Path) -> None:
     from producer import spool
 
