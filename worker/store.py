@@ -76,7 +76,8 @@ MIGRATIONS: dict[int, str] = {
     )
     """,
 }
-SCHEMA_VERSION = max(MIGRATIONS)
+# Numbers by owner: 1-9 the core, 10-19 feedback (bounces, DKIM), 20-29 the console and
+# metrics, 30-39 digests, 40-49 the worker registry. Gaps are fine; each runs once.
 FINAL = ("sent", "skipped", "bounced")
 
 
@@ -259,11 +260,9 @@ class _Sqlite:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self.db.execute(sql, args)
 
-    def schema_version(self) -> int:
+    def legacy_version(self) -> int:
+        """The schema version of a store from before the migrations table (1 to 3)."""
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
-
-    def set_schema_version(self, version: int) -> None:
-        self.db.execute(f"PRAGMA user_version={int(version)}")
 
     def close(self) -> None:
         self.db.close()
@@ -311,13 +310,10 @@ class _Postgres:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self.db.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
 
-    def schema_version(self) -> int:
+    def legacy_version(self) -> int:
         self.db.execute("CREATE TABLE IF NOT EXISTS beanmail_schema (version INTEGER NOT NULL)")
         row = self.db.execute("SELECT max(version) FROM beanmail_schema").fetchone()
         return int(row[0] or 0)
-
-    def set_schema_version(self, version: int) -> None:
-        self.db.execute("INSERT INTO beanmail_schema (version) VALUES (%s)", (version,))
 
     def close(self) -> None:
         if self._db is not None:
@@ -342,14 +338,31 @@ class Store:
             with self._db.transaction():
                 if isinstance(self._db, _Postgres):  # one migrating host at a time
                     self._db.execute("SELECT pg_advisory_xact_lock(716235)")
-                version = self._db.schema_version()
-                for v in range(version + 1, SCHEMA_VERSION + 1):
+                for v in sorted(set(MIGRATIONS) - self._applied()):
                     for statement in MIGRATIONS[v].format(blob=self._db.blob_type).split(";"):
                         if statement.strip():
                             self._db.execute(statement)
-                    self._db.set_schema_version(v)
+                    self._db.execute("INSERT INTO beanmail_migrations (version, applied_at) VALUES (?, ?)",
+                                     (v, time.time()))
         except sqlite3.DatabaseError as exc:  # guard let it through: not an outage, a wrong file
             raise StoreCorrupt(f"{self.location} is not a usable beanmail store: {exc}") from exc
+
+    def _applied(self) -> set[int]:
+        """Migrations are applied by number, each once, in order; numbers may leave gaps, so
+        separate features can own separate ranges."""
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS beanmail_migrations"
+                   " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        applied = {int(r[0]) for r in db.execute("SELECT version FROM beanmail_migrations").fetchall()}
+        if not applied:  # a store from before this table knew only 1..its version
+            for v in range(1, db.legacy_version() + 1):
+                db.execute("INSERT INTO beanmail_migrations (version, applied_at) VALUES (?, ?)", (v, time.time()))
+                applied.add(v)
+        return applied
+
+    def schema(self) -> set[int]:
+        with self._guard():
+            return {int(r[0]) for r in self._db.execute("SELECT version FROM beanmail_migrations").fetchall()}
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
