@@ -82,8 +82,8 @@ def _fsync_dir(path: str) -> None:
 def flush(path: str, put: Callable[[str, int, int, int, bytes], object]) -> int:
     """Hand every spooled job to ``put(tube, pri, delay, ttr, body)``; returns how many were put.
 
-    ``put`` raising ``JobTooBig`` sets that job aside in the rejects file; any other
-    EnqueueError (beanstalkd gone) keeps every job not yet put and is raised. A flush that dies
+    ``put`` raising ``JobTooBig`` sets that job aside in the rejects file; anything else it
+    raises (``Unreachable``: beanstalkd gone) keeps every job not yet put and is raised. A flush that dies
     halfway leaves its aside file for the next flush, which puts its jobs again: harmless, since
     the idempotency key makes the worker skip a second copy.
     """
@@ -115,7 +115,7 @@ def _set_aside(path: str) -> None:
 
 
 def _flush_file(aside: str, path: str, put: Callable[[str, int, int, int, bytes], object]) -> int:
-    from .client import EnqueueError, JobTooBig
+    from .client import JobTooBig
 
     try:
         fh = open(aside, "rb")
@@ -152,7 +152,7 @@ def _flush_file(aside: str, path: str, put: Callable[[str, int, int, int, bytes]
                 too_big += 1
                 log.error("spooled job refused for good, moved to %s.rejects: %s", path, exc)
                 continue
-            except EnqueueError:
+            except BaseException:  # beanstalkd gone (Unreachable), or interrupted: keep what is left
                 _keep_rest(fh, start, aside)
                 _report(path, damaged, too_big)
                 raise
