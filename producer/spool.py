@@ -167,7 +167,7 @@ def _keep_rest(fh: BinaryIO, start: int, aside: str) -> None:
     """Atomically replace the aside file by its lines from ``start`` on (the jobs not yet put)."""
     tmp = f"{aside}.tmp"
     fh.seek(start)
-    with open(tmp, "wb") as out:
+    with open(tmp, "wb", opener=lambda name, flags: os.open(name, flags, 0o600)) as out:  # mail is private
         while chunk := fh.read(1 << 20):
             out.write(chunk)
         out.flush()
