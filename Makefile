@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export BEANMAIL_WORKERS ?= 2
 
-.PHONY: setup setup-test run example stop status test bench bench-smoke preview clean
+.PHONY: setup setup-test run example stop status test test-unit bench bench-smoke preview clean
 
 setup:
 	scripts/setup.sh run
@@ -28,6 +28,10 @@ status:
 
 test: setup-test
 	.venv/bin/pytest -q tests
+
+## test-unit: the fast tier, every test that needs no server fixture (seconds; the venv must exist)
+test-unit:
+	.venv/bin/pytest -q -m unit tests
 
 ## bench: every scenario at full size against beanstalkd and smtp-sink (minutes); one JSON line each
 bench: setup-test

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from producer import Notifier  # noqa: E402
 from producer.client import connect  # noqa: E402
 from tests.servers import Beanstalkd, free_port, port_open, wait_until, which  # noqa: E402
+from tests.servers import SmtpSink as TestSink  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CONTEXT = {
@@ -57,26 +58,12 @@ def emit(scenario: str, **figures: Any) -> None:
     print(json.dumps({"scenario": scenario, **figures}), flush=True)
 
 
-class SmtpSink:
-    def __init__(self, delay: int = 0, expect: int | None = None, host: str = "127.0.0.1") -> None:
-        self.host, self.port = host, free_port(host)
-        args = [which("smtp-sink"), "-u", "nobody", "-m", "1024"]
-        if delay:
-            args += ["-w", str(delay)]
-        if expect:
-            args += ["-M", str(expect)]
-        self.proc = subprocess.Popen([*args, f"{host}:{self.port}", "1024"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _started.append(self)
-        wait_until(lambda: port_open(host, self.port), 10, "smtp-sink")
-
-    def wait(self, timeout: float) -> None:
-        self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def SmtpSink(delay: int = 0, expect: int | None = None, host: str = "127.0.0.1") -> TestSink:
+    """The tests' smtp-sink, without message dumps: -m 1024 sessions, optionally slow or counting."""
+    options = ["-m", "1024", *(["-w", str(delay)] if delay else []), *(["-M", str(expect)] if expect else [])]
+    sink = TestSink(*options, host=host, dump=False, backlog=1024)
+    _started.append(sink)
+    return sink
 
 
 def proc_stat(pid: int) -> tuple[float, float]:

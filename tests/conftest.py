@@ -123,3 +123,19 @@ def beanmail(*args: str, env: dict[str, str], timeout: float = 60, check: bool =
     if check and proc.returncode != 0:
         raise AssertionError(f"beanmail {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# The fast tier: `make test-unit` (pytest -m unit) runs, in seconds, every test that needs none of
+# the server fixtures, so a change to a stage can be checked before the whole suite.
+SERVER_FIXTURES = {"beanstalkd", "smtp", "postgres", "store_location", "settings", "notifier", "tmpfs",
+                   "stack", "env", "django_app", "maildev", "relay", "dnsmasq", "browser", "console"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: needs no server; run alone with `make test-unit`")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.unit)

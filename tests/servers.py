@@ -1,4 +1,5 @@
-"""Real servers for the tests, each on a free loopback port: beanstalkd and aiosmtpd.
+"""Real servers for the tests (and the benchmark), each on a free loopback port: beanstalkd,
+aiosmtpd, dnsmasq, PostgreSQL, maildev and Postfix's smtp-sink.
 
 Every wait here is a condition with a deadline, never a fixed sleep.
 """
@@ -301,26 +302,38 @@ class Maildev(_Process):
 
 class SmtpSink:
     """Postfix's smtp-sink: a real, fast SMTP server that offers PIPELINING and can be told to
-    refuse commands (-r soft, -f hard) or drop the connection (-Q); -d dumps every message."""
+    refuse commands (-r soft, -f hard), drop the connection (-Q), answer slowly (-w SECONDS) or
+    exit after N messages (-M N). With ``dump`` (the tests) -d keeps every message; the
+    benchmark runs it without, and with a longer listen backlog."""
 
-    def __init__(self, *options: str) -> None:
-        self.port = free_port()
-        # smtp-sink writes as nobody: not under pytest's tmp_path, which only root may enter
-        self.dumps = Path(tempfile.mkdtemp(prefix="beanmail-sink-"))
-        os.chmod(self.dumps, 0o777)
-        self.proc = subprocess.Popen(
-            [which("smtp-sink"), "-u", "nobody", "-d", f"{self.dumps}/%M.", *options, f"127.0.0.1:{self.port}", "64"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_open("127.0.0.1", self.port), 10, "smtp-sink to listen")
+    def __init__(self, *options: str, host: str = "127.0.0.1", dump: bool = True, backlog: int = 64) -> None:
+        self.host, self.port = host, free_port(host)
+        self.dumps: Path | None = None
+        args = [which("smtp-sink"), "-u", "nobody"]
+        if dump:
+            # smtp-sink writes as nobody: not under pytest's tmp_path, which only root may enter
+            self.dumps = Path(tempfile.mkdtemp(prefix="beanmail-sink-"))
+            os.chmod(self.dumps, 0o777)
+            args += ["-d", f"{self.dumps}/%M."]
+        self.proc = subprocess.Popen([*args, *options, f"{host}:{self.port}", str(backlog)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(host, self.port), 10, "smtp-sink to listen")
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}?starttls=off"
+        return f"smtp://{self.host}:{self.port}?starttls=off"
 
     def messages(self) -> list[bytes]:
+        assert self.dumps is not None, "started without dump"
         return [p.read_bytes() for p in sorted(self.dumps.rglob("*")) if p.is_file()]
 
+    def wait(self, timeout: float) -> None:
+        """Until it exits by itself (-M N: after N messages)."""
+        self.proc.wait(timeout)
+
     def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        shutil.rmtree(self.dumps, ignore_errors=True)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.dumps is not None:
+            shutil.rmtree(self.dumps, ignore_errors=True)
