@@ -233,9 +233,9 @@ def _signed_text(body: bytes, ring: tuple[bytes, ...]) -> bytes:
     if len(body) < len(SIGNED_HEAD) + _TAIL or body[-_TAIL:-66] != SIG_HEAD or body[-2:] != SIG_TAIL:
         raise EnvelopeError(_LAYOUT)
     text, sig = body[len(SIGNED_HEAD):-_TAIL], body[-66:-2]
+    if not _HEX64.fullmatch(sig):
+        raise EnvelopeError(_LAYOUT)
     if not ring:
-        if not _HEX64.fullmatch(sig):
-            raise EnvelopeError(_LAYOUT)
         return text
     for key in ring:
         if hmac.compare_digest(_hmac_hex(key, text), sig):

@@ -147,6 +147,8 @@ def test_signature_is_required_and_checked_when_a_secret_is_configured() -> None
     forged_sig = signed[:-3] + (b"0" if signed[-3:-2] != b"0" else b"1") + signed[-2:]
     with pytest.raises(EnvelopeError, match="bad signature"):
         env.decode(forged_sig, "s3cret")
+    with pytest.raises(EnvelopeError, match="64 lowercase hex"):  # a format error, said as one
+        env.decode(signed[:-66] + signed[-66:-2].upper() + signed[-2:], "s3cret")
 
 
 def test_the_signature_covers_the_producers_own_bytes_whatever_its_json_encoder_wrote() -> None:
