@@ -141,6 +141,24 @@ def test_django_small_large_small_in_one_transaction_are_all_queued_and_delivere
         assert blobs.get(jobs[1][1].ref) is None  # removed with its final outcome
 
 
+def test_django_25_mb_attachment_is_queued_by_reference(django_app: Any, settings: Settings) -> None:
+    from django.core.mail import EmailMessage
+
+    configure(STORE=settings.store)
+    attachment = os.urandom(25 * 1024 * 1024)
+    mail = EmailMessage("scan", "attached", to=["a@example.com"], headers={"Message-ID": "<scan@test>"})
+    mail.attach("scan.pdf", attachment, "application/pdf")
+    assert mail.send() == 1  # no transaction: put at once
+    [(tube, ref)] = queued(settings.beanstalk_url)
+    assert (tube, ref.kind, ref.id) == ("mail.normal", "ref", "django:<scan@test>")
+    with BlobStore(settings.store) as blobs:
+        whole = env.decode(blobs.get(ref.ref) or b"")
+    message = base64.b64decode(whole.message)
+    tail = 57 * (len(attachment) // 57 - 100)  # MIME base64: 57 bytes a line (parsing 33 MB costs seconds)
+    for piece in (attachment[:5700], attachment[tail:]):
+        assert base64.encodebytes(piece).replace(b"\n", b"\r\n") in message
+
+
 def test_django_too_big_without_a_store_after_commit_is_logged_and_costs_no_other_mail(
         django_app: Any, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     # the issue as reported: send() returned 1, then EnqueueError escaped after the commit and
