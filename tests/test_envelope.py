@@ -170,6 +170,7 @@ def test_the_signature_covers_the_producers_own_bytes_whatever_its_json_encoder_
 def test_v1_jobs_are_still_accepted_and_verified_with_their_canonical_form() -> None:
     obj = json.loads(env.encode(sample()))
     body = v1_signed(obj, "k")
+    jsonschema.validate(json.loads(body), SCHEMA)  # the schema still describes v1
     assert env.decode(body, "k") == sample() and env.decode(body, "k").v == 1
     reordered = json.dumps(dict(reversed(list(json.loads(body).items()))), indent=2)
     assert env.decode(reordered, "k") == sample()  # canonical: key order and spacing do not matter
