@@ -269,7 +269,7 @@ def test_django_password_reset_form_mail_goes_urgent_in_one_line(settings: Setti
     templates = tmp_path / "templates" / "registration"
     templates.mkdir(parents=True)
     (templates / "password_reset_subject.txt").write_text("Reset your password")
-    (templates / "password_reset_email.html").write_text("Follow {{ protocol }}://{{ domain }}/reset/{{ uid }}/{{ token }}/")
+    (templates / "password_reset_email.html").write_text("{{ protocol }}://{{ domain }}/reset/{{ uid }}/{{ token }}/")
     script = tmp_path / "project.py"
     script.write_text(DJANGO_PROJECT)
     subprocess.run([sys.executable, str(script), settings.beanstalk_url, str(tmp_path / "db.sqlite3"),
