@@ -302,3 +302,33 @@ def test_unmasked_when_the_setting_says_so(settings: Settings, smtp: SmtpServer)
     out = beanmail("worker", "--burst", env=bare_env(settings, BEANMAIL_MASK_ADDRESSES="false")).stdout
     assert "k:reject.plain@example.com" in out
 
+
+
+def test_a_worker_started_while_its_store_is_unavailable_waits_for_it(settings: Settings, smtp: SmtpServer,
+                                                                     tmp_path: Path) -> None:
+    """Under supervisord an exit at once, again and again, ends in FATAL: the worker waits instead."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the store's folder should be")
+    env = bare_env(settings, BEANMAIL_STORE=str(blocker / "store.sqlite3"))
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(ROOT / ".venv/bin/beanmail"), "worker"], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "store unavailable at start" in log.read_text(), 20, "the worker to say it waits")
+        assert proc.poll() is None
+        Notifier(settings.beanstalk_url).notify("welcome", "late@example.com", {"name": "late"}, key="late:1")
+        blocker.unlink()
+        smtp.wait_for(1, timeout=30)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+
+
+def test_secrets_from_toml_lists_and_a_secret_naming_no_key(tmp_path: Path) -> None:
+    from worker.settings import SettingsError, load
+
+    (tmp_path / "b.toml").write_text('[beanmail]\nsecret = ["new", "old"]\n')
+    assert load({}, path=str(tmp_path / "b.toml")).secret == "new,old"
+    with pytest.raises(SettingsError, match="BEANMAIL_SECRET: names no key"):
+        load({"BEANMAIL_SECRET": " , "})

@@ -18,6 +18,7 @@ from .loop import Pool, Worker
 from .ops import OpsError as CommandError
 from .ops import open_store
 from .settings import Settings, SettingsError
+from .store import Store, StoreUnavailable
 
 
 class UsageError(CommandError):
@@ -33,7 +34,8 @@ def flush_spool(settings: Settings) -> int:
     """Move spooled jobs to beanstalkd; returns how many (0 without a spool)."""
     if not settings.spool:
         return 0
-    notifier = Notifier(settings.beanstalk_url, spool="")
+    # the settings say everything: a Notifier built here reads no BEANMAIL_* variable itself
+    notifier = Notifier(settings.beanstalk_url, secret=settings.secret, spool="", blobs=settings.store)
     try:
         return spool.flush(settings.spool, notifier.put_body)
     except EnqueueError as exc:
@@ -50,7 +52,7 @@ def cmd_spool(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, make_transport
 
     if MAILOUT_TUBE in settings.tubes:
         raise SettingsError(f"the worker cannot send {MAILOUT_TUBE} chunks (it would bury every one as poison):"
@@ -66,14 +68,29 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
     except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
         logs.get_logger().warning("spool not flushed", reason=str(exc))
-    if settings.threads == 1:
-        store = open_store(settings)
-        worker: Worker | Pool = Worker(settings, Pipeline(settings, store), store)
-    else:
-        stores = [open_store(settings) for _ in range(settings.threads)]
-        worker = Pool([Worker(settings, Pipeline(settings, s), s) for s in stores])
+    stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in range(settings.threads)]
+    # one direct-MX transport per process, so its per-domain connection cap holds for the whole
+    # process; a relay session is one connection and stays with its loop
+    shared = make_transport(settings) if settings.transport == "mx" else None
+    loops = [Worker(settings, Pipeline(settings, s, transport=shared), s) for s in stores]
+    worker: Worker | Pool = loops[0] if len(loops) == 1 else Pool(loops)
     worker.install_signal_handlers()
     return worker.run(burst=args.burst)
+
+
+def wait_for_store(settings: Settings) -> Store:
+    """A long-running worker waits for its store as it waits for beanstalkd (supervisord would
+    give up on a program that exits at once, again and again); a damaged store still stops it."""
+    delay, logged = 0.5, False
+    while True:
+        try:
+            return open_store(settings)
+        except StoreUnavailable as exc:
+            if not logged:
+                logs.get_logger().error("store unavailable at start; waiting for it", error=exc.reason)
+                logged = True
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
@@ -90,7 +107,7 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     from .outcomes import Poison
     from .validate import check_recipient
 
-    notifier = Notifier(settings.beanstalk_url, secret=settings.secret or None)
+    notifier = Notifier(settings.beanstalk_url, secret=settings.secret, spool=settings.spool, blobs=settings.store)
     try:
         recipient = parse_recipient(args.to)
         check_recipient(recipient)  # the worker would bury it: say so now
@@ -101,7 +118,7 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
                                  key=args.key, delay=args.delay)
     except (EnqueueError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    print(job_id)
+    print(job_id if job_id else f"spooled to {settings.spool} (beanstalkd unreachable)")
     return 0
 
 

@@ -72,7 +72,31 @@ class Settings:
     unsubscribe_days: float = 60.0  # how long an unsubscribe link works
     list_id: str = ""  # List-Id of bulk mail; default <template.from-domain>
     supervisor_url: str = "unix://var/supervisor.sock"
+    web_listen: str = "127.0.0.1:8025"  # `beanmail web`: loopback unless a password is set
+    web_password: str = ""  # HTTP basic auth for every console page but /healthz
     entities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # feedback (docs/feedback.md): DKIM, the VERP return path, bounces, the bulk brake
+    dkim_key: str = ""  # PEM file, RSA or Ed25519; every message whose From is in dkim_domain is signed
+    dkim_selector: str = ""
+    dkim_domain: str = ""  # default: the From domain
+    return_path: str = ""  # bounces@example.org -> envelope sender bounces+TOKEN@example.org
+    return_path_secret: str = ""  # signs VERP tokens; defaults to BEANMAIL_SECRET
+    feedback_id: str = ""  # the sender id ending Gmail's Feedback-ID; default: the From domain
+    bounce_mailbox: str = ""  # imaps://user:pass@host/INBOX for `beanmail bounces fetch`
+    soft_bounce_limit: int = 5  # soft bounces of one address within the window that suppress it
+    soft_bounce_window: float = 86400.0
+    brake_window: int = 1000  # the last N bulk deliveries the brake judges; 0 turns it off
+    brake_min_sends: int = 100  # fewer bulk deliveries than this are not judged
+    brake_bounce_rate: float = 0.05
+    brake_complaint_rate: float = 0.001
+
+    @property
+    def dkim_signing_domain(self) -> str:
+        return (self.dkim_domain or self.from_addr.rpartition("@")[2].rstrip(">").strip()).lower()
+
+    @property
+    def verp_secret(self) -> str:
+        return self.return_path_secret or self.secret
 
     @property
     def smtp(self) -> SmtpTarget:
@@ -154,6 +178,8 @@ def load(environ: Mapping[str, str] | None = None, path: str | None = None,
 def _absolute(s: Settings) -> Settings:
     """Relative paths resolved once, against the folder the program started in."""
     changes: dict[str, str] = {"templates": os.path.abspath(s.templates)}
+    if s.dkim_key:
+        changes["dkim_key"] = os.path.abspath(s.dkim_key)
     if "://" not in s.store and s.store != ":memory:":
         changes["store"] = os.path.abspath(s.store)
     if s.supervisor_url.startswith("unix://") and not s.supervisor_url.startswith("unix:///"):
@@ -187,7 +213,14 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             return value
+        if name in ("secret", "unsubscribe_secret"):
+            keys = value.split(",") if isinstance(value, str) else [str(k) for k in value]
+            if value and not any(k.strip() for k in keys):
+                raise SettingsError(f"{label}: names no key (a comma-separated list: the first signs, all verify)")
+            return ",".join(k.strip() for k in keys if k.strip())
         return str(value)
+    except SettingsError:
+        raise
     except (TypeError, ValueError):
         raise SettingsError(f"{label}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
 
@@ -254,4 +287,38 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("BEANMAIL_UNSUBSCRIBE_URL: must be an http(s) URL")
     if s.log_format not in ("json", "console"):
         raise SettingsError("BEANMAIL_LOG_FORMAT: must be json or console")
+    _validate_feedback(s)
     return s
+
+
+def _validate_feedback(s: Settings) -> None:
+    """DKIM, VERP and brake settings; the key is loaded here so that a missing or unreadable
+    one stops the program at start (78), not every message later."""
+    from email.utils import parseaddr
+
+    if s.dkim_key:
+        if not s.dkim_selector:
+            raise SettingsError("BEANMAIL_DKIM_SELECTOR: needed with BEANMAIL_DKIM_KEY")
+        from .dkim import DkimKeyError, Signer
+
+        try:
+            Signer.from_file(s.dkim_key, s.dkim_selector, s.dkim_signing_domain)
+        except DkimKeyError as exc:
+            raise SettingsError(f"BEANMAIL_DKIM_KEY: {exc}") from None
+    elif s.dkim_selector or s.dkim_domain:
+        raise SettingsError("BEANMAIL_DKIM_KEY: needed with BEANMAIL_DKIM_SELECTOR/BEANMAIL_DKIM_DOMAIN")
+    if s.return_path:
+        local, at, domain = parseaddr(s.return_path)[1].rpartition("@")
+        if not at or not local or not domain or "+" in local or any(c in s.return_path for c in "\r\n\0 "):
+            raise SettingsError(f"BEANMAIL_RETURN_PATH: {s.return_path!r} must be a plain address"
+                                " such as bounces@example.org (no '+': the token goes there)")
+        if not s.verp_secret:
+            raise SettingsError("BEANMAIL_RETURN_PATH_SECRET: needed (or BEANMAIL_SECRET) to sign return paths")
+    for name in ("soft_bounce_limit", "soft_bounce_window"):
+        if not getattr(s, name) > 0:
+            raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {getattr(s, name)!r}")
+    if s.brake_window < 0 or s.brake_min_sends < 1:
+        raise SettingsError("BEANMAIL_BRAKE_WINDOW must be 0 (off) or more, BEANMAIL_BRAKE_MIN_SENDS 1 or more")
+    for name in ("brake_bounce_rate", "brake_complaint_rate"):
+        if not 0 < getattr(s, name) <= 1:
+            raise SettingsError(f"BEANMAIL_{name.upper()}: must be a fraction in (0, 1], got {getattr(s, name)!r}")
