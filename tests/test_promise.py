@@ -332,3 +332,18 @@ def test_secrets_from_toml_lists_and_a_secret_naming_no_key(tmp_path: Path) -> N
     assert load({}, path=str(tmp_path / "b.toml")).secret == "new,old"
     with pytest.raises(SettingsError, match="BEANMAIL_SECRET: names no key"):
         load({"BEANMAIL_SECRET": " , "})
+
+
+def test_a_mailout_with_a_refused_header_buries_its_chunk_not_every_recipient(settings: Settings) -> None:
+    n = Notifier(settings.beanstalk_url)
+    [chunk] = n.mailout("welcome", [f"r{i}@example.com" for i in range(50)], {"name": "x"}, key="cc-1")
+    with connect(settings.beanstalk_url, encoding=None) as c:  # a chunk written by hand, with a Cc header
+        body = json.loads(c.peek(chunk).body)
+        c.delete(chunk)
+        body["headers"] = {"Cc": "boss@example.com"}
+        c.use("mailout")
+        job = c.put(json.dumps(body).encode())
+    beanmail("fanout", "--burst", env=bare_env(settings))
+    counts = tube_counts(settings)
+    assert counts["buried"] == 1 and counts["ready"] == 0
+    assert "header 'Cc' may not be set" in Store(settings.store).failure(settings.beanstalk_url, job)[1]

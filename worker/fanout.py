@@ -16,7 +16,8 @@ from producer.envelope import Envelope
 
 from .job import Reserved
 from .logs import get_logger, mask_text
-from .outcomes import Backoff, Deferred, Disposition, Poison, Skipped, disposition
+from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
+from .validate import check_envelope
 from .settings import Settings
 
 
@@ -60,8 +61,7 @@ class Fanout:
                 raise Poison(f"bad envelope: {exc}") from None
             if chunk.kind != "mailout":
                 raise Poison(f"kind {chunk.kind!r} does not belong on the mailout tube")
-            if chunk.not_after is not None and time.time() > chunk.not_after:
-                raise Skipped(f"expired: not_after {chunk.not_after} has passed")
+            check_envelope(chunk)  # expired: skipped; a refused header buries the chunk, not each recipient
             queued = self.expand(chunk, touch)
             d = disposition(None, attempt, self.backoff)
         except EnqueueError as exc:  # re-running the chunk is safe: keys are deterministic
