@@ -1,6 +1,7 @@
 """What a web application imports: depends only on greenstalk and the standard library."""
 
-from .client import EnqueueError, Notifier
+from .client import BlobUnavailable, EnqueueError, JobTooBig, Notifier, Unreachable
 from .envelope import Envelope, EnvelopeError, Recipient
 
-__all__ = ["EnqueueError", "Envelope", "EnvelopeError", "Notifier", "Recipient"]
+__all__ = ["BlobUnavailable", "EnqueueError", "Envelope", "EnvelopeError", "JobTooBig", "Notifier", "Recipient",
+           "Unreachable"]

@@ -40,6 +40,8 @@ def flush_spool(settings: Settings) -> int:
         return spool.flush(settings.spool, notifier.put_body)
     except EnqueueError as exc:
         raise CommandError(f"spool kept for later: {exc}") from None
+    except OSError as exc:  # the spool's folder is full or unwritable: the spool waits too
+        raise CommandError(f"spool kept for later: {settings.spool}: {exc}") from None
     finally:
         notifier.close()
 
@@ -285,3 +287,12 @@ def cmd_log(settings: Settings, args: argparse.Namespace) -> int:
         detail = "; ".join(x for x in (r.reason, r.reply) if x)
         print(f"{when}  {r.outcome:<9} {r.key}  {r.recipient}  {r.template}  attempts={r.attempts}  {detail}")
     return 0
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    """Refuses (78) to listen beyond loopback without BEANMAIL_WEB_PASSWORD."""
+    from .web.server import check_listen, serve
+
+    check_listen(settings)
+    logs.configure(settings.log_format)
+    return serve(settings)
