@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--to")
     lg.add_argument("--limit", type=int, default=20)
     lg.add_argument("--json", action="store_true")
+
+    wb = sub.add_parser("web", help="the operator console in the browser, /metrics and /healthz")
+    wb.add_argument("--listen", help="HOST:PORT (default: $BEANMAIL_WEB_LISTEN or 127.0.0.1:8025)")
     return p
 
 
@@ -126,6 +129,8 @@ def _main(argv: Sequence[str] | None) -> int:
             settings = settings.replace(spool=args.spool)
         if getattr(args, "threads", None):
             settings = settings_mod.validate(settings.replace(threads=args.threads))
+        if getattr(args, "listen", None):
+            settings = settings.replace(web_listen=args.listen)
         if getattr(args, "tubes", None):
             settings = settings.replace(tubes=tuple(t.strip() for t in args.tubes.split(",") if t.strip()))
     except settings_mod.SettingsError as exc:

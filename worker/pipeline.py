@@ -25,6 +25,7 @@ from .settings import Settings
 from .store import FINAL, Store, StoreUnavailable
 from .transports.smtp import Reply
 from .validate import check_envelope
+from .web.tally import tally_for
 
 
 _CRLF = re.compile(rb"\r\n|\r|\n")
@@ -67,6 +68,7 @@ class Pipeline:
         self.sender = mime.sender_address(settings.from_addr)
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
                                settings.in_doubt_delay)
+        self.tally = tally_for(store.location)  # the console's counts, written every few seconds
 
     # -- the loop's Stage interface -------------------------------------------------------------
     def handle(self, job: Reserved) -> Disposition:
@@ -80,6 +82,8 @@ class Pipeline:
             tube, attempt = job.tube, job.attempt  # the loop needs the stats now anyway
         log_result(result, job_id=job.id, tube=tube, attempt=attempt, started=started,
                    mask_addresses=self.settings.mask_addresses)
+        created = result.envelope.created_at if result.envelope is not None else 0
+        self.tally.record(tube, d.outcome, time.time() - created if created and d.outcome == "sent" else None)
         return d
 
     def reload(self) -> None:
@@ -87,6 +91,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.transport.close()
+        self.tally.flush(self.store)
 
     def run(self, body: bytes, attempt: Callable[[], int], touch: Callable[[], object] = lambda: None) -> Result:
         envelope: Envelope | None = None

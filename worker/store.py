@@ -75,7 +75,21 @@ MIGRATIONS: dict[int, str] = {
         created_at DOUBLE PRECISION NOT NULL
     )
     """,
+    20: """
+    CREATE TABLE console_counts (
+        minute BIGINT NOT NULL,         -- unix time // 60
+        tube TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        messages BIGINT NOT NULL,
+        latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0, -- seconds from enqueue to accepted, sent mail
+        """ + "".join(f"l{i} BIGINT NOT NULL DEFAULT 0, " for i in range(16)) + """
+        PRIMARY KEY (minute, tube, outcome)
+    )
+    """,
 }
+# Upper bounds (seconds) of the enqueue-to-accepted latency buckets, columns l0.. of
+# console_counts (counts per bucket, not cumulative); the last column counts what is above.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)
 # Numbers by owner: 1-9 the core, 10-19 feedback (bounces, DKIM), 20-29 the console and
 # metrics, 30-39 digests, 40-49 the worker registry. Gaps are fine; each runs once.
 FINAL = ("sent", "skipped", "bounced")
@@ -565,6 +579,140 @@ class Store:
             "SELECT job_id FROM failures WHERE server = ? GROUP BY job_id ORDER BY job_id DESC LIMIT ?",
             (server, limit))
         return [r[0] for r in rows]
+
+    # -- the console's figures (worker.web) --------------------------------------------------------
+    def add_console_counts(self, rows: Sequence[tuple[int, str, str, int, float, Sequence[int]]]) -> None:
+        """Counters a worker process gathered in memory, added in one statement:
+        (minute, tube, outcome, messages, latency_sum, per-bucket latency counts)."""
+        if not rows:
+            return
+        cols = ", ".join(f"l{i}" for i in range(len(LATENCY_BUCKETS) + 1))
+        marks = ", ".join("?" for _ in range(len(LATENCY_BUCKETS) + 6))
+        adds = ", ".join(f"{c} = console_counts.{c} + excluded.{c}"
+                         for c in ("messages", "latency_sum", *cols.split(", ")))
+        args: list[Any] = []
+        for minute, tube, outcome, messages, latency_sum, buckets in rows:
+            args += [minute, tube, outcome, messages, latency_sum, *buckets]
+        self._run(f"INSERT INTO console_counts (minute, tube, outcome, messages, latency_sum, {cols})"
+                  f" VALUES {', '.join(f'({marks})' for _ in rows)}"
+                  f" ON CONFLICT (minute, tube, outcome) DO UPDATE SET {adds}", args)
+
+    def console_rates(self, since_minute: int) -> list[tuple[int, str, int]]:
+        """(minute, outcome, messages) from ``since_minute`` on, every tube together."""
+        return [(int(m), str(o), int(n)) for m, o, n in self._all(
+            "SELECT minute, outcome, sum(messages) FROM console_counts WHERE minute >= ?"
+            " GROUP BY minute, outcome ORDER BY minute", (since_minute,))]
+
+    def console_totals(self) -> list[tuple[str, str, int]]:
+        """(tube, outcome, messages) since the store began: the pool's counters."""
+        return [(str(t), str(o), int(n)) for t, o, n in self._all(
+            "SELECT tube, outcome, sum(messages) FROM console_counts GROUP BY tube, outcome")]
+
+    def console_latency(self, since_minute: int = 0) -> tuple[list[int], float]:
+        """Per-bucket counts (LATENCY_BUCKETS, then above) and the sum of seconds, of mail sent
+        from ``since_minute`` on."""
+        cols = ", ".join(f"coalesce(sum(l{i}), 0)" for i in range(len(LATENCY_BUCKETS) + 1))
+        row = self._one(f"SELECT coalesce(sum(latency_sum), 0), {cols} FROM console_counts"
+                        f" WHERE minute >= ? AND outcome = 'sent'", (since_minute,))
+        return [int(x) for x in row[1:]], float(row[0])
+
+    def domain_figures(self, since: float, limit: int = 20) -> list[tuple[str, str, int]]:
+        """(recipient domain, outcome, deliveries) of the delivery log's rows changed since ``since``."""
+        domain = ("split_part(recipient, '@', 2)" if isinstance(self._db, _Postgres)
+                  else "substr(recipient, instr(recipient, '@') + 1)")
+        return [(str(d), str(o), int(n)) for d, o, n in self._all(
+            f"SELECT {domain} AS d, outcome, count(*) FROM deliveries WHERE updated_at >= ?"
+            f" AND {domain} IN (SELECT {domain} FROM deliveries WHERE updated_at >= ?"
+            f"  GROUP BY 1 ORDER BY count(*) DESC LIMIT ?) GROUP BY 1, 2", (since, since, limit))]
+
+    def suppression_counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._all("SELECT source, count(*) FROM suppression GROUP BY source")}
+
+    def suppression_search(self, text: str = "", limit: int = 200) -> list[tuple[str, str, str, float]]:
+        """Addresses containing ``text`` (any case), newest first."""
+        return [tuple(r) for r in self._all(
+            "SELECT address, source, reason, created_at FROM suppression WHERE address LIKE ?"
+            " ORDER BY created_at DESC LIMIT ?", (f"%{text.lower()}%", limit))]
+
+    def failures_of(self, server: str, job_id: int) -> list[tuple[str, str, str, str, float]]:
+        """Every time the job was buried: (tube, outcome, reason, body, created_at), oldest first."""
+        return [tuple(r) for r in self._all(
+            "SELECT tube, outcome, reason, body, created_at FROM failures WHERE server = ? AND job_id = ?"
+            " ORDER BY created_at", (server, job_id))]
+
+    def failures_mentioning(self, text: str, limit: int = 20) -> list[tuple[int, str, str, str, float]]:
+        """Buried records whose body holds ``text`` (a key): (job_id, tube, outcome, reason, created_at)."""
+        return [tuple(r) for r in self._all(
+            "SELECT job_id, tube, outcome, reason, created_at FROM failures WHERE body LIKE ?"
+            " ORDER BY created_at DESC LIMIT ?", (f"%{text}%", limit))]
+
+    # -- feedback: return paths, bounces, the bulk brake (worker/feedback) -----------------------
+    def remember_message(self, token: str, key: str, recipient: str, template: str, bulk: bool) -> None:
+        """What a VERP token names, written before the message goes (a bounce may outrun us)."""
+        self._run("INSERT INTO feedback_messages (token, key, recipient, template, bulk, created_at)"
+                  " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (token) DO UPDATE SET created_at = excluded.created_at",
+                  (token, key, recipient, template, int(bulk), time.time()))
+
+    def message_for_token(self, token: str) -> tuple[str, str, str, bool] | None:
+        row = self._one("SELECT key, recipient, template, bulk FROM feedback_messages WHERE token = ?", (token,))
+        return (row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def record_bounce(self, *, source: str, kind: str, classification: str, address: str = "", key: str = "",
+                      status: str = "", detail: str = "", raw: str = "") -> str:
+        bounce_id = f"{time.time_ns():x}{os.urandom(3).hex()}"
+        self._run("INSERT INTO bounces (id, received_at, source, kind, classification, address, key, status,"
+                  " detail, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (bounce_id, time.time(), source, kind, classification, address.lower(), key, status,
+                   detail[:2000], raw[:262144]))
+        return bounce_id
+
+    def bounces(self, limit: int = 100, address: str | None = None) -> list[dict[str, Any]]:
+        where, args = ("WHERE address = ?", [address.lower()]) if address else ("", [])
+        rows = self._all(f"SELECT id, received_at, source, kind, classification, address, key, status, detail"
+                         f" FROM bounces {where} ORDER BY received_at DESC LIMIT ?", (*args, limit))
+        names = ("id", "received_at", "source", "kind", "classification", "address", "key", "status", "detail")
+        return [dict(zip(names, r)) for r in rows]
+
+    def bounce_raw(self, bounce_id: str) -> str | None:
+        row = self._one("SELECT raw FROM bounces WHERE id = ?", (bounce_id,))
+        return row[0] if row else None
+
+    def soft_bounces(self, address: str, since: float) -> int:
+        row = self._one("SELECT count(*) FROM bounces WHERE address = ? AND classification = 'soft'"
+                        " AND received_at >= ?", (address.lower(), since))
+        return int(row[0])
+
+    def note_bounce(self, key: str, reason: str, reply: str) -> bool:
+        """A bounce that came back after the message was accepted, on the delivery's own row."""
+        return self._run("UPDATE deliveries SET outcome = 'bounced', reason = ?, reply = ?, updated_at = ?"
+                         " WHERE key = ? AND outcome IN ('sent', 'in_doubt', 'bounced')",
+                         (reason, reply, time.time(), key)) > 0
+
+    def note_complaint(self, token: str, key: str, reason: str) -> None:
+        with self._transaction():
+            self._db.execute("UPDATE feedback_messages SET complained = 1 WHERE token = ?", (token,))
+            self._db.execute("UPDATE deliveries SET reason = ?, updated_at = ? WHERE key = ?", (reason, time.time(), key))
+
+    def bulk_feedback(self, window: int, since: float = 0.0) -> tuple[int, int, int]:
+        """(sent, bounced, complained) over the last ``window`` bulk messages sent after ``since``."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(CASE WHEN d.outcome = 'bounced' THEN 1 ELSE 0 END), 0),"
+            " coalesce(sum(m.complained), 0) FROM (SELECT key, complained FROM feedback_messages"
+            " WHERE bulk = 1 AND created_at > ? ORDER BY created_at DESC LIMIT ?) m"
+            " JOIN deliveries d ON d.key = m.key WHERE d.outcome IN ('sent', 'bounced')", (since, window))
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def brake(self, name: str = "bulk") -> tuple[bool, str, float]:
+        """(engaged, reason, since): a brake never set is off since the beginning."""
+        row = self._one("SELECT engaged, reason, changed_at FROM brake WHERE name = ?", (name,))
+        return (bool(row[0]), row[1], float(row[2])) if row else (False, "", 0.0)
+
+    def set_brake(self, engaged: bool, reason: str, name: str = "bulk") -> bool:
+        """True when this call changed it (two workers tripping at once trip it once)."""
+        return self._run(
+            "INSERT INTO brake (name, engaged, reason, changed_at) VALUES (?, ?, ?, ?) ON CONFLICT (name)"
+            " DO UPDATE SET engaged = excluded.engaged, reason = excluded.reason, changed_at = excluded.changed_at"
+            " WHERE brake.engaged <> excluded.engaged", (name, int(engaged), reason, time.time())) > 0
 
     def close(self) -> None:
         self._db.close()

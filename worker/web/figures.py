@@ -1,0 +1,199 @@
+"""What the console shows, read from beanstalkd and the delivery store; shared by the pages and
+/metrics, so that both say the same."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import greenstalk
+
+from producer.client import connect
+
+from ..logs import mask, mask_text
+from ..ops import TUBES
+from ..settings import Settings
+from ..store import LATENCY_BUCKETS, Store
+
+STATES = ("ready", "reserved", "delayed", "buried")
+PLOTTED = ("sent", "deferred", "bounced", "poison", "skipped", "exhausted")
+
+
+@dataclass
+class Beanstalk:
+    url: str
+    error: str = ""
+    version: str = ""
+    workers: int = 0  # connections that reserve: every worker loop and fan-out
+    tubes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def beanstalk(settings: Settings, timeout: float = 3.0) -> Beanstalk:
+    """Every tube's counts and the age of its oldest job. beanstalkd lists no tube's jobs, so
+    "oldest" is the oldest of the jobs it can show: the next ready, the next delayed and the
+    first buried one."""
+    out = Beanstalk(settings.beanstalk_url)
+    try:
+        client = connect(settings.beanstalk_url, timeout=timeout, encoding=None)
+    except OSError as exc:
+        out.error = f"unreachable: {exc}"
+        return out
+    try:
+        with client:
+            stats = client.stats()
+            out.version, out.workers = str(stats.get("version", "")), int(stats["current-workers"])
+            present = set(client.tubes())
+            for tube in [t for t in TUBES if t in present] + sorted(present - set(TUBES) - {"default"}):
+                s = client.stats_tube(tube)
+                client.use(tube)
+                oldest = 0
+                for peek in (client.peek_ready, client.peek_delayed, client.peek_buried):
+                    try:
+                        oldest = max(oldest, int(client.stats_job(peek())["age"]))
+                    except greenstalk.NotFoundError:
+                        pass
+                out.tubes.append({
+                    "tube": tube, "ready": int(s["current-jobs-ready"]), "reserved": int(s["current-jobs-reserved"]),
+                    "delayed": int(s["current-jobs-delayed"]), "buried": int(s["current-jobs-buried"]),
+                    "watching": int(s["current-watching"]), "paused": int(s["pause-time-left"]),
+                    "oldest": oldest,
+                })
+    except (OSError, greenstalk.Error) as exc:
+        out.error = f"failed: {exc}"
+    return out
+
+
+def rates(store: Store, minutes: int = 180, now: float | None = None) -> tuple[list[int], dict[str, list[int]]]:
+    """Messages per minute by outcome over the last ``minutes``, oldest first; every outcome of
+    PLOTTED appears, the others when they occurred."""
+    last = int((time.time() if now is None else now) // 60)
+    first = last - minutes + 1
+    series: dict[str, list[int]] = {o: [0] * minutes for o in PLOTTED}
+    for minute, outcome, n in store.console_rates(first):
+        if first <= minute <= last:
+            series.setdefault(outcome, [0] * minutes)[minute - first] += n
+    return list(range(first, last + 1)), series
+
+
+def quantile(buckets: list[int], q: float) -> float | None:
+    """The ``q`` quantile of a bucketed latency, interpolated inside its bucket (what Prometheus'
+    histogram_quantile does); None without data."""
+    total = sum(buckets)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for i, n in enumerate(buckets):
+        if seen + n >= rank and n:
+            lower = LATENCY_BUCKETS[i - 1] if i else 0.0
+            if i >= len(LATENCY_BUCKETS):
+                return lower  # above the last bound: at least that
+            return lower + (LATENCY_BUCKETS[i] - lower) * (rank - seen) / n
+        seen += n
+    return LATENCY_BUCKETS[-1]
+
+
+def latency(store: Store, minutes: int = 60, now: float | None = None) -> dict[str, Any]:
+    since = int((time.time() if now is None else now) // 60) - minutes + 1
+    buckets, total = store.console_latency(since)
+    count = sum(buckets)
+    return {"count": count, "p50": quantile(buckets, 0.5), "p99": quantile(buckets, 0.99),
+            "mean": total / count if count else None}
+
+
+def domains(store: Store, settings: Settings, hours: float = 3, now: float | None = None) -> list[dict[str, Any]]:
+    since = (time.time() if now is None else now) - hours * 3600
+    table: dict[str, dict[str, Any]] = {}
+    for domain, outcome, n in store.domain_figures(since):
+        row = table.setdefault(domain, {"domain": domain, "sent": 0, "deferred": 0, "bounced": 0, "other": 0})
+        row[outcome if outcome in ("sent", "deferred", "bounced") else "other"] += n
+    for row in table.values():
+        row["rate"] = settings.rate_for(row["domain"])
+        row["total"] = row["sent"] + row["deferred"] + row["bounced"] + row["other"]
+    return sorted(table.values(), key=lambda r: -r["total"])
+
+
+def brake(store: Store) -> str:
+    """The bounce brake belongs to the feedback stage; a store without it says so."""
+    state = getattr(store, "brake_state", None)
+    if state is None:
+        return "not installed (arrives with bounce handling)"
+    return str(state())
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
+
+
+# -- job bodies -------------------------------------------------------------------------------------
+_SECRET = re.compile(r"sig|secret|password|passwd|token|auth|api[_-]?key", re.I)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("(hidden)" if _SECRET.search(str(k)) else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def envelope_of(body: str) -> dict[str, Any] | None:
+    """The job's envelope as an object: a signed v2 job's inner text is parsed, its signature
+    dropped. None when the body is not a JSON object."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("signed"), str):
+        try:
+            inner = json.loads(obj["signed"])
+        except ValueError:
+            return {k: v for k, v in obj.items() if k != "sig"}
+        if isinstance(inner, dict):
+            return inner
+    return obj
+
+
+def shown_body(body: str, masked: bool) -> str:
+    """A job body for a page: pretty-printed, signatures and secrets hidden, addresses masked."""
+    obj = envelope_of(body)
+    if obj is None:
+        text = body if len(body) <= 4096 else body[:4096] + "…"
+    else:
+        text = json.dumps(_redact(obj), indent=2, ensure_ascii=False)
+    return mask_text(text) if masked else text
+
+
+def summary(body: str, masked: bool) -> tuple[str, str]:
+    """(template, recipient) of a job body, as far as it can be read."""
+    obj = envelope_of(body) or {}
+    template = str(obj.get("template") or obj.get("kind") or "")
+    to = obj.get("to")
+    if isinstance(to, list):
+        first = to[0] if to else ""
+        more = f" (+{len(to) - 1})" if len(to) > 1 else ""
+    else:
+        first, more = to, ""
+    if isinstance(first, dict):
+        first = first.get("address") or first.get("email") or ""
+    address = str(first or "")
+    if address and masked:
+        address = mask(address) if "@" in address and "<" not in address else mask_text(address)
+    return template, address + more
+
+
+def latency_empty() -> dict[str, Any]:
+    return {"count": 0, "p50": None, "p99": None, "mean": None}

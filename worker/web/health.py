@@ -1,0 +1,28 @@
+"""/healthz: can the console reach beanstalkd and the store right now. Unauthenticated (a load
+balancer or supervisor probe has no password) and it says only what is down."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from producer.client import connect
+
+from ..store import StoreCorrupt, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .app import Console
+
+
+def check(console: "Console", timeout: float = 2.0) -> list[str]:
+    problems = []
+    try:
+        with connect(console.settings.beanstalk_url, timeout=timeout, encoding=None) as client:
+            client.stats()
+    except Exception as exc:  # noqa: BLE001 - whatever it is, beanstalkd does not answer
+        problems.append(f"beanstalkd: not answering: {exc}")
+    try:
+        console.with_store(lambda s: s.schema())
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        console.close()
+        problems.append(f"store: not answering: {exc}")
+    return problems

@@ -1,0 +1,72 @@
+"""/metrics in Prometheus' text format, for the whole pool: a custom collector reads beanstalkd
+and the delivery store (where every worker process adds its counts every few seconds) at each
+scrape, so one scrape of the console sees every worker on every host."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..store import LATENCY_BUCKETS, StoreCorrupt, StoreUnavailable
+from . import figures
+
+if TYPE_CHECKING:
+    from .app import Console
+
+
+class PoolCollector:
+    def __init__(self, console: "Console") -> None:
+        self.console = console
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("beanmail_up", "1 when the console could read the component at this scrape",
+                               labels=["component"])
+        bs = figures.beanstalk(self.console.settings)
+        up.add_metric(["beanstalkd"], 0 if bs.error else 1)
+        if not bs.error:
+            jobs = GaugeMetricFamily("beanmail_tube_jobs", "jobs in each tube by state", labels=["tube", "state"])
+            for t in bs.tubes:
+                for state in figures.STATES:
+                    jobs.add_metric([t["tube"], state], t[state])
+            yield jobs
+            yield GaugeMetricFamily("beanmail_workers", "connections reserving jobs from beanstalkd"
+                                    " (worker loops and fan-out)", value=bs.workers)
+            oldest = GaugeMetricFamily("beanmail_tube_oldest_job_seconds", "age of the oldest job beanstalkd"
+                                       " shows in each tube (next ready, next delayed, first buried)", labels=["tube"])
+            for t in bs.tubes:
+                oldest.add_metric([t["tube"]], t["oldest"])
+            yield oldest
+        try:
+            totals, (buckets, total_s), suppressed = self.console.with_store(
+                lambda s: (s.console_totals(), s.console_latency(0), s.suppression_counts()))
+        except (StoreUnavailable, StoreCorrupt):
+            up.add_metric(["store"], 0)
+            yield up
+            return
+        up.add_metric(["store"], 1)
+        yield up
+        messages = CounterMetricFamily("beanmail_messages", "jobs the mail workers finished, by outcome and tube",
+                                       labels=["outcome", "tube"])
+        for tube, outcome, n in totals:
+            messages.add_metric([outcome, tube], n)
+        yield messages
+        cumulative, running = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), buckets):
+            running += n
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily("beanmail_delivery_seconds", "enqueue to accepted by the SMTP server,"
+                                    " sent mail", buckets=cumulative, sum_value=total_s)
+        gauge = GaugeMetricFamily("beanmail_suppressed", "addresses on the suppression list by source",
+                                  labels=["source"])
+        for source in sorted({"bounce", "unsubscribe", "operator", *suppressed}):
+            gauge.add_metric([source], suppressed.get(source, 0))
+        yield gauge
+
+
+def exposition(console: "Console") -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PoolCollector(console))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

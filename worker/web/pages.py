@@ -1,0 +1,317 @@
+"""The console's pages and actions. Reads go through ``figures`` and ``ops``; every action is a
+POST (the app checked its CSRF token) answered by a redirect to the page it came from."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import greenstalk
+
+from producer.client import connect, parse_recipient
+
+from .. import ops
+from ..logs import mask, mask_text
+from . import figures
+from .plot import Series, line_plot
+from .templates import CSS, ENV
+
+if TYPE_CHECKING:
+    from .app import Console, Request, Response
+
+
+def _age(seconds: float | int | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "–"
+
+
+TITLES = {"overview.html": "Overview", "buried.html": "Buried jobs", "job.html": "Job", "log.html": "Delivery log",
+          "suppressions.html": "Suppression list"}
+
+
+def render(console: "Console", req: "Request", template: str, status: int = 200, **context: Any) -> "Response":
+    from .app import Response
+
+    context.setdefault("error", "")
+    context.setdefault("title", TITLES[template])
+    page = ENV.get_template(template).render(
+        root=req.root, here=context.pop("here", req.path), csrf=req.environ.get("beanmail.csrf", ""),
+        beanstalk_url=console.settings.beanstalk_url, flash=req.query.get("done", ""), age=_age, when=_when,
+        seconds=figures.fmt_seconds, **context)
+    return Response(status, page)
+
+
+def _addr(console: "Console", address: str) -> str:
+    return mask(address) if console.masked else address
+
+
+def _text(console: "Console", text: str) -> str:
+    return mask_text(text) if console.masked else text
+
+
+# -- overview ---------------------------------------------------------------------------------------
+HOURS = 3
+
+
+def overview(console: "Console", req: "Request") -> "Response":
+    bs = figures.beanstalk(console.settings)
+    sup = ops.supervisor_processes(console.settings)
+    error = ""
+    try:
+        minutes, series, lat, domains, brake = console.with_store(lambda s: (
+            *figures.rates(s, HOURS * 60), figures.latency(s), figures.domains(s, console.settings, HOURS),
+            figures.brake(s)))
+    except (ops.StoreUnavailable, ops.StoreCorrupt) as exc:
+        error = f"the delivery store is not available: {exc}"
+        minutes, series, lat, domains, brake = [], {}, figures.latency_empty(), [], "–"
+    last = len(minutes) - 1
+    labels = {last - 60 * k: ("now" if k == 0 else f"-{k} h") for k in range(HOURS + 1) if last - 60 * k >= 0}
+    plot = line_plot([Series(name, values) for name, values in series.items()], x_labels=labels,
+                     title=f"messages per minute by outcome, last {HOURS} hours", unit="/min", plot_id="rates")
+    for d in domains:
+        d["domain"] = d["domain"] if not console.masked or "@" not in d["domain"] else mask(d["domain"])
+    return render(console, req, "overview.html", bs=bs, processes=sup.get("processes", []),
+                  supervisor_error=sup.get("error", ""), plot=_markup(plot), hours=HOURS,
+                  legend=[(n, sum(v)) for n, v in series.items()], lat=lat, domains=domains, brake=brake,
+                  error=error or (f"beanstalkd {bs.error}" if bs.error else ""))
+
+
+def _markup(svg: str) -> Any:
+    from markupsafe import Markup
+
+    return Markup(svg)  # built by plot.py, which escapes every text it writes
+
+
+# -- buried jobs ------------------------------------------------------------------------------------
+def buried(console: "Console", req: "Request") -> "Response":
+    tube = req.query.get("tube") or None
+    error, jobs = "", []
+    try:
+        jobs = ops.buried(console.settings, tube=tube, limit=200)
+    except ops.OpsError as exc:
+        error = str(exc)
+    for j in jobs:
+        j["template"], j["recipient"] = figures.summary(j["body"], console.masked)
+        j["reason"] = _text(console, j["reason"])
+    counts = [(t["tube"], t["buried"]) for t in figures.beanstalk(console.settings).tubes if t["buried"]]
+    if tube:
+        counts = [c for c in counts if c[0] == tube]
+    return render(console, req, "buried.html", here="/buried", tube=tube, jobs=jobs, counts=counts, error=error)
+
+
+def _back(req: "Request") -> str:
+    tube = req.form.get("tube")
+    return f"/buried?tube={tube}" if tube and req.form.get("all") is None else "/buried"
+
+
+def kick(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+
+    f = req.form
+    try:
+        if f.get("job", "").isdigit():
+            ops.kick(console.settings, job=int(f["job"]))
+            return Response.redirect(req, "/buried", done=f"kicked job {f['job']}")
+        if f.get("all") == "1":
+            kicked = ops.kick(console.settings, tube=f.get("tube") or None, every=True)
+            said = ", ".join(f"{t}: {n}" for t, n in kicked.items()) or "nothing was buried"
+            return Response.redirect(req, "/buried", done=f"kicked {said}")
+    except ops.OpsError as exc:
+        return Response.redirect(req, "/buried", done=f"not kicked: {exc}")
+    return Response.text(400, "say which: job=ID, or all=1 (with tube=T for one tube)\n")
+
+
+def delete(console: "Console", req: "Request") -> "Response":
+    """One buried job, or every buried job of one tube (as the CLI: one tube at a time)."""
+    from .app import Response
+
+    f = req.form
+    try:
+        if f.get("job", "").isdigit():
+            job = int(f["job"])
+            if _state(console, job) != "buried":  # kicked or taken meanwhile: not what was shown
+                return Response.redirect(req, "/buried", done=f"job {job} is no longer buried; nothing deleted")
+            ops.delete(console.settings, job=job)
+            return Response.redirect(req, "/buried", done=f"deleted job {job}")
+        if f.get("all") == "1" and f.get("tube"):
+            deleted = ops.delete(console.settings, tube=f["tube"])
+            return Response.redirect(req, "/buried", done=f"deleted {deleted.get(f['tube'], 0)} buried job(s)"
+                                                           f" of {f['tube']}")
+    except ops.OpsError as exc:
+        return Response.redirect(req, "/buried", done=f"not deleted: {exc}")
+    return Response.text(400, "say which: job=ID, or all=1 with tube=T\n")
+
+
+def _state(console: "Console", job: int) -> str | None:
+    try:
+        with connect(console.settings.beanstalk_url, timeout=5, encoding=None) as c:
+            return str(c.stats_job(job)["state"])
+    except greenstalk.NotFoundError:
+        return None
+    except OSError as exc:
+        raise ops.OpsError(f"beanstalkd is unreachable: {exc}") from None
+
+
+# -- one job ----------------------------------------------------------------------------------------
+def job(console: "Console", req: "Request", job_id: str) -> "Response":
+    jid = int(job_id)
+    settings = console.settings
+    view, error = None, ""
+    try:
+        view = console.with_store(lambda s: _peek(settings, s, jid))
+    except ops.OpsError as exc:
+        error = str(exc)
+    history = console.with_store(lambda s: s.failures_of(settings.beanstalk_url, jid))
+    body = view["body"] if view else (history[-1][3] if history else None)
+    deliveries = []
+    if body is not None:
+        key = (figures.envelope_of(body) or {}).get("id")
+        if isinstance(key, str) and key:
+            deliveries = _deliveries(console, console.with_store(lambda s: s.deliveries(key=key, limit=5)))
+    if view and view.get("reason"):
+        view["reason"] = _text(console, view["reason"])
+    return render(console, req, "job.html", here="/buried", job_id=jid, view=view, error=error,
+                  history=[{"tube": t, "outcome": o, "reason": _text(console, r), "at": at}
+                           for t, o, r, _, at in history],
+                  deliveries=deliveries, body=None if body is None else figures.shown_body(body, console.masked))
+
+
+def _peek(settings: Any, store: Any, jid: int) -> dict[str, Any] | None:
+    with ops._client(settings) as client:
+        return ops._job_view(client, store, settings, jid)
+
+
+# -- the delivery log -------------------------------------------------------------------------------
+def _deliveries(console: "Console", rows: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        buried_rows = console.with_store(lambda s: s.failures_mentioning(r.key, limit=10)) if r.key else []
+        out.append({
+            "key": _text(console, r.key), "recipient": ", ".join(_addr(console, a) for a in r.recipient.split(",")),
+            "template": r.template, "outcome": r.outcome, "attempts": r.attempts, "updated_at": r.updated_at,
+            "detail": _text(console, "; ".join(x for x in (r.reason, r.reply) if x)),
+            "buried": [{"job": j, "tube": t, "outcome": o, "reason": _text(console, why), "at": at}
+                       for j, t, o, why, at in buried_rows],
+        })
+    return out
+
+
+def log(console: "Console", req: "Request") -> "Response":
+    q = req.query.get("q", "").strip()
+    searched = ""
+    if not q:
+        rows = console.with_store(lambda s: s.deliveries(limit=50))
+    else:
+        rows = console.with_store(lambda s: s.deliveries(key=q, limit=50))
+        searched = "by key"
+        if not rows and "@" in q:
+            try:
+                address = parse_recipient(q).address.lower()
+            except ValueError:
+                address = ""
+            if address:
+                rows = console.with_store(lambda s: s.deliveries(recipient=address, limit=50))
+                searched = f"by recipient {_addr(console, address)}"
+    return render(console, req, "log.html", q=q, searched=searched, deliveries=_deliveries(console, rows))
+
+
+# -- suppressions -----------------------------------------------------------------------------------
+def suppressions(console: "Console", req: "Request") -> "Response":
+    q = req.query.get("q", "").strip()
+    if "<" in q:
+        try:
+            q = parse_recipient(q).address
+        except ValueError:
+            pass
+    rows = console.with_store(lambda s: s.suppression_search(q, limit=200))
+    counts = sorted(console.with_store(lambda s: s.suppression_counts()).items())
+    return render(console, req, "suppressions.html", q=q, counts=counts, rows=[
+        {"address": _addr(console, a), "source": src, "reason": _text(console, why), "at": at,
+         "ref": console.sign("suppression:" + a)} for a, src, why, at in rows])
+
+
+def suppress_add(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+
+    try:
+        address = parse_recipient(req.form.get("address", "")).address
+    except ValueError as exc:
+        return Response.redirect(req, "/suppressions", done=f"not added: {exc}")
+    reason = req.form.get("reason", "").strip() or "added by operator"
+    console.with_store(lambda s: s.suppress(address, reason, "operator"))
+    return Response.redirect(req, "/suppressions", done=f"suppressed {_addr(console, address.lower())}")
+
+
+def suppress_remove(console: "Console", req: "Request") -> "Response":
+    """The form names the address by an opaque reference (the page shows it masked)."""
+    from .app import Response
+
+    ref = req.form.get("ref", "")
+    address = next((a for a, *_ in console.with_store(lambda s: s.suppression_list())
+                    if console.sign("suppression:" + a) == ref), None)
+    if address is None:
+        return Response.redirect(req, "/suppressions", done="not removed: no such entry (removed meanwhile?)")
+    console.with_store(lambda s: s.unsuppress(address))
+    return Response.redirect(req, "/suppressions", done=f"removed {_addr(console, address)}")
+
+
+# -- the rest ---------------------------------------------------------------------------------------
+def stylesheet(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+
+    return Response(200, CSS, "text/css; charset=utf-8")
+
+
+def metrics(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+    from .metrics import exposition
+
+    body, content_type = exposition(console)
+    return Response(200, body, content_type)
+
+
+def healthz(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+    from .health import check
+
+    problems = check(console)
+    return Response.text(503, "".join(f"{p}\n" for p in problems)) if problems else Response.text(200, "ok\n")
+
+
+ROUTES: dict[tuple[str, str], Callable[..., "Response"]] = {
+    ("GET", "/"): overview, ("GET", "/buried"): buried, ("POST", "/buried/kick"): kick,
+    ("POST", "/buried/delete"): delete, ("GET", "/job/(\\d+)"): job, ("GET", "/log"): log,
+    ("GET", "/suppressions"): suppressions, ("POST", "/suppressions/add"): suppress_add,
+    ("POST", "/suppressions/remove"): suppress_remove, ("GET", "/static/console.css"): stylesheet,
+    ("GET", "/metrics"): metrics, ("GET", "/healthz"): healthz,
+}
+
+
+def route(routes: dict[tuple[str, str], Callable[..., "Response"]], req: "Request") -> tuple[Any, Any]:
+    """(handler, path arguments), or (None, the error response)."""
+    from .app import Response
+
+    method = "GET" if req.method == "HEAD" else req.method
+    allowed = False
+    for (m, pattern), handler in routes.items():
+        match = re.fullmatch(pattern, req.path)
+        if match:
+            if m == method:
+                return handler, match.groups()
+            allowed = True
+    if allowed:
+        return None, Response.text(405, "method not allowed\n")
+    return None, Response.text(404, "no such page\n")

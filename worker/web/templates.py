@@ -1,0 +1,157 @@
+"""The console's pages: jinja2 templates kept in the package as text (nothing to install beside
+the code), autoescaped, undefined names an error."""
+
+from __future__ import annotations
+
+import jinja2
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#212529;background:#f8f9fa}
+header{background:#212529;color:#f8f9fa;padding:.6rem 1.2rem;display:flex;gap:1.4rem;align-items:baseline}
+header a{color:#dee2e6;text-decoration:none}header a.here{color:#fff;font-weight:600}
+header .brand{font-weight:700;color:#fff}
+main{padding:1rem 1.2rem;max-width:1100px}
+h1{font-size:1.3rem;margin:.2rem 0 1rem}h2{font-size:1.05rem;margin:1.4rem 0 .5rem}
+table{border-collapse:collapse;background:#fff;margin-bottom:.6rem}
+th,td{padding:.3rem .7rem;border-bottom:1px solid #e9ecef;text-align:left;vertical-align:top}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.bad{color:#c92a2a;font-weight:600}.warn{color:#e8590c}.ok{color:#2b8a3e}
+.flash{background:#e7f5ff;border:1px solid #a5d8ff;padding:.5rem .8rem;margin-bottom:1rem}
+.error{background:#fff5f5;border:1px solid #ffc9c9;padding:.5rem .8rem;margin-bottom:1rem}
+form.inline{display:inline;margin:0}button{cursor:pointer}
+button.danger{color:#c92a2a}
+pre{background:#fff;border:1px solid #dee2e6;padding:.7rem;overflow:auto;max-width:100%}
+.figures{display:flex;gap:2rem;flex-wrap:wrap}.figure{background:#fff;border:1px solid #e9ecef;padding:.5rem 1rem}
+.figure b{display:block;font-size:1.3rem}
+.legend span{display:inline-block;margin-right:1rem}.legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
+.sw-sent{background:#2b8a3e}.sw-skipped{background:#868e96}.sw-deferred{background:#e8590c}.sw-bounced{background:#c92a2a}
+.sw-poison{background:#862e9c}.sw-exhausted{background:#5c3d0e}.sw-in_doubt{background:#1971c2}
+.muted{color:#868e96}
+"""
+
+BASE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }} · beanmail</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="{{ root }}/static/console.css"></head>
+<body><header><span class="brand">beanmail</span>
+{% for href, label in [("/", "Overview"), ("/buried", "Buried"), ("/log", "Log"), ("/suppressions", "Suppressions"), ("/metrics", "Metrics")] %}
+<a href="{{ root }}{{ href }}"{% if href == here %} class="here"{% endif %}>{{ label }}</a>{% endfor %}
+<span class="muted">{{ beanstalk_url }}</span></header>
+<main>{% if flash %}<div class="flash" id="flash">{{ flash }}</div>{% endif %}
+{% if error %}<div class="error" id="error">{{ error }}</div>{% endif %}
+{% block main %}{% endblock %}</main></body></html>
+"""
+
+OVERVIEW = """{% extends "base.html" %}{% block main %}
+<h1>Overview</h1>
+{% if bs.error %}<p class="bad">beanstalkd {{ bs.url }}: {{ bs.error }}</p>{% endif %}
+<h2>Tubes</h2>
+<table id="tubes"><tr><th>tube</th><th class="n">ready</th><th class="n">reserved</th><th class="n">delayed</th>
+<th class="n">buried</th><th class="n">oldest job</th><th class="n">watching</th><th class="n">paused</th></tr>
+{% for t in bs.tubes %}<tr data-tube="{{ t.tube }}"><td>{{ t.tube }}</td><td class="n">{{ t.ready }}</td>
+<td class="n">{{ t.reserved }}</td><td class="n">{{ t.delayed }}</td>
+<td class="n">{% if t.buried %}<a class="bad" href="{{ root }}/buried?tube={{ t.tube }}">{{ t.buried }}</a>{% else %}0{% endif %}</td>
+<td class="n">{{ age(t.oldest) if t.ready or t.delayed or t.buried else "–" }}</td><td class="n">{{ t.watching }}</td>
+<td class="n">{{ t.paused ~ " s" if t.paused else "" }}</td></tr>
+{% else %}<tr><td colspan="8" class="muted">no tube yet</td></tr>{% endfor %}</table>
+<p>Workers connected to beanstalkd: <b id="workers">{{ bs.workers }}</b>{% if processes %} ·
+supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING' else 'bad' }}">{{ p.name }} {{ p.state }}</span>{{ ", " if not loop.last }}{% endfor %}{% elif supervisor_error %} · <span class="muted">supervisord {{ supervisor_error }}</span>{% endif %}</p>
+
+<h2>Delivery rates, messages per minute, last {{ hours }} hours</h2>
+{{ plot }}
+<div class="legend">{% for name, total in legend %}<span><i class="sw-{{ name }}"></i>{{ name }} {{ total }}</span>{% endfor %}</div>
+
+<h2>Enqueue to accepted (sent mail, last hour)</h2>
+<div class="figures">
+<div class="figure">p50<b id="p50">{{ seconds(lat.p50) }}</b></div>
+<div class="figure">p99<b id="p99">{{ seconds(lat.p99) }}</b></div>
+<div class="figure">messages<b>{{ lat.count }}</b></div>
+<div class="figure">bounce brake<b>{{ brake }}</b></div>
+</div>
+
+<h2>Recipient domains, last {{ hours }} hours (delivery log)</h2>
+<table id="domains"><tr><th>domain</th><th class="n">sent</th><th class="n">deferred</th><th class="n">bounced</th><th class="n">other</th><th class="n">rate limit</th></tr>
+{% for d in domains %}<tr><td>{{ d.domain }}</td><td class="n">{{ d.sent }}</td><td class="n">{{ d.deferred }}</td>
+<td class="n">{{ d.bounced }}</td><td class="n">{{ d.other }}</td><td class="n">{{ (d.rate ~ "/s") if d.rate else "none" }}</td></tr>
+{% else %}<tr><td colspan="6" class="muted">nothing delivered in this time</td></tr>{% endfor %}</table>
+{% endblock %}
+"""
+
+BURIED = """{% extends "base.html" %}{% block main %}
+<h1>Buried jobs{% if tube %} in {{ tube }}{% endif %}</h1>
+<p>Kicking moves a job back to ready for the workers to try again; a poison job is buried again
+until its cause (template, producer) is fixed. Deleting removes it for good; the store keeps why it was buried.</p>
+{% if counts %}<table id="buried-tubes"><tr><th>tube</th><th class="n">buried</th><th></th></tr>
+{% for t, n in counts %}<tr><td><a href="{{ root }}/buried?tube={{ t }}">{{ t }}</a></td><td class="n">{{ n }}</td><td>
+<form class="inline" method="post" action="{{ root }}/buried/kick"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="tube" value="{{ t }}"><input type="hidden" name="all" value="1"><button id="kick-all-{{ t }}">kick all {{ n }}</button></form>
+<form class="inline" method="post" action="{{ root }}/buried/delete"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="tube" value="{{ t }}"><input type="hidden" name="all" value="1"><button class="danger" id="delete-all-{{ t }}">delete all {{ n }}</button></form>
+</td></tr>{% endfor %}</table>
+<form method="post" action="{{ root }}/buried/kick"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="all" value="1"><button id="kick-all">kick every buried job of every tube</button></form>
+{% endif %}
+<h2>Jobs</h2>
+<table id="buried"><tr><th>job</th><th>tube</th><th>outcome</th><th>reason</th><th>template</th><th>recipient</th><th class="n">age</th><th></th></tr>
+{% for j in jobs %}<tr data-job="{{ j.id }}"><td><a href="{{ root }}/job/{{ j.id }}">{{ j.id }}</a></td><td>{{ j.tube }}</td>
+<td>{{ j.outcome or "?" }}</td><td>{{ j.reason or "(no reason recorded)" }}</td><td>{{ j.template }}</td><td>{{ j.recipient }}</td>
+<td class="n">{{ age(j.age) }}</td><td>
+<form class="inline" method="post" action="{{ root }}/buried/kick"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="job" value="{{ j.id }}"><button id="kick-{{ j.id }}">kick</button></form>
+<form class="inline" method="post" action="{{ root }}/buried/delete"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="job" value="{{ j.id }}"><button class="danger" id="delete-{{ j.id }}">delete</button></form></td></tr>
+{% else %}<tr><td colspan="8" class="muted" id="none-buried">no buried jobs</td></tr>{% endfor %}</table>
+{% endblock %}
+"""
+
+JOB = """{% extends "base.html" %}{% block main %}
+<h1>Job {{ job_id }}</h1>
+{% if view %}<table id="job"><tr><th>tube</th><td>{{ view.tube }}</td></tr><tr><th>state</th><td id="state">{{ view.state }}</td></tr>
+<tr><th>age</th><td>{{ age(view.age) }}</td></tr><tr><th>priority</th><td>{{ view.pri }}</td></tr>
+<tr><th>reserves / releases / buries / kicks</th><td>{{ view.reserves }} / {{ view.releases }} / {{ view.buries }} / {{ view.kicks }}</td></tr>
+{% if view.reason %}<tr><th>reason</th><td>{{ view.outcome }}: {{ view.reason }}</td></tr>{% endif %}</table>
+{% else %}<p id="state">Not in beanstalkd: it finished (sent, skipped and bounced jobs leave it) or was deleted.</p>{% endif %}
+{% if history %}<h2>Buried before</h2><table><tr><th>when</th><th>tube</th><th>outcome</th><th>reason</th></tr>
+{% for h in history %}<tr><td>{{ when(h.at) }}</td><td>{{ h.tube }}</td><td>{{ h.outcome }}</td><td>{{ h.reason }}</td></tr>{% endfor %}</table>{% endif %}
+{% if deliveries %}<h2>Delivery log for its key</h2>{% include "deliveries.html" %}{% endif %}
+{% if body is not none %}<h2>Body</h2><pre id="body">{{ body }}</pre>{% endif %}
+{% endblock %}
+"""
+
+DELIVERIES = """<table class="deliveries"><tr><th>last change</th><th>outcome</th><th>key</th><th>recipient</th><th>template</th><th class="n">attempts</th><th>reason / reply</th></tr>
+{% for d in deliveries %}<tr><td>{{ when(d.updated_at) }}</td><td>{{ d.outcome }}</td><td>{{ d.key }}</td><td>{{ d.recipient }}</td><td>{{ d.template }}</td>
+<td class="n">{{ d.attempts }}</td><td>{{ d.detail }}</td></tr>
+{% for f in d.buried %}<tr class="muted"><td>{{ when(f.at) }}</td><td>buried ({{ f.outcome }})</td><td colspan="4"><a href="{{ root }}/job/{{ f.job }}">job {{ f.job }}</a> in {{ f.tube }}</td><td>{{ f.reason }}</td></tr>{% endfor %}
+{% endfor %}</table>
+"""
+
+LOG = """{% extends "base.html" %}{% block main %}
+<h1>Delivery log</h1>
+<form method="get" action="{{ root }}/log"><input name="q" value="{{ q }}" size="50" placeholder="idempotency key, or a recipient: Zoë &lt;zoe@example.com&gt;">
+<button>search</button></form>
+{% if q %}<p>{{ searched }}</p>{% if deliveries %}{% include "deliveries.html" %}{% else %}<p id="nothing">nothing recorded</p>{% endif %}
+{% else %}<h2>Latest</h2>{% include "deliveries.html" %}{% endif %}
+{% endblock %}
+"""
+
+SUPPRESSIONS = """{% extends "base.html" %}{% block main %}
+<h1>Suppression list</h1>
+<p>{% for source, n in counts %}{{ source }}: <b>{{ n }}</b>{{ " · " if not loop.last }}{% else %}the list is empty{% endfor %}</p>
+<form method="get" action="{{ root }}/suppressions"><input name="q" value="{{ q }}" placeholder="part of an address"><button>search</button></form>
+<h2>Add</h2>
+<form method="post" action="{{ root }}/suppressions/add"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input name="address" size="36" placeholder="address" required> <input name="reason" size="30" value="added by operator"> <button id="suppress-add">add</button></form>
+<h2>{% if q %}Matching “{{ q }}”{% else %}Newest{% endif %}</h2>
+<table id="suppressions"><tr><th>address</th><th>source</th><th>reason</th><th>since</th><th></th></tr>
+{% for r in rows %}<tr><td>{{ r.address }}</td><td>{{ r.source }}</td><td>{{ r.reason }}</td><td>{{ when(r.at) }}</td><td>
+<form class="inline" method="post" action="{{ root }}/suppressions/remove"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="ref" value="{{ r.ref }}"><button class="danger">remove</button></form></td></tr>
+{% else %}<tr><td colspan="5" class="muted">none</td></tr>{% endfor %}</table>
+{% endblock %}
+"""
+
+ENV = jinja2.Environment(
+    loader=jinja2.DictLoader({"base.html": BASE, "overview.html": OVERVIEW, "buried.html": BURIED, "job.html": JOB,
+                              "deliveries.html": DELIVERIES, "log.html": LOG, "suppressions.html": SUPPRESSIONS}),
+    autoescape=True, undefined=jinja2.StrictUndefined,
+)
