@@ -6,6 +6,7 @@ WORKER = [
     "structlog>=23.1",
     "supervisor>=4.2",
     "email-validator>=2.1,<3",
+    "prometheus_client>=0.17",  # the console's /metrics
 ]
 
 setup(
@@ -21,7 +22,8 @@ setup(
     ],
     extras_require={
         "worker": WORKER,
-        "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3"],
+        "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3",
+                 "selenium>=4.10"],  # drives Debian's chromium + chromium-driver (setup.sh installs them)
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],
         "postgresql": ["psycopg[binary]>=3.1"],
