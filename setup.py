@@ -6,6 +6,9 @@ WORKER = [
     "structlog>=23.1",
     "supervisor>=4.2",
     "email-validator>=2.1,<3",
+    "dkimpy[ed25519]>=1.1",  # DKIM signing (worker/dkim.py); pynacl for Ed25519 keys
+    "cryptography>=41",  # reads any PEM key for dkimpy, writes new ones
+    "flufl.bounce>=4.0",  # detectors for bounces that are not RFC 3464 DSNs
     "prometheus_client>=0.17",  # the console's /metrics
 ]
 

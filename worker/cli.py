@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     wb = sub.add_parser("web", help="the operator console in the browser, /metrics and /healthz")
     wb.add_argument("--listen", help="HOST:PORT (default: $BEANMAIL_WEB_LISTEN or 127.0.0.1:8025)")
+    from .feedback import commands as feedback_commands
+
+    feedback_commands.register(sub)  # dkim keygen, bounce, bounces [fetch], resume
     return p
 
 
@@ -138,7 +141,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EX_CONFIG
     from . import commands
 
-    handler = getattr(commands, f"cmd_{args.command}")
+    handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
     try:
         return int(handler(settings, args) or 0)
     except settings_mod.SettingsError as exc:

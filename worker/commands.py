@@ -149,7 +149,10 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Exit status 1 when beanstalkd is unreachable, so a monitor can use it as a check."""
+    from .feedback.commands import brake_line, brake_status
+
     status = ops.status(settings)
+    status["brake"] = brake_status(settings)  # why bulk mail holds, if it does
     down = int("error" in status["beanstalkd"])
     if args.json:
         _print_json(status)
@@ -160,6 +163,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         for t in status["tubes"]:
             print(f"  {t['tube']:<14}{t['ready']:>8}{t['urgent']:>8}{t['reserved']:>10}{t['delayed']:>9}"
                   f"{t['buried']:>8}{t['paused']:>8}{t['watching']:>9}")
+    print(brake_line(status["brake"]))
     sup = status["supervisor"]
     if "error" in sup:
         print(f"supervisord: {sup['error']}")

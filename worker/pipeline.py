@@ -25,6 +25,7 @@ from .settings import Settings
 from .store import FINAL, Store, StoreUnavailable
 from .transports.smtp import Reply
 from .validate import check_envelope
+from .feedback.outbound import Outbound
 from .web.tally import tally_for
 
 
@@ -65,6 +66,7 @@ class Pipeline:
         self.transport = transport or make_transport(settings)
         self.registry = registry or Registry.from_settings(settings.entities)
         self.renderer = Renderer(settings.templates)
+        self.outbound = Outbound(settings, store)  # Feedback-ID, VERP, DKIM, the bulk brake
         self.sender = mime.sender_address(settings.from_addr)
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
                                settings.in_doubt_delay)
@@ -107,12 +109,14 @@ class Pipeline:
             envelope = check_envelope(envelope)
             envelope = self._check_suppression(envelope)
             self._check_rate(envelope)
+            self.outbound.hold(envelope)
             claiming = True
             claims = self.store.claim(envelope.id, self._recipient(envelope), envelope.template,
                                       lease=self.settings.ttr)
             claimed = True
             message, recipients = self._build(envelope)
             sender = envelope.sender or self.sender.addr_spec  # a raw job may name its own
+            sender, message = self.outbound.prepare(envelope, message, sender)
             keep = self._keeper(envelope.id, touch)
             reply = str(self.transport.send(sender, recipients, message, keep))
             error: BaseException | None = None
@@ -132,6 +136,8 @@ class Pipeline:
                                   hold=hold, free=result.free)
             if isinstance(error, Bounced) and error.hard and envelope is not None and envelope.kind == "mail":
                 self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+            if envelope is not None:
+                self.outbound.finished(envelope, result.outcome)
             if ref and result.action is Action.DELETE:
                 self.store.delete_blob(ref)  # a final outcome: the body is needed no more
         except StoreUnavailable as exc:
@@ -191,7 +197,7 @@ class Pipeline:
             entry = self.store.suppressed(recipient.address)
             # transactional urgent mail (a password reset) may reach someone who unsubscribed
             # from notifications, never an address that hard-bounced
-            if entry is None or (entry[0] == "unsubscribe" and envelope.priority == "urgent"):
+            if entry is None or (entry[0] in ("unsubscribe", "complaint") and envelope.priority == "urgent"):
                 kept.append(recipient)
             else:
                 reasons.append(f"suppressed ({entry[0]}): {mask(recipient.address)}")
@@ -238,6 +244,7 @@ class Pipeline:
                                          "name": envelope.recipient.name})
         rendered = self.renderer.render(envelope.template, context)
         headers = mime.merge_headers(self._list_headers(envelope) if envelope.priority == "bulk" else {},
+                                     self.outbound.headers(envelope),
                                      envelope.headers)  # an application's own headers win
         message = mime.build(rendered, self.sender, envelope.recipient, headers)
         return message, [envelope.recipient.address]

@@ -75,6 +75,38 @@ MIGRATIONS: dict[int, str] = {
         created_at DOUBLE PRECISION NOT NULL
     )
     """,
+    10: """
+    CREATE TABLE feedback_messages (
+        token TEXT PRIMARY KEY,         -- the id part of a VERP token (worker/feedback/verp.py)
+        key TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        template TEXT NOT NULL,
+        bulk INTEGER NOT NULL,          -- 1 for mail.bulk: what the brake judges
+        complained INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX feedback_messages_bulk ON feedback_messages (bulk, created_at);
+    CREATE TABLE bounces (
+        id TEXT PRIMARY KEY,
+        received_at DOUBLE PRECISION NOT NULL,
+        source TEXT NOT NULL,           -- pipe | imap | webhook:<provider>
+        kind TEXT NOT NULL,             -- dsn | arf | detector | webhook
+        classification TEXT NOT NULL,   -- hard | soft | complaint | delayed | unmatched | ignored
+        address TEXT NOT NULL DEFAULT '',
+        key TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '',
+        raw TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX bounces_address ON bounces (address, classification, received_at);
+    CREATE INDEX bounces_received ON bounces (received_at);
+    CREATE TABLE brake (
+        name TEXT PRIMARY KEY,          -- bulk
+        engaged INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL
+    )
+    """,
     20: """
     CREATE TABLE console_counts (
         minute BIGINT NOT NULL,         -- unix time // 60
