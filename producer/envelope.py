@@ -28,6 +28,10 @@ from typing import Any, Callable, Sequence, Union
 
 VERSION = 2
 KINDS = ("mail", "mailout", "raw", "ref")
+# ``digest``: collect into the recipient's digest of that period instead of sending now;
+# "compiled" marks a digest message itself (made by ``beanmail digest run``), never collected again
+DIGEST_PERIODS = ("hourly", "daily", "weekly")
+DIGESTS = (*DIGEST_PERIODS, "compiled")
 
 # priority name -> (tube, beanstalkd priority; lower is more urgent)
 PRIORITIES: dict[str, tuple[str, int]] = {
@@ -86,6 +90,7 @@ class Envelope:
     sender: str = ""  # raw kind: envelope sender; empty means the configured From
     exclude: tuple[str, ...] = ()  # mailout kind: addresses to leave out
     ref: str = ""  # ref kind: the blob holding the whole job's body (a large message)
+    digest: str = ""  # mail, mailout: "hourly" | "daily" | "weekly" collects it; "compiled": a digest
     # the version the body was written in (1 is deprecated); encode() always writes VERSION
     v: int = field(default=VERSION, compare=False)
 
@@ -110,6 +115,8 @@ class Envelope:
                 out[name] = value
         if self.exclude:
             out["exclude"] = list(self.exclude)
+        if self.digest:
+            out["digest"] = self.digest
         out["priority"] = self.priority
         if self.not_after is not None:
             out["not_after"] = self.not_after
@@ -269,7 +276,7 @@ def _load(data: bytes, what: str) -> dict[str, Any]:
 
 _FIELDS = {
     "v", "kind", "id", "template", "to", "context", "entities", "priority", "not_after",
-    "created_at", "headers", "message", "sender", "exclude",
+    "created_at", "headers", "message", "sender", "exclude", "digest",
 }
 _REF_FIELDS = {"v", "kind", "id", "ref", "priority", "created_at"}
 _ALLOWED = {2: _FIELDS, 1: _FIELDS | {"sig"}}
@@ -316,6 +323,10 @@ def _from_json(obj: dict[str, Any], v: int) -> Envelope:
     if not isinstance(exclude, list) or not all(isinstance(a, str) for a in exclude):
         raise EnvelopeError("'exclude' must be a list of addresses")
     message = _str(obj, "message", required=kind == "raw")
+    digest = _str(obj, "digest")
+    if digest and (digest not in DIGESTS or kind not in ("mail", "mailout")):
+        raise EnvelopeError(f"'digest' must be one of {', '.join(DIGESTS)} on a mail or mailout job, got {digest!r}"
+                            f" on kind {kind!r}")
     return Envelope(
         kind=kind,
         id=job_id,
@@ -330,6 +341,7 @@ def _from_json(obj: dict[str, Any], v: int) -> Envelope:
         message=message,
         sender=_str(obj, "sender"),
         exclude=tuple(exclude),
+        digest=digest,
         v=v,
     )
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import exposition as _exposition
 
 from ..store import LATENCY_BUCKETS, StoreCorrupt, StoreUnavailable
 from . import figures
@@ -69,4 +69,5 @@ class PoolCollector:
 def exposition(console: "Console") -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PoolCollector(console))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    # the classic text format every Prometheus reads (these names need none of 1.0.0's escaping)
+    return generate_latest(registry), getattr(_exposition, "CONTENT_TYPE_PLAIN_0_0_4", _exposition.CONTENT_TYPE_LATEST)
