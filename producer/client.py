@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import threading
 from email.utils import getaddresses
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit
-
-import greenstalk
 
 from . import envelope as env
 from . import spool
+from .beanstalk import connect, parse_url, split_urls  # noqa: F401 - connect, parse_url: importable from here
 from .blobs import BlobError, BlobStore
 from .envelope import Envelope, Recipient
+from .servers import Refused, ServerSet, Unanswered
 
 DEFAULT_URL = "beanstalk://127.0.0.1:11300"
 DEFAULT_TTR = 120
@@ -50,40 +48,6 @@ class BlobUnavailable(EnqueueError):
     """A large job's body could not be written to the blob store: the job was not queued."""
 
 
-def parse_url(url: str) -> str | tuple[str, int]:
-    """``beanstalk://host:port`` or ``unix:///path`` -> a greenstalk address."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"beanstalkd URL {url!r} has no socket path")
-        return parts.path
-    if parts.scheme not in ("beanstalk", "beanstalkd", "tcp"):
-        raise ValueError(f"beanstalkd URL {url!r} must be beanstalk://host:port or unix:///path")
-    return (parts.hostname or "127.0.0.1", parts.port or 11300)
-
-
-def connect(url: str, timeout: float | None = 10.0, **kwargs: Any) -> greenstalk.Client:
-    """A greenstalk client on a socket with timeouts (greenstalk itself sets none)."""
-    address = parse_url(url)
-    if isinstance(address, str):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address)
-        except OSError:
-            sock.close()
-            raise
-    else:
-        sock = socket.create_connection(address, timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    try:
-        return greenstalk.Client(sock, **kwargs)
-    except Exception:
-        sock.close()
-        raise
-
-
 def parse_recipient(value: str | Recipient | Mapping[str, Any] | tuple[str, str]) -> Recipient:
     """Accepts ``"Zoë <zoe@example.com>"``, ``("Zoë", "zoe@…")``, a mapping or a Recipient."""
     if isinstance(value, Recipient):
@@ -103,7 +67,9 @@ def parse_recipient(value: str | Recipient | Mapping[str, Any] | tuple[str, str]
 
 
 class Notifier:
-    """Thread-safe; one connection per Notifier, reconnected (and the put retried once) if dropped."""
+    """Thread-safe; one connection per beanstalkd server, reconnected (and the put retried once)
+    if dropped. ``url`` may list several servers, comma-separated: jobs are spread over them by
+    key and fail over to the next server when one does not answer."""
 
     def __init__(self, url: str | None = None, *, secret: str | None = None, ttr: int = DEFAULT_TTR,
                  timeout: float = 5.0, spool: str | None = None, blobs: str | None = None) -> None:
@@ -115,7 +81,7 @@ class Notifier:
         reference. None reads ``BEANMAIL_STORE``; "" means none, and a body larger than
         beanstalkd's max-job-size raises JobTooBig."""
         self.url = url or os.environ.get("BEANMAIL_BEANSTALK_URL", DEFAULT_URL)
-        parse_url(self.url)
+        split_urls(self.url)
         self.secret = secret if secret is not None else os.environ.get("BEANMAIL_SECRET") or None
         self.spool = spool if spool is not None else os.environ.get("BEANMAIL_SPOOL") or None
         self.blobs = blobs if blobs is not None else os.environ.get("BEANMAIL_STORE") or None
@@ -123,9 +89,7 @@ class Notifier:
         self._blob_lock = threading.Lock()
         self.ttr = ttr
         self.timeout = timeout
-        self._client: greenstalk.Client | None = None
-        self._using = "default"
-        self._lock = threading.Lock()
+        self.servers = ServerSet(self.url, timeout)
 
     def notify(self, template: str, to: Any, context: Mapping[str, Any] | None = None, *,
                entities: Mapping[str, Mapping[str, Any]] | None = None, priority: str = "normal",
@@ -200,7 +164,7 @@ class Notifier:
             # mailout chunks are sized to fit (CHUNK_BYTES), and fan-out reads them inline
             if len(body) > INLINE_LIMIT and self.blobs and envelope.kind != "mailout":
                 body = self._by_reference(envelope, body)
-            return self._put(body, tube, pri, delay)
+            return self._put(body, tube, pri, delay, envelope.id)
         except EnqueueError as exc:
             if exc.job is None:
                 exc.job = (tube, pri, delay, self.ttr, body)
@@ -227,42 +191,24 @@ class Notifier:
                 self._blob_store = BlobStore(self.blobs)
             return self._blob_store
 
-    def _put(self, body: bytes, tube: str, pri: int, delay: int) -> int:
+    def _put(self, body: bytes, tube: str, pri: int, delay: int, key: str | None = None) -> int:
         """The beanstalkd job id; 0 when the job went to the spool instead."""
         try:
-            return self.put_body(tube, pri, delay, self.ttr, body)
+            return self.put_body(tube, pri, delay, self.ttr, body, key=key)
         except Unreachable:
             if not self.spool:
                 raise
             spool.append(self.spool, tube, pri, delay, self.ttr, body)
             return 0
 
-    def put_body(self, tube: str, pri: int, delay: int, ttr: int, body: bytes) -> int:
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    client = self._connection()
-                    if self._using != tube:
-                        client.use(tube)
-                        self._using = tube
-                    return client.put(body, priority=pri, delay=delay, ttr=ttr)
-                except greenstalk.JobTooBigError:
-                    raise JobTooBig(f"job of {len(body)} bytes is larger than beanstalkd's max-job-size"
-                                    f" ({self._max_job_size(client)} bytes); {HOW_TO_STORE}") from None
-                except (greenstalk.DrainingError, greenstalk.OutOfMemoryError) as exc:
-                    raise Unreachable(f"beanstalkd at {self.url} refuses jobs: {type(exc).__name__}") from exc
-                except (OSError, greenstalk.UnknownResponseError) as exc:
-                    self._drop()  # a dropped connection: one fresh try
-                    if attempt == 2:
-                        raise Unreachable(f"beanstalkd at {self.url} is unreachable: {exc}") from exc
-        raise AssertionError("unreachable")
-
-    def _max_job_size(self, client: greenstalk.Client) -> str:
+    def put_body(self, tube: str, pri: int, delay: int, ttr: int, body: bytes, *, key: str | None = None) -> int:
+        """One put, on the key's server or the next that answers."""
         try:
-            return str(client.stats()["max-job-size"])
-        except Exception:  # noqa: BLE001 - only for the message
-            self._drop()
-            return "unknown"
+            return self.servers.attempt(key, lambda server: server.put(tube, pri, delay, ttr, body))
+        except Refused as exc:
+            raise JobTooBig(f"{exc} ({exc.max_job_size} bytes); {HOW_TO_STORE}") from None
+        except Unanswered as exc:
+            raise Unreachable(f"no beanstalkd server took the job: {exc}") from exc
 
     def put_many(self, jobs: Iterable[tuple[str, int, bytes]], batch: int = 256) -> list[int]:
         """Puts of ``(tube, priority, body)`` pipelined: one write and one read per batch rather
@@ -281,49 +227,13 @@ class Notifier:
         return ids
 
     def _put_batch(self, jobs: list[tuple[str, int, bytes]]) -> list[int]:
-        with self._lock:
-            try:
-                client = self._connection()
-                out, expect = bytearray(), []
-                for tube, pri, body in jobs:
-                    if tube != self._using:
-                        out += b"use %s\r\n" % tube.encode()
-                        expect.append(b"USING")
-                        self._using = tube
-                    out += b"put %d 0 %d %d\r\n%s\r\n" % (pri, self.ttr, len(body), body)
-                    expect.append(b"INSERTED")
-                client._sock.sendall(out)  # greenstalk's own socket and reader: one conversation
-                ids = []
-                for want in expect:
-                    words = client._reader.readline().split()
-                    if not words or words[0] != want:
-                        raise EnqueueError(f"beanstalkd answered {b' '.join(words).decode() or 'nothing'!r} to a put")
-                    if want == b"INSERTED":
-                        ids.append(int(words[1]))
-                return ids
-            except (OSError, EnqueueError) as exc:
-                self._drop()  # the conversation is out of step: start afresh next time
-                if isinstance(exc, EnqueueError):
-                    raise
-                raise Unreachable(f"beanstalkd at {self.url} is unreachable: {exc}") from exc
-
-    def _connection(self) -> greenstalk.Client:
-        if self._client is None:
-            self._client = connect(self.url, timeout=self.timeout, encoding=None)
-            self._using = "default"
-        return self._client
-
-    def _drop(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except OSError:
-                pass
-        self._client = None
+        try:
+            return self.servers.attempt(None, lambda server: server.put_batch(jobs, self.ttr))
+        except Unanswered as exc:
+            raise Unreachable(f"no beanstalkd server took the batch: {exc}") from exc
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        self.servers.close()
         with self._blob_lock:
             if self._blob_store is not None:
                 self._blob_store.close()

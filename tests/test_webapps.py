@@ -145,7 +145,7 @@ def test_flask_extension_enqueues_when_the_request_succeeds_only(settings: Setti
 
 def test_unreachable_beanstalkd_raises_a_clear_error_by_default(settings: Settings, beanstalkd: Beanstalkd) -> None:
     beanstalkd.stop()
-    with pytest.raises(EnqueueError, match=f"beanstalkd at {settings.beanstalk_url} is unreachable"):
+    with pytest.raises(EnqueueError, match=f"no beanstalkd server took the job: {settings.beanstalk_url} is unreachable"):
         Notifier(settings.beanstalk_url).notify("welcome", "a@example.com", {"name": "x"})
 
 

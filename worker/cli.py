@@ -29,6 +29,8 @@ def _json_arg(text: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="beanmail", description="Asynchronous notification mail over beanstalkd.")
     p.add_argument("--config", help="beanmail.toml (default: $BEANMAIL_CONFIG or ./beanmail.toml)")
+    p.add_argument("--server", help="with several beanstalkd servers: act on this one only (a job id"
+                                    " belongs to one server)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     w = sub.add_parser("worker", help="reserve and deliver mail jobs")
@@ -128,6 +130,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_mod.load(path=args.config)
+        if args.server:
+            settings = settings.replace(beanstalk_url=args.server)
         if getattr(args, "spool", None):
             settings = settings.replace(spool=args.spool)
         if getattr(args, "threads", None):

@@ -70,11 +70,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
     except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
         logs.get_logger().warning("spool not flushed", reason=str(exc))
-    stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in range(settings.threads)]
+    # BEANMAIL_THREADS loops for each beanstalkd server of the fleet
+    servers = [url for url in settings.beanstalk_urls for _ in range(settings.threads)]
+    stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in servers]
     # one direct-MX transport per process, so its per-domain connection cap holds for the whole
     # process; a relay session is one connection and stays with its loop
     shared = make_transport(settings) if settings.transport == "mx" else None
-    loops = [Worker(settings, Pipeline(settings, s, transport=shared), s) for s in stores]
+    loops = [Worker(settings, Pipeline(settings, s, transport=shared), s, url=url) for url, s in zip(servers, stores)]
     worker: Worker | Pool = loops[0] if len(loops) == 1 else Pool(loops)
     worker.install_signal_handlers()
     return worker.run(burst=args.burst)
@@ -99,8 +101,9 @@ def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
     from .fanout import Fanout
 
     logs.configure(settings.log_format)
-    store = open_store(settings)
-    worker = Worker(settings, Fanout(settings), store, tubes=(MAILOUT_TUBE,))
+    loops = [Worker(settings, Fanout(settings), open_store(settings), tubes=(MAILOUT_TUBE,), url=url)
+             for url in settings.beanstalk_urls]
+    worker: Worker | Pool = loops[0] if len(loops) == 1 else Pool(loops)
     worker.install_signal_handlers()
     return worker.run(burst=args.burst)
 
@@ -153,11 +156,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     status = ops.status(settings)
     status["brake"] = brake_status(settings)  # why bulk mail holds, if it does
-    down = int("error" in status["beanstalkd"])
+    down = int(any("error" in server for server in status["servers"]))
     if args.json:
         _print_json(status)
         return down
-    print(f"beanstalkd {settings.beanstalk_url}: {status['beanstalkd'].get('error') or 'up'}")
+    for server in status["servers"]:
+        print(f"beanstalkd {server['url']}: {server.get('error') or 'up'}")
+    if len(status["servers"]) > 1 and status["tubes"]:
+        print("  all servers:")
     if status["tubes"]:
         print(f"  {'tube':<14}{'ready':>8}{'urgent':>8}{'reserved':>10}{'delayed':>9}{'buried':>8}{'paused':>8}{'workers':>9}")
         for t in status["tubes"]:
@@ -174,8 +180,32 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return down
 
 
+def each_server(settings: Settings) -> list[Settings]:
+    """The settings narrowed to each beanstalkd server of the fleet, for the commands that act
+    on every server (buried, kick, delete --tube, pause)."""
+    return [settings.replace(beanstalk_url=url) for url in settings.beanstalk_urls]
+
+
+def one_server(settings: Settings) -> Settings:
+    """Job ids are per server: with several, the operator names one (--server URL)."""
+    if len(settings.beanstalk_urls) > 1:
+        raise UsageError(f"several beanstalkd servers ({settings.beanstalk_url}): a job id belongs to one;"
+                         " name it with --server URL")
+    return settings
+
+
+def _merge(counts: list[dict[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for c in counts:
+        for tube, n in c.items():
+            merged[tube] = merged.get(tube, 0) + n
+    return merged
+
+
 def cmd_buried(settings: Settings, args: argparse.Namespace) -> int:
-    jobs = ops.buried(settings, tube=args.tube, limit=args.limit)
+    several = len(settings.beanstalk_urls) > 1
+    jobs = [{**j, "server": s.beanstalk_url} if several else j
+            for s in each_server(settings) for j in ops.buried(s, tube=args.tube, limit=args.limit)]
     if args.json:
         _print_json(jobs)
         return 0
@@ -196,7 +226,10 @@ def cmd_kick(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"{what}: `kick N` (the first N buried jobs of each tube), `kick --all`, `kick --job ID`")
     if args.count is not None and args.count < 1:
         raise UsageError("N must be 1 or more")
-    kicked = ops.kick(settings, tube=args.tube, count=args.count, job=args.job, every=args.all)
+    if args.job is not None:
+        kicked = ops.kick(one_server(settings), job=args.job)
+    else:
+        kicked = _merge([ops.kick(s, tube=args.tube, count=args.count, every=args.all) for s in each_server(settings)])
     if args.json:
         _print_json(kicked)
     elif not kicked:
@@ -212,7 +245,10 @@ def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("either `delete --job ID` or `delete --tube T --buried`, not both")
     if args.job is None and not (args.tube and args.buried):
         raise UsageError("say which: `delete --job ID`, or `delete --tube T --buried` (every buried job of T)")
-    deleted = ops.delete(settings, tube=args.tube, job=args.job)
+    if args.job is not None:
+        deleted = ops.delete(one_server(settings), job=args.job)
+    else:
+        deleted = _merge([ops.delete(s, tube=args.tube) for s in each_server(settings)])
     if args.json:
         _print_json(deleted)
     elif args.job is not None:
@@ -225,13 +261,14 @@ def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_pause(settings: Settings, args: argparse.Namespace) -> int:
-    ops.pause(settings, args.tube, args.seconds)
+    for s in each_server(settings):
+        ops.pause(s, args.tube, args.seconds)
     print(f"{args.tube}: paused for {args.seconds}s")
     return 0
 
 
 def cmd_peek(settings: Settings, args: argparse.Namespace) -> int:
-    job = ops.peek(settings, args.id)
+    job = ops.peek(one_server(settings), args.id)
     if args.json:
         _print_json(job)
         return 0

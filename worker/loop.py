@@ -32,8 +32,11 @@ class _Interrupted(Exception):
 
 class Worker:
     def __init__(self, settings: Settings, stage: Stage, store: Store,
-                 tubes: tuple[str, ...] | None = None) -> None:
+                 tubes: tuple[str, ...] | None = None, url: str | None = None) -> None:
+        """``url``: the one beanstalkd server this loop reserves from (a fleet runs a loop per
+        server); the first of the settings' servers by default."""
         self.settings = settings
+        self.url = url or settings.beanstalk_urls[0]
         self.stage = stage
         self.store = store
         self.tubes = tubes or settings.tubes
@@ -66,19 +69,19 @@ class Worker:
         while not self.stopping:
             try:
                 self._idle = True
-                client = connect(self.settings.beanstalk_url, timeout=self.settings.reserve_timeout + self.settings.beanstalk_timeout,
+                client = connect(self.url, timeout=self.settings.reserve_timeout + self.settings.beanstalk_timeout,
                                  encoding=None, watch=list(self.tubes))
                 self._idle = False
-                self.log.info("connected", beanstalk=self.settings.beanstalk_url)
+                self.log.info("connected", beanstalk=self.url)
                 return client
             except _Interrupted:
                 break
             except CONNECTION_ERRORS as exc:
                 self._idle = False
                 if burst:
-                    self.log.error("beanstalkd unreachable", beanstalk=self.settings.beanstalk_url, error=str(exc))
+                    self.log.error("beanstalkd unreachable", beanstalk=self.url, error=str(exc))
                     return None
-                self.log.warning("beanstalkd unreachable, retrying", beanstalk=self.settings.beanstalk_url,
+                self.log.warning("beanstalkd unreachable, retrying", beanstalk=self.url,
                                  error=str(exc), retry_in=round(delay, 2))
                 self._sleep(delay)
                 delay = min(delay * 2, 10.0) * random.uniform(0.8, 1.2)
@@ -183,7 +186,7 @@ class Worker:
                 client.release(job, priority=pri, delay=d.delay)
             else:
                 try:
-                    self.store.record_failure(self.settings.beanstalk_url, job.id, tube, d.outcome, d.reason,
+                    self.store.record_failure(self.url, job.id, tube, d.outcome, d.reason,
                                               reserved.body)
                 except StoreUnavailable as exc:  # bury all the same: the reason is in the log
                     self.log.error("failure not recorded", job=job.id, reason=d.reason, error=exc.reason)

@@ -64,27 +64,48 @@ def supervisor_processes(settings: Settings) -> dict[str, Any]:
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    out: dict[str, Any] = {"beanstalkd": {}, "tubes": [], "supervisor": supervisor_processes(settings)}
+    """Every beanstalkd server's state (``servers``), with ``beanstalkd`` and ``tubes`` the
+    whole fleet's: the first unreachable server's error, and each tube's counts summed."""
+    out: dict[str, Any] = {"beanstalkd": {}, "servers": [], "tubes": [],
+                           "supervisor": supervisor_processes(settings)}
+    totals: dict[str, dict[str, Any]] = {}
+    for url in settings.beanstalk_urls:
+        server = _server_status(url)
+        out["servers"].append(server)
+        if "error" in server and "error" not in out["beanstalkd"]:
+            out["beanstalkd"] = {"error": f"{url}: {server['error']}" if len(settings.beanstalk_urls) > 1
+                                 else server["error"]}
+        for t in server.get("tubes", []):
+            total = totals.setdefault(t["tube"], {"tube": t["tube"]})
+            for k, v in t.items():
+                if k != "tube":
+                    total[k] = total.get(k, 0) + v
+    if not out["beanstalkd"] and out["servers"]:
+        out["beanstalkd"] = out["servers"][0]["stats"]
+    names = list(totals)
+    out["tubes"] = [totals[t] for t in [t for t in TUBES if t in names] + sorted(set(names) - set(TUBES))]
+    return out
+
+
+def _server_status(url: str) -> dict[str, Any]:
     try:
-        client = connect(settings.beanstalk_url, timeout=5, encoding=None)
+        client = connect(url, timeout=5, encoding=None)
     except OSError as exc:
-        out["beanstalkd"] = {"error": f"unreachable: {exc}"}
-        return out
+        return {"url": url, "error": f"unreachable: {exc}"}
     with client:
         stats = client.stats()
-        out["beanstalkd"] = {k: stats[k] for k in ("version", "uptime", "current-connections",
-                                                   "current-workers", "current-jobs-reserved",
-                                                   "binlog-current-index") if k in stats}
-        present = set(client.tubes())
-        for tube in [t for t in TUBES if t in present] + sorted(present - set(TUBES) - {"default"}):
+        view: dict[str, Any] = {"url": url, "tubes": [], "stats": {
+            k: stats[k] for k in ("version", "uptime", "current-connections", "current-workers",
+                                  "current-jobs-reserved", "binlog-current-index") if k in stats}}
+        for tube in sorted(set(client.tubes()) - {"default"}):
             s = client.stats_tube(tube)
-            out["tubes"].append({
+            view["tubes"].append({
                 "tube": tube, "ready": s["current-jobs-ready"], "urgent": s["current-jobs-urgent"],
                 "reserved": s["current-jobs-reserved"], "delayed": s["current-jobs-delayed"],
                 "buried": s["current-jobs-buried"], "watching": s["current-watching"],
                 "paused": s["pause-time-left"], "total": s["total-jobs"],
             })
-    return out
+    return view
 
 
 def _job_view(client: greenstalk.Client, store: Store, settings: Settings, job_id: int) -> dict[str, Any] | None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from producer.client import DEFAULT_TTR, parse_url
+from producer.beanstalk import split_urls
+from producer.client import DEFAULT_TTR
 from producer.envelope import MAIL_TUBES
 
 
@@ -101,6 +102,11 @@ class Settings:
     @property
     def smtp(self) -> SmtpTarget:
         return parse_smtp_url(self.smtp_url)
+
+    @property
+    def beanstalk_urls(self) -> list[str]:
+        """One beanstalkd server, or a fleet's (comma-separated): workers reserve from each."""
+        return split_urls(self.beanstalk_url)
 
     @property
     def token_secret(self) -> str:
@@ -249,7 +255,7 @@ def validate(s: Settings) -> Settings:
     from email.utils import parseaddr
 
     try:
-        parse_url(s.beanstalk_url)
+        split_urls(s.beanstalk_url)
     except ValueError as exc:
         raise SettingsError(f"BEANMAIL_BEANSTALK_URL: {exc}") from None
     if s.transport not in ("smtp", "mx"):
