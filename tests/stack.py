@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .servers import wait_until
+from .servers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -38,8 +38,10 @@ class Supervisor:
             (home / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / path, home / path)
         self.conf = str(home / "supervisord.conf")
+        self.web_port = free_port()  # the console program: never the default port a dev stack holds
         self.env = {**env, "BEANMAIL_TEMPLATES": str(ROOT / "templates"),
-                    "BEANMAIL_SUPERVISOR_URL": f"unix://{home}/var/supervisor.sock"}
+                    "BEANMAIL_SUPERVISOR_URL": f"unix://{home}/var/supervisor.sock",
+                    "BEANMAIL_WEB_LISTEN": f"127.0.0.1:{self.web_port}"}
 
     def start(self) -> "Supervisor":
         subprocess.run([str(BIN / "supervisord"), "-c", self.conf], env=self.env, check=True, timeout=30)

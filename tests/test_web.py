@@ -344,3 +344,31 @@ def test_addresses_are_shown_when_masking_is_off(settings: Settings, notifier: N
         assert status == 200 and "zoe@example.com" in page
     finally:
         stop_console(c)
+
+
+def test_the_supervisord_program_serves_the_console_of_the_whole_pool(beanstalkd: Beanstalkd, smtp: SmtpServer,
+                                                                      tmp_path: Path) -> None:
+    """The repository's supervisord.conf runs `beanmail web` beside the pool; its /metrics sees
+    every worker process (four reserve: mail_00, mail_01, urgent_00, fanout_00)."""
+    from .stack import Supervisor
+
+    env = bare_env(None, BEANMAIL_BEANSTALK_URL=beanstalkd.url, BEANMAIL_SMTP_URL=smtp.url,
+                   BEANMAIL_STORE=str(tmp_path / "store.sqlite3"))
+    sup = Supervisor(tmp_path / "stack", env)
+    try:
+        states = sup.start().wait_running()
+        assert states["beanmail:web_00"][0] == "RUNNING"
+        web = Console(f"http://127.0.0.1:{sup.web_port}", sup.web_port, None)  # type: ignore[arg-type]
+        wait_until(lambda: port_open("127.0.0.1", sup.web_port), 15, "the console program to listen")
+        assert web.get("/healthz")[:1] == (200,)
+
+        def workers() -> float:
+            text = web.get("/metrics")[2]
+            return next(s.value for f in text_string_to_metric_families(text) if f.name == "beanmail_workers"
+                        for s in f.samples)
+        wait_until(lambda: workers() == 4, 15, "four reserving connections")
+        status, _, page = web.get("/")
+        assert status == 200 and "beanmail:web_00 RUNNING" in re.sub(r"<[^>]+>", "", page)
+    finally:
+        sup.shutdown()
+    assert "stopped: web_00 (exit status 0)" in sup.log()
