@@ -25,6 +25,7 @@ from .settings import Settings
 from .store import FINAL, Store, StoreUnavailable
 from .transports.smtp import Reply
 from .validate import check_envelope
+from .digest.collect import Digests
 from .feedback.outbound import Outbound
 from .web.tally import tally_for
 
@@ -66,6 +67,7 @@ class Pipeline:
         self.transport = transport or make_transport(settings)
         self.registry = registry or Registry.from_settings(settings.entities)
         self.renderer = Renderer(settings.templates)
+        self.digests = Digests(settings, store, self.registry)  # collected, or held for quiet hours
         self.outbound = Outbound(settings, store)  # Feedback-ID, VERP, DKIM, the bulk brake
         self.sender = mime.sender_address(settings.from_addr)
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
@@ -108,6 +110,7 @@ class Pipeline:
                 envelope = self._dereference(envelope)
             envelope = check_envelope(envelope)
             envelope = self._check_suppression(envelope)
+            self.digests.divert(envelope)  # into a digest (Skipped) or held for quiet hours (Deferred)
             self._check_rate(envelope)
             self.outbound.hold(envelope)
             claiming = True
@@ -242,7 +245,8 @@ class Pipeline:
         context.update(self.registry.resolve(envelope.entities))
         context.setdefault("recipient", {"address": envelope.recipient.address,
                                          "name": envelope.recipient.name})
-        rendered = self.renderer.render(envelope.template, context)
+        rendered = (self.digests.render(self.renderer, envelope, context) if envelope.digest == "compiled"
+                    else self.renderer.render(envelope.template, context))
         headers = mime.merge_headers(self._list_headers(envelope) if envelope.priority == "bulk" else {},
                                      self.outbound.headers(envelope),
                                      envelope.headers)  # an application's own headers win

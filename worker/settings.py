@@ -90,6 +90,15 @@ class Settings:
     brake_min_sends: int = 100  # fewer bulk deliveries than this are not judged
     brake_bounce_rate: float = 0.05
     brake_complaint_rate: float = 0.001
+    # digests and quiet hours (docs/digests.md)
+    digest_hour: int = 8  # local hour daily and weekly digests go
+    digest_weekday: str = "monday"  # the day weekly digests go
+    digest_timezone: str = "UTC"  # for recipients whose preferences name none
+    digest_group: str = "template"  # one digest per (recipient, template), or "recipient": one across templates
+    digest_max_items: int = 50  # the newest N items of a digest; the rest are counted
+    digest_interval: float = 60.0  # seconds between `beanmail digest run`'s looks for due periods
+    quiet_hours: str = ""  # e.g. 22:00-07:00 for recipients whose preferences set none
+    quiet_recheck: int = 3600  # a held job comes back at least this often (a changed preference)
 
     @property
     def dkim_signing_domain(self) -> str:
@@ -294,6 +303,7 @@ def validate(s: Settings) -> Settings:
     if s.log_format not in ("json", "console"):
         raise SettingsError("BEANMAIL_LOG_FORMAT: must be json or console")
     _validate_feedback(s)
+    _validate_digest(s)
     return s
 
 
@@ -328,3 +338,23 @@ def _validate_feedback(s: Settings) -> None:
     for name in ("brake_bounce_rate", "brake_complaint_rate"):
         if not 0 < getattr(s, name) <= 1:
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a fraction in (0, 1], got {getattr(s, name)!r}")
+
+
+def _validate_digest(s: Settings) -> None:
+    from producer.prefs import parse_quiet, zone
+
+    from .digest.periods import weekday
+
+    if not 0 <= s.digest_hour <= 23:
+        raise SettingsError(f"BEANMAIL_DIGEST_HOUR: an hour 0-23, got {s.digest_hour!r}")
+    checks = (("digest_weekday", weekday), ("digest_timezone", zone), ("quiet_hours", lambda v: parse_quiet(v or None)))
+    for name, check in checks:
+        try:
+            check(getattr(s, name))
+        except ValueError as exc:
+            raise SettingsError(f"BEANMAIL_{name.upper()}: {exc}") from None
+    if s.digest_group not in ("template", "recipient"):
+        raise SettingsError(f"BEANMAIL_DIGEST_GROUP: template or recipient, got {s.digest_group!r}")
+    for name in ("digest_max_items", "digest_interval", "quiet_recheck"):
+        if not getattr(s, name) > 0:
+            raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {getattr(s, name)!r}")

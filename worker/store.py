@@ -118,6 +118,32 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (minute, tube, outcome)
     )
     """,
+    30: """
+    CREATE TABLE IF NOT EXISTS digest_prefs (
+        address TEXT PRIMARY KEY,       -- lowercased (producer/prefs.py creates it the same way)
+        mode TEXT NOT NULL DEFAULT '',  -- '' (the job decides) | immediate | hourly | daily | weekly | off
+        timezone TEXT NOT NULL DEFAULT '',
+        quiet_start INTEGER NOT NULL DEFAULT -1, -- minutes after local midnight, -1: none
+        quiet_end INTEGER NOT NULL DEFAULT -1,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE digest_items (
+        key TEXT PRIMARY KEY,           -- the notification's idempotency key: collected once
+        recipient TEXT NOT NULL,
+        grp TEXT NOT NULL,              -- the template, or * (one digest across templates)
+        due_at DOUBLE PRECISION NOT NULL, -- the end of the period it was collected in
+        created_at DOUBLE PRECISION NOT NULL,
+        item TEXT NOT NULL,             -- JSON (worker/digest/collect.py)
+        batch TEXT NOT NULL DEFAULT '', -- the digest's key once closed, '' while waiting
+        batched_at DOUBLE PRECISION NOT NULL DEFAULT 0
+    );
+    CREATE INDEX digest_items_due ON digest_items (batch, due_at);
+    CREATE INDEX digest_items_group ON digest_items (recipient, grp, batch);
+    CREATE TABLE digest_flags (
+        name TEXT PRIMARY KEY,          -- quiet_lifted: mail made before it is no longer held
+        at DOUBLE PRECISION NOT NULL
+    )
+    """,
 }
 # Upper bounds (seconds) of the enqueue-to-accepted latency buckets, columns l0.. of
 # console_counts (counts per bucket, not cumulative); the last column counts what is above.

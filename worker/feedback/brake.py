@@ -28,6 +28,7 @@ class Brake:
         self.settings = settings
         self.store = store
         self._cached: tuple[float, str] = (0.0, "")
+        self._paused_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -73,6 +74,10 @@ class Brake:
         if now - self._cached[0] > 2.0:
             engaged, reason, _ = self.store.brake()
             self._cached = (now, reason if engaged else "")
+        if self._cached[1] and now - self._paused_at > 60:
+            # beanstalkd forgets a pause with its tube (restarted, or nobody watched it): renew it
+            self._paused_at = now
+            self.pause_tubes(PAUSE_SECONDS)
         return self._cached[1]
 
     def resume(self) -> bool:
