@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -26,7 +27,9 @@ def main() -> int:
             mails = json.load(resp)
         if any(m.get("subject") == "Welcome to beanmail demo, Zoë!" for m in mails):
             print(f"delivered: the catcher has it ({len(mails)} message(s))")
-            print(f"\n  catcher web UI:  {CATCHER}/\n  processes:       .venv/bin/supervisorctl -c supervisord.conf status"
+            console = os.environ.get("BEANMAIL_WEB_LISTEN", "127.0.0.1:8025")
+            print(f"\n  console:         http://{console}/  (metrics: /metrics, health: /healthz)"
+                  f"\n  catcher web UI:  {CATCHER}/\n  processes:       .venv/bin/supervisorctl -c supervisord.conf status"
                   f"\n  queues:          .venv/bin/beanmail status\n  worker logs:     var/log/\n  stop it all:     make stop")
             return 0
         time.sleep(0.2)

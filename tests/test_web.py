@@ -372,3 +372,18 @@ def test_the_supervisord_program_serves_the_console_of_the_whole_pool(beanstalkd
     finally:
         sup.shutdown()
     assert "stopped: web_00 (exit status 0)" in sup.log()
+
+
+def test_bounces_and_the_bulk_brake_as_the_feedback_stage_records_them(settings: Settings, console: Console) -> None:
+    store = Store(settings.store)
+    store.record_bounce(source="pipe", kind="dsn", classification="hard", address="Gone@Example.org",
+                        key="k:gone@example.org", status="5.1.1", detail="550 5.1.1 <gone@example.org>: no such user")
+    assert console.get("/metrics")[2].count("beanmail_brake_engaged 0.0") == 1
+    store.set_brake(True, "bounce rate 9/100 = 9.0% over the last 100 bulk deliveries passes 5.0%")
+    store.close()
+    status, _, page = console.get("/bounces?q=gone%40example.org")
+    table = page.split('<table id="bounces"')[1]  # (the search box shows what the operator typed)
+    assert status == 200 and "5.1.1" in table and "g***@example.org" in table and "gone@" not in table
+    status, _, page = console.get("/")
+    assert status == 200 and ">ENGAGED<" in page and "bounce rate 9/100" in page
+    assert "beanmail_brake_engaged 1.0" in console.get("/metrics")[2]

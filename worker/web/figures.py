@@ -116,12 +116,23 @@ def domains(store: Store, settings: Settings, hours: float = 3, now: float | Non
     return sorted(table.values(), key=lambda r: -r["total"])
 
 
-def brake(store: Store) -> str:
-    """The bounce brake belongs to the feedback stage; a store without it says so."""
-    state = getattr(store, "brake_state", None)
-    if state is None:
-        return "not installed (arrives with bounce handling)"
-    return str(state())
+def brake(store: Store, settings: Settings) -> dict[str, Any]:
+    """The bulk brake (worker.feedback.brake): engaged or not, and the rates it judges."""
+    try:
+        from ..feedback.brake import Brake
+    except ImportError:
+        return {"state": "not installed", "detail": "", "engaged": False}
+    b = Brake(settings, store)
+    if not b.enabled:
+        return {"state": "off", "detail": "BEANMAIL_BRAKE_WINDOW is 0", "engaged": False}
+    r = b.rates()
+    judged = (f"bounces {r['bounce_rate']:.1%}, complaints {r['complaint_rate']:.2%} over the last"
+              f" {r['sent']} bulk deliveries (window {r['window']})")
+    if r["engaged"]:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(r["since"])))  # type: ignore[arg-type]
+        return {"state": "ENGAGED", "engaged": True,
+                "detail": f"since {since}: {r['reason']}; mail.bulk and mailout hold until `beanmail resume`"}
+    return {"state": "released", "detail": judged, "engaged": False}
 
 
 def fmt_seconds(value: float | None) -> str:

@@ -40,8 +40,9 @@ class PoolCollector:
                 oldest.add_metric([t["tube"]], t["oldest"])
             yield oldest
         try:
-            totals, (buckets, total_s), suppressed = self.console.with_store(
-                lambda s: (s.console_totals(), s.console_latency(0), s.suppression_counts()))
+            totals, (buckets, total_s), suppressed, brake = self.console.with_store(
+                lambda s: (s.console_totals(), s.console_latency(0), s.suppression_counts(),
+                           figures.brake(s, self.console.settings)))
         except (StoreUnavailable, StoreCorrupt):
             up.add_metric(["store"], 0)
             yield up
@@ -64,6 +65,8 @@ class PoolCollector:
         for source in sorted({"bounce", "unsubscribe", "operator", *suppressed}):
             gauge.add_metric([source], suppressed.get(source, 0))
         yield gauge
+        yield GaugeMetricFamily("beanmail_brake_engaged", "1 while the bulk brake holds mail.bulk and mailout",
+                                value=1 if brake["engaged"] else 0)
 
 
 def exposition(console: "Console") -> tuple[bytes, str]:

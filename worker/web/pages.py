@@ -39,7 +39,7 @@ def _when(at: float | None) -> str:
 
 
 TITLES = {"overview.html": "Overview", "buried.html": "Buried jobs", "job.html": "Job", "log.html": "Delivery log",
-          "suppressions.html": "Suppression list"}
+          "suppressions.html": "Suppression list", "bounces.html": "Bounces"}
 
 
 def render(console: "Console", req: "Request", template: str, status: int = 200, **context: Any) -> "Response":
@@ -73,10 +73,11 @@ def overview(console: "Console", req: "Request") -> "Response":
     try:
         minutes, series, lat, domains, brake = console.with_store(lambda s: (
             *figures.rates(s, HOURS * 60), figures.latency(s), figures.domains(s, console.settings, HOURS),
-            figures.brake(s)))
+            figures.brake(s, console.settings)))
     except (ops.StoreUnavailable, ops.StoreCorrupt) as exc:
         error = f"the delivery store is not available: {exc}"
-        minutes, series, lat, domains, brake = [], {}, figures.latency_empty(), [], "–"
+        minutes, series, lat, domains, brake = [], {}, figures.latency_empty(), [], {
+            "state": "unknown", "detail": "", "engaged": False}
     last = len(minutes) - 1
     labels = {last - 60 * k: ("now" if k == 0 else f"-{k} h") for k in range(HOURS + 1) if last - 60 * k >= 0}
     plot = line_plot([Series(name, values) for name, values in series.items()], x_labels=labels,
@@ -268,6 +269,22 @@ def suppress_remove(console: "Console", req: "Request") -> "Response":
     return Response.redirect(req, "/suppressions", done=f"removed {_addr(console, address)}")
 
 
+# -- bounces (worker.feedback) ----------------------------------------------------------------------
+def bounces(console: "Console", req: "Request") -> "Response":
+    q = req.query.get("q", "").strip()
+    address = None
+    if q:
+        try:
+            address = parse_recipient(q).address.lower()
+        except ValueError:
+            address = q.lower()
+    rows = console.with_store(lambda s: s.bounces(limit=200, address=address))
+    for r in rows:
+        r["address"] = _addr(console, r["address"]) if r["address"] else ""
+        r["key"], r["detail"] = _text(console, r["key"]), _text(console, r["detail"])
+    return render(console, req, "bounces.html", q=q, rows=rows)
+
+
 # -- the rest ---------------------------------------------------------------------------------------
 def stylesheet(console: "Console", req: "Request") -> "Response":
     from .app import Response
@@ -296,7 +313,7 @@ ROUTES: dict[tuple[str, str], Callable[..., "Response"]] = {
     ("POST", "/buried/delete"): delete, ("GET", "/job/(\\d+)"): job, ("GET", "/log"): log,
     ("GET", "/suppressions"): suppressions, ("POST", "/suppressions/add"): suppress_add,
     ("POST", "/suppressions/remove"): suppress_remove, ("GET", "/static/console.css"): stylesheet,
-    ("GET", "/metrics"): metrics, ("GET", "/healthz"): healthz,
+    ("GET", "/bounces"): bounces, ("GET", "/metrics"): metrics, ("GET", "/healthz"): healthz,
 }
 
 

@@ -34,7 +34,7 @@ BASE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="{{ root }}/static/console.css"></head>
 <body><header><span class="brand">beanmail</span>
-{% for href, label in [("/", "Overview"), ("/buried", "Buried"), ("/log", "Log"), ("/suppressions", "Suppressions"), ("/metrics", "Metrics")] %}
+{% for href, label in [("/", "Overview"), ("/buried", "Buried"), ("/log", "Log"), ("/suppressions", "Suppressions"), ("/bounces", "Bounces"), ("/metrics", "Metrics")] %}
 <a href="{{ root }}{{ href }}"{% if href == here %} class="here"{% endif %}>{{ label }}</a>{% endfor %}
 <span class="muted">{{ beanstalk_url }}</span></header>
 <main>{% if flash %}<div class="flash" id="flash">{{ flash }}</div>{% endif %}
@@ -66,8 +66,9 @@ supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING
 <div class="figure">p50<b id="p50">{{ seconds(lat.p50) }}</b></div>
 <div class="figure">p99<b id="p99">{{ seconds(lat.p99) }}</b></div>
 <div class="figure">messages<b>{{ lat.count }}</b></div>
-<div class="figure">bounce brake<b>{{ brake }}</b></div>
+<div class="figure">bulk brake<b id="brake" class="{{ 'bad' if brake.engaged else '' }}">{{ brake.state }}</b></div>
 </div>
+{% if brake.detail %}<p class="muted">Bulk brake: {{ brake.detail }}</p>{% endif %}
 
 <h2>Recipient domains, last {{ hours }} hours (delivery log)</h2>
 <table id="domains"><tr><th>domain</th><th class="n">sent</th><th class="n">deferred</th><th class="n">bounced</th><th class="n">other</th><th class="n">rate limit</th></tr>
@@ -150,8 +151,19 @@ SUPPRESSIONS = """{% extends "base.html" %}{% block main %}
 {% endblock %}
 """
 
+BOUNCES = """{% extends "base.html" %}{% block main %}
+<h1>Bounces and complaints</h1>
+<p>What came back after delivery: DSNs, ARF complaints and provider webhooks (`beanmail bounce`, `beanmail bounces fetch`).</p>
+<form method="get" action="{{ root }}/bounces"><input name="q" value="{{ q }}" size="40" placeholder="an address"><button>search</button></form>
+<table id="bounces"><tr><th>received</th><th>classification</th><th>kind</th><th>source</th><th>address</th><th>status</th><th>key</th><th>detail</th></tr>
+{% for b in rows %}<tr><td>{{ when(b.received_at) }}</td><td>{{ b.classification }}</td><td>{{ b.kind }}</td><td>{{ b.source }}</td>
+<td>{{ b.address }}</td><td>{{ b.status }}</td><td>{{ b.key }}</td><td>{{ b.detail }}</td></tr>
+{% else %}<tr><td colspan="8" class="muted">none recorded</td></tr>{% endfor %}</table>
+{% endblock %}
+"""
+
 ENV = jinja2.Environment(
     loader=jinja2.DictLoader({"base.html": BASE, "overview.html": OVERVIEW, "buried.html": BURIED, "job.html": JOB,
-                              "deliveries.html": DELIVERIES, "log.html": LOG, "suppressions.html": SUPPRESSIONS}),
+                              "deliveries.html": DELIVERIES, "log.html": LOG, "suppressions.html": SUPPRESSIONS, "bounces.html": BOUNCES}),
     autoescape=True, undefined=jinja2.StrictUndefined,
 )
