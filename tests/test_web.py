@@ -387,3 +387,29 @@ def test_bounces_and_the_bulk_brake_as_the_feedback_stage_records_them(settings:
     status, _, page = console.get("/")
     assert status == 200 and ">ENGAGED<" in page and "bounce rate 9/100" in page
     assert "beanmail_brake_engaged 1.0" in console.get("/metrics")[2]
+
+
+def test_mounted_in_a_web_app_links_and_forms_follow_the_mount_point(settings: Settings) -> None:
+    """make_app() under a path prefix of another WSGI app (werkzeug's dispatcher, as Flask uses)."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.test import Client
+
+    from worker.web.app import make_app
+
+    def host_app(environ: dict, start_response):  # noqa: ANN202 - the host application
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"the host app"]
+
+    console = make_app(settings, password="pw")
+    client = Client(DispatcherMiddleware(host_app, {"/beanmail": console}))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode()}
+    assert client.get("/beanmail/").status_code == 401 and client.get("/").get_data() == b"the host app"
+    page = client.get("/beanmail/suppressions", headers=auth)
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'href="/beanmail/buried"' in text and 'action="/beanmail/suppressions/add"' in text
+    assert "Path=/beanmail" in page.headers["Set-Cookie"]
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', text).group(1)  # type: ignore[union-attr]
+    done = client.post("/beanmail/suppressions/add", data={"address": "m@example.com", "csrf": token}, headers=auth)
+    assert done.status_code == 303 and done.headers["Location"].startswith("/beanmail/suppressions?done=")
+    assert Store(settings.store).suppressed("m@example.com") == ("operator", "added by operator")
+    console.close()
