@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--reason", default="added by operator")
     su.add_argument("--json", action="store_true")
 
+    wk = sub.add_parser("workers", help="the fleet's worker processes; disable or enable a host")
+    wk.add_argument("action", nargs="?", choices=("list", "disable", "enable"), default="list")
+    wk.add_argument("host", nargs="?", help="disable/enable: the host name (every worker on it)")
+    wk.add_argument("--pid", type=int, help="disable/enable one process of HOST only")
+    wk.add_argument("--json", action="store_true")
+
     lg = sub.add_parser("log", help="what happened to a message")
     lg.add_argument("--key")
     lg.add_argument("--to")
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .feedback import commands as feedback_commands
 
     feedback_commands.register(sub)  # dkim keygen, bounce, bounces [fetch], resume
+    from .digest.commands import add_parser as add_digest_parser
+
+    add_digest_parser(sub)  # beanmail digest run | flush [--all] | prefs ... | status
     return p
 
 

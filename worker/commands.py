@@ -79,7 +79,40 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     loops = [Worker(settings, Pipeline(settings, s, transport=shared), s, url=url) for url, s in zip(servers, stores)]
     worker: Worker | Pool = loops[0] if len(loops) == 1 else Pool(loops)
     worker.install_signal_handlers()
-    return worker.run(burst=args.burst)
+    registry = _register(settings, loops, burst=args.burst)
+    if registry is None:
+        return 0
+    try:
+        return worker.run(burst=args.burst)
+    finally:
+        registry.close()
+
+
+def _register(settings: Settings, loops: list[Worker], *, burst: bool) -> "Registry | None":
+    """The registry entry and heartbeat of this process; None when it was stopped while its host
+    was disabled (a started worker on a disabled host waits to be enabled, holding nothing)."""
+    from .registry import Registry
+
+    def stop() -> None:
+        for w in loops:
+            w.stopping = True
+
+    def progress() -> tuple[int, str]:
+        return sum(w.processed for w in loops), ",".join(str(w.current) for w in loops if w.current)
+
+    store = open_store(settings) if burst else wait_for_store(settings)
+    registry = Registry(store, settings.tubes, heartbeat=settings.heartbeat, lost_after=settings.lost_after,
+                        progress=progress, stop=stop).start()
+    if registry.is_disabled() and not burst:
+        logs.get_logger().warning("this host is disabled: waiting for `beanmail workers enable`",
+                                  worker=registry.id)
+        while registry.is_disabled() and not loops[0].stopping:
+            loops[0]._sleep(settings.heartbeat)
+        if loops[0].stopping:
+            registry.disabled = True
+            registry.close()
+            return None
+    return registry
 
 
 def wait_for_store(settings: Settings) -> Store:
@@ -95,6 +128,12 @@ def wait_for_store(settings: Settings) -> Store:
                 logged = True
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+
+def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
+    from .digest.commands import cmd_digest as digest
+
+    return digest(settings, args)
 
 
 def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
@@ -337,3 +376,40 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     check_listen(settings)
     logs.configure(settings.log_format)
     return serve(settings)
+
+
+def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
+    from . import registry
+
+    store = open_store(settings)
+    if args.action == "list":
+        rows = registry.workers(store, settings.lost_after)
+        if args.json:
+            _print_json([r.to_json() for r in rows])
+            return 0
+        if not rows:
+            print("no worker has registered")
+        now = time.time()
+        for r in rows:
+            print(f"{r.host:<20} {r.pid:>7}  {r.state:<9} seen {now - r.last_seen:5.0f}s ago  jobs {r.jobs_done:>8}"
+                  f"  {r.tubes}{'  holding ' + r.current_job if r.current_job else ''}")
+        for target in registry.disabled_targets(store):
+            print(f"disabled: {target}")
+        return 0
+    if not args.host:
+        raise UsageError(f"workers {args.action} needs a HOST (and optionally --pid PID)")
+    target = f"{args.host}:{args.pid}" if args.pid else args.host
+    if args.action == "disable":
+        registry.disable(store, target)
+        print(f"disabled {target}: its workers finish the job in hand and exit 0 within"
+              f" {settings.heartbeat:g}s; supervisord does not restart them")
+        return 0
+    if not registry.enable(store, target):
+        raise CommandError(f"{target} was not disabled")
+    print(f"enabled {target}")
+    if args.host == registry.this_worker()[1]:
+        started = ops.start_stopped_workers(settings)
+        print(f"started {', '.join(started)}" if started else "no stopped worker process to start here")
+    else:
+        print(f"on {args.host}, start its workers again: supervisorctl -c supervisord.conf start beanmail:*")
+    return 0

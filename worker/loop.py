@@ -47,6 +47,7 @@ class Worker:
         self._idle = False
         self._reload = False
         self.processed = 0
+        self.current: int | None = None  # the job in hand, for the registry's heartbeat
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
 
     # -- signals --------------------------------------------------------------------------------
@@ -169,6 +170,7 @@ class Worker:
         client = self.client
         assert client is not None
         reserved = Reserved(client, job, self.settings.max_attempts)
+        self.current = job.id
         try:
             try:
                 d = self.stage.handle(reserved)
@@ -199,6 +201,8 @@ class Worker:
             # from being sent twice
             self.log.warning("beanstalkd connection lost", error=str(exc), job=job.id)
             self._drop()
+        finally:
+            self.current = None
 
 
 class Pool:

@@ -63,6 +63,27 @@ def supervisor_processes(settings: Settings) -> dict[str, Any]:
     ]}
 
 
+def start_stopped_workers(settings: Settings) -> list[str]:
+    """After `workers enable`: start this host's worker processes that exited when they were
+    disabled (supervisord does not restart an expected exit). [] if supervisord is not here."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, serverurl=settings.supervisor_url)
+    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    started = []
+    try:
+        for info in proxy.supervisor.getAllProcessInfo():
+            if info["statename"] in ("EXITED", "STOPPED", "FATAL", "BACKOFF") and info["name"].startswith(("mail", "urgent")):
+                name = f"{info['group']}:{info['name']}"
+                proxy.supervisor.startProcess(name, False)
+                started.append(name)
+    except (OSError, xmlrpc.client.Error):
+        return started
+    finally:
+        transport.close()
+    return started
+
+
 def status(settings: Settings) -> dict[str, Any]:
     """Every beanstalkd server's state (``servers``), with ``beanstalkd`` and ``tubes`` the
     whole fleet's: the first unreachable server's error, and each tube's counts summed."""

@@ -144,6 +144,24 @@ MIGRATIONS: dict[int, str] = {
         at DOUBLE PRECISION NOT NULL
     )
     """,
+    40: """
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,            -- host:pid
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        tubes TEXT NOT NULL,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,            -- running | disabled | stopped | lost
+        started_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        jobs_done BIGINT NOT NULL DEFAULT 0,
+        current_job TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE disabled (
+        target TEXT PRIMARY KEY,        -- a host name, or host:pid
+        created_at DOUBLE PRECISION NOT NULL
+    )
+    """,
 }
 # Upper bounds (seconds) of the enqueue-to-accepted latency buckets, columns l0.. of
 # console_counts (counts per bucket, not cumulative); the last column counts what is above.
@@ -472,6 +490,10 @@ class Store:
         """A write; the number of rows it changed."""
         with self._guard():
             return int(self._db.execute(sql, args).rowcount)
+
+    # for the modules that keep their own tables here (the registry, feedback, digests): one
+    # statement each, with the store's outage handling
+    one, all, execute = _one, _all, _run
 
     # -- claims and the delivery log ------------------------------------------------------------
     def claim(self, key: str, recipient: str, template: str, lease: float) -> int:

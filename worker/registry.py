@@ -1,0 +1,148 @@
+"""The worker registry: every worker process registers in the delivery store and beats a heart,
+so an operator sees the fleet (`beanmail workers`) and can disable a host from anywhere.
+
+A disabled worker finishes the job in hand and exits 0, which supervisord.conf treats as
+expected (autorestart=unexpected): it stays down until `beanmail workers enable`. A worker whose
+heart stopped (a host that died) is marked lost by the others after BEANMAIL_LOST_AFTER, and the
+claims it held are released at once rather than when their leases run out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .logs import get_logger
+from .store import Store, StoreUnavailable
+
+VERSION = "0.2.0"
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    id: str
+    host: str
+    pid: int
+    tubes: str
+    version: str
+    state: str  # running | disabled | stopped | lost
+    started_at: float
+    last_seen: float
+    jobs_done: int
+    current_job: str
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def this_worker() -> tuple[str, str, int]:
+    host, pid = socket.gethostname(), os.getpid()
+    return f"{host}:{pid}", host, pid
+
+
+class Registry:
+    """One per worker process. ``progress`` tells the heartbeat (jobs done, jobs in hand);
+    ``stop`` is called once when this host or process is disabled."""
+
+    def __init__(self, store: Store, tubes: tuple[str, ...], *, heartbeat: float, lost_after: float,
+                 progress: Callable[[], tuple[int, str]] = lambda: (0, ""),
+                 stop: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.tubes = ",".join(tubes)
+        self.heartbeat = heartbeat
+        self.lost_after = lost_after
+        self.progress = progress
+        self.stop = stop
+        self.id, self.host, self.pid = this_worker()
+        self.disabled = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.log = get_logger()
+
+    # -- this process ---------------------------------------------------------------------------
+    def start(self) -> "Registry":
+        now = time.time()
+        self.store.execute(
+            "INSERT INTO workers (id, host, pid, tubes, version, state, started_at, last_seen, jobs_done, current_job)"
+            " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, 0, '') ON CONFLICT (id) DO UPDATE SET tubes = excluded.tubes,"
+            " version = excluded.version, state = 'running', started_at = excluded.started_at,"
+            " last_seen = excluded.last_seen, jobs_done = 0, current_job = ''",
+            (self.id, self.host, self.pid, self.tubes, VERSION, now, now))
+        self._thread = threading.Thread(target=self._beat, name="registry", daemon=True)
+        self._thread.start()
+        return self
+
+    def is_disabled(self) -> bool:
+        row = self.store.one("SELECT count(*) FROM disabled WHERE target IN (?, ?)", (self.host, self.id))
+        return bool(row and row[0])
+
+    def beat(self) -> None:
+        """One heartbeat: say we live, notice a disable, mark the silent lost."""
+        done, current = self.progress()
+        state = "disabled" if self.disabled else "running"
+        self.store.execute("UPDATE workers SET last_seen = ?, jobs_done = ?, current_job = ?, state = ?"
+                           " WHERE id = ?", (time.time(), done, current, state, self.id))
+        if not self.disabled and self.is_disabled():
+            self.disabled = True
+            self.store.execute("UPDATE workers SET state = 'disabled' WHERE id = ?", (self.id,))
+            self.log.warning("this worker is disabled: finishing the job in hand, then exiting", worker=self.id)
+            self.stop()
+        for worker in mark_lost(self.store, self.lost_after):
+            self.log.warning("worker lost: no heartbeat; its claims are released", worker=worker)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.heartbeat):
+            try:
+                self.beat()
+            except StoreUnavailable:
+                pass  # the store logs its outage once; the next beat tries again
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        done, _ = self.progress()
+        try:
+            self.store.execute("UPDATE workers SET state = ?, last_seen = ?, jobs_done = ?, current_job = ''"
+                               " WHERE id = ?", ("disabled" if self.disabled else "stopped", time.time(), done, self.id))
+        except StoreUnavailable:
+            pass
+
+
+# -- the fleet, for operators ---------------------------------------------------------------------
+
+def mark_lost(store: Store, lost_after: float) -> list[str]:
+    """Workers silent for ``lost_after`` seconds are lost; their claims are released at once."""
+    cutoff = time.time() - lost_after
+    lost = [r[0] for r in store.all("SELECT id FROM workers WHERE state IN ('running', 'disabled')"
+                                    " AND last_seen < ?", (cutoff,))]
+    for worker in lost:
+        store.execute("UPDATE workers SET state = 'lost' WHERE id = ? AND last_seen < ?", (worker, cutoff))
+        store.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed' AND claimed_by LIKE ?",
+                      (f"{worker}:%",))
+    return lost
+
+
+def workers(store: Store, lost_after: float) -> list[WorkerRow]:
+    mark_lost(store, lost_after)
+    rows = store.all("SELECT id, host, pid, tubes, version, state, started_at, last_seen, jobs_done, current_job"
+                     " FROM workers ORDER BY host, pid")
+    return [WorkerRow(*r) for r in rows]
+
+
+def disable(store: Store, target: str) -> None:
+    """``target``: a host name (all its workers) or ``host:pid`` (one process)."""
+    store.execute("INSERT INTO disabled (target, created_at) VALUES (?, ?) ON CONFLICT (target) DO NOTHING",
+                  (target, time.time()))
+
+
+def enable(store: Store, target: str) -> bool:
+    return store.execute("DELETE FROM disabled WHERE target = ?", (target,)) > 0
+
+
+def disabled_targets(store: Store) -> list[str]:
+    return [r[0] for r in store.all("SELECT target FROM disabled ORDER BY target")]
