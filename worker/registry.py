@@ -10,12 +10,12 @@ claims it held are released at once rather than when their leases run out.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .identity import host_name
 from .logs import get_logger
 from .store import Store, StoreUnavailable
 
@@ -40,7 +40,7 @@ class WorkerRow:
 
 
 def this_worker() -> tuple[str, str, int]:
-    host, pid = socket.gethostname(), os.getpid()
+    host, pid = host_name(), os.getpid()
     return f"{host}:{pid}", host, pid
 
 

@@ -64,6 +64,7 @@ class Settings:
     backoff_max: float = 3600.0
     threads: int = 1  # loops per worker process; more for slow receivers (direct MX delivery)
     reserve_timeout: int = 1
+    host_name: str = ""  # this host in claims and the registry; the machine's name by default
     heartbeat: float = 5.0  # seconds between a worker's registry heartbeats
     lost_after: float = 60.0  # a worker silent this long is lost, and its claims released
     beanstalk_timeout: float = 10.0
@@ -189,7 +190,11 @@ def load(environ: Mapping[str, str] | None = None, path: str | None = None,
             close = difflib.get_close_matches(key, variable_names(), n=1, cutoff=0.6)
             warn(f"{key} is not a beanmail setting and is ignored"
                  + (f"; did you mean {close[0]}?" if close else ""))
-    return validate(_absolute(Settings(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})))
+    settings = validate(_absolute(Settings(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})))
+    from . import identity
+
+    identity.configure(settings.host_name)  # read once at start, as every setting
+    return settings
 
 
 def _absolute(s: Settings) -> Settings:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
+from .identity import host_name
 from .logs import get_logger
 from .outcomes import Deferred, Skipped
 
@@ -197,7 +197,7 @@ _connections = itertools.count(1)
 def worker_id() -> str:
     """``host:pid:n``: each store connection claims for itself, so two loops of one process
     (BEANMAIL_THREADS) never take each other's claim for their own."""
-    return f"{socket.gethostname()}:{os.getpid()}:{next(_connections)}"
+    return f"{host_name()}:{os.getpid()}:{next(_connections)}"
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -205,7 +205,7 @@ def holder_is_dead(holder: str) -> bool:
     supervisord) need not wait for its lease to run out."""
     parts = holder.split(":")
     host, pid = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != host_name() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
