@@ -413,3 +413,28 @@ def test_mounted_in_a_web_app_links_and_forms_follow_the_mount_point(settings: S
     assert done.status_code == 303 and done.headers["Location"].startswith("/beanmail/suppressions?done=")
     assert Store(settings.store).suppressed("m@example.com") == ("operator", "added by operator")
     console.close()
+
+
+def test_a_fleet_of_beanstalkd_servers_is_summed_and_each_is_checked(settings: Settings, beanstalkd: Beanstalkd,
+                                                                     tmp_path: Path) -> None:
+    second = Beanstalkd(tmp_path / "second").start()
+    try:
+        fleet = settings.replace(beanstalk_url=f"{beanstalkd.url},{second.url}")
+        bury_by_hand(settings, b"{}", "mail.bulk")
+        bury_by_hand(settings.replace(beanstalk_url=second.url), b"{}", "mail.bulk")
+        c = start_console(fleet)
+        try:
+            text = c.get("/metrics")[2]
+            assert 'beanmail_tube_jobs{state="buried",tube="mail.bulk"} 2.0' in text
+            assert c.get("/healthz")[:1] == (200,)
+            second.stop()
+            status, _, body = c.get("/healthz")
+            assert status == 503 and body == f"beanstalkd: not answering: {second.url}: [Errno 111] Connection refused\n"
+            text = c.get("/metrics")[2]  # what the servers that answer hold, and which did not
+            assert 'beanmail_tube_jobs{state="buried",tube="mail.bulk"} 1.0' in text
+            assert f'beanmail_beanstalkd_up{{server="{second.url}"}} 0.0' in text
+            assert 'beanmail_up{component="beanstalkd"} 0.0' in text
+        finally:
+            stop_console(c)
+    finally:
+        second.stop()

@@ -29,16 +29,46 @@ class Beanstalk:
     error: str = ""
     version: str = ""
     workers: int = 0  # connections that reserve: every worker loop and fan-out
+    up: dict[str, bool] = field(default_factory=dict)  # each server: did it answer
     tubes: list[dict[str, Any]] = field(default_factory=list)
 
 
+def servers(settings: Settings) -> list[str]:
+    """Every beanstalkd server of the fleet (a comma-separated BEANMAIL_BEANSTALK_URL names several)."""
+    return list(getattr(settings, "beanstalk_urls", None) or [settings.beanstalk_url])
+
+
 def beanstalk(settings: Settings, timeout: float = 3.0) -> Beanstalk:
-    """Every tube's counts and the age of its oldest job. beanstalkd lists no tube's jobs, so
-    "oldest" is the oldest of the jobs it can show: the next ready, the next delayed and the
-    first buried one."""
-    out = Beanstalk(settings.beanstalk_url)
+    """Every tube's counts, summed over the servers, and the age of its oldest job. beanstalkd
+    lists no tube's jobs, so "oldest" is the oldest of the jobs it can show: the next ready, the
+    next delayed and the first buried one."""
+    urls = servers(settings)
+    out = Beanstalk(", ".join(urls))
+    tubes: dict[str, dict[str, Any]] = {}
+    errors = []
+    for url in urls:
+        one = _server(url, timeout)
+        out.up[url] = not one.error
+        if one.error:
+            errors.append(f"{url}: {one.error}" if len(urls) > 1 else one.error)
+            continue
+        out.version, out.workers = one.version, out.workers + one.workers
+        for t in one.tubes:
+            total = tubes.setdefault(t["tube"], dict(t, ready=0, reserved=0, delayed=0, buried=0, watching=0,
+                                                     paused=0, oldest=0))
+            for k in ("ready", "reserved", "delayed", "buried", "watching"):
+                total[k] += t[k]
+            total["paused"], total["oldest"] = max(total["paused"], t["paused"]), max(total["oldest"], t["oldest"])
+    out.error = "; ".join(errors)
+    names = list(tubes)
+    out.tubes = [tubes[t] for t in [t for t in TUBES if t in names] + sorted(set(names) - set(TUBES))]
+    return out
+
+
+def _server(url: str, timeout: float) -> Beanstalk:
+    out = Beanstalk(url)
     try:
-        client = connect(settings.beanstalk_url, timeout=timeout, encoding=None)
+        client = connect(url, timeout=timeout, encoding=None)
     except OSError as exc:
         out.error = f"unreachable: {exc}"
         return out
@@ -46,8 +76,7 @@ def beanstalk(settings: Settings, timeout: float = 3.0) -> Beanstalk:
         with client:
             stats = client.stats()
             out.version, out.workers = str(stats.get("version", "")), int(stats["current-workers"])
-            present = set(client.tubes())
-            for tube in [t for t in TUBES if t in present] + sorted(present - set(TUBES) - {"default"}):
+            for tube in sorted(set(client.tubes()) - {"default"}):
                 s = client.stats_tube(tube)
                 client.use(tube)
                 oldest = 0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from producer.client import connect
 
 from ..store import StoreCorrupt, StoreUnavailable
+from .figures import servers
 
 if TYPE_CHECKING:
     from .app import Console
@@ -15,11 +16,12 @@ if TYPE_CHECKING:
 
 def check(console: "Console", timeout: float = 2.0) -> list[str]:
     problems = []
-    try:
-        with connect(console.settings.beanstalk_url, timeout=timeout, encoding=None) as client:
-            client.stats()
-    except Exception as exc:  # noqa: BLE001 - whatever it is, beanstalkd does not answer
-        problems.append(f"beanstalkd: not answering: {exc}")
+    for url in servers(console.settings):
+        try:
+            with connect(url, timeout=timeout, encoding=None) as client:
+                client.stats()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, beanstalkd does not answer
+            problems.append(f"beanstalkd: not answering: {url}: {exc}")
     try:
         console.with_store(lambda s: s.schema())
     except (StoreUnavailable, StoreCorrupt) as exc:

@@ -26,7 +26,12 @@ class PoolCollector:
                                labels=["component"])
         bs = figures.beanstalk(self.console.settings)
         up.add_metric(["beanstalkd"], 0 if bs.error else 1)
-        if not bs.error:
+        servers = GaugeMetricFamily("beanmail_beanstalkd_up", "1 when this beanstalkd server answered at this"
+                                    " scrape; the tube figures sum the servers that did", labels=["server"])
+        for url, answered in bs.up.items():
+            servers.add_metric([url], 1 if answered else 0)
+        yield servers
+        if any(bs.up.values()):
             jobs = GaugeMetricFamily("beanmail_tube_jobs", "jobs in each tube by state", labels=["tube", "state"])
             for t in bs.tubes:
                 for state in figures.STATES:
