@@ -10,7 +10,7 @@ packages=(beanstalkd)
 # Node.js may come from elsewhere than Debian (as on many dev machines): keep it if it works.
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$what" = test ] || [ "$what" = bench ]; then
-  packages+=(dnsmasq-base postfix postgresql php-cli php-pda-pheanstalk ruby ruby-beaneater openssl curl dovecot-imapd
+  packages+=(dnsmasq-base postfix postgresql php-cli php-pda-pheanstalk ruby ruby-beaneater openssl curl dovecot-imapd dovecot-lmtpd
             chromium chromium-driver)  # the console's browser tests (selenium drives Debian's build)
 fi
 

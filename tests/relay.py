@@ -149,3 +149,95 @@ class PostfixRelay:
         _alternate_dirs(lambda dirs: [d for d in dirs if d != str(self.conf)])
         shutil.rmtree(self.dir, ignore_errors=True)
         del pid
+
+
+class Dovecot:
+    """Debian's dovecot on loopback ports: IMAPS (a self-signed certificate for 127.0.0.1, its
+    own CA file for the client) and LMTP for Postfix to deliver into; one maildir that every
+    user shares, any user name with ``password`` logs in."""
+
+    password = "bounce-secret"
+
+    def __init__(self) -> None:
+        self.binary = which("dovecot")
+        self.dir = Path(tempfile.mkdtemp(prefix="beanmail-dovecot-"))
+        os.chmod(self.dir, 0o755)
+        self.imaps_port, self.lmtp_port = free_port(), free_port()
+        self.cert, self.key = self.dir / "cert.pem", self.dir / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(self.key),
+                        "-out", str(self.cert)], check=True, capture_output=True, timeout=60)
+        self.mail = self.dir / "mail"
+        self.mail.mkdir()
+        shutil.chown(self.mail, "nobody", "nogroup")
+        self.log = self.dir / "dovecot.log"
+        dh = Path("/usr/share/dovecot/dh.pem")
+        (self.dir / "dovecot.conf").write_text(f"""\
+protocols = imap lmtp
+listen = 127.0.0.1
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+instance_name = beanmail-{self.imaps_port}
+log_path = {self.log}
+ssl = required
+ssl_cert = <{self.cert}
+ssl_key = <{self.key}
+{f"ssl_dh = <{dh}" if dh.exists() else ""}
+auth_mechanisms = plain
+passdb {{
+  driver = static
+  args = password={self.password}
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={self.mail}/home allow_all_users=yes
+}}
+mail_location = maildir:{self.mail}/Maildir
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = no
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    port = {self.imaps_port}
+    ssl = yes
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = 0
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+""")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def lmtp(self) -> str:
+        return f"lmtp:inet:127.0.0.1:{self.lmtp_port}"
+
+    def mailbox_url(self, user: str = "bounces") -> str:
+        return f"imaps://{user}:{self.password}@127.0.0.1:{self.imaps_port}/INBOX?cafile={self.cert}"
+
+    def start(self) -> "Dovecot":
+        self.proc = subprocess.Popen([self.binary, "-F", "-c", str(self.dir / "dovecot.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: port_open("127.0.0.1", self.imaps_port) and port_open("127.0.0.1", self.lmtp_port), 20,
+                   f"dovecot to listen\n{self.log.read_text(errors='replace') if self.log.exists() else ''}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -23,7 +23,7 @@ from worker.settings import Settings
 from worker.store import Store
 
 from .conftest import ROOT, VENV_BIN, bare_env, beanmail, run_burst
-from .relay import PostfixRelay
+from .relay import Dovecot, PostfixRelay
 from .servers import SmtpServer, wait_until
 
 RETURNS = "returns.beanmail.example"
@@ -38,7 +38,8 @@ class Feedback:
     """The worker's settings plus a TOML file saying the same, for the pipe's `beanmail bounce`
     (Postfix runs it as nobody with a bare environment), and a store nobody may write."""
 
-    def __init__(self, settings: Settings, remote: SmtpServer, **extra: object) -> None:
+    def __init__(self, settings: Settings, remote: SmtpServer, dovecot: Dovecot | None = None,
+                 **extra: object) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="beanmail-feedback-"))
         store = self.dir / "store.sqlite3"
         Store(str(store)).close()  # SQLite run as root gives its -wal/-shm files the store's owner
@@ -47,10 +48,12 @@ class Feedback:
         values: dict[str, object] = {"store": str(store), "return_path": RETURN_PATH,
                                      "return_path_secret": VERP_SECRET, "beanstalk_url": settings.beanstalk_url,
                                      "log_format": "console", "soft_bounce_limit": 2, **extra}
+        if dovecot is not None:  # the return path's mail goes to a mailbox, read by `bounces fetch`
+            values["bounce_mailbox"] = dovecot.mailbox_url()
         self.config = self.dir / "beanmail.toml"
         self.config.write_text("[beanmail]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
         os.chmod(self.config, 0o644)
-        self.relay = PostfixRelay(f"127.0.0.1:{remote.port}", routes={RETURNS: "beanmail:"},
+        self.relay = PostfixRelay(f"127.0.0.1:{remote.port}", routes={RETURNS: dovecot.lmtp if dovecot else "beanmail:"},
                                   pipe_argv=f"{PIPE_PYTHON} -m worker.cli --config {self.config} bounce"
                                             " --recipient ${original_recipient}",
                                   pipe_environment={"PYTHONPATH": f"{ROOT}:{sysconfig.get_paths()['purelib']}"}).start()
@@ -276,3 +279,45 @@ def fanout(f: Feedback) -> None:
     store = f.store()
     assert Worker(f.settings, Fanout(f.settings), store, tubes=(MAILOUT_TUBE,)).run(burst=True) == 0
     store.close()
+
+
+def test_bounces_fetch_reads_postfix_dsns_from_dovecot_once_and_flags_them(
+        settings: Settings, smtp: SmtpServer, notifier: Notifier) -> None:
+    import imaplib
+    import ssl
+
+    dovecot = Dovecot().start()
+    f = Feedback(settings, smtp, dovecot=dovecot)
+    try:
+        def mailbox() -> imaplib.IMAP4_SSL:
+            imap = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port,
+                                     ssl_context=ssl.create_default_context(cafile=str(dovecot.cert)))
+            imap.login("bounces", dovecot.password)
+            imap.select("INBOX")
+            return imap
+
+        def in_mailbox() -> int:
+            imap = mailbox()
+            try:
+                return len(imap.uid("SEARCH", None, "ALL")[1][0].split())
+            finally:
+                imap.logout()
+
+        notifier.notify("welcome", "reject-imap@example.com", {"name": "I"}, key="imap:1")
+        run_burst(f.settings)
+        wait_until(in_mailbox, 30, f"the DSN in dovecot\n{f.relay.maillog()[-2000:]}")
+        first = json.loads(beanmail("bounces", "fetch", "--json", env=f.env).stdout.strip().splitlines()[-1])
+        assert first == {"messages": 1, "hard": 1}
+        store = f.store()
+        assert store.suppressed("reject-imap@example.com")[0] == "bounce"
+        [bounce] = store.bounces()
+        assert (bounce["source"], bounce["key"], bounce["status"]) == ("imap", "imap:1", "5.1.1")
+        again = json.loads(beanmail("bounces", "fetch", "--json", env=f.env).stdout.strip().splitlines()[-1])
+        assert again == {"messages": 0}  # handled once
+        imap = mailbox()
+        flags = imap.uid("FETCH", imap.uid("SEARCH", None, "ALL")[1][0].split()[0], "(FLAGS)")[1][0]
+        imap.logout()
+        assert b"$BeanmailHandled" in flags and b"\\Seen" in flags
+    finally:
+        f.close()
+        dovecot.stop()
