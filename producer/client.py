@@ -6,7 +6,7 @@ import base64
 import os
 import threading
 from email.utils import getaddresses
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import envelope as env
 from . import spool
@@ -14,6 +14,9 @@ from .beanstalk import connect, parse_url, split_urls  # noqa: F401 - connect, p
 from .blobs import BlobError, BlobStore
 from .envelope import Envelope, Recipient
 from .servers import Refused, ServerSet, Unanswered
+
+if TYPE_CHECKING:
+    from .prefs import PreferenceStore, Preferences
 
 DEFAULT_URL = "beanstalk://127.0.0.1:11300"
 DEFAULT_TTR = 120
@@ -94,14 +97,16 @@ class Notifier:
     def notify(self, template: str, to: Any, context: Mapping[str, Any] | None = None, *,
                entities: Mapping[str, Mapping[str, Any]] | None = None, priority: str = "normal",
                delay: int = 0, not_after: float | None = None, key: str | None = None,
-               headers: Mapping[str, str] | None = None) -> int:
-        """Queue one templated message; returns the beanstalkd job id."""
+               headers: Mapping[str, str] | None = None, digest: str | None = None) -> int:
+        """Queue one templated message; returns the beanstalkd job id. ``digest`` ("hourly",
+        "daily", "weekly") collects it into the recipient's digest instead (docs/digests.md);
+        the recipient's own preference, when set, decides over it."""
         _check_priority(priority)
         envelope = Envelope(
             kind="mail", id=key or env.new_id(), to=(parse_recipient(to),), template=template,
             context=dict(context or {}), entities={k: dict(v) for k, v in (entities or {}).items()},
             priority=priority, not_after=_int(not_after), created_at=env.now(),
-            headers=dict(headers or {}),
+            headers=dict(headers or {}), digest=_check_digest(digest),
         )
         return self.put(envelope, delay=delay)
 
@@ -118,12 +123,13 @@ class Notifier:
 
     def mailout(self, template: str, recipients: Iterable[Any], context: Mapping[str, Any] | None = None,
                 *, key: str, priority: str = "bulk", exclude: Iterable[str] = (),
-                not_after: float | None = None) -> list[int]:
-        """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk."""
+                not_after: float | None = None, digest: str | None = None) -> list[int]:
+        """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk.
+        ``digest``: every recipient's mail is collected into their digest of that period."""
         _check_priority(priority)
         excluded = {parse_recipient(a).address.lower() for a in exclude}
         base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
-                    not_after=_int(not_after), exclude=tuple(sorted(excluded)))
+                    not_after=_int(not_after), exclude=tuple(sorted(excluded)), digest=_check_digest(digest))
         ids: list[int] = []
         chunk: list[Recipient] = []
         empty = len(env.encode(Envelope(id=f"{key}#000000", to=(), created_at=env.now(), **base))) + 80
@@ -144,10 +150,35 @@ class Notifier:
 
     def notify_watchers(self, template: str, watchers: Iterable[Any], actor: Any = None,
                         context: Mapping[str, Any] | None = None, *, key: str, priority: str = "normal",
-                        not_after: float | None = None) -> list[int]:
+                        not_after: float | None = None, digest: str | None = None) -> list[int]:
         """The classic hook: tell everyone watching something, except whoever caused the event."""
         return self.mailout(template, watchers, context, key=key, priority=priority,
-                            exclude=[actor] if actor else (), not_after=not_after)
+                            exclude=[actor] if actor else (), not_after=not_after, digest=digest)
+
+    # -- a recipient's delivery preferences (docs/digests.md), written to the store directly ----
+    def set_preferences(self, address: str, *, mode: str | None = None, timezone: str | None = None,
+                        quiet: str | tuple[str, str] | None = "keep") -> "Preferences":
+        """``mode``: "immediate", "hourly", "daily", "weekly", "off" or "default" (each job's
+        ``digest`` decides); ``timezone``: an IANA name; ``quiet``: "22:00-07:00" or None for
+        none. What is not given stays as it was. Needs the store (``blobs=``, BEANMAIL_STORE)."""
+        return self.preference_store().set(parse_recipient(address).address, mode=mode, timezone=timezone,
+                                           quiet=quiet)
+
+    def preferences(self, address: str) -> "Preferences | None":
+        return self.preference_store().get(parse_recipient(address).address)
+
+    def clear_preferences(self, address: str) -> bool:
+        return self.preference_store().clear(parse_recipient(address).address)
+
+    def preference_store(self) -> "PreferenceStore":
+        from .prefs import PreferenceStore
+
+        with self._blob_lock:
+            if getattr(self, "_prefs", None) is None:
+                if not self.blobs:
+                    raise BlobError("preferences live in the store: configure it (Notifier(blobs=...) or BEANMAIL_STORE)")
+                self._prefs = PreferenceStore(self.blobs)
+            return self._prefs
 
     def _put_chunk(self, key: str, n: int, chunk: list[Recipient], base: dict[str, Any]) -> int:
         envelope = Envelope(id=f"{key}#{n}", to=tuple(chunk), created_at=env.now(), **base)
@@ -238,11 +269,20 @@ class Notifier:
             if self._blob_store is not None:
                 self._blob_store.close()
                 self._blob_store = None
+            if getattr(self, "_prefs", None) is not None:
+                self._prefs.close()
+                self._prefs = None
 
 
 def _check_priority(priority: str) -> None:
     if priority not in env.PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(env.PRIORITIES)}, got {priority!r}")
+
+
+def _check_digest(digest: str | None) -> str:
+    if digest and digest not in env.DIGEST_PERIODS:
+        raise ValueError(f"digest must be one of {', '.join(env.DIGEST_PERIODS)}, got {digest!r}")
+    return digest or ""
 
 
 def _int(value: float | None) -> int | None:

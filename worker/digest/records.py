@@ -123,9 +123,9 @@ class DigestRecords:
         marks = ", ".join("?" for _ in keys)
         rows = self.store._all(
             "SELECT batch, recipient, grp, due_at, created_at, item, n FROM (SELECT batch, recipient, grp, due_at,"
-            " created_at, item, row_number() OVER (PARTITION BY batch ORDER BY created_at DESC, key) AS rn,"
+            " created_at, item, row_number() OVER (PARTITION BY batch ORDER BY created_at DESC, key DESC) AS rn,"
             f" count(*) OVER (PARTITION BY batch) AS n FROM digest_items WHERE batch IN ({marks})) t"
-            " WHERE rn <= ? ORDER BY batch, created_at DESC", (*keys, newest))
+            " WHERE rn <= ? ORDER BY batch, rn", (*keys, newest))
         out: dict[str, Batch] = {}
         for key, recipient, group, due_at, created_at, item, n in rows:
             b = out.get(key)
