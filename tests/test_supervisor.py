@@ -132,7 +132,7 @@ def test_supervisorctl_stop_exits_0_in_time_and_leaves_nothing_reserved(stack: S
     stack.ctl("stop", "beanmail:*", check=True)
     took = time.monotonic() - started
     log = stack.log()
-    for name in ("mail_00", "mail_01", "urgent_00", "fanout_00"):
+    for name in ("mail_00", "mail_01", "urgent_00", "fanout_00", "digest_00"):
         assert f"stopped: {name} (exit status 0)" in log
     assert "SIGKILL" not in log
     assert took < 150  # stopwaitsecs
@@ -214,7 +214,7 @@ def test_operator_cli_status_kick_pause_peek(stack: Supervisor, beanstalkd: Bean
     wait_until(lambda: tube_totals(beanstalkd.url)["current-jobs-buried"] == 1, 30, "the job buried")
     status = json.loads(beanmail("status", "--json", env=stack.env).stdout)
     procs = {p["name"]: p["state"] for p in status["supervisor"]["processes"]}
-    assert procs == {"beanmail:fanout_00": "RUNNING", "beanmail:mail_00": "RUNNING",
+    assert procs == {"beanmail:fanout_00": "RUNNING", "beanmail:mail_00": "RUNNING", "beanmail:digest_00": "RUNNING",
                      "beanmail:mail_01": "RUNNING", "beanmail:urgent_00": "RUNNING", "beanmail:web_00": "RUNNING"}
     tubes = {t["tube"]: t for t in status["tubes"]}
     assert tubes["mail.bulk"]["buried"] == 1 and tubes["mail.urgent"]["watching"] == 3
