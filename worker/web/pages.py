@@ -63,31 +63,49 @@ def _text(console: "Console", text: str) -> str:
 
 
 # -- overview ---------------------------------------------------------------------------------------
-HOURS = 3
+HOURS = (1, 3, 6, 24)  # the overview's windows (?hours=); 3 unless asked
+MIN_SPAN = 15  # minutes the plot shows at least, however recent the first message
+
+
+def _window(req: "Request") -> int:
+    asked = req.query.get("hours", "")
+    return int(asked) if asked.isdigit() and int(asked) in HOURS else 3
+
+
+def time_labels(minutes: list[int]) -> dict[int, str]:
+    """Local clock times at round minutes, no more than seven along the axis."""
+    span = len(minutes)
+    step = next((s for s in (5, 10, 15, 30, 60, 120, 180, 360) if span / s <= 7), 720)
+    return {i: time.strftime("%H:%M", time.localtime(m * 60)) for i, m in enumerate(minutes) if m % step == 0}
 
 
 def overview(console: "Console", req: "Request") -> "Response":
+    hours = _window(req)
     bs = figures.beanstalk(console.settings)
     sup = ops.supervisor_processes(console.settings)
     error = ""
     try:
         minutes, series, lat, domains, brake = console.with_store(lambda s: (
-            *figures.rates(s, HOURS * 60), figures.latency(s), figures.domains(s, console.settings, HOURS),
+            *figures.rates(s, hours * 60), figures.latency(s), figures.domains(s, console.settings, hours),
             figures.brake(s, console.settings)))
     except (ops.StoreUnavailable, ops.StoreCorrupt) as exc:
         error = f"the delivery store is not available: {exc}"
         minutes, series, lat, domains, brake = [], {}, figures.latency_empty(), [], {
             "state": "unknown", "detail": "", "engaged": False}
-    last = len(minutes) - 1
-    labels = {last - 60 * k: ("now" if k == 0 else f"-{k} h") for k in range(HOURS + 1) if last - 60 * k >= 0}
-    plot = line_plot([Series(name, values) for name, values in series.items()], x_labels=labels,
-                     title=f"messages per minute by outcome, last {HOURS} hours", unit="/min", plot_id="rates")
+    # leading minutes without any message are left out (a new pool's plot is not a flat line
+    # with a spike at its end), down to MIN_SPAN
+    first = next((i for i in range(len(minutes)) if any(v[i] for v in series.values())), len(minutes))
+    first = max(0, min(first, len(minutes) - MIN_SPAN))
+    minutes, series = minutes[first:], {name: values[first:] for name, values in series.items()}
+    since = time.strftime("%H:%M", time.localtime(minutes[0] * 60)) if minutes else ""
+    plot = line_plot([Series(name, values) for name, values in series.items()], x_labels=time_labels(minutes),
+                     title=f"messages per minute by outcome since {since}", unit="messages/min", plot_id="rates")
     for d in domains:
         d["domain"] = d["domain"] if not console.masked or "@" not in d["domain"] else mask(d["domain"])
     return render(console, req, "overview.html", bs=bs, processes=sup.get("processes", []),
-                  supervisor_error=sup.get("error", ""), plot=_markup(plot), hours=HOURS,
-                  legend=[(n, sum(v)) for n, v in series.items()], lat=lat, domains=domains, brake=brake,
-                  error=error or (f"beanstalkd {bs.error}" if bs.error else ""))
+                  supervisor_error=sup.get("error", ""), plot=_markup(plot), hours=hours, windows=HOURS,
+                  since=since, legend=[(n, sum(v)) for n, v in series.items()], lat=lat, domains=domains,
+                  brake=brake, error=error or (f"beanstalkd {bs.error}" if bs.error else ""))
 
 
 def _markup(svg: str) -> Any:

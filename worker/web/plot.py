@@ -34,7 +34,7 @@ def _nice(top: float) -> float:
 
 def line_plot(series: Sequence[Series], *, x_labels: Mapping[int, str], title: str, unit: str,
               width: int = 760, height: int = 240, plot_id: str = "plot") -> str:
-    left, right, top, bottom = 48, 12, 12, 28
+    left, right, top, bottom = 56, 28, 22, 28
     w, h = width - left - right, height - top - bottom
     steps = max((len(s.values) for s in series), default=0)
     y_max = _nice(max((v for s in series for v in s.values), default=0.0))
@@ -53,7 +53,7 @@ def line_plot(series: Sequence[Series], *, x_labels: Mapping[int, str], title: s
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#dee2e6"/>')
         out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11"'
                    f' fill="#495057">{v:g}</text>')
-    out.append(f'<text x="4" y="{top + 10}" font-size="11" fill="#495057">{escape(unit)}</text>')
+    out.append(f'<text x="{left}" y="11" font-size="11" fill="#495057">{escape(unit)}</text>')
     for i, label in sorted(x_labels.items()):
         out.append(f'<text x="{x(i):.1f}" y="{height - 8}" text-anchor="middle" font-size="11"'
                    f' fill="#495057">{escape(label)}</text>')

@@ -57,7 +57,9 @@ OVERVIEW = """{% extends "base.html" %}{% block main %}
 <p>Workers connected to beanstalkd: <b id="workers">{{ bs.workers }}</b>{% if processes %} ·
 supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING' else 'bad' }}">{{ p.name }} {{ p.state }}</span>{{ ", " if not loop.last }}{% endfor %}{% elif supervisor_error %} · <span class="muted">supervisord {{ supervisor_error }}</span>{% endif %}</p>
 
-<h2>Delivery rates, messages per minute, last {{ hours }} hours</h2>
+<h2>Delivery rates, messages per minute by outcome{% if since %}, since {{ since }}{% endif %}</h2>
+<p class="muted">Window: {% for h in windows %}{% if h == hours %}<b>{{ h }} h</b>{% else %}<a href="{{ root }}/?hours={{ h }}">{{ h }} h</a>{% endif %}{{ " · " if not loop.last }}{% endfor %}
+(minutes before the first message of the window are left out)</p>
 {{ plot }}
 <div class="legend">{% for name, total in legend %}<span><i class="sw-{{ name }}"></i>{{ name }} {{ total }}</span>{% endfor %}</div>
 
@@ -70,7 +72,7 @@ supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING
 </div>
 {% if brake.detail %}<p class="muted">Bulk brake: {{ brake.detail }}</p>{% endif %}
 
-<h2>Recipient domains, last {{ hours }} hours (delivery log)</h2>
+<h2>Recipient domains, last {{ hours }} h (delivery log)</h2>
 <table id="domains"><tr><th>domain</th><th class="n">sent</th><th class="n">deferred</th><th class="n">bounced</th><th class="n">other</th><th class="n">rate limit</th></tr>
 {% for d in domains %}<tr><td>{{ d.domain }}</td><td class="n">{{ d.sent }}</td><td class="n">{{ d.deferred }}</td>
 <td class="n">{{ d.bounced }}</td><td class="n">{{ d.other }}</td><td class="n">{{ (d.rate ~ "/s") if d.rate else "none" }}</td></tr>
