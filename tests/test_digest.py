@@ -274,3 +274,36 @@ def test_quiet_hours_end_to_end_and_flush_all_releases_what_they_hold(settings: 
     assert subjects == ["1 new comment on #12 Login fails", "[#12] Login fails: new comment by author1"]
     assert tube_counts(settings, "mail.normal") == {"ready": 0, "delayed": 0}
     assert json.loads(beanmail("digest", "flush", "--json", env=env).stdout)["digests"] == 0
+
+
+def test_the_example_tracker_offers_immediately_or_a_daily_digest(settings: Settings, smtp: SmtpServer,
+                                                                  tmp_path: Path) -> None:
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    from examples.tracker.app import Tracker
+
+    notifier = Notifier(settings.beanstalk_url, blobs=settings.store)
+    app = Tracker(str(tmp_path / "tracker.sqlite3"), notifier)
+
+    def request(method: str, path: str, body: str = "") -> tuple[str, str]:
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)),
+                   "wsgi.input": io.BytesIO(body.encode())}
+        setup_testing_defaults(environ)
+        status: list[str] = []
+        out = b"".join(app(environ, lambda s, h: status.append(s)))
+        return status[0], out.decode()
+
+    assert request("POST", "/prefs", "email=ann%40example.com&mode=daily")[0].startswith("303")
+    page = request("GET", "/prefs")[1]
+    assert 'value="daily" checked>daily digest' in page and 'value="immediate" checked>immediately' in page
+    app.comment(1, "cat@example.com", "first")
+    app.comment(1, "cat@example.com", "second")
+    assert Worker(settings, Fanout(settings), Store(settings.store), tubes=("mailout",)).run(burst=True) == 0
+    run_burst(settings)
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == ["bob@example.com"] * 2  # Ann chose the digest
+    assert close_all(settings) == 1
+    run_burst(settings)
+    ann = smtp.wait_for(3)[2]
+    assert ann.rcpt_tos == ["ann@example.com"] and ann.message["Subject"].startswith("2 new comments on #1 ")
+    notifier.close()

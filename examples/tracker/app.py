@@ -1,7 +1,9 @@
 """A tiny issue tracker: commenting on an issue notifies its watchers, except the commenter.
 
 The classic watch-list hook, in plain WSGI and sqlite3, to show the one rule that matters: the
-notification is enqueued after the comment is committed (producer.hooks.transaction).
+notification is enqueued after the comment is committed (producer.hooks.transaction). Each user
+chooses "immediately" or "daily digest" (/prefs): the choice is a beanmail preference, so the
+hook itself never changes and a busy issue sends a digest user one mail a day (docs/digests.md).
 
     python examples/tracker/app.py            # http://127.0.0.1:8000/ against the dev stack
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -20,6 +23,8 @@ from wsgiref.simple_server import make_server
 from producer import Notifier
 from producer.hooks import transaction
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS issues (id INTEGER PRIMARY KEY, title TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS watchers (issue_id INTEGER NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
@@ -27,6 +32,7 @@ CREATE TABLE IF NOT EXISTS watchers (issue_id INTEGER NOT NULL, email TEXT NOT N
 CREATE TABLE IF NOT EXISTS comments (id INTEGER PRIMARY KEY, issue_id INTEGER NOT NULL,
                                      author TEXT NOT NULL, body TEXT NOT NULL);
 """
+DELIVERY = {"immediate": "immediately", "daily": "daily digest"}
 SEED = [
     (1, "Login fails with a ü in the password", [("ann@example.com", "Ann Müller"), ("bob@example.com", "Bob"),
                                                  ("cat@example.com", "Cat")]),
@@ -78,6 +84,17 @@ class Tracker:
                 return self._page(start_response, self._index())
             if method == "GET" and len(parts) == 2 and parts[0] == "issues":
                 return self._page(start_response, self._issue(int(parts[1])))
+            if parts == ["prefs"] and method == "GET":
+                return self._page(start_response, self._prefs_page())
+            if parts == ["prefs"] and method == "POST":
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                form = parse_qs(environ["wsgi.input"].read(size).decode())
+                email, mode = form.get("email", [""])[0].strip(), form.get("mode", [""])[0]
+                if not email or mode not in DELIVERY:
+                    return self._page(start_response, "<p>email and a choice are required</p>", "400 Bad Request")
+                self.set_delivery(email, mode)
+                start_response("303 See Other", [("Location", "/prefs")])
+                return [b""]
             if method == "POST" and len(parts) == 3 and parts[0] == "issues" and parts[2] == "comments":
                 size = int(environ.get("CONTENT_LENGTH") or 0)
                 form = parse_qs(environ["wsgi.input"].read(size).decode())
@@ -91,10 +108,29 @@ class Tracker:
             pass
         return self._page(start_response, "<p>not found</p>", "404 Not Found")
 
+    def set_delivery(self, email: str, mode: str) -> None:
+        """"immediate" or "daily": a preference in beanmail's store, which every worker reads
+        as it sends; the comment hook stays as it is."""
+        self.notifier.set_preferences(email, mode=mode)
+
+    def delivery(self, email: str) -> str:
+        prefs = self.notifier.preferences(email)
+        return prefs.mode if prefs is not None and prefs.mode in DELIVERY else "immediate"
+
+    def _prefs_page(self) -> str:
+        people = [e for (e,) in self.db().execute("SELECT DISTINCT email FROM watchers ORDER BY email")]
+        rows = "".join(
+            f'<li><form method="post" action="/prefs">{html.escape(e)} <input type="hidden" name="email"'
+            f' value="{html.escape(e)}">' + "".join(
+                f'<label><input type="radio" name="mode" value="{m}"{" checked" if self.delivery(e) == m else ""}>'
+                f"{label}</label> " for m, label in DELIVERY.items()) + "<button>Save</button></form></li>"
+            for e in people)
+        return f"<h1>Notification mail</h1><ul>{rows}</ul>"
+
     def _index(self) -> str:
         rows = self.db().execute("SELECT id, title FROM issues ORDER BY id").fetchall()
         items = "".join(f'<li><a href="/issues/{i}">#{i} {html.escape(t)}</a></li>' for i, t in rows)
-        return f"<h1>Issues</h1><ul>{items}</ul>"
+        return f'<h1>Issues</h1><ul>{items}</ul><p><a href="/prefs">Notification mail: immediately or daily digest</a></p>'
 
     def _issue(self, issue_id: int) -> str:
         db = self.db()
@@ -119,11 +155,13 @@ class Tracker:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--db", default=str(Path(__file__).resolve().parents[2] / "var" / "tracker.sqlite3"))
+    parser.add_argument("--db", default=str(ROOT / "var" / "tracker.sqlite3"))
     parser.add_argument("--beanstalk", default=None, help="default: $BEANMAIL_BEANSTALK_URL or the local one")
+    parser.add_argument("--store", default=os.environ.get("BEANMAIL_STORE") or str(ROOT / "var" / "beanmail.sqlite3"),
+                        help="beanmail's store, where the digest choice is kept (default: the dev stack's)")
     args = parser.parse_args()
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    app = Tracker(args.db, Notifier(args.beanstalk))
+    app = Tracker(args.db, Notifier(args.beanstalk, blobs=args.store))
     print(f"tracker on http://127.0.0.1:{args.port}/ — comment on an issue, then look in the catcher")
     make_server("127.0.0.1", args.port, app).serve_forever()
 
