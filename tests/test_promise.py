@@ -347,3 +347,17 @@ def test_a_mailout_with_a_refused_header_buries_its_chunk_not_every_recipient(se
     counts = tube_counts(settings)
     assert counts["buried"] == 1 and counts["ready"] == 0
     assert "header 'Cc' may not be set" in Store(settings.store).failure(settings.beanstalk_url, job)[1]
+
+
+def test_every_setting_is_documented_with_its_variable_and_toml_key(settings: Settings) -> None:
+    """docs/settings.md is made from worker/settings_doc.py: a new setting without a line fails here."""
+    import dataclasses
+
+    from worker.settings_doc import HELP, markdown
+
+    assert [f.name for f in dataclasses.fields(Settings) if not HELP.get(f.name)] == []
+    assert (ROOT / "docs" / "settings.md").read_text() == markdown(), "run: python -m worker.settings_doc > docs/settings.md"
+    shown = json.loads(beanmail("settings", "--json", env=bare_env(settings, BEANMAIL_SECRET="s3cret")).stdout)
+    by_var = {r["variable"]: r for r in shown}
+    assert by_var["BEANMAIL_SECRET"]["value"] == "(set)" and by_var["BEANMAIL_FROM"]["toml"] == "from"
+    assert by_var["BEANMAIL_TTR"]["value"] == str(settings.ttr)

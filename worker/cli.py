@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--reason", default="added by operator")
     su.add_argument("--json", action="store_true")
 
+    se = sub.add_parser("settings", help="every setting with its variable, TOML key and the value in force")
+    se.add_argument("--json", action="store_true")
+
     wk = sub.add_parser("workers", help="the fleet's worker processes; disable or enable a host")
     wk.add_argument("action", nargs="?", choices=("list", "disable", "enable"), default="list")
     wk.add_argument("host", nargs="?", help="disable/enable: the host name (every worker on it)")

@@ -413,3 +413,15 @@ def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"on {args.host}, start its workers again: supervisorctl -c supervisord.conf start beanmail:*")
     return 0
+
+
+def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
+    from .settings_doc import rows
+
+    table = rows(settings)
+    if args.json:
+        _print_json(table)
+        return 0
+    for r in table:
+        print(f"{r['variable'] or '(toml) ' + r['toml']:<38} {r['value']}")
+    return 0

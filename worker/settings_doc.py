@@ -1,0 +1,125 @@
+"""What each setting means, for `beanmail settings` and docs/settings.md (made from this, and
+tested to be: a setting without a line here fails the suite)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .settings import Settings, _label
+
+HELP: dict[str, str] = {
+    "beanstalk_url": "`beanstalk://host:port` or `unix:///path`; several, comma-separated, for a fleet (producers spread by key and fail over, workers reserve from each)",
+    "templates": "the templates folder (`<name>/subject.txt`, `body.txt`, optional `body.html`)",
+    "transport": "`smtp` (a relay) or `mx` (straight to the recipient domain's MX hosts)",
+    "smtp_url": "the relay: `smtp://user:pass@host:port?starttls=required|opportunistic|off`, or `smtps://…`",
+    "smtp_timeout": "seconds each SMTP step may take",
+    "smtp_data_timeout": "seconds the reply to the end of data may take (RFC 5321: 10 minutes); the job and its claim are kept alive meanwhile",
+    "in_doubt_delay": "a message sent without a final reply is retried only this many seconds later (it may have arrived)",
+    "smtp_cafile": "CA bundle to verify the relay's certificate (default: the system's)",
+    "from_addr": "the From header and envelope sender (`Name <address>`)",
+    "helo_name": "the EHLO name (default: the host name)",
+    "store": "the delivery store: an SQLite file, or `postgresql://…` for a fleet",
+    "secret": "jobs must carry a signature with this key; a comma-separated list rotates keys: the first signs, all verify",
+    "spool": "the producers' spool file; every worker start flushes it to beanstalkd",
+    "dns": "`ip[:port]` of the DNS server for MX lookups (default: the system's resolver)",
+    "dns_timeout": "seconds one DNS lookup may take",
+    "mx_port": "the SMTP port of MX hosts",
+    "mx_connections_per_domain": "concurrent and kept-alive connections per recipient domain, per worker process",
+    "rate_default": "messages/s per recipient domain, shared by every worker on the store; 0 is no limit",
+    "rate_limits": "per-domain rates: `gmail.com=5,example.org=0.5` (a TOML table in beanmail.toml)",
+    "tubes": "the tubes a worker watches (`--tubes`); `mailout` belongs to `beanmail fanout`",
+    "ttr": "seconds a reserved job is a worker's before beanstalkd gives it out again; must exceed the SMTP timeout (the worker touches it through long sends)",
+    "max_attempts": "deferrals (and in-doubt retries) before a job is buried as exhausted",
+    "backoff_base": "retry delay: base × 2^(attempt−1) seconds, jittered to [d/2, d]",
+    "backoff_max": "the longest retry delay, seconds",
+    "threads": "worker loops per process, per beanstalkd server; more for slow receivers",
+    "reserve_timeout": "seconds one reserve waits before the loop looks around (stop requests, reloads)",
+    "host_name": "this host's name in claims and the worker registry (default: the machine's; set it where hosts share one)",
+    "heartbeat": "seconds between a worker's registry heartbeats (a disable is noticed within one)",
+    "lost_after": "a worker silent this long is marked lost and its claims are released",
+    "beanstalk_timeout": "seconds a beanstalkd reply may take beyond the reserve timeout",
+    "mask_addresses": "logs and the console show `z***@example.com`, in keys, replies and reasons too",
+    "log_format": "`json` (one event per line) or `console`",
+    "unsubscribe_url": "one-click unsubscribe (RFC 8058) for bulk mail: where `producer.unsubscribe.UnsubscribeApp` is mounted",
+    "unsubscribe_mailto": "an address for mailto: unsubscribe requests",
+    "unsubscribe_secret": "signs unsubscribe tokens (default: the secret); a comma-separated list rotates",
+    "unsubscribe_days": "how long an unsubscribe link works",
+    "list_id": "List-Id of bulk mail (default `<template.from-domain>`)",
+    "supervisor_url": "supervisord's control socket, for `status`, the console and `workers enable`",
+    "web_listen": "`beanmail web`'s `HOST:PORT`; an address other than loopback needs a password",
+    "web_password": "HTTP basic auth for every console page but `/healthz`",
+    "entities": "entity resolvers, `[beanmail.entities.NAME]` tables: `database` + `sql` (sqlite3, one `?` for the id) or `callable = \"module:function\"` (id → mapping or None); TOML only",
+    "dkim_key": "PEM file of the DKIM key (RSA or Ed25519); messages whose From is in the signing domain are signed",
+    "dkim_selector": "the DKIM selector (`beanmail dkim keygen` prints its DNS record)",
+    "dkim_domain": "the signing domain (default: the From domain)",
+    "return_path": "`bounces@example.org`: each message's envelope sender becomes `bounces+TOKEN@example.org`, the token signed",
+    "return_path_secret": "signs VERP tokens (default: the secret)",
+    "feedback_id": "the sender id that ends Gmail's Feedback-ID header (default: the From domain)",
+    "bounce_mailbox": "`imaps://user:pass@host/INBOX` for `beanmail bounces fetch`",
+    "soft_bounce_limit": "soft bounces of one address within the window that suppress it",
+    "soft_bounce_window": "seconds the soft bounces are counted over",
+    "brake_window": "the last N bulk deliveries the brake judges; 0 turns the brake off",
+    "brake_min_sends": "fewer bulk deliveries than this in the window are not judged",
+    "brake_bounce_rate": "bounce rate over the window that pauses bulk mail",
+    "brake_complaint_rate": "complaint rate over the window that pauses bulk mail",
+    "relay_provider": "`sendgrid`, `postmark`, `mailgun` or `ses`: adds the header that carries the VERP token into the provider's events",
+    "ses_topic_arns": "SNS topic ARNs (comma-separated) whose notifications the webhook accepts",
+    "sendgrid_webhook_key": "SendGrid Event Webhook verification key (base64 DER, ECDSA P-256)",
+    "postmark_webhook_password": "basic auth password on the Postmark webhook URL",
+    "mailgun_signing_key": "Mailgun HTTP webhook signing key",
+    "digest_hour": "the local hour daily and weekly digests go",
+    "digest_weekday": "the day weekly digests go",
+    "digest_timezone": "the time zone of recipients whose preferences name none",
+    "digest_group": "`template`: one digest per recipient and template; `recipient`: one across templates",
+    "digest_max_items": "a digest shows the newest N items and counts the rest",
+    "digest_interval": "seconds between `beanmail digest run`'s looks for due periods",
+    "quiet_hours": "`22:00-07:00`: normal and bulk mail held in the recipient's time zone (urgent never)",
+    "quiet_recheck": "a held job comes back at least this often (a changed preference)",
+}
+
+
+def rows(current: Settings | None = None) -> list[dict[str, Any]]:
+    defaults = Settings()
+    out = []
+    for f in dataclasses.fields(Settings):
+        default = getattr(defaults, f.name)
+        row = {"variable": f"BEANMAIL_{_label(f.name)}" if f.name != "entities" else "",
+               "toml": _label(f.name).lower(), "default": _show(default), "meaning": HELP.get(f.name, "")}
+        if current is not None:
+            row["value"] = _show(getattr(current, f.name), secret=f.name.endswith(("secret", "password", "key")))
+        out.append(row)
+    return out
+
+
+def _show(value: Any, secret: bool = False) -> str:
+    if secret and value:
+        return "(set)"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def markdown() -> str:
+    lines = ["# Settings", "",
+             "Every setting, from `beanmail.toml` (keys under `[beanmail]`, or the file `BEANMAIL_CONFIG` names)",
+             "with `BEANMAIL_*` environment variables on top. A bad value stops a program at start naming the",
+             "setting (exit status 78); a `BEANMAIL_*` variable that names no setting is a warning naming the",
+             "closest one. Paths are relative to the folder the program runs in. `beanmail settings` prints this",
+             "table with the values in force (secrets shown as `(set)`). This page is made by",
+             "`python -m worker.settings_doc` and tested to match the code.", "",
+             "| variable | TOML key | default | meaning |", "| --- | --- | --- | --- |"]
+    for r in rows():
+        default = f"`{r['default']}`" if r["default"] else "none"
+        variable = f"`{r['variable']}`" if r["variable"] else "(TOML only)"
+        lines.append(f"| {variable} | `{r['toml']}` | {default} | {r['meaning'].replace('|', chr(92) + '|')} |")
+    lines += ["", "Not settings of the worker but read beside them: `BEANMAIL_CONFIG` (the TOML file) and, by the",
+              "producer's `Notifier` in a web app, `BEANMAIL_BEANSTALK_URL`, `BEANMAIL_SECRET`, `BEANMAIL_SPOOL`,",
+              "`BEANMAIL_STORE` when its arguments leave them out.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
