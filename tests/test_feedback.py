@@ -5,6 +5,7 @@ to the message's VERP return path and delivers it to its pipe transport running
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -321,3 +322,186 @@ def test_bounces_fetch_reads_postfix_dsns_from_dovecot_once_and_flags_them(
     finally:
         f.close()
         dovecot.stop()
+
+
+# -- provider webhooks: payloads as the providers document them, signed as they sign them ----------
+SES_BOUNCE = {  # Amazon SES notification examples: "Bounce notification ... with a DSN"
+    "notificationType": "Bounce",
+    "bounce": {"bounceType": "Permanent", "reportingMTA": "dns; email.example.com", "bounceSubType": "General",
+               "bouncedRecipients": [{"emailAddress": "jane@example.com", "status": "5.1.1", "action": "failed",
+                                      "diagnosticCode": "smtp; 550 5.1.1 <jane@example.com>... User"}],
+               "timestamp": "2016-01-27T14:59:38.237Z", "remoteMtaIp": "127.0.2.0",
+               "feedbackId": "00000138111222aa-33322211-cccc-cccc-cccc-ddddaaaa068a-000000"},
+    "mail": {"timestamp": "2016-01-27T14:59:38.237Z", "source": "john@example.com",
+             "sourceArn": "arn:aws:ses:us-east-1:888888888888:identity/example.com", "sourceIp": "127.0.3.0",
+             "sendingAccountId": "123456789012", "destination": ["jane@example.com"], "headersTruncated": False,
+             "messageId": "00000138111222aa-33322211-cccc-cccc-cccc-ddddaaaa0680-000000"},
+}
+SENDGRID_SPAMREPORT = {  # SendGrid Event Webhook reference: "spamreport"
+    "email": "example@test.com", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+    "event": "spamreport", "sg_event_id": "6g4ZI7SA-xmRDv57GoPIPw==",
+    "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+}
+POSTMARK_BOUNCE = {  # Postmark bounce webhook
+    "RecordType": "Bounce", "MessageStream": "outbound", "ID": 4323372036854775807, "Type": "HardBounce",
+    "TypeCode": 1, "Name": "Hard bounce", "Tag": "Test", "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+    "Metadata": {"a_key": "a_value", "b_key": "b_value"}, "ServerID": 23,
+    "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+    "Details": "Test bounce details", "Email": "john@example.com", "From": "sender@example.com",
+    "BouncedAt": "2019-11-05T16:33:54.9070259Z", "DumpAvailable": True, "Inactive": True, "CanActivate": True,
+    "Subject": "Test subject", "Content": "<Full dump of bounce>",
+}
+MAILGUN_FAILED = {  # Mailgun webhooks: a permanent failure
+    "signature": {"timestamp": "1529006854", "token": "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f979f3de0",
+                  "signature": "d2271d12299f6592d9d44cd9d250f0704e4674c30d79d07c47a66f95ce71cf55"},
+    "event-data": {"event": "failed", "timestamp": 1529006854.329574, "id": "Z9mAbzTQS8C4dePkXvU5eg",
+                   "severity": "permanent", "reason": "bounce", "recipient": "alice@example.com",
+                   "log-level": "error", "user-variables": {"my_var_1": "Mailgun Variable #1", "my-var-2": "awesome"},
+                   "delivery-status": {"attempt-no": 1, "code": 550, "enhanced-code": "5.1.1",
+                                       "message": "5.1.1 The email account that you tried to reach does not exist",
+                                       "description": "", "session-seconds": 0.1},
+                   "message": {"headers": {"to": "Alice <alice@example.com>", "from": "Bob <bob@example.com>",
+                                           "message-id": "20130503192659.13651.20287@example.com",
+                                           "subject": "Test permanent_fail webhook"}, "attachments": [], "size": 111}},
+}
+
+
+class Signers:
+    """The providers' side of each signature, with keys made for the test."""
+
+    def __init__(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.x509.oid import NameOID
+
+        self.sns_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.sns_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                         .public_key(self.sns_key.public_key()).serial_number(1)
+                         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+                         .sign(self.sns_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        self.cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem"
+        self.sendgrid_key = ec.generate_private_key(ec.SECP256R1())
+        self.sendgrid_public = base64.b64encode(self.sendgrid_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+        self.mailgun_key = "key-mailgun-signing-for-tests"
+        self.topic = "arn:aws:sns:us-east-1:123456789012:ses-bounces"
+
+    def sns(self, message: dict[str, object]) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        envelope = {"Type": "Notification", "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+                    "TopicArn": self.topic, "Message": json.dumps(message), "Timestamp": "2016-01-27T14:59:38.300Z",
+                    "SignatureVersion": "1", "SigningCertURL": self.cert_url,
+                    "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=x"}
+        text = "".join(f"{k}\n{envelope[k]}\n" for k in ("Message", "MessageId", "Timestamp", "TopicArn", "Type"))
+        envelope["Signature"] = base64.b64encode(self.sns_key.sign(text.encode(), padding.PKCS1v15(),
+                                                                   hashes.SHA1())).decode()
+        return json.dumps(envelope).encode()
+
+    def sendgrid(self, events: list[dict[str, object]], timestamp: str) -> tuple[bytes, dict[str, str]]:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        body = json.dumps(events).encode()
+        signature = self.sendgrid_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return body, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+                      "X-Twilio-Email-Event-Webhook-Timestamp": timestamp}
+
+    def mailgun(self, payload: dict[str, object], timestamp: str) -> bytes:
+        import hashlib
+        import hmac
+
+        payload = json.loads(json.dumps(payload))
+        sig = payload["signature"]
+        sig["timestamp"] = timestamp
+        sig["signature"] = hmac.new(self.mailgun_key.encode(), f"{timestamp}{sig['token']}".encode(),
+                                    hashlib.sha256).hexdigest()
+        return json.dumps(payload).encode()
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_ones(
+        settings: Settings, notifier: Notifier, smtp: SmtpServer) -> None:
+    import threading
+    import time
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from worker.feedback.webhooks import WebhookApp
+
+    signers = Signers()
+    s = settings.replace(return_path=RETURN_PATH, return_path_secret=VERP_SECRET, ses_topic_arns=signers.topic,
+                         sendgrid_webhook_key=signers.sendgrid_public, postmark_webhook_password="pm-pass",
+                         mailgun_signing_key=signers.mailgun_key)
+    sent = {}
+    for n, provider in enumerate(("ses", "sendgrid", "postmark", "mailgun")):
+        notifier.notify("welcome", f"{provider}-user@example.com", {"name": provider}, key=f"hook:{provider}")
+        run_burst(s.replace(relay_provider=provider))
+        sent[provider] = smtp.wait_for(n + 1)[n]
+    header = {p: sent[p].message[h] for p, h in (("sendgrid", "X-SMTPAPI"), ("postmark", "X-PM-Metadata-beanmail"),
+                                                 ("mailgun", "X-Mailgun-Variables"))}
+    sendgrid_token = json.loads(header["sendgrid"])["unique_args"]["beanmail"]
+    mailgun_token = json.loads(header["mailgun"])["beanmail"]
+
+    store = Store(s.store)
+    server = make_server("127.0.0.1", 0, WebhookApp(s, store, certificates=lambda url: signers.sns_cert),
+                         handler_class=type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    now = str(int(time.time()))
+    try:
+        # forged or unsigned requests: refused, nothing recorded
+        ses_ours = json.loads(json.dumps(SES_BOUNCE))
+        ses_ours["mail"]["source"] = sent["ses"].mail_from
+        ses_ours["bounce"]["bouncedRecipients"][0]["emailAddress"] = "ses-user@example.com"
+        tampered = json.loads(signers.sns(ses_ours))
+        tampered["Message"] = tampered["Message"].replace("ses-user@", "someone-else@")
+        sg_body, sg_headers = signers.sendgrid([{**SENDGRID_SPAMREPORT, "email": "sendgrid-user@example.com",
+                                                 "beanmail": sendgrid_token}], now)
+        assert post(f"{base}/ses", json.dumps(tampered).encode())[0] == 403
+        assert post(f"{base}/sendgrid", sg_body.replace(b"spamreport", b"spamreport "), sg_headers)[0] == 403
+        assert post(f"{base}/postmark", json.dumps(POSTMARK_BOUNCE).encode(),
+                    {"Authorization": "Basic " + base64.b64encode(b"postmark:wrong").decode()})[0] == 401
+        assert post(f"{base}/mailgun", json.dumps(MAILGUN_FAILED).encode())[0] == 403  # the docs' old signature
+        assert store.bounces() == []
+
+        # the documented payloads, signed: the docs' own SES example names no message of ours
+        assert post(f"{base}/ses", signers.sns(SES_BOUNCE)) == (200, {"handled": ["unmatched"]})
+        assert store.suppressed("jane@example.com") is None
+        assert post(f"{base}/ses", signers.sns(ses_ours)) == (200, {"handled": ["hard"]})
+        assert post(f"{base}/sendgrid", sg_body, sg_headers) == (200, {"handled": ["complaint"]})
+        postmark = {**POSTMARK_BOUNCE, "Email": "postmark-user@example.com",
+                    "Metadata": {**POSTMARK_BOUNCE["Metadata"], "beanmail": header["postmark"]}}
+        assert post(f"{base}/postmark", json.dumps(postmark).encode(),
+                    {"Authorization": "Basic " + base64.b64encode(b"postmark:pm-pass").decode()}) == \
+            (200, {"handled": ["hard"]})
+        mailgun = json.loads(json.dumps(MAILGUN_FAILED))
+        mailgun["event-data"]["recipient"] = "mailgun-user@example.com"
+        mailgun["event-data"]["user-variables"]["beanmail"] = mailgun_token
+        assert post(f"{base}/mailgun", signers.mailgun(mailgun, now)) == (200, {"handled": ["hard"]})
+    finally:
+        server.shutdown()
+        server.server_close()
+    for provider, source in (("ses", "bounce"), ("sendgrid", "complaint"), ("postmark", "bounce"), ("mailgun", "bounce")):
+        assert store.suppressed(f"{provider}-user@example.com")[0] == source, provider
+        [row] = [b for b in store.bounces() if b["key"] == f"hook:{provider}"]
+        assert row["source"] == f"webhook:{provider}"
+    assert store.deliveries(key="hook:ses")[0].outcome == "bounced"

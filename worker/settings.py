@@ -93,6 +93,13 @@ class Settings:
     brake_min_sends: int = 100  # fewer bulk deliveries than this are not judged
     brake_bounce_rate: float = 0.05
     brake_complaint_rate: float = 0.001
+    # provider webhooks (worker/feedback/webhooks.py); relay_provider adds the header that carries
+    # the VERP token back in the provider's events: sendgrid | postmark | mailgun | ses (none needed)
+    relay_provider: str = ""
+    ses_topic_arns: str = ""  # comma-separated SNS topic ARNs whose notifications are accepted
+    sendgrid_webhook_key: str = ""  # the Event Webhook's verification key (base64 DER, ECDSA P-256)
+    postmark_webhook_password: str = ""  # basic auth password on the webhook URL (Postmark signs nothing)
+    mailgun_signing_key: str = ""  # HTTP webhook signing key (HMAC-SHA256)
     # digests and quiet hours (docs/digests.md)
     digest_hour: int = 8  # local hour daily and weekly digests go
     digest_weekday: str = "monday"  # the day weekly digests go
@@ -342,6 +349,10 @@ def _validate_feedback(s: Settings) -> None:
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {getattr(s, name)!r}")
     if s.brake_window < 0 or s.brake_min_sends < 1:
         raise SettingsError("BEANMAIL_BRAKE_WINDOW must be 0 (off) or more, BEANMAIL_BRAKE_MIN_SENDS 1 or more")
+    if s.relay_provider not in ("", "ses", "sendgrid", "postmark", "mailgun"):
+        raise SettingsError(f"BEANMAIL_RELAY_PROVIDER: must be ses, sendgrid, postmark or mailgun, got {s.relay_provider!r}")
+    if s.relay_provider and not s.verp_secret:
+        raise SettingsError("BEANMAIL_RETURN_PATH_SECRET: needed (or BEANMAIL_SECRET) to sign the tokens webhooks bring back")
     for name in ("brake_bounce_rate", "brake_complaint_rate"):
         if not 0 < getattr(s, name) <= 1:
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a fraction in (0, 1], got {getattr(s, name)!r}")

@@ -62,6 +62,16 @@ class Intake:
             return Match(tid, found[0], found[1], found[3]), ""
         return None, why
 
+    def match_token(self, token: str) -> tuple[Match | None, str]:
+        """A bare token, as a provider's webhook hands it back (see outbound.PROVIDER_HEADERS)."""
+        tid = verp.verify(token, self.settings.verp_secret) if self.settings.verp_secret else None
+        if tid is None:
+            return None, f"token does not verify: {token[:40]!r}"
+        found = self.store.message_for_token(tid)
+        if found is None:
+            return None, "token names no message we sent"
+        return Match(tid, found[0], found[1], found[3]), ""
+
     def handle_message(self, raw: bytes, *, source: str = "pipe", recipient: str = "") -> list[Handled]:
         """One message as an MTA delivered it; ``recipient`` is its envelope recipient when the
         MTA says (Postfix pipe's ``${original_recipient}``)."""
@@ -87,7 +97,7 @@ class Intake:
             return [Handled(bid, "unmatched", address)]
         if report.complaint:
             return [self._complaint(report, match, source, raw)]
-        handled = [self._bounce(f, match, source, raw) for f in self._failures(report, match)]
+        handled = [self._bounce(f, match, source, raw, report.kind) for f in self._failures(report, match)]
         if match.bulk and any(h.classification in ("hard", "soft") for h in handled):
             self.brake.check()
         return handled
@@ -102,14 +112,14 @@ class Intake:
         for f in failures:
             address = f.address if f.address in ours else ours[0] if len(ours) == 1 else ""
             if address:
-                out.append(Failure(address, f.action, f.status, f.diagnostic, f.detected))
+                out.append(Failure(address, f.action, f.status, f.diagnostic, f.detected, f.permanent))
         return out[:len(ours)] or [Failure(ours[0], failures[0].action, failures[0].status, failures[0].diagnostic,
-                                           failures[0].detected)]
+                                           failures[0].detected, failures[0].permanent)]
 
-    def _bounce(self, f: Failure, match: Match, source: str, raw: str) -> Handled:
+    def _bounce(self, f: Failure, match: Match, source: str, raw: str, kind: str) -> Handled:
         s = self.settings
         classification = f.classification
-        bid = self.store.record_bounce(source=source, kind="dsn" if not f.detected else "detector",
+        bid = self.store.record_bounce(source=source, kind=kind,
                                        classification=classification, address=f.address, key=match.key,
                                        status=f.status, detail=f.diagnostic, raw=raw)
         suppressed = False
@@ -131,7 +141,7 @@ class Intake:
 
     def _complaint(self, report: Report, match: Match, source: str, raw: str) -> Handled:
         address = match.recipient.split(",")[0]
-        bid = self.store.record_bounce(source=source, kind="arf", classification="complaint", address=address,
+        bid = self.store.record_bounce(source=source, kind=report.kind, classification="complaint", address=address,
                                        key=match.key, status=report.feedback_type,
                                        detail=f"complaint ({report.feedback_type})", raw=raw)
         self.store.suppress(address, f"complaint ({report.feedback_type}) about {match.key}"[:500], "complaint")

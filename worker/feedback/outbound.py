@@ -17,6 +17,13 @@ from .brake import Brake
 
 HOLD_DELAY = 300  # a bulk job met while the brake is on comes back this much later (no retry spent)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._/@+=-]+")
+# where each provider keeps a value of ours and hands it back in its events (their docs: SendGrid
+# unique_args in X-SMTPAPI, Postmark X-PM-Metadata-*, Mailgun X-Mailgun-Variables)
+PROVIDER_HEADERS = {
+    "sendgrid": ("X-SMTPAPI", '{"unique_args": {"beanmail": "TOKEN"}}'),
+    "postmark": ("X-PM-Metadata-beanmail", "TOKEN"),
+    "mailgun": ("X-Mailgun-Variables", '{"beanmail": "TOKEN"}'),
+}
 
 
 def _field(value: str) -> str:
@@ -39,8 +46,14 @@ class Outbound:
         address = envelope.recipient.address.lower()
         if envelope.id.endswith(":" + address):  # fan-out's key: <mailout key>:<address>
             mailout = envelope.id[: -len(address) - 1]
-        return {"Feedback-ID": ":".join(_field(x) for x in (envelope.template, mailout, envelope.priority,
-                                                            self.sender_id))}
+        headers = {"Feedback-ID": ":".join(_field(x) for x in (envelope.template, mailout, envelope.priority,
+                                                               self.sender_id))}
+        provider = self.settings.relay_provider
+        if provider in PROVIDER_HEADERS:  # the token comes back in the provider's webhook events
+            token = verp.make_token(envelope.id, address, self.settings.verp_secret)
+            name, template = PROVIDER_HEADERS[provider]
+            headers[name] = template.replace("TOKEN", token)
+        return headers
 
     def hold(self, envelope: Envelope) -> None:
         if envelope.priority == "bulk":
@@ -52,7 +65,8 @@ class Outbound:
         """The envelope sender and the message as they go out."""
         bulk = envelope.priority == "bulk"
         recipient = ",".join(r.address.lower() for r in envelope.to)
-        if (self.settings.return_path and not envelope.sender) or (bulk and self.brake.enabled):
+        if (self.settings.return_path and not envelope.sender) or self.settings.relay_provider \
+                or (bulk and self.brake.enabled):
             tid = verp.token_id(envelope.id, recipient)
             self.store.remember_message(tid, envelope.id, recipient, envelope.template, bulk)
             if self.settings.return_path and not envelope.sender:  # a raw job naming its own keeps it

@@ -33,6 +33,7 @@ class Failure:
     status: str  # 5.1.1
     diagnostic: str = ""
     detected: bool = False  # by a detector without a status: its "permanent" is all we know
+    permanent: bool | None = None  # a provider's own verdict (SES Permanent, Postmark HardBounce...)
 
     @property
     def classification(self) -> str:
@@ -41,6 +42,8 @@ class Failure:
             return "delayed"
         if self.action != "failed":
             return "ignored"
+        if self.permanent is not None:
+            return "hard" if self.permanent else "soft"
         if _HARD_STATUS.match(self.status) or _NO_DOMAIN.search(self.diagnostic) or (self.detected and not self.status):
             return "hard"
         return "soft"
@@ -48,7 +51,7 @@ class Failure:
 
 @dataclass
 class Report:
-    kind: str  # dsn | arf | detector | unknown
+    kind: str  # dsn | arf | detector | webhook | unknown
     failures: list[Failure] = field(default_factory=list)
     feedback_type: str = ""  # arf
     complained: str = ""  # arf: the address that complained, when the provider says
@@ -58,7 +61,7 @@ class Report:
 
     @property
     def complaint(self) -> bool:
-        return self.kind == "arf" and self.feedback_type in COMPLAINT_TYPES
+        return self.kind in ("arf", "webhook") and self.feedback_type in COMPLAINT_TYPES
 
 
 def _addr(value: str | None) -> str:
