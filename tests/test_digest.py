@@ -126,7 +126,7 @@ def test_a_repeated_key_is_one_item_a_repeated_digest_one_message_and_a_long_one
 
     store = Store(settings.store)
     closer = Closer(settings, store)
-    keys = closer.records.assign(float("inf"), time.time(), closer.key)
+    keys, _ = closer.records.assign(float("inf"), time.time(), closer.key)
     assert len(keys) == 1 and keys[0].startswith("digest:zoe@example.com:*:")
     closer.notifier.put(closer.envelope(closer.records.batches(keys, 5)[0]))  # a second job, the same key
     done = closer.close(stale=0)  # queues it (again), as if its first closer had died after the put
@@ -152,7 +152,7 @@ def test_a_closer_that_stops_midway_and_a_worker_killed_after_the_claim_send_the
     run_burst(settings)
     store = Store(settings.store)
     closer = Closer(settings, store)
-    keys = closer.records.assign(float("inf"), time.time(), closer.key)
+    keys, _ = closer.records.assign(float("inf"), time.time(), closer.key)
     closer.notifier.put(closer.envelope(closer.records.batches(keys, 50)[0]))  # ...and the closer dies here
     done = closer.close(stale=0)  # the next closer queues it again under the same key
     assert done.resumed == 1 and done.items == 2 and waiting(settings) == 0
@@ -307,3 +307,41 @@ def test_the_example_tracker_offers_immediately_or_a_daily_digest(settings: Sett
     ann = smtp.wait_for(3)[2]
     assert ann.rcpt_tos == ["ann@example.com"] and ann.message["Subject"].startswith("2 new comments on #1 ")
     notifier.close()
+
+
+def test_two_closers_at_once_queue_each_digest_once(settings: Settings, store_location: str) -> None:
+    """Two hosts' closers close the same period at the same instant: every item goes into exactly
+    one digest job, every recipient gets one."""
+    import threading
+
+    settings = settings.replace(store=store_location)
+    first = Store(store_location)
+    records = DigestRecords(first)
+    for r in range(300):
+        for i in range(2):
+            records.collect(f"c:{r}:{i}", f"user{r}@example.com", "comment", "comment", 1000.0, 10.0 + i,
+                            {"template": "comment", "context": comment(i), "period": "daily", "tz": "UTC"}, "collected")
+    closers = [Closer(settings, first), Closer(settings, Store(store_location))]
+    results: list[object] = []
+    start = threading.Barrier(2)
+
+    def close(c: Closer) -> None:
+        start.wait()
+        results.append(c.close(now=2000.0))
+
+    threads = [threading.Thread(target=close, args=(c,)) for c in closers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(r.digests for r in results) == 300 and sum(r.items for r in results) == 600  # type: ignore[attr-defined]
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        c.watch("mail.normal")
+        bodies = [json.loads(c.reserve(timeout=0).body) for _ in range(300)]
+        assert int(c.stats_tube("mail.normal")["current-jobs-ready"]) == 0
+    assert len({b["to"]["address"] for b in bodies}) == 300 and len({b["id"] for b in bodies}) == 300
+    assert all(b["context"]["count"] == 2 for b in bodies)
+    assert records.waiting()["items"] == 0
+    for c in closers:
+        c.notifier.close()
+        c.records.store.close()

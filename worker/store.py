@@ -144,6 +144,10 @@ MIGRATIONS: dict[int, str] = {
         at DOUBLE PRECISION NOT NULL
     )
     """,
+    31: """
+    DROP INDEX digest_items_group;
+    CREATE INDEX digest_items_group ON digest_items (recipient, grp, batch, due_at)
+    """,
     40: """
     CREATE TABLE workers (
         id TEXT PRIMARY KEY,            -- host:pid

@@ -68,11 +68,11 @@ class Closer:
             done.resumed += len(keys)
             self._queue(keys, done)
         cutoff = float("inf") if everything else now - grace
-        while not self.stopping:
-            keys = self.records.assign(cutoff, time.time(), self.key, PAGE)
-            if not keys:
-                break
-            self._queue(keys, done)
+        after: str | None = ""
+        while not self.stopping and after is not None:
+            keys, after = self.records.assign(cutoff, time.time(), self.key, after, PAGE)
+            if keys:
+                self._queue(keys, done)
         return done
 
     def _queue(self, keys: list[str], done: Closed) -> None:

@@ -92,30 +92,34 @@ class DigestRecords:
         return float(row[0]) if row else 0.0
 
     # -- closing --------------------------------------------------------------------------------
-    def assign(self, cutoff: float, now: float, make_key: Any, limit: int = 500) -> list[str]:
-        """Close up to ``limit`` (recipient, group) pairs with items due by ``cutoff``: their
-        waiting items get the digest's key in one transaction, so of two closers (two hosts) each
-        item goes to exactly one. Returns the keys."""
+    def assign(self, cutoff: float, now: float, make_key: Any, after: str = "",
+               limit: int = 500) -> tuple[list[str], str | None]:
+        """Close up to ``limit`` (recipient, group) pairs, from recipient ``after`` on, with items
+        due by ``cutoff``: their waiting items get the digest's key in one transaction, so of two
+        closers (two hosts) each item goes to exactly one. Returns the keys and the last recipient
+        looked at (the next page starts there), None when there was none."""
         db = self.store._db
         keys: list[str] = []
         with self.store._transaction():
             if self.postgres:  # closers take turns; SQLite's BEGIN IMMEDIATE does the same
                 db.execute("SELECT pg_advisory_xact_lock(716230)")
+            # `batch || ''`: walk the (recipient, grp, ...) index in order, not the due one
             groups = db.execute(
-                "SELECT recipient, grp, max(due_at) FROM digest_items WHERE batch = '' AND due_at <= ?"
-                " GROUP BY recipient, grp ORDER BY recipient, grp LIMIT ?", (cutoff, limit)).fetchall()
+                "SELECT recipient, grp, max(due_at) FROM digest_items WHERE recipient >= ? AND batch || '' = ''"
+                " AND due_at <= ? GROUP BY recipient, grp ORDER BY recipient, grp LIMIT ?",
+                (after, cutoff, limit)).fetchall()
             for recipient, group, due_at in groups:
                 key = make_key(recipient, group, float(due_at))
                 if db.execute("UPDATE digest_items SET batch = ?, batched_at = ? WHERE recipient = ? AND grp = ?"
                               " AND batch = '' AND due_at <= ?", (key, now, recipient, group, cutoff)).rowcount:
                     keys.append(key)
-        return keys
+        return keys, (groups[-1][0] if groups else None)
 
     def stale(self, before: float, limit: int = 500) -> list[str]:
         """Digests closed before ``before`` whose items are still here: their closer stopped
         between closing and queueing. Queued again under the same key (the claim dedupes)."""
         return [r[0] for r in self.store._all(
-            "SELECT DISTINCT batch FROM digest_items WHERE batch <> '' AND batched_at <= ? LIMIT ?", (before, limit))]
+            "SELECT DISTINCT batch FROM digest_items WHERE batch > '' AND batched_at <= ? LIMIT ?", (before, limit))]
 
     def batches(self, keys: Sequence[str], newest: int) -> list[Batch]:
         if not keys:
@@ -145,6 +149,6 @@ class DigestRecords:
     def waiting(self) -> dict[str, Any]:
         row = self.store._one("SELECT count(*), count(DISTINCT recipient), min(due_at), min(created_at)"
                               " FROM digest_items WHERE batch = ''")
-        closing = self.store._one("SELECT count(DISTINCT batch) FROM digest_items WHERE batch <> ''")
+        closing = self.store._one("SELECT count(DISTINCT batch) FROM digest_items WHERE batch > ''")
         return {"items": int(row[0]), "recipients": int(row[1]), "next_due": row[2], "oldest": row[3],
                 "closing": int(closing[0])}
