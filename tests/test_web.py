@@ -157,8 +157,9 @@ def test_overview_in_chromium_shows_the_tubes_the_rate_plot_and_latency(settings
     assert min(ys["sent"][-2:]) < ys["sent"][0] and min(ys["poison"][-2:]) < ys["poison"][0]
     assert set(ys["bounced"]) == {ys["sent"][0]}
     assert browser.find_element(By.ID, "p50").text.endswith(("ms", "s"))  # type: ignore[attr-defined]
-    page = browser.page_source  # type: ignore[attr-defined]
-    assert "example.com" in page and "zoe1@example.com" not in page  # per-domain figures; no address
+    domain = [td.text for td in browser.find_elements(By.CSS_SELECTOR, '#domains tr[data-domain="example.com"] td')]  # type: ignore[attr-defined]
+    assert domain == ["example.com", "4", "0", "0", "1", "none"]  # sent, deferred, bounced, other (the poison)
+    assert "zoe1@example.com" not in browser.page_source  # type: ignore[attr-defined]
     assert browser.get_screenshot_as_file(str(tmp_path / "overview.png"))  # type: ignore[attr-defined]
     assert (tmp_path / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -438,3 +439,34 @@ def test_a_fleet_of_beanstalkd_servers_is_summed_and_each_is_checked(settings: S
             stop_console(c)
     finally:
         second.stop()
+
+
+def test_the_console_counts_add_up_on_both_store_backends(store_location: str) -> None:
+    """What worker processes write every few seconds, on SQLite and PostgreSQL: counts added to
+    the same minute, the largest latency kept, per-domain rows bounded, old ones pruned."""
+    from worker.web import figures
+    from worker.web.tally import TOP_DOMAINS, Tally
+
+    store = Store(store_location)
+    now = 1_800_000_000.0
+    first, second = Tally(store_location), Tally(store_location)  # two worker processes
+    for i in range(TOP_DOMAINS + 10):
+        first.record("mail.bulk", "sent", 0.3, f"d{i}.example", now=now)
+    first.record("mail.bulk", "sent", 0.3, "d0.example", now=now)
+    second.record("mail.bulk", "sent", 42.0, "d0.example", now=now)
+    second.record("mail.normal", "deferred", None, "d1.example", now=now)
+    first.flush(store)
+    second.flush()  # its own connection, as the flusher thread writes
+    store.add_console_counts([], [(int(now // 60) - 5000, "old.example", "sent", 1)], prune_before=int(now // 60) - 10)
+    assert sorted(store.console_totals()) == [("mail.bulk", "sent", TOP_DOMAINS + 12), ("mail.normal", "deferred", 1)]
+    buckets, total, largest = store.console_latency(0)
+    assert sum(buckets) == TOP_DOMAINS + 12 and largest == 42.0 and abs(total - (0.3 * (TOP_DOMAINS + 11) + 42)) < 1e-6
+    rows = {(d, o): n for d, o, n in store.domain_figures(0)}
+    assert rows[("d0.example", "sent")] == 3 and rows[("d1.example", "deferred")] == 1
+    assert rows[("(other)", "sent")] == 10 and len(rows) == TOP_DOMAINS + 2 and ("old.example", "sent") not in rows
+    table = figures.domains(store, Settings(rate_limits={"d0.example": 2.0}), now=now)
+    assert table[0] == {"domain": "d0.example", "sent": 3, "deferred": 0, "bounced": 0, "other": 0, "rate": 2.0,
+                        "total": 3} and table[-1]["domain"] != "(other)"
+    lat = figures.latency(store, now=now)
+    assert lat["count"] == TOP_DOMAINS + 12 and lat["p50"] <= 0.5 and 30 < lat["p99"] <= 42.0
+    store.close()

@@ -86,8 +86,10 @@ class Pipeline:
             tube, attempt = job.tube, job.attempt  # the loop needs the stats now anyway
         log_result(result, job_id=job.id, tube=tube, attempt=attempt, started=started,
                    mask_addresses=self.settings.mask_addresses)
-        created = result.envelope.created_at if result.envelope is not None else 0
-        self.tally.record(tube, d.outcome, time.time() - created if created and d.outcome == "sent" else None)
+        envelope = result.envelope
+        created = envelope.created_at if envelope is not None else 0
+        domain = envelope.to[0].address.rpartition("@")[2].lower() if envelope is not None and envelope.to else None
+        self.tally.record(tube, d.outcome, time.time() - created if created and d.outcome == "sent" else None, domain)
         return d
 
     def reload(self) -> None:

@@ -118,6 +118,16 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (minute, tube, outcome)
     )
     """,
+    21: """
+    ALTER TABLE console_counts ADD COLUMN latency_max DOUBLE PRECISION NOT NULL DEFAULT 0;
+    CREATE TABLE console_domains (
+        minute BIGINT NOT NULL,
+        domain TEXT NOT NULL,           -- a recipient domain, or '(other)' past the busiest of a write
+        outcome TEXT NOT NULL,
+        messages BIGINT NOT NULL,
+        PRIMARY KEY (minute, domain, outcome)
+    )
+    """,
     30: """
     CREATE TABLE IF NOT EXISTS digest_prefs (
         address TEXT PRIMARY KEY,       -- lowercased (producer/prefs.py creates it the same way)
@@ -665,21 +675,38 @@ class Store:
         return [r[0] for r in rows]
 
     # -- the console's figures (worker.web) --------------------------------------------------------
-    def add_console_counts(self, rows: Sequence[tuple[int, str, str, int, float, Sequence[int]]]) -> None:
-        """Counters a worker process gathered in memory, added in one statement:
-        (minute, tube, outcome, messages, latency_sum, per-bucket latency counts)."""
-        if not rows:
+    def add_console_counts(self, rows: Sequence[tuple[int, str, str, int, float, float, Sequence[int]]],
+                           domains: Sequence[tuple[int, str, str, int]] = (), prune_before: int = 0) -> None:
+        """Counters a worker process gathered in memory, added in one transaction: ``rows`` of
+        (minute, tube, outcome, messages, latency_sum, latency_max, per-bucket latency counts),
+        ``domains`` of (minute, recipient domain, outcome, messages); ``prune_before`` drops the
+        per-domain minutes before it."""
+        if not rows and not domains:
             return
-        cols = ", ".join(f"l{i}" for i in range(len(LATENCY_BUCKETS) + 1))
-        marks = ", ".join("?" for _ in range(len(LATENCY_BUCKETS) + 6))
-        adds = ", ".join(f"{c} = console_counts.{c} + excluded.{c}"
-                         for c in ("messages", "latency_sum", *cols.split(", ")))
-        args: list[Any] = []
-        for minute, tube, outcome, messages, latency_sum, buckets in rows:
-            args += [minute, tube, outcome, messages, latency_sum, *buckets]
-        self._run(f"INSERT INTO console_counts (minute, tube, outcome, messages, latency_sum, {cols})"
-                  f" VALUES {', '.join(f'({marks})' for _ in rows)}"
-                  f" ON CONFLICT (minute, tube, outcome) DO UPDATE SET {adds}", args)
+        with self._transaction():
+            if rows:
+                cols = ", ".join(f"l{i}" for i in range(len(LATENCY_BUCKETS) + 1))
+                marks = ", ".join("?" for _ in range(len(LATENCY_BUCKETS) + 7))
+                adds = ", ".join(f"{c} = console_counts.{c} + excluded.{c}"
+                                 for c in ("messages", "latency_sum", *cols.split(", ")))
+                adds += (", latency_max = CASE WHEN excluded.latency_max > console_counts.latency_max"
+                         " THEN excluded.latency_max ELSE console_counts.latency_max END")
+                args: list[Any] = []
+                for minute, tube, outcome, messages, latency_sum, latency_max, buckets in rows:
+                    args += [minute, tube, outcome, messages, latency_sum, latency_max, *buckets]
+                self._db.execute(
+                    f"INSERT INTO console_counts (minute, tube, outcome, messages, latency_sum, latency_max, {cols})"
+                    f" VALUES {', '.join(f'({marks})' for _ in rows)}"
+                    f" ON CONFLICT (minute, tube, outcome) DO UPDATE SET {adds}", args)
+            if domains:
+                self._db.execute(
+                    "INSERT INTO console_domains (minute, domain, outcome, messages) VALUES "
+                    + ", ".join("(?, ?, ?, ?)" for _ in domains)
+                    + " ON CONFLICT (minute, domain, outcome) DO UPDATE SET"
+                      " messages = console_domains.messages + excluded.messages",
+                    [x for row in domains for x in row])
+            if prune_before:
+                self._db.execute("DELETE FROM console_domains WHERE minute < ?", (prune_before,))
 
     def console_rates(self, since_minute: int) -> list[tuple[int, str, int]]:
         """(minute, outcome, messages) from ``since_minute`` on, every tube together."""
@@ -692,22 +719,19 @@ class Store:
         return [(str(t), str(o), int(n)) for t, o, n in self._all(
             "SELECT tube, outcome, sum(messages) FROM console_counts GROUP BY tube, outcome")]
 
-    def console_latency(self, since_minute: int = 0) -> tuple[list[int], float]:
-        """Per-bucket counts (LATENCY_BUCKETS, then above) and the sum of seconds, of mail sent
-        from ``since_minute`` on."""
+    def console_latency(self, since_minute: int = 0) -> tuple[list[int], float, float]:
+        """Per-bucket counts (LATENCY_BUCKETS, then above), the sum and the largest of the seconds,
+        of mail sent from ``since_minute`` on."""
         cols = ", ".join(f"coalesce(sum(l{i}), 0)" for i in range(len(LATENCY_BUCKETS) + 1))
-        row = self._one(f"SELECT coalesce(sum(latency_sum), 0), {cols} FROM console_counts"
-                        f" WHERE minute >= ? AND outcome = 'sent'", (since_minute,))
-        return [int(x) for x in row[1:]], float(row[0])
+        row = self._one(f"SELECT coalesce(sum(latency_sum), 0), coalesce(max(latency_max), 0), {cols}"
+                        f" FROM console_counts WHERE minute >= ? AND outcome = 'sent'", (since_minute,))
+        return [int(x) for x in row[2:]], float(row[0]), float(row[1])
 
-    def domain_figures(self, since: float, limit: int = 20) -> list[tuple[str, str, int]]:
-        """(recipient domain, outcome, deliveries) of the delivery log's rows changed since ``since``."""
-        domain = ("split_part(recipient, '@', 2)" if isinstance(self._db, _Postgres)
-                  else "substr(recipient, instr(recipient, '@') + 1)")
+    def domain_figures(self, since_minute: int) -> list[tuple[str, str, int]]:
+        """(recipient domain, outcome, messages) the workers counted from ``since_minute`` on."""
         return [(str(d), str(o), int(n)) for d, o, n in self._all(
-            f"SELECT {domain} AS d, outcome, count(*) FROM deliveries WHERE updated_at >= ?"
-            f" AND {domain} IN (SELECT {domain} FROM deliveries WHERE updated_at >= ?"
-            f"  GROUP BY 1 ORDER BY count(*) DESC LIMIT ?) GROUP BY 1, 2", (since, since, limit))]
+            "SELECT domain, outcome, sum(messages) FROM console_domains WHERE minute >= ?"
+            " GROUP BY domain, outcome", (since_minute,))]
 
     def suppression_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self._all("SELECT source, count(*) FROM suppression GROUP BY source")}

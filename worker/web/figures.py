@@ -108,9 +108,10 @@ def rates(store: Store, minutes: int = 180, now: float | None = None) -> tuple[l
     return list(range(first, last + 1)), series
 
 
-def quantile(buckets: list[int], q: float) -> float | None:
-    """The ``q`` quantile of a bucketed latency, interpolated inside its bucket (what Prometheus'
-    histogram_quantile does); None without data."""
+def quantile(buckets: list[int], q: float, largest: float | None = None) -> float | None:
+    """The ``q`` quantile of a bucketed latency, interpolated inside its bucket as Prometheus'
+    histogram_quantile does, with the largest value seen as the bucket's top when it is lower
+    (so that p99 never exceeds what any message took); None without data."""
     total = sum(buckets)
     if not total:
         return None
@@ -118,31 +119,35 @@ def quantile(buckets: list[int], q: float) -> float | None:
     for i, n in enumerate(buckets):
         if seen + n >= rank and n:
             lower = LATENCY_BUCKETS[i - 1] if i else 0.0
-            if i >= len(LATENCY_BUCKETS):
-                return lower  # above the last bound: at least that
-            return lower + (LATENCY_BUCKETS[i] - lower) * (rank - seen) / n
+            upper = LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else (largest or lower)
+            if largest:
+                upper = max(lower, min(upper, largest))
+            return lower + (upper - lower) * (rank - seen) / n
         seen += n
-    return LATENCY_BUCKETS[-1]
+    return largest or LATENCY_BUCKETS[-1]
 
 
 def latency(store: Store, minutes: int = 60, now: float | None = None) -> dict[str, Any]:
     since = int((time.time() if now is None else now) // 60) - minutes + 1
-    buckets, total = store.console_latency(since)
+    buckets, total, largest = store.console_latency(since)
     count = sum(buckets)
-    return {"count": count, "p50": quantile(buckets, 0.5), "p99": quantile(buckets, 0.99),
-            "mean": total / count if count else None}
+    return {"count": count, "p50": quantile(buckets, 0.5, largest), "p99": quantile(buckets, 0.99, largest),
+            "mean": total / count if count else None, "max": largest if count else None}
 
 
-def domains(store: Store, settings: Settings, hours: float = 3, now: float | None = None) -> list[dict[str, Any]]:
-    since = (time.time() if now is None else now) - hours * 3600
+def domains(store: Store, settings: Settings, hours: float = 3, now: float | None = None,
+            limit: int = 20) -> list[dict[str, Any]]:
+    """The busiest recipient domains over the window, from the workers' counts: every deferral
+    counts (a message deferred twice, then sent, is 2 deferred and 1 sent)."""
+    since = int((time.time() if now is None else now) // 60) - int(hours * 60) + 1
     table: dict[str, dict[str, Any]] = {}
     for domain, outcome, n in store.domain_figures(since):
         row = table.setdefault(domain, {"domain": domain, "sent": 0, "deferred": 0, "bounced": 0, "other": 0})
         row[outcome if outcome in ("sent", "deferred", "bounced") else "other"] += n
     for row in table.values():
-        row["rate"] = settings.rate_for(row["domain"])
+        row["rate"] = settings.rate_for(row["domain"]) if row["domain"] != "(other)" else 0
         row["total"] = row["sent"] + row["deferred"] + row["bounced"] + row["other"]
-    return sorted(table.values(), key=lambda r: -r["total"])
+    return sorted(table.values(), key=lambda r: (r["domain"] == "(other)", -r["total"]))[:limit]
 
 
 def brake(store: Store, settings: Settings) -> dict[str, Any]:

@@ -45,7 +45,7 @@ class PoolCollector:
                 oldest.add_metric([t["tube"]], t["oldest"])
             yield oldest
         try:
-            totals, (buckets, total_s), suppressed, brake = self.console.with_store(
+            totals, (buckets, total_s, _), suppressed, brake = self.console.with_store(
                 lambda s: (s.console_totals(), s.console_latency(0), s.suppression_counts(),
                            figures.brake(s, self.console.settings)))
         except (StoreUnavailable, StoreCorrupt):

@@ -72,9 +72,10 @@ supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING
 </div>
 {% if brake.detail %}<p class="muted">Bulk brake: {{ brake.detail }}</p>{% endif %}
 
-<h2>Recipient domains, last {{ hours }} h (delivery log)</h2>
+<h2>Recipient domains, last {{ hours }} h</h2>
+<p class="muted">Jobs the workers finished, by outcome: a message deferred twice and then sent counts 2 deferred and 1 sent.</p>
 <table id="domains"><tr><th>domain</th><th class="n">sent</th><th class="n">deferred</th><th class="n">bounced</th><th class="n">other</th><th class="n">rate limit</th></tr>
-{% for d in domains %}<tr><td>{{ d.domain }}</td><td class="n">{{ d.sent }}</td><td class="n">{{ d.deferred }}</td>
+{% for d in domains %}<tr data-domain="{{ d.domain }}"><td>{{ d.domain }}</td><td class="n">{{ d.sent }}</td><td class="n">{{ d.deferred }}</td>
 <td class="n">{{ d.bounced }}</td><td class="n">{{ d.other }}</td><td class="n">{{ (d.rate ~ "/s") if d.rate else "none" }}</td></tr>
 {% else %}<tr><td colspan="6" class="muted">nothing delivered in this time</td></tr>{% endfor %}</table>
 {% endblock %}
