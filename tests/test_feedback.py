@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sysconfig
 import tempfile
 from pathlib import Path
@@ -505,3 +506,44 @@ def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_one
         [row] = [b for b in store.bounces() if b["key"] == f"hook:{provider}"]
         assert row["source"] == f"webhook:{provider}"
     assert store.deliveries(key="hook:ses")[0].outcome == "bounced"
+
+
+QMAIL_BOUNCE = """\
+Return-Path: <>
+From: MAILER-DAEMON@mail.example.net
+To: {return_path}
+Subject: failure notice
+
+Hi. This is the qmail-send program at mail.example.net.
+I'm afraid I wasn't able to deliver your message to the following addresses.
+This is a permanent error; I've given up. Sorry it didn't work out.
+
+<{address}>:
+Sorry, no mailbox here by that name. (#5.1.1)
+
+--- Below this line is a copy of the message.
+
+Subject: Welcome
+"""
+
+
+def test_a_non_standard_bounce_is_read_by_flufl_bounce_and_tied_by_its_token(
+        settings: Settings, notifier: Notifier, smtp: SmtpServer) -> None:
+    s = settings.replace(return_path=RETURN_PATH, return_path_secret=VERP_SECRET)
+    notifier.notify("welcome", "gone@example.com", {"name": "G"}, key="qmail:1")
+    run_burst(s)
+    [sent] = smtp.wait_for(1)
+    env = bare_env(s, BEANMAIL_RETURN_PATH=RETURN_PATH, BEANMAIL_RETURN_PATH_SECRET=VERP_SECRET)
+    proc = subprocess.run([str(VENV_BIN / "beanmail"), "bounce"], env=env, capture_output=True, timeout=60,
+                          input=QMAIL_BOUNCE.format(return_path=sent.mail_from, address="gone@example.com").encode())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip().splitlines()[-1] == "hard gone@example.com qmail:1 suppressed"
+    store = Store(s.store)
+    [row] = store.bounces()
+    assert (row["kind"], row["status"]) == ("detector", "5.1.1")
+    assert store.suppressed("gone@example.com")[0] == "bounce"
+    # the store down: the MTA is told to keep the report and try again later (EX_TEMPFAIL)
+    env["BEANMAIL_STORE"] = "postgresql://beanmail@127.0.0.1:1/none"
+    down = subprocess.run([str(VENV_BIN / "beanmail"), "bounce"], env=env, capture_output=True, timeout=60,
+                          input=b"Subject: x\r\n\r\nx\r\n")
+    assert down.returncode == 75, down.stderr
