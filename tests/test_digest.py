@@ -234,6 +234,8 @@ def test_preferences_decide_over_the_job_and_periods_end_in_the_recipients_time_
     records.set_preferences(Preferences("zoe@example.com", "off", BERLIN))
     with pytest.raises(Skipped, match="turned notifications off"):
         digests.divert(_mail("d"), now=now)
+    with pytest.raises(Skipped, match="turned notifications off"):
+        digests.divert(_mail("digest:zoe", digest="compiled"), now=now)  # one collected before, too
     records.clear_preferences("zoe@example.com")
     digests.divert(_mail("e"), now=now)  # no preference, no digest field: goes now
     assert records.waiting()["items"] == 1

@@ -74,10 +74,10 @@ class Digests:
         now = time.time() if now is None else now
         pref = self.records.preferences(envelope.recipient.address)
         tz = zone((pref.timezone if pref else "") or self.schedule.timezone)
+        mode = (pref.mode if pref else "") or envelope.digest or "immediate"
+        if mode == "off":  # a digest collected before they turned it off too
+            raise Skipped("the recipient turned notifications off (digest preference off)")
         if envelope.digest != "compiled":
-            mode = (pref.mode if pref else "") or envelope.digest or "immediate"
-            if mode == "off":
-                raise Skipped("the recipient turned notifications off (digest preference off)")
             if mode in DIGEST_PERIODS and self._collect(envelope, mode, tz, now):
                 due = period_end(mode, now, tz, self.schedule)
                 raise Skipped(f"collected into the {mode} digest due {local_text(due, tz)} {tz.key}")
