@@ -1,0 +1,418 @@
+"""The fleet across hosts: three "hosts" made of network namespaces (tests/netns.py), joined by a
+bridge in a namespace of its own, with addresses from 198.18.0.0/15 that exist only inside them.
+
+  h1 198.18.0.1   beanstalkd (binlog) + supervisord with the repository's supervisord.conf + a producer
+  h2 198.18.0.2   beanstalkd (binlog) + supervisord with the repository's supervisord.conf + a producer
+  db 198.18.0.3   PostgreSQL (the fleet's store) + Postfix's smtp-sink (keeps every message)
+
+A mailout of RECIPIENTS recipients and a stream of notifications from the producers on h1 and
+h2 are delivered exactly once while h1's beanstalkd is killed (-9) and restarted from its binlog
+and h2's workers are disabled, then enabled; `beanmail workers --json` is checked at each step.
+The figures are printed on a line starting with FLEET.
+
+Run alone: .venv/bin/pytest tests/test_multihost.py -s   (as root: it makes network namespaces)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .conftest import ROOT, VENV_BIN, bare_env
+from .netns import Host, Network
+from .servers import Postgres, wait_until, which
+from .stack import Supervisor
+
+RECIPIENTS = 20_000  # the mailout
+RATE = 25.0  # notifications per second from each producer
+BEANSTALK_PORT, PG_PORT, SMTP_PORT = 11300, 5432, 2525
+MAILOUT_KEY = "fleet:mailout"
+WORKER_PROGRAMS = ("beanmail:mail_", "beanmail:urgent_")
+PER_HOST = 3  # mail_00, mail_01, urgent_00 of supervisord.conf
+HEARTBEAT, LOST_AFTER = 0.5, 10
+
+
+# -- the producer: `python -m tests.test_multihost produce NAME MAILOUT` on a host -------------------
+
+def produce(name: str, mailout: int) -> None:
+    """Queues the mailout (if any), then notifications at RATE until stdin closes; one JSON line
+    per put on stdout: address, start (wall clock), duration, job id (0: spooled) or error."""
+    from producer import Notifier
+
+    notifier = Notifier(os.environ["BEANMAIL_BEANSTALK_URL"], spool="", blobs="")
+    out = sys.stdout
+    if mailout:
+        started = time.perf_counter()
+        ids = notifier.mailout("welcome", [f"m{i:05d}@fleet.example" for i in range(mailout)],
+                               {"name": "fleet"}, key=MAILOUT_KEY)
+        out.write(json.dumps({"mailout": mailout, "chunks": len(ids), "d": time.perf_counter() - started}) + "\n")
+        out.flush()
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    i = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        address = f"{name}-{i:05d}@fleet.example"
+        record: dict[str, object] = {"a": address, "t": time.time()}
+        started = time.perf_counter()
+        try:
+            record["id"] = notifier.notify("welcome", address, {"name": address}, key=f"fleet:{address}",
+                                           priority="urgent" if i % 10 == 0 else "normal")
+        except Exception as exc:  # noqa: BLE001 - counted as lost by the test
+            record["error"] = repr(exc)
+        record["d"] = time.perf_counter() - started
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+        i += 1
+        next_at += 1 / RATE
+        stop.wait(max(0.0, next_at - time.monotonic()))  # the pace, and the stop signal
+    notifier.close()
+
+
+# -- the hosts' servers ---------------------------------------------------------------------------
+
+class FleetPostgres(Postgres):
+    """tests/servers.py's throw-away cluster, listening on the db host's address."""
+
+    def __init__(self, host: Host) -> None:
+        super().__init__()
+        self.host, self.port = host, PG_PORT
+
+    def dsn(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@{self.host.address}:{self.port}/{db}"
+
+    def start(self) -> "FleetPostgres":
+        subprocess.run([*self.user_prefix, str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        with open(self.dir / "pg_hba.conf", "a") as hba:
+            hba.write("host all all 198.18.0.0/15 trust\n")
+        self.proc = self.host.popen(
+            [*self.user_prefix, str(self.bin / "postgres"), "-D", str(self.dir), "-p", str(self.port),
+             "-c", f"listen_addresses={self.host.address}", "-c", f"unix_socket_directories={self.dir}",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=300"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.host.port_open(self.port), 30, "PostgreSQL to listen")
+        return self
+
+
+class Sink:
+    """Postfix's smtp-sink on the db host, one file per message (-d); ``count()`` reads the new
+    files since the last call and tells how many times each recipient was delivered."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.dumps = Path(tempfile.mkdtemp(prefix="beanmail-fleet-sink-"))
+        os.chmod(self.dumps, 0o777)  # smtp-sink writes as nobody
+        self.proc = host.popen([which("smtp-sink"), "-u", "nobody", "-d", f"{self.dumps}/%M.",
+                                f"{host.address}:{SMTP_PORT}", "256"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.seen: dict[str, list[str]] = {}
+        self.delivered: Counter[str] = Counter()
+        wait_until(lambda: host.port_open(SMTP_PORT), 10, "smtp-sink to listen")
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host.address}:{SMTP_PORT}?starttls=off"
+
+    def count(self) -> Counter[str]:
+        for entry in os.scandir(self.dumps):
+            if entry.name in self.seen:
+                continue
+            text = Path(entry.path).read_bytes().decode("utf-8", "replace")
+            if "\nReceived: " not in text:  # still being written: its recipients next time
+                continue
+            rcpts = [line.split(":", 1)[1].strip().strip("<>").split(">")[0].lower()
+                     for line in text.split("\nReceived: ", 1)[0].splitlines() if line.startswith("X-Rcpt-Args:")]
+            self.seen[entry.name] = rcpts
+            self.delivered.update(rcpts)
+        return self.delivered
+
+    def total(self) -> int:
+        return sum(self.count().values())
+
+    def close(self) -> None:
+        shutil.rmtree(self.dumps, ignore_errors=True)
+
+
+class Beanstalkd:
+    def __init__(self, host: Host, workdir: Path) -> None:
+        self.host = host
+        self.binlog = workdir / "binlog"
+        self.binlog.mkdir(parents=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"beanstalk://{self.host.address}:{BEANSTALK_PORT}"
+
+    def start(self) -> "Beanstalkd":
+        self.proc = self.host.popen([which("beanstalkd"), "-l", self.host.address, "-p", str(BEANSTALK_PORT),
+                                     "-b", str(self.binlog)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.host.port_open(BEANSTALK_PORT), 10, f"beanstalkd on {self.host.name} to listen")
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # SIGKILL: no chance to tidy its binlog
+        self.proc.wait(10)
+
+
+class HostSupervisor(Supervisor):
+    """tests/stack.py's layout (the repository's supervisord.conf in a scratch folder), with
+    supervisord started inside the host's namespace; supervisorctl reaches it by its socket."""
+
+    def __init__(self, host: Host, home: Path, env: dict[str, str]) -> None:
+        super().__init__(home, env)
+        self.host = host
+
+    def start(self) -> "HostSupervisor":
+        """Started, not yet waited for (wait_running): two hosts start side by side."""
+        self.host.run([str(VENV_BIN / "supervisord"), "-c", self.conf], env=self.env, timeout=30)
+        return self
+
+    def beanmail(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A `beanmail` command run on this host, with its supervisord's environment."""
+        return self.host.run([str(VENV_BIN / "beanmail"), *args], env=self.env, cwd=ROOT, check=check)
+
+
+# -- the fleet --------------------------------------------------------------------------------------
+
+class Fleet:
+    def __init__(self, net: Network, tmp: Path) -> None:
+        self.net, self.tmp = net, tmp
+        self.pg = FleetPostgres(net["db"])
+        self.sink: Sink | None = None
+        self.beanstalkd = {h: Beanstalkd(net[h], tmp / h / "beanstalkd") for h in ("h1", "h2")}
+        self.url = ",".join(b.url for b in self.beanstalkd.values())
+        self.sup: dict[str, HostSupervisor] = {}
+        self.producers: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> "Fleet":
+        self.sink = Sink(self.net["db"])
+        for b in self.beanstalkd.values():
+            b.start()
+        self.pg.start()
+        for h in ("h1", "h2"):
+            env = bare_env(
+                None, BEANMAIL_BEANSTALK_URL=self.url, BEANMAIL_SMTP_URL=self.sink.url, BEANMAIL_STORE=self.pg.dsn(),
+                BEANMAIL_HOST_NAME=h, BEANMAIL_FROM="Fleet <noreply@beanmail.example>",
+                BEANMAIL_SMTP_TIMEOUT="5", BEANMAIL_TTR="30", BEANMAIL_BACKOFF_BASE="1", BEANMAIL_BACKOFF_MAX="2",
+                BEANMAIL_MAX_ATTEMPTS="30", BEANMAIL_HEARTBEAT=str(HEARTBEAT), BEANMAIL_LOST_AFTER=str(LOST_AFTER),
+                BEANMAIL_UNSUBSCRIBE_MAILTO="unsubscribe@beanmail.example")
+            self.sup[h] = HostSupervisor(self.net[h], self.tmp / h / "stack", env)
+        for sup in self.sup.values():
+            sup.start()
+        for sup in self.sup.values():
+            sup.wait_running(60)
+        return self
+
+    def workers(self) -> list[dict]:
+        return json.loads(self.sup["h1"].beanmail("workers", "--json").stdout)
+
+    def produce(self, host: str, mailout: int) -> None:
+        out = open(self.tmp / f"producer-{host}.jsonl", "w")
+        self.producers[host] = self.net[host].popen(
+            [str(VENV_BIN / "python"), "-m", "tests.test_multihost", "produce", host, str(mailout)],
+            env=bare_env(None, BEANMAIL_BEANSTALK_URL=self.url), cwd=ROOT, stdin=subprocess.PIPE, stdout=out,
+            stderr=subprocess.STDOUT)
+        out.close()
+
+    def puts(self, host: str) -> list[dict]:
+        text = (self.tmp / f"producer-{host}.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines()[:-1 if not text.endswith("\n") else None]
+                if line.startswith("{")]
+
+    def notified(self) -> list[dict]:
+        return [p for h in self.producers for p in self.puts(h) if "a" in p]
+
+    def stop_producers(self) -> None:
+        for proc in self.producers.values():
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for host, proc in self.producers.items():
+            assert proc.wait(30) == 0, (self.tmp / f"producer-{host}.jsonl").read_text()[-2000:]
+
+    def queued(self, url: str | None = None) -> dict[str, int]:
+        """Jobs still in the servers (ready, reserved, delayed, buried), over both or on one."""
+        probe = ("import sys\nfrom producer.beanstalk import connect\nt={}\n"
+                 "for url in sys.argv[1].split(','):\n"
+                 "    with connect(url, timeout=5, encoding=None) as c:\n"
+                 "        s = c.stats()\n"
+                 "        for k in ('ready','reserved','delayed','buried'): t[k] = t.get(k, 0) + int(s['current-jobs-' + k])\n"
+                 "print(t)")
+        return eval(self.net["h1"].run([str(VENV_BIN / "python"), "-c", probe, url or self.url], cwd=ROOT).stdout)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+        shutil.rmtree(self.pg.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with Network(["h1", "h2", "db"]) as net:
+        f = Fleet(net, tmp_path)
+        try:
+            yield f.start()
+        finally:
+            net.close()  # every process in the namespaces killed, then their files removed
+            f.close()
+
+
+def by_host(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["host"], []).append(r)
+    return out
+
+
+def wait(condition, timeout: float, what: str, show=lambda: "") -> object:  # noqa: ANN001
+    """wait_until, with what ``show`` says at the deadline in the failure."""
+    try:
+        return wait_until(condition, timeout, what)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; {show()}") from None
+
+
+def phase(t0: float, what: str) -> None:
+    print(f"[{time.monotonic() - t0:6.1f}s] {what}", flush=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_kill_and_a_host_disable(
+        fleet: Fleet) -> None:
+    sink = fleet.sink
+    assert sink is not None
+    started = time.monotonic()
+
+    # every worker of both hosts registered and running
+    def registered() -> list[dict] | None:
+        rows = fleet.workers()
+        hosts = by_host([r for r in rows if r["state"] == "running"])
+        return rows if sorted(hosts) == ["h1", "h2"] and all(len(v) == PER_HOST for v in hosts.values()) else None
+    first = wait(registered, 30, "three running workers on each host", fleet.workers)
+    phase(started, "fleet up: 3 running workers on each host")
+    assert {"host", "pid", "state", "last_seen"} <= set(first[0])
+    before = {r["id"]: r["last_seen"] for r in first}
+    producing = time.monotonic()
+
+    fleet.produce("h1", RECIPIENTS)
+    fleet.produce("h2", 0)
+    wait(lambda: sink.total() >= RECIPIENTS // 8, 60, "a first part delivered", lambda: f"have {sink.total()}")
+    phase(started, f"{sink.total()} delivered; killing h1's beanstalkd")
+
+    # h1's beanstalkd killed -9 while the producers put and the workers work
+    fleet.beanstalkd["h1"].kill()
+    killed_at, at_kill = time.time(), sink.total()
+    during = lambda: [p for p in fleet.notified() if p["t"] >= killed_at]  # noqa: E731
+    wait(lambda: len(during()) >= 200 and sink.total() >= at_kill + RECIPIENTS // 10, 60,
+         "puts and deliveries during the outage", lambda: f"have {len(during())}, {sink.total() - at_kill}")
+    rows = fleet.workers()
+    assert {r["state"] for r in rows} == {"running"} and len(rows) == 2 * PER_HOST, rows
+    assert all(r["last_seen"] > before[r["id"]] for r in rows)  # the hearts beat through the outage
+    fleet.beanstalkd["h1"].start()  # same binlog: what it held comes back
+    back_at = time.time()
+    restored = sum(fleet.queued(fleet.beanstalkd["h1"].url).values())
+    assert restored > 0  # the jobs it held when killed, back from the binlog (and drained below)
+    phase(started, f"{sink.total()} delivered; h1's beanstalkd back from its binlog; disabling h2")
+    outage = [p for p in fleet.notified() if killed_at <= p["t"] < back_at]
+
+    # h2's workers disabled from h1: they finish the job in hand and exit 0, and stay down
+    seen = {r["id"]: r["last_seen"] for r in fleet.workers()}
+    fleet.sup["h1"].beanmail("workers", "disable", "h2")
+    h2 = fleet.sup["h2"]
+    wait(lambda: all(s == "EXITED" for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS)),
+         30, "h2's workers to exit", h2.states)
+    assert h2.log().count("(exit status 0; expected)") == PER_HOST
+    h2_exited = time.time()
+    old_h2 = {r["id"] for r in by_host(fleet.workers())["h2"]}
+    at_disable = sink.total()
+
+    def only_h1_runs() -> dict | None:
+        hosts = by_host(fleet.workers())
+        ok = ({r["state"] for r in hosts["h2"]} == {"disabled"} and {r["state"] for r in hosts["h1"]} == {"running"}
+              and all(r["last_seen"] > seen[r["id"]] for r in hosts["h1"]))
+        return hosts if ok else None
+    wait(only_h1_runs, 30, "h2 disabled, h1 running with its heart beating", fleet.workers)
+    wait(lambda: sink.total() >= at_disable + RECIPIENTS // 10, 60, "h1 delivering alone",
+         lambda: f"have {sink.total() - at_disable}")
+    phase(started, f"{sink.total()} delivered; enabling h2")
+    assert all(s == "EXITED" for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS))
+
+    # enabled on h2: its supervisord starts the workers again
+    out = h2.beanmail("workers", "enable", "h2").stdout
+    assert "started beanmail:mail_00" in out, out
+
+    def h2_back() -> dict | None:
+        hosts = by_host(fleet.workers())
+        new = [r for r in hosts["h2"] if r["id"] not in old_h2]
+        ok = (len(new) == PER_HOST and {r["state"] for r in new} == {"running"}
+              and {r["state"] for r in hosts["h2"] if r["id"] in old_h2} == {"disabled"}
+              and {r["state"] for r in hosts["h1"]} == {"running"})
+        return hosts if ok else None
+    wait(h2_back, 30, "h2's workers running again", fleet.workers)
+    h2.wait_running(30)
+
+    # the producers stop; everything they put and the whole mailout delivered, once
+    phase(started, f"{sink.total()} delivered; h2 back; stopping the producers")
+    fleet.stop_producers()
+    notified = fleet.notified()
+    failed = [p for p in notified if "error" in p or not p.get("id")]
+    expected = {f"m{i:05d}@fleet.example" for i in range(RECIPIENTS)} | {p["a"] for p in notified}
+
+    def all_delivered() -> bool:
+        return expected <= set(sink.count())
+    wait(all_delivered, max(10.0, 110 - (time.monotonic() - started)), "every message delivered",
+         lambda: f"missing {len(expected - set(sink.count()))}, queued {fleet.queued()}")
+    phase(started, "all delivered")
+    wait(lambda: fleet.queued() == {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0}, 30,
+         "both servers drained", fleet.queued)
+    seconds = time.monotonic() - producing
+
+    delivered = sink.count()
+    duplicates = sum(n - 1 for n in delivered.values() if n > 1)
+    lost = len(expected - set(delivered)) + len(failed)
+    unexpected = set(delivered) - expected
+    # the puts of the outage, and among them those whose key's own server was the dead one
+    # (the first of the list: producer/servers.py orders them from crc32(key) % 2 on)
+    durations = [p["d"] * 1000 for p in outage]
+    over = [p["d"] * 1000 for p in outage if zlib.crc32(f"fleet:{p['a']}".encode()) % 2 == 0]
+    final = fleet.workers()
+    print(f"FLEET delivered={sum(delivered.values())} expected={len(expected)} mailout={RECIPIENTS}"
+          f" notifications={len(notified)} duplicates={duplicates} lost={lost} seconds={seconds:.1f}"
+          f" restored_from_binlog={restored} outage_puts={len(outage)} failed_over={len(over)}"
+          f" put_p50_ms={statistics.median(durations):.2f} put_p99_ms={percentile(durations, 99):.2f}"
+          f" failover_p50_ms={statistics.median(over):.2f} failover_p99_ms={percentile(over, 99):.2f}"
+          f" failover_max_ms={max(over):.2f}")
+
+    assert not failed, failed[:5]
+    assert duplicates == 0 and lost == 0 and not unexpected, (duplicates, lost, sorted(unexpected)[:5])
+    # the registry at the end: h1's first workers ran throughout, their hearts beating; h2's first
+    # ones stay disabled (they exited), its new ones run
+    hosts = by_host(final)
+    assert {r["state"] for r in hosts["h1"]} == {"running"} and len(hosts["h1"]) == PER_HOST
+    assert all(r["last_seen"] > before[r["id"]] for r in hosts["h1"])
+    assert sorted(r["state"] for r in hosts["h2"]) == ["disabled"] * PER_HOST + ["running"] * PER_HOST
+    assert time.time() - h2_exited > LOST_AFTER  # long enough to be taken for lost, and not taken
+    assert sum(r["jobs_done"] for r in final) > 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["produce"]:
+    produce(sys.argv[2], int(sys.argv[3]))
