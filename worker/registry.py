@@ -116,10 +116,12 @@ class Registry:
 # -- the fleet, for operators ---------------------------------------------------------------------
 
 def mark_lost(store: Store, lost_after: float) -> list[str]:
-    """Workers silent for ``lost_after`` seconds are lost; their claims are released at once."""
+    """Workers silent for ``lost_after`` seconds are lost; their claims are released at once.
+    A disabled worker with no job in hand is not: it exited as it was told to (its last word
+    cleared the job), or is about to, and holds nothing to release."""
     cutoff = time.time() - lost_after
-    lost = [r[0] for r in store.all("SELECT id FROM workers WHERE state IN ('running', 'disabled')"
-                                    " AND last_seen < ?", (cutoff,))]
+    lost = [r[0] for r in store.all("SELECT id FROM workers WHERE (state = 'running' OR (state = 'disabled'"
+                                    " AND current_job != '')) AND last_seen < ?", (cutoff,))]
     for worker in lost:
         store.execute("UPDATE workers SET state = 'lost' WHERE id = ? AND last_seen < ?", (worker, cutoff))
         store.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed' AND claimed_by LIKE ?",
