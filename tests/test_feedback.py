@@ -6,11 +6,13 @@ to the message's VERP return path and delivers it to its pipe transport running
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 from pathlib import Path
@@ -31,9 +33,18 @@ from .servers import SmtpServer, wait_until
 RETURNS = "returns.beanmail.example"
 RETURN_PATH = f"bounces@{RETURNS}"
 VERP_SECRET = "verp-secret-for-tests"
-# Postfix runs a pipe as an unprivileged user, who cannot enter /root where this machine's venv
-# interpreter lives: the pipe runs Debian's python3 (the same 3.11) on the venv's packages
-PIPE_PYTHON = "/usr/bin/python3"
+
+
+@functools.cache
+def pipe_python() -> str:
+    """The interpreter for Postfix's pipe, which runs as nobody: the venv's own when nobody may
+    run it; else (this machine's venv interpreter lives under /root, closed to others) Debian's
+    python3, the same minor version, on the venv's packages."""
+    probe = subprocess.run([shutil.which("runuser") or "/usr/sbin/runuser", "-u", "nobody", "--", sys.executable,
+                            "-c", "import worker"], capture_output=True, cwd="/",
+                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return sys.executable if probe.returncode == 0 else "/usr/bin/python3"
+
 
 
 class Feedback:
@@ -56,7 +67,7 @@ class Feedback:
         self.config.write_text("[beanmail]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
         os.chmod(self.config, 0o644)
         self.relay = PostfixRelay(f"127.0.0.1:{remote.port}", routes={RETURNS: dovecot.lmtp if dovecot else "beanmail:"},
-                                  pipe_argv=f"{PIPE_PYTHON} -m worker.cli --config {self.config} bounce"
+                                  pipe_argv=f"{pipe_python()} -m worker.cli --config {self.config} bounce"
                                             " --recipient ${original_recipient}",
                                   pipe_environment={"PYTHONPATH": f"{ROOT}:{sysconfig.get_paths()['purelib']}"}).start()
         self.settings = settings.replace(smtp_url=self.relay.url, **{k: v for k, v in values.items()
@@ -436,7 +447,8 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        data = exc.read()
+        return exc.code, json.loads(data) if exc.headers.get("Content-Type") == "application/json" else {"text": data}
 
 
 def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_ones(
@@ -445,7 +457,7 @@ def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_one
     import time
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    from worker.feedback.webhooks import WebhookApp
+    from worker.feedback.webhooks import with_webhooks
 
     signers = Signers()
     s = settings.replace(return_path=RETURN_PATH, return_path_secret=VERP_SECRET, ses_topic_arns=signers.topic,
@@ -462,11 +474,16 @@ def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_one
     mailgun_token = json.loads(header["mailgun"])["beanmail"]
 
     store = Store(s.store)
-    server = make_server("127.0.0.1", 0, WebhookApp(s, store, certificates=lambda url: signers.sns_cert),
+    def other_app(environ: dict[str, object], start_response: object) -> list[bytes]:  # e.g. the console
+        start_response("418 I'm a teapot", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [b"not a webhook"]
+
+    app = with_webhooks(other_app, s, store=store, certificates=lambda url: signers.sns_cert)
+    server = make_server("127.0.0.1", 0, app,
                          handler_class=type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
+    base = f"http://127.0.0.1:{server.server_port}/webhooks"
     now = str(int(time.time()))
     try:
         # forged or unsigned requests: refused, nothing recorded
@@ -483,6 +500,7 @@ def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_one
                     {"Authorization": "Basic " + base64.b64encode(b"postmark:wrong").decode()})[0] == 401
         assert post(f"{base}/mailgun", json.dumps(MAILGUN_FAILED).encode())[0] == 403  # the docs' old signature
         assert store.bounces() == []
+        assert post(f"http://127.0.0.1:{server.server_port}/other", b"{}")[0] == 418  # the mounting app's own
 
         # the documented payloads, signed: the docs' own SES example names no message of ours
         assert post(f"{base}/ses", signers.sns(SES_BOUNCE)) == (200, {"handled": ["unmatched"]})

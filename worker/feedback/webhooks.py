@@ -263,6 +263,23 @@ class WebhookApp:
             raise Refused(f"signed timestamp is {skew:.0f}s off: a replay?")
 
 
+def with_webhooks(app: Callable[..., Iterable[bytes]], settings: Settings, prefix: str = "/webhooks",
+                  **options: Any) -> Callable[..., Iterable[bytes]]:
+    """``app`` with the webhooks mounted under ``prefix`` (ahead of its own authentication, which
+    providers cannot pass: each proves itself its own way). For the console:
+    ``make_server(host, port, with_webhooks(console, settings))``."""
+    hooks = WebhookApp(settings, **options)
+
+    def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == prefix or path.startswith(prefix + "/"):
+            environ = {**environ, "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + prefix,
+                       "PATH_INFO": path[len(prefix):]}
+            return hooks(environ, start_response)
+        return app(environ, start_response)
+    return dispatch
+
+
 def _reply(start_response: Callable[..., Any], status: str, payload: dict[str, Any],
            headers: list[tuple[str, str]] | None = None) -> list[bytes]:
     body = json.dumps(payload).encode()
