@@ -176,8 +176,8 @@ def fmt_seconds(value: float | None) -> str:
         return f"{value * 1000:.0f} ms"
     if value < 120:
         return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.0f} min"
+    if value < 3600:
+        return f"{int(value // 60)} min {int(value % 60)} s"
     return f"{value / 3600:.1f} h"
 
 
