@@ -565,3 +565,29 @@ def test_a_non_standard_bounce_is_read_by_flufl_bounce_and_tied_by_its_token(
     down = subprocess.run([str(VENV_BIN / "beanmail"), "bounce"], env=env, capture_output=True, timeout=60,
                           input=b"Subject: x\r\n\r\nx\r\n")
     assert down.returncode == 75, down.stderr
+
+
+def test_the_feedback_tables_on_both_store_backends(store_location: str) -> None:
+    """What intake and the brake ask of the store, on SQLite and on PostgreSQL."""
+    store = Store(store_location)
+    for n in range(4):
+        key = f"news:{n}"
+        store.claim(key, f"r{n}@example.com", "welcome", lease=30)
+        store.finish(key, f"r{n}@example.com", "welcome", "sent")
+        store.remember_message(f"tok{n}", key, f"r{n}@example.com", "welcome", bulk=True)
+    store.remember_message("tok0", "news:0", "r0@example.com", "welcome", bulk=True)  # a retry: one row
+    assert store.message_for_token("tok1") == ("news:1", "r1@example.com", "welcome", True)
+    assert store.message_for_token("nope") is None
+    assert store.note_bounce("news:1", "bounced after it was accepted (hard): 5.1.1", "550 5.1.1 No such user")
+    store.note_complaint("tok2", "news:2", "complaint (abuse) after delivery")
+    assert store.bulk_feedback(10) == (4, 1, 1)
+    assert store.bulk_feedback(2)[0] == 2
+    bid = store.record_bounce(source="pipe", kind="dsn", classification="soft", address="R3@example.com",
+                              key="news:3", status="4.2.2", detail="mailbox full", raw="Subject: x\x00\r\n\r\nbody")
+    assert store.soft_bounces("r3@example.com", since=0) == 1 and store.soft_bounces("r3@example.com", since=2e9) == 0
+    assert store.bounces(address="r3@example.com")[0]["id"] == bid and "body" in store.bounce_raw(bid)
+    assert store.brake() == (False, "", 0.0)
+    assert store.set_brake(True, "bounce rate 1/4") and not store.set_brake(True, "again")
+    assert store.brake()[:2] == (True, "bounce rate 1/4")
+    assert store.set_brake(False, "resumed by operator") and store.bulk_feedback(10, store.brake()[2]) == (0, 0, 0)
+    store.close()

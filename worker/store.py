@@ -771,7 +771,8 @@ class Store:
         self._run("INSERT INTO bounces (id, received_at, source, kind, classification, address, key, status,"
                   " detail, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (bounce_id, time.time(), source, kind, classification, address.lower(), key, status,
-                   detail[:2000], raw[:262144]))
+                   detail[:2000].replace("\0", "\ufffd"),  # PostgreSQL text holds no NUL
+                   raw[:262144].replace("\0", "\ufffd")))
         return bounce_id
 
     def bounces(self, limit: int = 100, address: str | None = None) -> list[dict[str, Any]]:
@@ -799,7 +800,8 @@ class Store:
     def note_complaint(self, token: str, key: str, reason: str) -> None:
         with self._transaction():
             self._db.execute("UPDATE feedback_messages SET complained = 1 WHERE token = ?", (token,))
-            self._db.execute("UPDATE deliveries SET reason = ?, updated_at = ? WHERE key = ?", (reason, time.time(), key))
+            self._db.execute("UPDATE deliveries SET reason = ?, updated_at = ? WHERE key = ?",
+                             (reason, time.time(), key))
 
     def bulk_feedback(self, window: int, since: float = 0.0) -> tuple[int, int, int]:
         """(sent, bounced, complained) over the last ``window`` bulk messages sent after ``since``."""

@@ -31,7 +31,8 @@ def register(sub: Any) -> None:
     b.add_argument("--recipient", default="", help="the envelope recipient, e.g. Postfix pipe's ${original_recipient}")
     b.set_defaults(handler=cmd_bounce)
 
-    bs = sub.add_parser("bounces", help="bounces and complaints received, newest first; `bounces fetch` reads the mailbox")
+    bs = sub.add_parser("bounces", help="bounces and complaints received, newest first;"
+                                         " `bounces fetch` reads the mailbox")
     bs.add_argument("action", nargs="?", choices=("list", "fetch", "show"), default="list")
     bs.add_argument("id", nargs="?", help="with show: the bounce whose raw message to print")
     bs.add_argument("--address", help="only this address")

@@ -66,7 +66,8 @@ def fetch_certificate(url: str) -> bytes:
 
 class WebhookApp:
     def __init__(self, settings: Settings, store: Store | None = None, *,
-                 certificates: Callable[[str], bytes] = fetch_certificate, now: Callable[[], float] = time.time) -> None:
+                 certificates: Callable[[str], bytes] = fetch_certificate,
+                 now: Callable[[], float] = time.time) -> None:
         """``certificates``: how an SNS signing certificate is fetched (after its URL was
         checked to be Amazon's); cached per URL."""
         self.settings = settings
@@ -225,7 +226,7 @@ class WebhookApp:
             kind = e.get("Type", "")
             if kind not in ("HardBounce", "SoftBounce", "Transient", "DnsError", "BadEmailAddress", "Blocked"):
                 return []  # auto-replies, subscribe requests, ...
-            return [Event("bounce", e["Email"], token, status="", diagnostic=e.get("Description", "") or e.get("Details", ""),
+            return [Event("bounce", e["Email"], token, diagnostic=e.get("Description", "") or e.get("Details", ""),
                           permanent=kind in ("HardBounce", "BadEmailAddress"))]
         if e.get("RecordType") == "SpamComplaint":
             return [Event("complaint", e["Email"], token)]
