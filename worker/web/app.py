@@ -97,7 +97,7 @@ class Console:
         self._store_lock = threading.RLock()
         from . import pages  # the routes, which need this module's types
 
-        self.routes: dict[tuple[str, str], Handler] = pages.ROUTES
+        self.routes: dict[tuple[str, str], Handler] = pages.routes()
 
     # -- the store, shared by the request threads -------------------------------------------------
     def with_store(self, fn: Callable[[Store], Any]) -> Any:

@@ -1,5 +1,5 @@
-"""The console's pages and actions. Reads go through ``figures`` and ``ops``; every action is a
-POST (the app checked its CSRF token) answered by a redirect to the page it came from."""
+"""The console's pages: GET only, nothing changes (the POST actions are in ``actions``). Reads
+go through ``figures`` and ``ops``; addresses are masked here, as the setting says."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-import greenstalk
 
-from producer.client import connect, parse_recipient
+from producer.client import parse_recipient
 
 from .. import ops
 from ..logs import mask, mask_text
@@ -131,59 +130,6 @@ def buried(console: "Console", req: "Request") -> "Response":
     return render(console, req, "buried.html", here="/buried", tube=tube, jobs=jobs, counts=counts, error=error)
 
 
-def _back(req: "Request") -> str:
-    tube = req.form.get("tube")
-    return f"/buried?tube={tube}" if tube and req.form.get("all") is None else "/buried"
-
-
-def kick(console: "Console", req: "Request") -> "Response":
-    from .app import Response
-
-    f = req.form
-    try:
-        if f.get("job", "").isdigit():
-            ops.kick(console.settings, job=int(f["job"]))
-            return Response.redirect(req, "/buried", done=f"kicked job {f['job']}")
-        if f.get("all") == "1":
-            kicked = ops.kick(console.settings, tube=f.get("tube") or None, every=True)
-            said = ", ".join(f"{t}: {n}" for t, n in kicked.items()) or "nothing was buried"
-            return Response.redirect(req, "/buried", done=f"kicked {said}")
-    except ops.OpsError as exc:
-        return Response.redirect(req, "/buried", done=f"not kicked: {exc}")
-    return Response.text(400, "say which: job=ID, or all=1 (with tube=T for one tube)\n")
-
-
-def delete(console: "Console", req: "Request") -> "Response":
-    """One buried job, or every buried job of one tube (as the CLI: one tube at a time)."""
-    from .app import Response
-
-    f = req.form
-    try:
-        if f.get("job", "").isdigit():
-            job = int(f["job"])
-            if _state(console, job) != "buried":  # kicked or taken meanwhile: not what was shown
-                return Response.redirect(req, "/buried", done=f"job {job} is no longer buried; nothing deleted")
-            ops.delete(console.settings, job=job)
-            return Response.redirect(req, "/buried", done=f"deleted job {job}")
-        if f.get("all") == "1" and f.get("tube"):
-            deleted = ops.delete(console.settings, tube=f["tube"])
-            return Response.redirect(req, "/buried", done=f"deleted {deleted.get(f['tube'], 0)} buried job(s)"
-                                                           f" of {f['tube']}")
-    except ops.OpsError as exc:
-        return Response.redirect(req, "/buried", done=f"not deleted: {exc}")
-    return Response.text(400, "say which: job=ID, or all=1 with tube=T\n")
-
-
-def _state(console: "Console", job: int) -> str | None:
-    try:
-        with connect(console.settings.beanstalk_url, timeout=5, encoding=None) as c:
-            return str(c.stats_job(job)["state"])
-    except greenstalk.NotFoundError:
-        return None
-    except OSError as exc:
-        raise ops.OpsError(f"beanstalkd is unreachable: {exc}") from None
-
-
 # -- one job ----------------------------------------------------------------------------------------
 def job(console: "Console", req: "Request", job_id: str) -> "Response":
     jid = int(job_id)
@@ -262,31 +208,6 @@ def suppressions(console: "Console", req: "Request") -> "Response":
          "ref": console.sign("suppression:" + a)} for a, src, why, at in rows])
 
 
-def suppress_add(console: "Console", req: "Request") -> "Response":
-    from .app import Response
-
-    try:
-        address = parse_recipient(req.form.get("address", "")).address
-    except ValueError as exc:
-        return Response.redirect(req, "/suppressions", done=f"not added: {exc}")
-    reason = req.form.get("reason", "").strip() or "added by operator"
-    console.with_store(lambda s: s.suppress(address, reason, "operator"))
-    return Response.redirect(req, "/suppressions", done=f"suppressed {_addr(console, address.lower())}")
-
-
-def suppress_remove(console: "Console", req: "Request") -> "Response":
-    """The form names the address by an opaque reference (the page shows it masked)."""
-    from .app import Response
-
-    ref = req.form.get("ref", "")
-    address = next((a for a, *_ in console.with_store(lambda s: s.suppression_list())
-                    if console.sign("suppression:" + a) == ref), None)
-    if address is None:
-        return Response.redirect(req, "/suppressions", done="not removed: no such entry (removed meanwhile?)")
-    console.with_store(lambda s: s.unsuppress(address))
-    return Response.redirect(req, "/suppressions", done=f"removed {_addr(console, address)}")
-
-
 # -- bounces (worker.feedback) ----------------------------------------------------------------------
 def bounces(console: "Console", req: "Request") -> "Response":
     q = req.query.get("q", "").strip()
@@ -326,13 +247,18 @@ def healthz(console: "Console", req: "Request") -> "Response":
     return Response.text(503, "".join(f"{p}\n" for p in problems)) if problems else Response.text(200, "ok\n")
 
 
-ROUTES: dict[tuple[str, str], Callable[..., "Response"]] = {
-    ("GET", "/"): overview, ("GET", "/buried"): buried, ("POST", "/buried/kick"): kick,
-    ("POST", "/buried/delete"): delete, ("GET", "/job/(\\d+)"): job, ("GET", "/log"): log,
-    ("GET", "/suppressions"): suppressions, ("POST", "/suppressions/add"): suppress_add,
-    ("POST", "/suppressions/remove"): suppress_remove, ("GET", "/static/console.css"): stylesheet,
-    ("GET", "/bounces"): bounces, ("GET", "/metrics"): metrics, ("GET", "/healthz"): healthz,
-}
+def routes() -> dict[tuple[str, str], Callable[..., "Response"]]:
+    from .actions import delete, kick, suppress_add, suppress_remove
+
+    return {
+        ("GET", "/"): overview, ("GET", "/buried"): buried, ("POST", "/buried/kick"): kick,
+        ("POST", "/buried/delete"): delete, ("GET", "/job/(\\d+)"): job, ("GET", "/log"): log,
+        ("GET", "/suppressions"): suppressions, ("POST", "/suppressions/add"): suppress_add,
+        ("POST", "/suppressions/remove"): suppress_remove, ("GET", "/static/console.css"): stylesheet,
+        ("GET", "/bounces"): bounces, ("GET", "/metrics"): metrics, ("GET", "/healthz"): healthz,
+    }
+
+
 
 
 def route(routes: dict[tuple[str, str], Callable[..., "Response"]], req: "Request") -> tuple[Any, Any]:
