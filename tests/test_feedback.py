@@ -135,6 +135,9 @@ def test_a_550_behind_postfix_comes_back_as_a_dsn_through_the_pipe_and_suppresse
         assert out.startswith("unmatched"), out
     assert store.suppressed("ok@example.com") is None
     assert [b["classification"] for b in feedback.bounces()][:3] == ["unmatched"] * 3
+    # an operator undoes a wrong suppression
+    assert "removed reject-me@example.com" in beanmail("suppress", "remove", "reject-me@example.com", env=feedback.env).stdout
+    assert store.suppressed("reject-me@example.com") is None
 
 
 def subprocess_bounce(feedback: Feedback, text: str, recipient: str = "") -> str:
@@ -591,3 +594,26 @@ def test_the_feedback_tables_on_both_store_backends(store_location: str) -> None
     assert store.brake()[:2] == (True, "bounce rate 1/4")
     assert store.set_brake(False, "resumed by operator") and store.bulk_feedback(10, store.brake()[2]) == (0, 0, 0)
     store.close()
+
+
+def test_bulk_mail_refused_at_once_trips_the_brake_without_any_dsn(settings: Settings, notifier: Notifier,
+                                                                  smtp: SmtpServer) -> None:
+    """Direct MX delivery hears a 550 in the session itself: the worker judges the brake then."""
+    s = settings.replace(brake_window=4, brake_min_sends=4)
+    notifier.mailout("welcome", ["a@example.com", "b@example.com", "c@example.com", "reject-d@example.com"],
+                     {"name": "x"}, key="news-5")
+    watcher = connect(s.beanstalk_url, encoding=None, watch=["mail.bulk", "mailout"])
+    try:
+        from producer.envelope import MAILOUT_TUBE
+        from worker.fanout import Fanout
+        from worker.loop import Worker
+
+        store = Store(s.store)
+        assert Worker(s, Fanout(s), store, tubes=(MAILOUT_TUBE,)).run(burst=True) == 0
+        run_burst(s)
+        assert store.deliveries(key="news-5:reject-d@example.com")[0].outcome == "bounced"
+        engaged, reason, _ = store.brake()
+        assert engaged and reason.startswith("bounce rate 1/4 = 25.0%")
+        assert tube_paused(s, "mail.bulk") > 0
+    finally:
+        watcher.close()
