@@ -88,14 +88,17 @@ class Brake:
         return changed
 
     def pause_tubes(self, seconds: int) -> None:
-        try:
-            with connect(self.settings.beanstalk_url, timeout=5, encoding=None) as client:
-                for tube in HELD_TUBES:
-                    client.use(tube)  # a tube exists while it is used: pausing one nobody uses fails
-                    try:
-                        client.pause_tube(tube, seconds)
-                    except greenstalk.NotFoundError:
-                        pass
-        except (OSError, greenstalk.Error) as exc:
-            # the store's state still holds bulk mail in every worker; only the pause is missing
-            get_logger().warning("brake: beanstalkd tubes not paused", error=str(exc), seconds=seconds)
+        """On every beanstalkd server of the fleet (a sharded producer puts bulk mail on each)."""
+        for url in self.settings.beanstalk_urls:
+            try:
+                with connect(url, timeout=5, encoding=None) as client:
+                    for tube in HELD_TUBES:
+                        client.use(tube)  # a tube exists while it is used: pausing one nobody uses fails
+                        try:
+                            client.pause_tube(tube, seconds)
+                        except greenstalk.NotFoundError:
+                            pass
+            except (OSError, greenstalk.Error) as exc:
+                # the store's state still holds bulk mail in every worker; only the pause is missing
+                get_logger().warning("brake: beanstalkd tubes not paused", beanstalk=url, error=str(exc),
+                                     seconds=seconds)
