@@ -334,6 +334,19 @@ def test_bounces_fetch_reads_postfix_dsns_from_dovecot_once_and_flags_them(
         flags = imap.uid("FETCH", imap.uid("SEARCH", None, "ALL")[1][0].split()[0], "(FLAGS)")[1][0]
         imap.logout()
         assert b"$BeanmailHandled" in flags and b"\\Seen" in flags
+        # ?move=Folder moves what was handled out of the inbox instead
+        notifier.notify("welcome", "reject-imap2@example.com", {"name": "I"}, key="imap:2")
+        run_burst(f.settings)
+        wait_until(lambda: in_mailbox() == 2, 30, "the second DSN in dovecot")
+        env = {**f.env, "BEANMAIL_BOUNCE_MAILBOX": dovecot.mailbox_url() + "&move=Handled"}
+        moved = json.loads(beanmail("bounces", "fetch", "--json", env=env).stdout.strip().splitlines()[-1])
+        assert moved == {"messages": 1, "hard": 1}  # the first, flagged before, is not taken again
+        assert store.suppressed("reject-imap2@example.com") is not None
+        imap = mailbox()
+        assert len(imap.uid("SEARCH", None, "ALL")[1][0].split()) == 1  # only the flagged first is left
+        imap.select('"Handled"')
+        assert len(imap.uid("SEARCH", None, "ALL")[1][0].split()) == 1
+        imap.logout()
     finally:
         f.close()
         dovecot.stop()

@@ -3,8 +3,8 @@ bounces when no pipe can be configured: a hosted mailbox, a catch-all), hand eac
 the same intake as the pipe, and mark it handled so the next run skips it.
 
 ``BEANMAIL_BOUNCE_MAILBOX=imaps://user:pass@host[:port]/INBOX`` (``imap://`` for STARTTLS;
-``?cafile=PATH`` to trust a private CA; ``?move=Folder`` to move handled messages there
-instead of flagging them ``$BeanmailHandled``). Run it from cron or a supervisord program;
+``?cafile=PATH`` to trust a private CA; ``?move=Folder`` to move handled messages there, each
+flagged ``$BeanmailHandled`` first, so a failed move never brings one back). Run it from cron or a supervisord program;
 one fetcher at a time per mailbox.
 """
 
@@ -80,8 +80,11 @@ def fetch(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
         typ, _ = imap.select(_quote(box.folder))
         if typ != "OK":
             raise OpsError(f"no folder {box.folder!r} in the mailbox")
-        criterion = "ALL" if box.move else f"UNKEYWORD {HANDLED}"
-        typ, data = imap.uid("SEARCH", None, criterion)
+        typ, data = imap.capability()  # after login: servers announce more (MOVE) than before
+        can_move = typ == "OK" and b"MOVE" in (data[0] or b"").upper().split()
+        if box.move:
+            imap.create(_quote(box.move))  # NO when it exists already: fine
+        typ, data = imap.uid("SEARCH", None, f"UNKEYWORD {HANDLED}")
         uids = (data[0] or b"").split()[:BATCH]
         for uid in uids:
             typ, parts = imap.uid("FETCH", uid, "(BODY.PEEK[])")
@@ -96,7 +99,7 @@ def fetch(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
             for h in handled:
                 counts[h.classification] = counts.get(h.classification, 0) + 1
             counts["messages"] += 1
-            _mark(imap, uid, box)
+            _mark(imap, uid, box, can_move)
         if box.move and uids:
             imap.expunge()
     finally:
@@ -108,13 +111,12 @@ def fetch(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
     return counts
 
 
-def _mark(imap: imaplib.IMAP4, uid: bytes, box: Mailbox) -> None:
+def _mark(imap: imaplib.IMAP4, uid: bytes, box: Mailbox, can_move: bool) -> None:
+    imap.uid("STORE", uid, "+FLAGS.SILENT", f"({HANDLED} \\Seen)")  # kept if a move fails
     if box.move:
-        if "MOVE" in imap.capabilities:
+        if can_move:
             imap.uid("MOVE", uid, _quote(box.move))
             return
         imap.uid("COPY", uid, _quote(box.move))
         imap.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
-        return
-    imap.uid("STORE", uid, "+FLAGS.SILENT", f"({HANDLED} \\Seen)")
 
