@@ -84,7 +84,8 @@ def main() -> None:
             r, i = n % args.recipients, n // args.recipients
             notifier.notify("comment", f"user{r}@example.com", {
                 "issue": {"id": 1 + r % 50, "title": f"Issue {1 + r % 50}: login fails with a ü"},
-                "comment": {"id": n, "author": f"author{i}", "body": f"Comment {i} of {per}: fixed in 1.{i}, please verify."},
+                "comment": {"id": n, "author": f"author{i}",
+                            "body": f"Comment {i} of {per}: fixed in 1.{i}, please verify."},
             }, key=f"comment:{n}:user{r}", digest="daily")
         enqueue_s = time.monotonic() - started
         notifier.close()

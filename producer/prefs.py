@@ -38,7 +38,8 @@ class Preferences:
         """``22:00-07:00``, or "" without quiet hours."""
         if self.quiet_start < 0:
             return ""
-        return f"{self.quiet_start // 60:02d}:{self.quiet_start % 60:02d}-{self.quiet_end // 60:02d}:{self.quiet_end % 60:02d}"
+        (a, b), (c, d) = divmod(self.quiet_start, 60), divmod(self.quiet_end, 60)
+        return f"{a:02d}:{b:02d}-{c:02d}:{d:02d}"
 
     def to_json(self) -> dict[str, Any]:
         return {"address": self.address, "mode": self.mode or "default", "timezone": self.timezone or "default",

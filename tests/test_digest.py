@@ -81,8 +81,8 @@ def test_items_gathered_and_sent_as_one_message_each(settings: Settings, notifie
         notifier.notify("comment", {"address": "zoe@example.com", "name": "Zoë"}, comment(n), key=f"c:{n}:zoe",
                         digest="daily")
     notifier.notify("comment", "bob@example.com", comment(4, issue=7, title="Dark mode"), key="c:4:bob")  # no digest=
-    notifier.notify_watchers("comment", ["ann@example.com", "bob@example.com", "sam@example.com"], actor="sam@example.com",
-                             context=comment(5), key="c:5", digest="daily")
+    notifier.notify_watchers("comment", ["ann@example.com", "bob@example.com", "sam@example.com"],
+                             actor="sam@example.com", context=comment(5), key="c:5", digest="daily")
     notifier.notify("password_reset", "zoe@example.com", {"reset_url": "https://x.example/r/1"}, priority="urgent",
                     key="reset:zoe")
     assert Worker(settings, Fanout(settings), Store(settings.store), tubes=("mailout",)).run(burst=True) == 0
@@ -259,7 +259,8 @@ def test_quiet_hours_end_to_end_and_flush_all_releases_what_they_hold(settings: 
     shown = json.loads(beanmail("digest", "prefs", "get", "zoe@example.com", "--json", env=env).stdout)
     assert shown == {"address": "zoe@example.com", "mode": "default", "timezone": "UTC", "quiet": window}
     notifier.notify("comment", "zoe@example.com", comment(1), key="held")
-    notifier.notify("password_reset", "zoe@example.com", {"reset_url": "https://x.example/r"}, priority="urgent", key="u")
+    notifier.notify("password_reset", "zoe@example.com", {"reset_url": "https://x.example/r"}, priority="urgent",
+                    key="u")
     notifier.notify("comment", "zoe@example.com", comment(2), key="later", digest="daily")
     run_burst(settings)
     assert [m.message["Subject"] for m in smtp.messages] == [RESET_SUBJECT]  # urgent: never held

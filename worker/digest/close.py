@@ -53,7 +53,8 @@ class Closer:
         self.stopping = False
 
     def key(self, recipient: str, group: str, due_at: float) -> str:
-        return f"digest:{recipient}:{'*' if group == DEFAULT_GROUP else group}:{utc_label(due_at)}:{os.urandom(3).hex()}"
+        group = "*" if group == DEFAULT_GROUP else group
+        return f"digest:{recipient}:{group}:{utc_label(due_at)}:{os.urandom(3).hex()}"
 
     def close(self, now: float | None = None, *, everything: bool = False, grace: float = 0.0,
               stale: float = STALE) -> Closed:
@@ -111,6 +112,7 @@ class Closer:
         interval = interval or self.settings.digest_interval
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, lambda *_: None)  # the workers reload templates on HUP; nothing here
         self.log.info("digest closer started", interval=interval)
         while not self.stopping:
             started = time.monotonic()

@@ -78,7 +78,8 @@ class DigestRecords:
                        (key, recipient, group, due_at, created_at, json.dumps(item, ensure_ascii=False)))
             db.execute("INSERT INTO deliveries (key, recipient, template, outcome, reason, updated_at)"
                        " VALUES (?, ?, ?, 'skipped', ?, ?) ON CONFLICT (key) DO UPDATE SET outcome = 'skipped',"
-                       " reason = excluded.reason, claimed_by = '', claim_expires = 0, updated_at = excluded.updated_at",
+                       " reason = excluded.reason, claimed_by = '', claim_expires = 0,"
+                       " updated_at = excluded.updated_at",
                        (key, recipient, template, reason, now))
         return True
 
