@@ -373,6 +373,12 @@ def test_the_supervisord_program_serves_the_console_of_the_whole_pool(beanstalkd
         wait_until(lambda: reserving() >= 4 and workers() == reserving(), 15, "the pool's reserving connections")
         status, _, page = web.get("/")
         assert status == 200 and "beanmail:web_00 RUNNING" in re.sub(r"<[^>]+>", "", page)
+        pids = {pid for name, (_, pid) in states.items() if name.split(":")[1].startswith(("mail_", "urgent_"))}
+        shown = {int(m) for m in re.findall(r'<tr data-worker="[^"]+:(\d+)">', page)}
+        assert pids <= shown  # the registry's table lists every mail and urgent worker
+        running = next(s.value for f in text_string_to_metric_families(web.get("/metrics")[2])
+                       if f.name == "beanmail_registered_workers" for s in f.samples if s.labels["state"] == "running")
+        assert running >= len(pids)
     finally:
         sup.shutdown()
     assert "stopped: web_00 (exit status 0)" in sup.log()

@@ -169,6 +169,26 @@ def brake(store: Store, settings: Settings) -> dict[str, Any]:
     return {"state": "released", "detail": judged, "engaged": False}
 
 
+def registered(store: Store, settings: Settings, now: float | None = None) -> list[dict[str, Any]]:
+    """The worker registry (worker/registry.py) as it stands, read only: a running worker silent
+    past BEANMAIL_LOST_AFTER shows as "silent" (the workers themselves mark it lost)."""
+    now = time.time() if now is None else now
+    lost_after = float(getattr(settings, "lost_after", 60.0))
+    try:
+        rows = store.all("SELECT host, pid, tubes, version, state, started_at, last_seen, jobs_done, current_job"
+                         " FROM workers ORDER BY host, pid")
+    except Exception:  # noqa: BLE001 - a store from before the registry: no table, nothing to show
+        return []
+    out = []
+    for host, pid, tubes, version, state, started, seen, done, job in rows:
+        if state == "running" and now - seen > lost_after:
+            state = "silent"
+        out.append({"host": host, "pid": int(pid), "tubes": tubes, "version": version, "state": state,
+                    "started_at": float(started), "seen_ago": max(0.0, now - float(seen)), "jobs_done": int(done),
+                    "current_job": job})
+    return out
+
+
 def fmt_seconds(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"

@@ -45,9 +45,9 @@ class PoolCollector:
                 oldest.add_metric([t["tube"]], t["oldest"])
             yield oldest
         try:
-            totals, (buckets, total_s, _), suppressed, brake = self.console.with_store(
+            totals, (buckets, total_s, _), suppressed, brake, registry = self.console.with_store(
                 lambda s: (s.console_totals(), s.console_latency(0), s.suppression_counts(),
-                           figures.brake(s, self.console.settings)))
+                           figures.brake(s, self.console.settings), figures.registered(s, self.console.settings)))
         except (StoreUnavailable, StoreCorrupt):
             up.add_metric(["store"], 0)
             yield up
@@ -70,6 +70,14 @@ class PoolCollector:
         for source in sorted({"bounce", "unsubscribe", "operator", *suppressed}):
             gauge.add_metric([source], suppressed.get(source, 0))
         yield gauge
+        states = GaugeMetricFamily("beanmail_registered_workers", "worker processes in the registry by state"
+                                   " (silent: running but not heard from for BEANMAIL_LOST_AFTER)", labels=["state"])
+        counted: dict[str, int] = {}
+        for w in registry:
+            counted[w["state"]] = counted.get(w["state"], 0) + 1
+        for state in sorted({"running", "disabled", "stopped", "lost", "silent", *counted}):
+            states.add_metric([state], counted.get(state, 0))
+        yield states
         yield GaugeMetricFamily("beanmail_brake_engaged", "1 while the bulk brake holds mail.bulk and mailout",
                                 value=1 if brake["engaged"] else 0)
 

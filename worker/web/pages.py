@@ -84,13 +84,13 @@ def overview(console: "Console", req: "Request") -> "Response":
     sup = ops.supervisor_processes(console.settings)
     error = ""
     try:
-        minutes, series, lat, domains, brake = console.with_store(lambda s: (
+        minutes, series, lat, domains, brake, registry = console.with_store(lambda s: (
             *figures.rates(s, hours * 60), figures.latency(s), figures.domains(s, console.settings, hours),
-            figures.brake(s, console.settings)))
+            figures.brake(s, console.settings), figures.registered(s, console.settings)))
     except (ops.StoreUnavailable, ops.StoreCorrupt) as exc:
         error = f"the delivery store is not available: {exc}"
-        minutes, series, lat, domains, brake = [], {}, figures.latency_empty(), [], {
-            "state": "unknown", "detail": "", "engaged": False}
+        minutes, series, lat, domains, brake, registry = [], {}, figures.latency_empty(), [], {
+            "state": "unknown", "detail": "", "engaged": False}, []
     # leading minutes without any message are left out (a new pool's plot is not a flat line
     # with a spike at its end), down to MIN_SPAN
     first = next((i for i in range(len(minutes)) if any(v[i] for v in series.values())), len(minutes))
@@ -99,12 +99,12 @@ def overview(console: "Console", req: "Request") -> "Response":
     since = time.strftime("%H:%M", time.localtime(minutes[0] * 60)) if minutes else ""
     plot = line_plot([Series(name, values) for name, values in series.items()], x_labels=time_labels(minutes),
                      title=f"messages per minute by outcome since {since}", unit="messages/min", plot_id="rates")
-    for d in domains:
-        d["domain"] = d["domain"] if not console.masked or "@" not in d["domain"] else mask(d["domain"])
+    for w in registry:
+        w["current_job"] = _text(console, w["current_job"])
     return render(console, req, "overview.html", bs=bs, processes=sup.get("processes", []),
                   supervisor_error=sup.get("error", ""), plot=_markup(plot), hours=hours, windows=HOURS,
                   since=since, legend=[(n, sum(v)) for n, v in series.items()], lat=lat, domains=domains,
-                  brake=brake, error=error or (f"beanstalkd {bs.error}" if bs.error else ""))
+                  brake=brake, registry=registry, error=error or (f"beanstalkd {bs.error}" if bs.error else ""))
 
 
 def _markup(svg: str) -> Any:
