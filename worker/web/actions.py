@@ -3,6 +3,7 @@ to the page it came from with what was done."""
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
 import greenstalk
@@ -80,9 +81,14 @@ def suppress_remove(console: "Console", req: "Request") -> "Response":
     """The form names the address by an opaque reference (the page shows it masked)."""
     from .app import Response
 
-    ref = req.form.get("ref", "")
-    address = next((a for a, *_ in console.with_store(lambda s: s.suppression_list())
-                    if console.sign("suppression:" + a) == ref), None)
+    ref, hint = req.form.get("ref", ""), req.form.get("hint", "")
+    local, _, domain = hint.rpartition("@")
+    # the masked address narrows the search (z***@example.com: z...@example.com); the
+    # reference, this server's HMAC of the address, picks the one entry
+    pattern = f"{local[:1]}%@{domain}" if local and domain else "%"
+    candidates = console.with_store(lambda s: s.all("SELECT address FROM suppression WHERE address LIKE ?",
+                                                    (pattern,)))
+    address = next((a for (a,) in candidates if hmac.compare_digest(console.sign("suppression:" + a), ref)), None)
     if address is None:
         return Response.redirect(req, "/suppressions", done="not removed: no such entry (removed meanwhile?)")
     console.with_store(lambda s: s.unsuppress(address))

@@ -163,7 +163,8 @@ class Console:
                    *resp.headers]
         if new_cookie:
             path = req.root or "/"
-            headers.append(("Set-Cookie", f"{CSRF_COOKIE}={new_cookie}; Path={path}; HttpOnly; SameSite=Strict"))
+            secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""  # behind TLS
+            headers.append(("Set-Cookie", f"{CSRF_COOKIE}={new_cookie}; Path={path}; HttpOnly; SameSite=Strict{secure}"))
         start_response(STATUS.get(resp.status, f"{resp.status} Status"), headers)
         return [b"" if req.method == "HEAD" else body]
 

@@ -205,7 +205,7 @@ def suppressions(console: "Console", req: "Request") -> "Response":
     counts = sorted(console.with_store(lambda s: s.suppression_counts()).items())
     return render(console, req, "suppressions.html", q=q, counts=counts, rows=[
         {"address": _addr(console, a), "source": src, "reason": _text(console, why), "at": at,
-         "ref": console.sign("suppression:" + a)} for a, src, why, at in rows])
+         "ref": console.sign("suppression:" + a), "hint": mask(a)} for a, src, why, at in rows])
 
 
 # -- bounces (worker.feedback) ----------------------------------------------------------------------

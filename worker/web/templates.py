@@ -155,7 +155,7 @@ SUPPRESSIONS = """{% extends "base.html" %}{% block main %}
 <table id="suppressions"><tr><th>address</th><th>source</th><th>reason</th><th>since</th><th></th></tr>
 {% for r in rows %}<tr><td>{{ r.address }}</td><td>{{ r.source }}</td><td>{{ r.reason }}</td><td>{{ when(r.at) }}</td><td>
 <form class="inline" method="post" action="{{ root }}/suppressions/remove"><input type="hidden" name="csrf" value="{{ csrf }}">
-<input type="hidden" name="ref" value="{{ r.ref }}"><button class="danger">remove</button></form></td></tr>
+<input type="hidden" name="ref" value="{{ r.ref }}"><input type="hidden" name="hint" value="{{ r.hint }}"><button class="danger">remove</button></form></td></tr>
 {% else %}<tr><td colspan="5" class="muted">none</td></tr>{% endfor %}</table>
 {% endblock %}
 """
