@@ -133,7 +133,7 @@ def test_a_server_that_answers_the_end_of_data_after_the_ttr_gets_one_copy(setti
     """Measured before: each of 4 keys accepted 8 times and the store said exhausted."""
     smtp.handler.data_delay = 3.5
     settings = settings.replace(smtp_timeout=2.5, ttr=3)
-    notifier = Notifier(settings.beanstalk_url)
+    notifier = Notifier(settings.beanstalk_url, ttr=3)  # beanstalkd's reservation and the claim's lease: 3 s
     for i in range(4):  # each key queued twice, too: the store's claim must outlive the TTR
         for _ in range(2):
             notifier.notify("welcome", f"slow{i}@example.com", {"name": f"slow{i}"}, key=f"slow:{i}")

@@ -183,10 +183,16 @@ class Pipeline:
     def _keeper(self, key: str, touch: Callable[[], object]) -> Callable[[], None]:
         """What the transport calls through every long step: keeps beanstalkd's reservation and
         the store's claim alive together, so a slow server never sees a second copy."""
+        lease = self.settings.ttr
+        renewed = time.monotonic()
+
         def keep() -> None:
-            if touch():
+            nonlocal renewed
+            touch()  # beanstalkd's reservation: at a third of the job's own TTR
+            if time.monotonic() - renewed >= max(1.0, lease / 3):  # the claim: at a third of its lease
+                renewed = time.monotonic()
                 try:
-                    self.store.renew(key, self.settings.ttr)
+                    self.store.renew(key, lease)
                 except StoreUnavailable:
                     pass  # the claim's lease still runs; the outage is logged by the store
         return keep
