@@ -33,16 +33,20 @@ import pytest
 
 from .conftest import ROOT, VENV_BIN, bare_env
 from .netns import Host, Network
-from .servers import Postgres, wait_until, which
+from .servers import wait_until, which
 from .stack import Supervisor
 
 RECIPIENTS = 20_000  # the mailout
-RATE = 25.0  # notifications per second from each producer
+RATE = 15.0  # notifications per second from each producer
+BUDGET = 110  # seconds from the first namespace to the last delivery: the test ends within 2 minutes
 BEANSTALK_PORT, PG_PORT, SMTP_PORT = 11300, 5432, 2525
 MAILOUT_KEY = "fleet:mailout"
 WORKER_PROGRAMS = ("beanmail:mail_", "beanmail:urgent_")
 PER_HOST = 3  # mail_00, mail_01, urgent_00 of supervisord.conf
 HEARTBEAT, LOST_AFTER = 0.5, 10
+# loops per worker process and server: a loop mostly waits on the store's round trips (claim,
+# suppression, preferences, the message record, the outcome), so more of them keep two cores busy
+THREADS = 4
 
 
 # -- the producer: `python -m tests.test_multihost produce NAME MAILOUT` on a host -------------------
@@ -84,12 +88,29 @@ def produce(name: str, mailout: int) -> None:
 
 # -- the hosts' servers ---------------------------------------------------------------------------
 
-class FleetPostgres(Postgres):
-    """tests/servers.py's throw-away cluster, listening on the db host's address."""
+def scratch(prefix: str) -> Path:
+    """A folder for a server that writes a lot of small files (smtp-sink's messages, PostgreSQL's
+    cluster), on /dev/shm where there is one: quick to write and to remove. Not under pytest's
+    tmp_path: only root may enter that, and these servers run as other users."""
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=shm if shm.is_dir() else None))
+
+
+class FleetPostgres:
+    """A throw-away cluster as tests/servers.py's Postgres makes it (Debian's binaries, trust
+    auth, run as the postgres user), listening on the db host's address."""
 
     def __init__(self, host: Host) -> None:
-        super().__init__()
-        self.host, self.port = host, PG_PORT
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not bins:
+            raise FileNotFoundError("PostgreSQL server is not installed: run `make setup-test` (it installs it)")
+        self.bin, self.host, self.port = bins[-1].parent, host, PG_PORT
+        self.workdir = scratch("beanmail-fleet-pg-")
+        self.dir = self.workdir / "pgdata"
+        self.user_prefix: list[str] = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            self.user_prefix = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.workdir, "postgres")
 
     def dsn(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@{self.host.address}:{self.port}/{db}"
@@ -99,13 +120,22 @@ class FleetPostgres(Postgres):
                         "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
         with open(self.dir / "pg_hba.conf", "a") as hba:
             hba.write("host all all 198.18.0.0/15 trust\n")
-        self.proc = self.host.popen(
+        self.host.popen(
             [*self.user_prefix, str(self.bin / "postgres"), "-D", str(self.dir), "-p", str(self.port),
              "-c", f"listen_addresses={self.host.address}", "-c", f"unix_socket_directories={self.dir}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=300"],
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=300",
+             # its dynamic shared memory in the data folder, not /dev/shm: removed with it, even
+             # after a kill
+             "-c", "dynamic_shared_memory_type=mmap"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: self.host.port_open(self.port), 30, "PostgreSQL to listen")
         return self
+
+    def stop(self) -> None:
+        """A fast shutdown, which removes its shared memory; what is left is killed after."""
+        if (self.dir / "postmaster.pid").exists():
+            self.host.run([*self.user_prefix, str(self.bin / "pg_ctl"), "stop", "-D", str(self.dir), "-m", "fast",
+                           "-w", "-t", "10"], check=False, timeout=20)
 
 
 class Sink:
@@ -114,7 +144,7 @@ class Sink:
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self.dumps = Path(tempfile.mkdtemp(prefix="beanmail-fleet-sink-"))
+        self.dumps = scratch("beanmail-fleet-sink-")
         os.chmod(self.dumps, 0o777)  # smtp-sink writes as nobody
         self.proc = host.popen([which("smtp-sink"), "-u", "nobody", "-d", f"{self.dumps}/%M.",
                                 f"{host.address}:{SMTP_PORT}", "256"],
@@ -193,6 +223,7 @@ class HostSupervisor(Supervisor):
 class Fleet:
     def __init__(self, net: Network, tmp: Path) -> None:
         self.net, self.tmp = net, tmp
+        self.t0 = time.monotonic()
         self.pg = FleetPostgres(net["db"])
         self.sink: Sink | None = None
         self.beanstalkd = {h: Beanstalkd(net[h], tmp / h / "beanstalkd") for h in ("h1", "h2")}
@@ -205,18 +236,21 @@ class Fleet:
         for b in self.beanstalkd.values():
             b.start()
         self.pg.start()
+        phase(self.t0, "servers up")
         for h in ("h1", "h2"):
             env = bare_env(
                 None, BEANMAIL_BEANSTALK_URL=self.url, BEANMAIL_SMTP_URL=self.sink.url, BEANMAIL_STORE=self.pg.dsn(),
                 BEANMAIL_HOST_NAME=h, BEANMAIL_FROM="Fleet <noreply@beanmail.example>",
                 BEANMAIL_SMTP_TIMEOUT="5", BEANMAIL_TTR="30", BEANMAIL_BACKOFF_BASE="1", BEANMAIL_BACKOFF_MAX="2",
                 BEANMAIL_MAX_ATTEMPTS="30", BEANMAIL_HEARTBEAT=str(HEARTBEAT), BEANMAIL_LOST_AFTER=str(LOST_AFTER),
-                BEANMAIL_UNSUBSCRIBE_MAILTO="unsubscribe@beanmail.example")
+                BEANMAIL_UNSUBSCRIBE_MAILTO="unsubscribe@beanmail.example", BEANMAIL_THREADS=str(THREADS))
             self.sup[h] = HostSupervisor(self.net[h], self.tmp / h / "stack", env)
         for sup in self.sup.values():
             sup.start()
+        phase(self.t0, "supervisords started")
         for sup in self.sup.values():
             sup.wait_running(60)
+        phase(self.t0, "every program RUNNING")
         return self
 
     def workers(self) -> list[dict]:
@@ -247,13 +281,13 @@ class Fleet:
 
     def queued(self, url: str | None = None) -> dict[str, int]:
         """Jobs still in the servers (ready, reserved, delayed, buried), over both or on one."""
-        probe = ("import sys\nfrom producer.beanstalk import connect\nt={}\n"
+        probe = ("import json, sys\nfrom producer.beanstalk import connect\nt={}\n"
                  "for url in sys.argv[1].split(','):\n"
                  "    with connect(url, timeout=5, encoding=None) as c:\n"
                  "        s = c.stats()\n"
                  "        for k in ('ready','reserved','delayed','buried'): t[k] = t.get(k, 0) + int(s['current-jobs-' + k])\n"
-                 "print(t)")
-        return eval(self.net["h1"].run([str(VENV_BIN / "python"), "-c", probe, url or self.url], cwd=ROOT).stdout)
+                 "print(json.dumps(t))")
+        return json.loads(self.net["h1"].run([str(VENV_BIN / "python"), "-c", probe, url or self.url], cwd=ROOT).stdout)
 
     def close(self) -> None:
         if self.sink is not None:
@@ -264,12 +298,18 @@ class Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     with Network(["h1", "h2", "db"]) as net:
-        f = Fleet(net, tmp_path)
+        f: Fleet | None = None
         try:
+            f = Fleet(net, tmp_path)
             yield f.start()
         finally:
-            net.close()  # every process in the namespaces killed, then their files removed
-            f.close()
+            try:
+                if f is not None:
+                    f.pg.stop()
+            finally:
+                net.close()  # every process in the namespaces killed, then their files removed
+                if f is not None:
+                    f.close()
 
 
 def by_host(rows: list[dict]) -> dict[str, list[dict]]:
@@ -279,12 +319,19 @@ def by_host(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def wait(condition, timeout: float, what: str, show=lambda: "") -> object:  # noqa: ANN001
-    """wait_until, with what ``show`` says at the deadline in the failure."""
-    try:
-        return wait_until(condition, timeout, what)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}; {show()}") from None
+def wait(condition, timeout: float, what: str, show=lambda: "", every: float = 1.0) -> object:  # noqa: ANN001
+    """``condition`` asked every ``every`` seconds until it holds or ``timeout`` passes; the
+    failure says what ``show`` says then. Gentler than wait_until's tight loop: most conditions
+    here start a `beanmail` or `supervisorctl` process, and the fleet needs the two cores."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; {show()}")
+        pause.wait(min(every, max(0.0, deadline - time.monotonic())))
 
 
 def phase(t0: float, what: str) -> None:
@@ -315,15 +362,15 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
 
     fleet.produce("h1", RECIPIENTS)
     fleet.produce("h2", 0)
-    wait(lambda: sink.total() >= RECIPIENTS // 8, 60, "a first part delivered", lambda: f"have {sink.total()}")
+    wait(lambda: sink.total() >= RECIPIENTS // 20, 60, "a first part delivered", lambda: f"have {sink.total()}", 0.2)
     phase(started, f"{sink.total()} delivered; killing h1's beanstalkd")
 
     # h1's beanstalkd killed -9 while the producers put and the workers work
     fleet.beanstalkd["h1"].kill()
     killed_at, at_kill = time.time(), sink.total()
     during = lambda: [p for p in fleet.notified() if p["t"] >= killed_at]  # noqa: E731
-    wait(lambda: len(during()) >= 200 and sink.total() >= at_kill + RECIPIENTS // 10, 60,
-         "puts and deliveries during the outage", lambda: f"have {len(during())}, {sink.total() - at_kill}")
+    wait(lambda: len(during()) >= 150 and sink.total() >= at_kill + RECIPIENTS // 20, 60,
+         "puts and deliveries during the outage", lambda: f"have {len(during())}, {sink.total() - at_kill}", 0.2)
     rows = fleet.workers()
     assert {r["state"] for r in rows} == {"running"} and len(rows) == 2 * PER_HOST, rows
     assert all(r["last_seen"] > before[r["id"]] for r in rows)  # the hearts beat through the outage
@@ -338,8 +385,9 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     seen = {r["id"]: r["last_seen"] for r in fleet.workers()}
     fleet.sup["h1"].beanmail("workers", "disable", "h2")
     h2 = fleet.sup["h2"]
-    wait(lambda: all(s == "EXITED" for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS)),
-         30, "h2's workers to exit", h2.states)
+    def worker_states() -> list[str]:
+        return [s for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS)]
+    wait(lambda: worker_states() == ["EXITED"] * PER_HOST, 30, "h2's workers to exit", h2.states)
     assert h2.log().count("(exit status 0; expected)") == PER_HOST
     h2_exited = time.time()
     old_h2 = {r["id"] for r in by_host(fleet.workers())["h2"]}
@@ -351,10 +399,10 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
               and all(r["last_seen"] > seen[r["id"]] for r in hosts["h1"]))
         return hosts if ok else None
     wait(only_h1_runs, 30, "h2 disabled, h1 running with its heart beating", fleet.workers)
-    wait(lambda: sink.total() >= at_disable + RECIPIENTS // 10, 60, "h1 delivering alone",
-         lambda: f"have {sink.total() - at_disable}")
+    wait(lambda: sink.total() >= at_disable + RECIPIENTS // 40, 60, "h1 delivering alone",
+         lambda: f"have {sink.total() - at_disable}", 0.2)
     phase(started, f"{sink.total()} delivered; enabling h2")
-    assert all(s == "EXITED" for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS))
+    assert worker_states() == ["EXITED"] * PER_HOST  # still down: supervisord keeps an expected exit down
 
     # enabled on h2: its supervisord starts the workers again
     out = h2.beanmail("workers", "enable", "h2").stdout
@@ -379,8 +427,8 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
 
     def all_delivered() -> bool:
         return expected <= set(sink.count())
-    wait(all_delivered, max(10.0, 110 - (time.monotonic() - started)), "every message delivered",
-         lambda: f"missing {len(expected - set(sink.count()))}, queued {fleet.queued()}")
+    wait(all_delivered, max(10.0, BUDGET - (time.monotonic() - fleet.t0)), "every message delivered",
+         lambda: f"missing {len(expected - set(sink.count()))}, queued {fleet.queued()}", 0.2)
     phase(started, "all delivered")
     wait(lambda: fleet.queued() == {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0}, 30,
          "both servers drained", fleet.queued)
@@ -411,7 +459,7 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     assert all(r["last_seen"] > before[r["id"]] for r in hosts["h1"])
     assert sorted(r["state"] for r in hosts["h2"]) == ["disabled"] * PER_HOST + ["running"] * PER_HOST
     assert time.time() - h2_exited > LOST_AFTER  # long enough to be taken for lost, and not taken
-    assert sum(r["jobs_done"] for r in final) > 0
+    assert sum(r["jobs_done"] for r in hosts["h2"] if r["id"] not in old_h2) > 0  # back at work
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["produce"]:
