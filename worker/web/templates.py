@@ -58,10 +58,10 @@ OVERVIEW = """{% extends "base.html" %}{% block main %}
 supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING' else 'bad' }}">{{ p.name }} {{ p.state }}</span>{{ ", " if not loop.last }}{% endfor %}{% elif supervisor_error %} · <span class="muted">supervisord {{ supervisor_error }}</span>{% endif %}</p>
 
 {% if registry %}<h2>Worker processes (registry)</h2>
-<table id="registry"><tr><th>host</th><th class="n">pid</th><th>tubes</th><th>state</th><th class="n">last seen</th><th class="n">up</th><th class="n">jobs done</th><th>job in hand</th><th>version</th></tr>
+<table id="registry"><tr><th>host</th><th class="n">pid</th><th>tubes</th><th>state</th><th class="n">last seen</th><th class="n">started</th><th class="n">jobs done</th><th>job in hand</th><th>version</th></tr>
 {% for w in registry %}<tr data-worker="{{ w.host }}:{{ w.pid }}"><td>{{ w.host }}</td><td class="n">{{ w.pid }}</td><td>{{ w.tubes }}</td>
 <td class="{{ 'ok' if w.state == 'running' else ('bad' if w.state in ('lost', 'silent') else 'warn') }}">{{ w.state }}</td>
-<td class="n">{{ age(w.seen_ago) }} ago</td><td class="n">{{ when(w.started_at) }}</td><td class="n">{{ w.jobs_done }}</td><td>{{ w.current_job }}</td><td>{{ w.version }}</td></tr>{% endfor %}</table>
+<td class="n">{{ age(w.seen_ago) }} ago</td><td class="n">{{ when(w.started_at) }}</td><td class="n">{{ w.jobs_done }}</td><td>{% if w.current_job.isdigit() %}<a href="{{ root }}/job/{{ w.current_job }}">{{ w.current_job }}</a>{% else %}{{ w.current_job }}{% endif %}</td><td>{{ w.version }}</td></tr>{% endfor %}</table>
 {% endif %}
 <h2>Delivery rates, messages per minute by outcome{% if since %}, since {{ since }}{% endif %}</h2>
 <p class="muted">Window: {% for h in windows %}{% if h == hours %}<b>{{ h }} h</b>{% else %}<a href="{{ root }}/?hours={{ h }}">{{ h }} h</a>{% endif %}{{ " · " if not loop.last }}{% endfor %}
