@@ -100,7 +100,8 @@ def main() -> None:
         close_s = time.monotonic() - started
         closer.notifier.close()
         send_s = workers(args.workers, env, tmp / "send.log")
-        sent = int(store._one("SELECT count(*) FROM deliveries WHERE key LIKE 'digest:%' AND outcome = 'sent'")[0])
+        sent = int(store._one("SELECT count(*) FROM deliveries WHERE key LIKE ? AND outcome = 'sent'",
+                              ("digest:%",))[0])
         after = store_size(store, location)
         print(json.dumps({
             "scenario": "digest", "store": "postgresql" if pg else "sqlite", "items": args.items,

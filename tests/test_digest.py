@@ -115,8 +115,10 @@ def test_items_gathered_and_sent_as_one_message_each(settings: Settings, notifie
 
 
 def test_a_repeated_key_is_one_item_a_repeated_digest_one_message_and_a_long_one_is_bounded(
-        settings: Settings, notifier: Notifier, smtp: SmtpServer) -> None:
-    settings = dataclasses.replace(settings, digest_max_items=5, digest_group="recipient")
+        settings: Settings, smtp: SmtpServer) -> None:
+    """Signed jobs, too: the closer signs each digest with the workers' first key."""
+    settings = dataclasses.replace(settings, digest_max_items=5, digest_group="recipient", secret="new,old")
+    notifier = Notifier(settings.beanstalk_url, secret="old")
     for n in range(12):
         notifier.notify("comment", "zoe@example.com", comment(n), key=f"c:{n}", digest="hourly")
     notifier.notify("comment", "zoe@example.com", comment(0), key="c:0", digest="hourly")  # the same key again
@@ -142,6 +144,7 @@ def test_a_repeated_key_is_one_item_a_repeated_digest_one_message_and_a_long_one
     assert text.count("* 20") == 5  # five items, each with its time
     assert store.deliveries(key=keys[0])[0].outcome == "sent"
     store.close()
+    notifier.close()
 
 
 def test_a_closer_that_stops_midway_and_a_worker_killed_after_the_claim_send_the_digest_once(

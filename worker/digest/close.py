@@ -47,7 +47,7 @@ class Closer:
         self.records = DigestRecords(store)
         # large digests go by reference into the store, like any large job; no spool: a digest
         # that cannot be queued stays closed in the store and is queued again (STALE)
-        self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret or None, spool="",
+        self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret, spool="",
                                              blobs=settings.store)
         self.log = get_logger()
         self.stopping = False
