@@ -253,6 +253,10 @@ class Fleet:
         phase(self.t0, "every program RUNNING")
         return self
 
+    def wait(self, condition, timeout: float, what: str, show=lambda: "", every: float = 1.0) -> object:  # noqa: ANN001
+        """The module's wait, ending with the test's budget at the latest."""
+        return wait(condition, timeout, what, show, every, budget_ends=self.t0 + BUDGET)
+
     def workers(self) -> list[dict]:
         return json.loads(self.sup["h1"].beanmail("workers", "--json").stdout)
 
@@ -319,18 +323,22 @@ def by_host(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def wait(condition, timeout: float, what: str, show=lambda: "", every: float = 1.0) -> object:  # noqa: ANN001
-    """``condition`` asked every ``every`` seconds until it holds or ``timeout`` passes; the
-    failure says what ``show`` says then. Gentler than wait_until's tight loop: most conditions
-    here start a `beanmail` or `supervisorctl` process, and the fleet needs the two cores."""
+def wait(condition, timeout: float, what: str, show=lambda: "", every: float = 1.0,  # noqa: ANN001
+         budget_ends: float | None = None) -> object:
+    """``condition`` asked every ``every`` seconds until it holds or ``timeout`` passes (or the
+    test's budget ends first); the failure says what ``show`` says then. Gentler than
+    wait_until's tight loop: most conditions here start a `beanmail` or `supervisorctl` process,
+    and the fleet needs the two cores."""
     deadline = time.monotonic() + timeout
+    if budget_ends is not None:
+        deadline = min(deadline, budget_ends)
     pause = threading.Event()
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; {show()}")
+            raise AssertionError(f"timed out waiting for {what} ({timeout:.0f}s, or the test's {BUDGET}s); {show()}")
         pause.wait(min(every, max(0.0, deadline - time.monotonic())))
 
 
@@ -354,7 +362,7 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
         rows = fleet.workers()
         hosts = by_host([r for r in rows if r["state"] == "running"])
         return rows if sorted(hosts) == ["h1", "h2"] and all(len(v) == PER_HOST for v in hosts.values()) else None
-    first = wait(registered, 30, "three running workers on each host", fleet.workers)
+    first = fleet.wait(registered, 30, "three running workers on each host", fleet.workers)
     phase(started, "fleet up: 3 running workers on each host")
     assert {"host", "pid", "state", "last_seen"} <= set(first[0])
     before = {r["id"]: r["last_seen"] for r in first}
@@ -362,14 +370,14 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
 
     fleet.produce("h1", RECIPIENTS)
     fleet.produce("h2", 0)
-    wait(lambda: sink.total() >= RECIPIENTS // 20, 60, "a first part delivered", lambda: f"have {sink.total()}", 0.2)
+    fleet.wait(lambda: sink.total() >= RECIPIENTS // 20, 60, "a first part delivered", lambda: f"have {sink.total()}", 0.2)
     phase(started, f"{sink.total()} delivered; killing h1's beanstalkd")
 
     # h1's beanstalkd killed -9 while the producers put and the workers work
     fleet.beanstalkd["h1"].kill()
     killed_at, at_kill = time.time(), sink.total()
     during = lambda: [p for p in fleet.notified() if p["t"] >= killed_at]  # noqa: E731
-    wait(lambda: len(during()) >= 150 and sink.total() >= at_kill + RECIPIENTS // 20, 60,
+    fleet.wait(lambda: len(during()) >= 150 and sink.total() >= at_kill + RECIPIENTS // 20, 60,
          "puts and deliveries during the outage", lambda: f"have {len(during())}, {sink.total() - at_kill}", 0.2)
     rows = fleet.workers()
     assert {r["state"] for r in rows} == {"running"} and len(rows) == 2 * PER_HOST, rows
@@ -385,9 +393,10 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     seen = {r["id"]: r["last_seen"] for r in fleet.workers()}
     fleet.sup["h1"].beanmail("workers", "disable", "h2")
     h2 = fleet.sup["h2"]
+
     def worker_states() -> list[str]:
         return [s for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS)]
-    wait(lambda: worker_states() == ["EXITED"] * PER_HOST, 30, "h2's workers to exit", h2.states)
+    fleet.wait(lambda: worker_states() == ["EXITED"] * PER_HOST, 30, "h2's workers to exit", h2.states)
     assert h2.log().count("(exit status 0; expected)") == PER_HOST
     h2_exited = time.time()
     old_h2 = {r["id"] for r in by_host(fleet.workers())["h2"]}
@@ -398,8 +407,8 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
         ok = ({r["state"] for r in hosts["h2"]} == {"disabled"} and {r["state"] for r in hosts["h1"]} == {"running"}
               and all(r["last_seen"] > seen[r["id"]] for r in hosts["h1"]))
         return hosts if ok else None
-    wait(only_h1_runs, 30, "h2 disabled, h1 running with its heart beating", fleet.workers)
-    wait(lambda: sink.total() >= at_disable + RECIPIENTS // 40, 60, "h1 delivering alone",
+    fleet.wait(only_h1_runs, 30, "h2 disabled, h1 running with its heart beating", fleet.workers)
+    fleet.wait(lambda: sink.total() >= at_disable + RECIPIENTS // 40, 60, "h1 delivering alone",
          lambda: f"have {sink.total() - at_disable}", 0.2)
     phase(started, f"{sink.total()} delivered; enabling h2")
     assert worker_states() == ["EXITED"] * PER_HOST  # still down: supervisord keeps an expected exit down
@@ -415,7 +424,7 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
               and {r["state"] for r in hosts["h2"] if r["id"] in old_h2} == {"disabled"}
               and {r["state"] for r in hosts["h1"]} == {"running"})
         return hosts if ok else None
-    wait(h2_back, 30, "h2's workers running again", fleet.workers)
+    fleet.wait(h2_back, 30, "h2's workers running again", fleet.workers)
     h2.wait_running(30)
 
     # the producers stop; everything they put and the whole mailout delivered, once
@@ -427,10 +436,10 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
 
     def all_delivered() -> bool:
         return expected <= set(sink.count())
-    wait(all_delivered, max(10.0, BUDGET - (time.monotonic() - fleet.t0)), "every message delivered",
+    fleet.wait(all_delivered, BUDGET, "every message delivered",
          lambda: f"missing {len(expected - set(sink.count()))}, queued {fleet.queued()}", 0.2)
     phase(started, "all delivered")
-    wait(lambda: fleet.queued() == {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0}, 30,
+    fleet.wait(lambda: fleet.queued() == {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0}, 30,
          "both servers drained", fleet.queued)
     seconds = time.monotonic() - producing
 
