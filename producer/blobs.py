@@ -22,6 +22,20 @@ _TABLE = ("CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, data {blob} NO
           " created_at DOUBLE PRECISION NOT NULL)")
 
 
+def switch_to_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Switch an SQLite file to WAL (a pool of processes shares it). Several processes starting
+    on a new file at once race for it, and that lock is not one SQLite's busy timeout waits for:
+    retry for a while. The worker's store uses this too."""
+    deadline = time.monotonic() + timeout
+    while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class BlobError(RuntimeError):
     """The blob store could not be opened, read or written (down, locked past its timeout, full):
     the large job it was meant for was not queued."""
@@ -67,16 +81,7 @@ class BlobStore:
             Path(self.location).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.location, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
-            # the worker's pool opens the same file: WAL, and retry the switch while another
-            # process holds the lock that the busy timeout does not cover
-            deadline = time.monotonic() + self.timeout
-            while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                try:
-                    db.execute("PRAGMA journal_mode=WAL")
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
+            switch_to_wal(db, self.timeout)  # the worker's pool opens the same file
             db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_TABLE.format(blob="BLOB"))

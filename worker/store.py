@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
+from producer.blobs import switch_to_wal
+
 from .identity import host_name
 from .logs import get_logger
 from .outcomes import Deferred, Skipped
@@ -263,7 +265,7 @@ class _Sqlite:
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"store unavailable: {self.path}: {exc}") from exc
         try:
-            self._wal(db)
+            switch_to_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             db.close()
@@ -275,18 +277,6 @@ class _Sqlite:
             self._identity = (st.st_dev, st.st_ino)
         return db
 
-    @staticmethod
-    def _wal(db: sqlite3.Connection) -> None:
-        """Switch a new file to WAL. Several workers starting on a new store at once race for
-        it, and that lock is not one SQLite's busy timeout waits for: retry for a while."""
-        deadline = time.monotonic() + 30
-        while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
 
     def check(self) -> bool:
         """Notice a store file deleted or replaced under the running worker (SQLite would go on
