@@ -611,8 +611,9 @@ def test_the_feedback_tables_on_both_store_backends(store_location: str) -> None
 
 def test_bulk_mail_refused_at_once_trips_the_brake_without_any_dsn(settings: Settings, notifier: Notifier,
                                                                   smtp: SmtpServer) -> None:
-    """Direct MX delivery hears a 550 in the session itself: the worker judges the brake then."""
-    s = settings.replace(brake_window=4, brake_min_sends=4)
+    """A 550 heard in the SMTP session itself (as direct MX delivery hears most): the worker
+    judges the brake then, with no DSN to wait for."""
+    s = settings.replace(brake_window=4, brake_min_sends=4, return_path=RETURN_PATH, return_path_secret=VERP_SECRET)
     notifier.mailout("welcome", ["a@example.com", "b@example.com", "c@example.com", "reject-d@example.com"],
                      {"name": "x"}, key="news-5")
     watcher = connect(s.beanstalk_url, encoding=None, watch=["mail.bulk", "mailout"])

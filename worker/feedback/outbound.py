@@ -66,7 +66,9 @@ class Outbound:
         bulk = envelope.priority == "bulk"
         recipient = ",".join(r.address.lower() for r in envelope.to)
         if (self.settings.return_path and not envelope.sender) or self.settings.relay_provider \
-                or (bulk and self.brake.enabled):
+                or (bulk and self.brake.enabled and self.settings.transport == "mx"):
+            # one row per message, what a bounce is matched against and the brake counts; through a
+            # relay without a return path no bounce ever comes back, so nothing is written
             tid = verp.token_id(envelope.id, recipient)
             self.store.remember_message(tid, envelope.id, recipient, envelope.template, bulk)
             if self.settings.return_path and not envelope.sender:  # a raw job naming its own keeps it
