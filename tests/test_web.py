@@ -157,6 +157,8 @@ def test_overview_in_chromium_shows_the_tubes_the_rate_plot_and_latency(settings
     assert min(ys["sent"][-2:]) < ys["sent"][0] and min(ys["poison"][-2:]) < ys["poison"][0]
     assert set(ys["bounced"]) == {ys["sent"][0]}
     assert browser.find_element(By.ID, "p50").text.endswith(("ms", "s"))  # type: ignore[attr-defined]
+    waits = browser.find_element(By.ID, "latency")  # type: ignore[attr-defined]
+    assert {e.get_attribute("data-series") for e in waits.find_elements(By.CSS_SELECTOR, ".series")} == {"p50", "p99"}
     domain = [td.text for td in browser.find_elements(By.CSS_SELECTOR, '#domains tr[data-domain="example.com"] td')]  # type: ignore[attr-defined]
     assert domain == ["example.com", "4", "0", "0", "1", "none"]  # sent, deferred, bounced, other (the poison)
     assert "zoe1@example.com" not in browser.page_source  # type: ignore[attr-defined]
@@ -476,6 +478,10 @@ def test_the_console_counts_add_up_on_both_store_backends(store_location: str) -
     table = figures.domains(store, Settings(rate_limits={"d0.example": 2.0}), now=now)
     assert table[0] == {"domain": "d0.example", "sent": 3, "deferred": 0, "bounced": 0, "other": 0, "rate": 2.0,
                         "total": 3} and table[-1]["domain"] != "(other)"
+    (minute, per_bucket, largest_of_minute), = store.console_latency_by_minute(0)
+    assert minute == int(now // 60) and sum(per_bucket) == TOP_DOMAINS + 12 and largest_of_minute == 42.0
+    waits = figures.latency_series(store, [minute - 1, minute])
+    assert waits["p50"][0] is None and waits["p99"][0] is None and 30 < waits["p99"][1] <= 42.0
     lat = figures.latency(store, now=now)
     assert lat["count"] == TOP_DOMAINS + 12 and lat["p50"] <= 0.5 and 30 < lat["p99"] <= 42.0
     store.close()

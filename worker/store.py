@@ -717,6 +717,14 @@ class Store:
                         f" FROM console_counts WHERE minute >= ? AND outcome = 'sent'", (since_minute,))
         return [int(x) for x in row[2:]], float(row[0]), float(row[1])
 
+    def console_latency_by_minute(self, since_minute: int) -> list[tuple[int, list[int], float]]:
+        """(minute, per-bucket counts, the largest seconds) of mail sent in each minute from
+        ``since_minute`` on."""
+        cols = ", ".join(f"sum(l{i})" for i in range(len(LATENCY_BUCKETS) + 1))
+        rows = self._all(f"SELECT minute, max(latency_max), {cols} FROM console_counts"
+                         f" WHERE minute >= ? AND outcome = 'sent' GROUP BY minute ORDER BY minute", (since_minute,))
+        return [(int(r[0]), [int(x) for x in r[2:]], float(r[1])) for r in rows]
+
     def domain_figures(self, since_minute: int) -> list[tuple[str, str, int]]:
         """(recipient domain, outcome, messages) the workers counted from ``since_minute`` on."""
         return [(str(d), str(o), int(n)) for d, o, n in self._all(

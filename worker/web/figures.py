@@ -135,6 +135,19 @@ def latency(store: Store, minutes: int = 60, now: float | None = None) -> dict[s
             "mean": total / count if count else None, "max": largest if count else None}
 
 
+def latency_series(store: Store, minutes: list[int]) -> dict[str, list[float | None]]:
+    """p50 and p99 of each minute's sent mail (None for a minute that sent nothing)."""
+    if not minutes:
+        return {"p50": [], "p99": []}
+    first = minutes[0]
+    out: dict[str, list[float | None]] = {"p50": [None] * len(minutes), "p99": [None] * len(minutes)}
+    for minute, buckets, largest in store.console_latency_by_minute(first):
+        if first <= minute <= minutes[-1]:
+            out["p50"][minute - first] = quantile(buckets, 0.5, largest)
+            out["p99"][minute - first] = quantile(buckets, 0.99, largest)
+    return out
+
+
 def domains(store: Store, settings: Settings, hours: float = 3, now: float | None = None,
             limit: int = 20) -> list[dict[str, Any]]:
     """The busiest recipient domains over the window, from the workers' counts: every deferral

@@ -97,12 +97,21 @@ def overview(console: "Console", req: "Request") -> "Response":
     first = max(0, min(first, len(minutes) - MIN_SPAN))
     minutes, series = minutes[first:], {name: values[first:] for name, values in series.items()}
     since = time.strftime("%H:%M", time.localtime(minutes[0] * 60)) if minutes else ""
-    plot = line_plot([Series(name, values) for name, values in series.items()], x_labels=time_labels(minutes),
+    labels = time_labels(minutes)
+    plot = line_plot([Series(name, values) for name, values in series.items()], x_labels=labels,
                      title=f"messages per minute by outcome since {since}", unit="messages/min", plot_id="rates")
+    try:
+        waits = console.with_store(lambda s: figures.latency_series(s, minutes))
+    except (ops.StoreUnavailable, ops.StoreCorrupt):
+        waits = {"p50": [], "p99": []}
+    latency_plot = line_plot([Series(name, values) for name, values in waits.items()], x_labels=labels,
+                             title=f"enqueue to accepted, p50 and p99 of each minute's sent mail, since {since}",
+                             unit="seconds", height=180, plot_id="latency")
     for w in registry:
         w["current_job"] = _text(console, w["current_job"])
     return render(console, req, "overview.html", bs=bs, processes=sup.get("processes", []),
-                  supervisor_error=sup.get("error", ""), plot=_markup(plot), hours=hours, windows=HOURS,
+                  supervisor_error=sup.get("error", ""), plot=_markup(plot), latency_plot=_markup(latency_plot),
+                  hours=hours, windows=HOURS,
                   since=since, legend=[(n, sum(v)) for n, v in series.items()], lat=lat, domains=domains,
                   brake=brake, registry=registry, error=error or (f"beanstalkd {bs.error}" if bs.error else ""))
 

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from html import escape
 from typing import Mapping, Sequence
 
-COLOURS = {"sent": "#2b8a3e", "skipped": "#868e96", "deferred": "#e8590c", "bounced": "#c92a2a",
+COLOURS = {"p50": "#1971c2", "p99": "#e03131", "sent": "#2b8a3e", "skipped": "#868e96", "deferred": "#e8590c", "bounced": "#c92a2a",
            "poison": "#862e9c", "exhausted": "#5c3d0e", "in_doubt": "#1971c2"}
 
 
 @dataclass(frozen=True)
 class Series:
     name: str
-    values: Sequence[float]  # one per x step, oldest first
+    values: Sequence[float | None]  # one per x step, oldest first; None leaves a gap
 
 
 def _nice(top: float) -> float:
@@ -37,7 +37,7 @@ def line_plot(series: Sequence[Series], *, x_labels: Mapping[int, str], title: s
     left, right, top, bottom = 56, 28, 22, 28
     w, h = width - left - right, height - top - bottom
     steps = max((len(s.values) for s in series), default=0)
-    y_max = _nice(max((v for s in series for v in s.values), default=0.0))
+    y_max = _nice(max((v for s in series for v in s.values if v is not None), default=0.0))
 
     def x(i: int) -> float:
         return left + (w * i / max(steps - 1, 1))
@@ -58,11 +58,26 @@ def line_plot(series: Sequence[Series], *, x_labels: Mapping[int, str], title: s
         out.append(f'<text x="{x(i):.1f}" y="{height - 8}" text-anchor="middle" font-size="11"'
                    f' fill="#495057">{escape(label)}</text>')
     for s in series:
-        if not s.values:
-            continue
         colour = COLOURS.get(s.name, "#343a40")
-        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(s.values))
-        out.append(f'<polyline class="series" data-series="{escape(s.name)}" fill="none" stroke="{colour}"'
-                   f' stroke-width="1.6" points="{points}"><title>{escape(s.name)}</title></polyline>')
+        for run in _runs(s.values):  # one line per stretch without a gap
+            if len(run) == 1:
+                i, v = run[0]
+                out.append(f'<circle class="series" data-series="{escape(s.name)}" cx="{x(i):.1f}" cy="{y(v):.1f}"'
+                           f' r="2" fill="{colour}"><title>{escape(s.name)}</title></circle>')
+                continue
+            points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in run)
+            out.append(f'<polyline class="series" data-series="{escape(s.name)}" fill="none" stroke="{colour}"'
+                       f' stroke-width="1.6" points="{points}"><title>{escape(s.name)}</title></polyline>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _runs(values: Sequence[float | None]) -> list[list[tuple[int, float]]]:
+    runs: list[list[tuple[int, float]]] = [[]]
+    for i, v in enumerate(values):
+        if v is None:
+            if runs[-1]:
+                runs.append([])
+        else:
+            runs[-1].append((i, v))
+    return [r for r in runs if r]

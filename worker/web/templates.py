@@ -25,7 +25,7 @@ pre{background:#fff;border:1px solid #dee2e6;padding:.7rem;overflow:auto;max-wid
 .figure b{display:block;font-size:1.3rem}
 .legend span{display:inline-block;margin-right:1rem}.legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 .sw-sent{background:#2b8a3e}.sw-skipped{background:#868e96}.sw-deferred{background:#e8590c}.sw-bounced{background:#c92a2a}
-.sw-poison{background:#862e9c}.sw-exhausted{background:#5c3d0e}.sw-in_doubt{background:#1971c2}
+.sw-p50{background:#1971c2}.sw-p99{background:#e03131}.sw-poison{background:#862e9c}.sw-exhausted{background:#5c3d0e}.sw-in_doubt{background:#1971c2}
 .muted{color:#868e96}
 """
 
@@ -74,9 +74,12 @@ supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING
 <div class="figure">p50<b id="p50">{{ seconds(lat.p50) }}</b></div>
 <div class="figure">p99<b id="p99">{{ seconds(lat.p99) }}</b></div>
 <div class="figure">messages<b>{{ lat.count }}</b></div>
+<div class="figure">longest<b>{{ seconds(lat.max) }}</b></div>
 <div class="figure">bulk brake<b id="brake" class="{{ 'bad' if brake.engaged else '' }}">{{ brake.state }}</b></div>
 </div>
 {% if brake.detail %}<p class="muted">Bulk brake: {{ brake.detail }}</p>{% endif %}
+{{ latency_plot }}
+<div class="legend"><span><i class="sw-p50"></i>p50</span><span><i class="sw-p99"></i>p99</span> <span class="muted">of each minute's sent mail</span></div>
 
 <h2>Recipient domains, last {{ hours }} h</h2>
 <p class="muted">Jobs the workers finished, by outcome: a message deferred twice and then sent counts 2 deferred and 1 sent.</p>
