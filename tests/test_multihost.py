@@ -140,7 +140,9 @@ class FleetPostgres:
 
 class Sink:
     """Postfix's smtp-sink on the db host, one file per message (-d); ``count()`` reads the new
-    files since the last call and tells how many times each recipient was delivered."""
+    files since the last call and tells how many times each recipient was delivered. Every job
+    of the test has a recipient of its own (its key is ``fleet:<address>``, or the mailout's
+    ``fleet:mailout:<address>``), so counting by recipient is counting by key."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -273,6 +275,9 @@ class Fleet:
         return [json.loads(line) for line in text.splitlines()[:-1 if not text.endswith("\n") else None]
                 if line.startswith("{")]
 
+    def tail(self) -> str:
+        return "; ".join(f"{h}: {(self.tmp / f'producer-{h}.jsonl').read_text()[-500:]!r}" for h in self.producers)
+
     def notified(self) -> list[dict]:
         return [p for h in self.producers for p in self.puts(h) if "a" in p]
 
@@ -355,7 +360,9 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
         fleet: Fleet) -> None:
     sink = fleet.sink
     assert sink is not None
-    started = time.monotonic()
+    started = producing = time.monotonic()
+    fleet.produce("h1", RECIPIENTS)  # queued while the workers start
+    fleet.produce("h2", 0)
 
     # every worker of both hosts registered and running
     def registered() -> list[dict] | None:
@@ -366,11 +373,8 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     phase(started, "fleet up: 3 running workers on each host")
     assert {"host", "pid", "state", "last_seen"} <= set(first[0])
     before = {r["id"]: r["last_seen"] for r in first}
-    producing = time.monotonic()
-
-    fleet.produce("h1", RECIPIENTS)
-    fleet.produce("h2", 0)
-    fleet.wait(lambda: sink.total() >= RECIPIENTS // 20, 60, "a first part delivered", lambda: f"have {sink.total()}", 0.2)
+    fleet.wait(lambda: sink.total() >= RECIPIENTS // 20, 60, "a first part delivered",
+               lambda: f"have {sink.total()}; producers: {fleet.tail()}", 0.2)
     phase(started, f"{sink.total()} delivered; killing h1's beanstalkd")
 
     # h1's beanstalkd killed -9 while the producers put and the workers work
