@@ -402,16 +402,16 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
         return [s for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS)]
     fleet.wait(lambda: worker_states() == ["EXITED"] * PER_HOST, 30, "h2's workers to exit", h2.states)
     assert h2.log().count("(exit status 0; expected)") == PER_HOST
-    h2_exited = time.time()
-    old_h2 = {r["id"] for r in by_host(fleet.workers())["h2"]}
-    at_disable = sink.total()
+    h2_exited, at_disable = time.time(), sink.total()
 
     def only_h1_runs() -> dict | None:
         hosts = by_host(fleet.workers())
         ok = ({r["state"] for r in hosts["h2"]} == {"disabled"} and {r["state"] for r in hosts["h1"]} == {"running"}
               and all(r["last_seen"] > seen[r["id"]] for r in hosts["h1"]))
         return hosts if ok else None
-    fleet.wait(only_h1_runs, 30, "h2 disabled, h1 running with its heart beating", fleet.workers)
+    hosts = fleet.wait(only_h1_runs, 30, "h2 disabled, h1 running with its heart beating", fleet.workers)
+    old_h2 = {r["id"] for r in hosts["h2"]}
+    assert len(old_h2) == PER_HOST
     fleet.wait(lambda: sink.total() >= at_disable + RECIPIENTS // 40, 60, "h1 delivering alone",
          lambda: f"have {sink.total() - at_disable}", 0.2)
     phase(started, f"{sink.total()} delivered; enabling h2")
@@ -428,8 +428,10 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
               and {r["state"] for r in hosts["h2"] if r["id"] in old_h2} == {"disabled"}
               and {r["state"] for r in hosts["h1"]} == {"running"})
         return hosts if ok else None
+    phase(started, "enabled")
+    fleet.wait(lambda: worker_states() == ["RUNNING"] * PER_HOST, 30, "h2's supervisord to start them", h2.states)
+    phase(started, "h2's workers RUNNING")
     fleet.wait(h2_back, 30, "h2's workers running again", fleet.workers)
-    h2.wait_running(30)
 
     # the producers stop; everything they put and the whole mailout delivered, once
     phase(started, f"{sink.total()} delivered; h2 back; stopping the producers")
