@@ -57,8 +57,12 @@ class _Handler(WSGIRequestHandler):
 
 def serve(settings: Settings) -> int:
     host, port = check_listen(settings)
+    from ..feedback.webhooks import with_webhooks
+
     console = Console(settings)
-    server = make_server(host, port, console, server_class=_Server, handler_class=_Handler)
+    # provider webhooks (docs/feedback.md) under /webhooks, ahead of the console's basic auth:
+    # each provider proves itself with its own signature
+    server = make_server(host, port, with_webhooks(console, settings), server_class=_Server, handler_class=_Handler)
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
