@@ -11,6 +11,7 @@ tears it down. Needs root (CI runs the suite as root).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ from typing import Mapping, Sequence
 
 from .servers import wait_until
 
-PREFIX = "bmfleet"  # namespace names: bmfleet<pid>-<host>; the pid finds a crashed run's leftovers
+PREFIX = "bmfleet"  # namespace names: bmfleet<pid>-<n>-<host>; the pid finds a crashed run's leftovers
 SUBNET = "198.18.0"  # a /24 of 198.18.0.0/15, private to the namespaces
 
 
@@ -62,9 +63,12 @@ def remove_leftovers() -> None:
     """Namespaces of an earlier run whose test process no longer exists (killed before its
     teardown ran)."""
     for ns in namespaces():
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\w+", ns)
+        m = re.fullmatch(rf"{PREFIX}(\d+)-[\w-]+", ns)
         if m and not Path(f"/proc/{m.group(1)}").exists():
             delete(ns)
+
+
+_networks = itertools.count(1)
 
 
 @dataclass
@@ -104,7 +108,7 @@ class Network:
     """``with Network(["h1", "h2", "db"]) as net: net["h1"].popen([...])``"""
 
     def __init__(self, hosts: Sequence[str]) -> None:
-        self.prefix = f"{PREFIX}{os.getpid()}"
+        self.prefix = f"{PREFIX}{os.getpid()}-{next(_networks)}"
         self.bridge = f"{self.prefix}-br"
         self.hosts: dict[str, Host] = {}
         self.names = list(hosts)
@@ -142,8 +146,12 @@ class Network:
     def close(self) -> None:
         """Every process in the hosts' namespaces killed, the namespaces (and with them the
         veth pairs and the bridge) deleted. Safe to call twice, and after a partial create."""
+        errors: list[Exception] = []
         for host in self.hosts.values():
-            delete(host.ns)
+            try:
+                delete(host.ns)
+            except Exception as exc:  # noqa: BLE001 - the others are deleted all the same
+                errors.append(exc)
             for proc in host.procs:  # reap them: killed above, or exited before
                 try:
                     proc.wait(10)
@@ -152,5 +160,7 @@ class Network:
         self.hosts.clear()
         if self.bridge in namespaces():
             delete(self.bridge)
+        if errors:
+            raise errors[0]
         left = [ns for ns in namespaces() if ns.startswith(self.prefix + "-")]
         assert not left, f"namespaces left behind: {left}"
