@@ -201,3 +201,20 @@ def test_a_rate_limit_spreads_one_domain_and_does_not_hold_up_another(mx_setting
     # beanstalkd delays are whole seconds: the limit holds per second, not per half second
     assert all(sum(1 for t in limited_times if start <= t < start + 0.9) <= 2 for start in limited_times)
     assert limited_times[-1] - limited_times[0] >= 1.5  # 5 messages at 2/s: spread over about 2 s
+
+
+def test_the_per_domain_connection_cap_holds_for_the_whole_process(mx_settings: Settings, hosts) -> None:  # noqa: ANN001
+    """BEANMAIL_THREADS loops share one direct-MX transport: with a cap of one connection per
+    domain, four loops open one connection between them (each had its own before)."""
+    from .conftest import bare_env, beanmail
+
+    server = hosts("127.0.0.4")
+    server.handler.data_delay = 0.2  # slow enough that the four loops want the domain at once
+    notifier = Notifier(mx_settings.beanstalk_url)
+    for i in range(8):
+        notifier.notify("welcome", f"u{i}@aonly.mx.example", {"name": f"u{i}"}, key=f"cap:{i}")
+    env = bare_env(mx_settings, BEANMAIL_TRANSPORT="mx", BEANMAIL_DNS=mx_settings.dns,
+                   BEANMAIL_MX_PORT=str(mx_settings.mx_port), BEANMAIL_MX_CONNECTIONS_PER_DOMAIN="1")
+    beanmail("worker", "--burst", "--threads", "4", env=env)
+    assert len(server.wait_for(8)) == 8
+    assert server.handler.connections == 1
