@@ -41,8 +41,8 @@ RATE = 15.0  # notifications per second from each producer
 BUDGET = 110  # seconds from the first namespace to the last delivery: the test ends within 2 minutes
 BEANSTALK_PORT, PG_PORT, SMTP_PORT = 11300, 5432, 2525
 MAILOUT_KEY = "fleet:mailout"
-WORKER_PROGRAMS = ("beanmail:mail_", "beanmail:urgent_")
-PER_HOST = 3  # mail_00, mail_01, urgent_00 of supervisord.conf
+WORKER_NAMES = ("mail", "urgent")  # the programs of supervisord.conf that run `beanmail worker`
+WORKER_PROGRAMS = tuple(f"beanmail:{name}_" for name in WORKER_NAMES)
 HEARTBEAT, LOST_AFTER = 0.5, 10
 # loops per worker process and server: a loop mostly waits on the store's round trips (claim,
 # suppression, preferences, the message record, the outcome), so more of them keep two cores busy
@@ -360,6 +360,8 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
         fleet: Fleet) -> None:
     sink = fleet.sink
     assert sink is not None
+    expected_programs = fleet.sup["h1"].expected()
+    per_host = sum(expected_programs[name] for name in WORKER_NAMES)  # 3: mail_00, mail_01, urgent_00
     started = producing = time.monotonic()
     fleet.produce("h1", RECIPIENTS)  # queued while the workers start
     fleet.produce("h2", 0)
@@ -368,9 +370,9 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     def registered() -> list[dict] | None:
         rows = fleet.workers()
         hosts = by_host([r for r in rows if r["state"] == "running"])
-        return rows if sorted(hosts) == ["h1", "h2"] and all(len(v) == PER_HOST for v in hosts.values()) else None
-    first = fleet.wait(registered, 30, "three running workers on each host", fleet.workers)
-    phase(started, "fleet up: 3 running workers on each host")
+        return rows if sorted(hosts) == ["h1", "h2"] and all(len(v) == per_host for v in hosts.values()) else None
+    first = fleet.wait(registered, 30, f"{per_host} running workers on each host", fleet.workers)
+    phase(started, f"fleet up: {per_host} running workers on each host")
     assert {"host", "pid", "state", "last_seen"} <= set(first[0])
     before = {r["id"]: r["last_seen"] for r in first}
     fleet.wait(lambda: sink.total() >= RECIPIENTS // 20, 60, "a first part delivered",
@@ -384,7 +386,7 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     fleet.wait(lambda: len(during()) >= 150 and sink.total() >= at_kill + RECIPIENTS // 20, 60,
          "puts and deliveries during the outage", lambda: f"have {len(during())}, {sink.total() - at_kill}", 0.2)
     rows = fleet.workers()
-    assert {r["state"] for r in rows} == {"running"} and len(rows) == 2 * PER_HOST, rows
+    assert {r["state"] for r in rows} == {"running"} and len(rows) == 2 * per_host, rows
     assert all(r["last_seen"] > before[r["id"]] for r in rows)  # the hearts beat through the outage
     fleet.beanstalkd["h1"].start()  # same binlog: what it held comes back
     back_at = time.time()
@@ -400,8 +402,8 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
 
     def worker_states() -> list[str]:
         return [s for p, (s, _) in h2.states().items() if p.startswith(WORKER_PROGRAMS)]
-    fleet.wait(lambda: worker_states() == ["EXITED"] * PER_HOST, 30, "h2's workers to exit", h2.states)
-    assert h2.log().count("(exit status 0; expected)") == PER_HOST
+    fleet.wait(lambda: worker_states() == ["EXITED"] * per_host, 30, "h2's workers to exit", h2.states)
+    assert h2.log().count("(exit status 0; expected)") == per_host
     at_disable = sink.total()
 
     def only_h1_runs() -> dict | None:
@@ -411,12 +413,12 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
         return hosts if ok else None
     hosts = fleet.wait(only_h1_runs, 30, "h2 disabled, h1 running with its heart beating", fleet.workers)
     old_h2 = {r["id"] for r in hosts["h2"]}
-    assert len(old_h2) == PER_HOST
+    assert len(old_h2) == per_host
     silent_since = max(r["last_seen"] for r in hosts["h2"])  # their last word, as they exited
     fleet.wait(lambda: sink.total() >= at_disable + RECIPIENTS // 40, 60, "h1 delivering alone",
          lambda: f"have {sink.total() - at_disable}", 0.2)
     phase(started, f"{sink.total()} delivered; enabling h2")
-    assert worker_states() == ["EXITED"] * PER_HOST  # still down: supervisord keeps an expected exit down
+    assert worker_states() == ["EXITED"] * per_host  # still down: supervisord keeps an expected exit down
 
     # enabled on h2: its supervisord starts the workers again
     out = h2.beanmail("workers", "enable", "h2").stdout
@@ -425,11 +427,11 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     def h2_back() -> dict | None:
         hosts = by_host(fleet.workers())
         new = [r for r in hosts["h2"] if r["id"] not in old_h2]
-        ok = (len(new) == PER_HOST and {r["state"] for r in new} == {"running"}
+        ok = (len(new) == per_host and {r["state"] for r in new} == {"running"}
               and {r["state"] for r in hosts["h2"] if r["id"] in old_h2} == {"disabled"}
               and {r["state"] for r in hosts["h1"]} == {"running"})
         return hosts if ok else None
-    fleet.wait(lambda: worker_states() == ["RUNNING"] * PER_HOST, 30, "h2's supervisord to start them", h2.states)
+    fleet.wait(lambda: worker_states() == ["RUNNING"] * per_host, 30, "h2's supervisord to start them", h2.states)
     fleet.wait(h2_back, 30, "h2's workers running again", fleet.workers)
 
     def h2_at_work() -> bool:  # the producers still put: there is work for them
@@ -477,9 +479,9 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     # the registry at the end: h1's first workers ran throughout, their hearts beating; h2's first
     # ones stay disabled (they exited), its new ones run
     hosts = by_host(final)
-    assert {r["state"] for r in hosts["h1"]} == {"running"} and len(hosts["h1"]) == PER_HOST
+    assert {r["state"] for r in hosts["h1"]} == {"running"} and len(hosts["h1"]) == per_host
     assert all(r["last_seen"] > before[r["id"]] for r in hosts["h1"])
-    assert sorted(r["state"] for r in hosts["h2"]) == ["disabled"] * PER_HOST + ["running"] * PER_HOST
+    assert sorted(r["state"] for r in hosts["h2"]) == ["disabled"] * per_host + ["running"] * per_host
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["produce"]:
