@@ -60,18 +60,24 @@ class Renderer:
         return parts
 
     def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
-        subject_t, text_t, html_t = self._templates(name)
-        try:
-            subject = subject_t.render(context).strip()
-            text = text_t.render(context)
-            html = html_t.render(context) if html_t is not None else None
-        except jinja2.UndefinedError as exc:
-            raise Poison(f"render {name}: {exc.message}") from None
-        except jinja2.exceptions.SecurityError as exc:
-            raise Poison(f"render {name}: sandbox refused: {exc}") from None
-        except jinja2.TemplateError as exc:
-            raise Poison(f"render {name}: {type(exc).__name__}: {exc}") from None
-        if not subject:
-            raise Poison(f"render {name}: the subject is empty")
-        check_header_value("Subject", subject)
-        return Rendered(subject, text, html)
+        return render_parts(name, *self._templates(name), context)
+
+
+def render_parts(what: str, subject_t: jinja2.Template, text_t: jinja2.Template, html_t: jinja2.Template | None,
+                 context: Mapping[str, Any]) -> Rendered:
+    """The three parts of a message (a notification's, a digest's), every template failure
+    poison naming ``what``."""
+    try:
+        subject = subject_t.render(context).strip()
+        text = text_t.render(context)
+        html = html_t.render(context) if html_t is not None else None
+    except jinja2.UndefinedError as exc:
+        raise Poison(f"render {what}: {exc.message}") from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise Poison(f"render {what}: sandbox refused: {exc}") from None
+    except jinja2.TemplateError as exc:
+        raise Poison(f"render {what}: {type(exc).__name__}: {exc}") from None
+    if not subject:
+        raise Poison(f"render {what}: the subject is empty")
+    check_header_value("Subject", subject)
+    return Rendered(subject, text, html)

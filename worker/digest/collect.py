@@ -20,10 +20,9 @@ from producer.prefs import parse_quiet, zone
 
 from ..entities import Registry
 from ..outcomes import Deferred, Poison, Skipped
-from ..render import Rendered, Renderer
+from ..render import Rendered, Renderer, render_parts
 from ..settings import Settings
 from ..store import Store
-from ..validate import check_header_value
 from .periods import Schedule, local_text, period_end, quiet_left, utc_label
 from .records import DigestRecords
 
@@ -138,19 +137,9 @@ class Digests:
                                               if self._has(env, f"{f}/digest_subject.txt")))
             text_t = env.get_template(f"{folder}/digest.txt")
             html_t = env.get_template(f"{folder}/digest.html") if self._has(env, f"{folder}/digest.html") else None
-            subject = subject_t.render(context).strip()
-            text = text_t.render(context)
-            html = html_t.render(context) if html_t is not None else None
         except jinja2.TemplateSyntaxError as exc:
             raise Poison(f"template {exc.name}: syntax error line {exc.lineno}: {exc.message}") from None
-        except jinja2.UndefinedError as exc:
-            raise Poison(f"render {name} digest: {exc.message}") from None
-        except jinja2.TemplateError as exc:
-            raise Poison(f"render {name} digest: {type(exc).__name__}: {exc}") from None
-        if not subject:
-            raise Poison(f"render {name} digest: the subject is empty")
-        check_header_value("Subject", subject)
-        return Rendered(subject, text, html)
+        return render_parts(f"{name} digest", subject_t, text_t, html_t, context)
 
     @staticmethod
     def _has(env: SandboxedEnvironment, path: str) -> bool:
