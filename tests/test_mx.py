@@ -218,3 +218,31 @@ def test_the_per_domain_connection_cap_holds_for_the_whole_process(mx_settings: 
     beanmail("worker", "--burst", "--threads", "4", env=env)
     assert len(server.wait_for(8)) == 8
     assert server.handler.connections == 1
+
+
+def test_a_fleet_cap_holds_across_worker_processes(mx_settings: Settings, hosts, tmp_path: Path) -> None:  # noqa: ANN001
+    """Two worker processes (hosts of a fleet, on one store), each allowed two connections per
+    domain, share one with BEANMAIL_MX_FLEET_CONNECTIONS_PER_DOMAIN=1: the domain's server sees a
+    single connection, and the process without the slot defers (free) until the other took it all."""
+    import subprocess
+
+    from .conftest import ROOT, bare_env
+
+    server = hosts("127.0.0.4")
+    server.handler.data_delay = 0.1
+    notifier = Notifier(mx_settings.beanstalk_url)
+    for i in range(12):
+        notifier.notify("welcome", f"u{i}@aonly.mx.example", {"name": f"u{i}"}, key=f"fleet-cap:{i}")
+    env = bare_env(mx_settings, BEANMAIL_TRANSPORT="mx", BEANMAIL_DNS=mx_settings.dns, BEANMAIL_BACKOFF_BASE="1",
+                   BEANMAIL_MX_PORT=str(mx_settings.mx_port), BEANMAIL_MX_FLEET_CONNECTIONS_PER_DOMAIN="1")
+    procs = [subprocess.Popen([str(ROOT / ".venv/bin/beanmail"), "worker", "--threads", "2"], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        assert len(server.wait_for(12, timeout=60)) == 12
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            assert p.wait(30) == 0
+    assert server.handler.connections == 1
+    assert Store(mx_settings.store).all("SELECT count(*) FROM mx_slots")[0][0] == 0  # given back at exit

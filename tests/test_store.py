@@ -10,6 +10,8 @@ import pytest
 from worker.outcomes import Deferred, Skipped
 from worker.store import MIGRATIONS, Store
 
+from .servers import wait_until
+
 
 def test_a_key_is_claimed_once_and_skipped_after_it_was_sent(store_location: str) -> None:
     store = Store(store_location)
@@ -139,3 +141,15 @@ def test_many_workers_starting_at_once_on_a_new_store(tmp_path: Path) -> None:
         for p in procs:
             p.join(30)
     assert failures == []
+
+
+def test_mx_slots_are_counted_for_the_whole_fleet_and_free_themselves(store_location: str) -> None:
+    a, b = Store(store_location), Store(store_location)
+    assert a.take_mx_slot("x.example", "h1:1:mx1", cap=2, lease=60)
+    assert b.take_mx_slot("x.example", "h2:1:mx1", cap=2, lease=60)
+    assert not b.take_mx_slot("x.example", "h2:1:mx2", cap=2, lease=60)  # two open in the fleet
+    assert a.take_mx_slot("x.example", "h1:1:mx1", cap=2, lease=60)  # a holder renews its own
+    assert b.take_mx_slot("y.example", "h2:1:mx2", cap=2, lease=60)  # another domain counts apart
+    a.drop_mx_slot("x.example", "h1:1:mx1")
+    assert b.take_mx_slot("x.example", "h2:1:mx2", cap=2, lease=0.01)
+    assert wait_until(lambda: a.take_mx_slot("x.example", "h1:1:mx3", cap=2, lease=60), 5, "an expired slot")

@@ -55,6 +55,7 @@ class Settings:
     dns_timeout: float = 5.0
     mx_port: int = 25
     mx_connections_per_domain: int = 2
+    mx_fleet_connections_per_domain: int = 0  # connections per domain for the whole fleet; 0: no such cap
     rate_default: float = 0.0  # messages/s per recipient domain; 0 = no limit
     rate_limits: Mapping[str, float] = field(default_factory=dict)  # domain -> messages/s
     tubes: tuple[str, ...] = MAIL_TUBES
@@ -306,6 +307,8 @@ def validate(s: Settings) -> Settings:
         value = getattr(s, name)
         if not value > 0 or value != value or value == float("inf"):  # NaN and inf too
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {value!r}")
+    if s.mx_fleet_connections_per_domain < 0:
+        raise SettingsError("BEANMAIL_MX_FLEET_CONNECTIONS_PER_DOMAIN: must be 0 (off) or more")
     if s.reserve_timeout < 0:
         raise SettingsError(f"BEANMAIL_RESERVE_TIMEOUT: must not be negative, got {s.reserve_timeout!r}")
     if s.ttr <= s.smtp_timeout:

@@ -26,6 +26,7 @@ HELP: dict[str, str] = {
     "dns_timeout": "seconds one DNS lookup may take",
     "mx_port": "the SMTP port of MX hosts",
     "mx_connections_per_domain": "concurrent and kept-alive connections per recipient domain, per worker process",
+    "mx_fleet_connections_per_domain": "open connections per recipient domain for the whole fleet, counted in the store; 0 is no such cap (an idle kept-alive connection stops counting after 300 s)",
     "rate_default": "messages/s per recipient domain, shared by every worker on the store; 0 is no limit",
     "rate_limits": "per-domain rates: `gmail.com=5,example.org=0.5` (a TOML table in beanmail.toml)",
     "tubes": "the tubes a worker watches (`--tubes`); `mailout` belongs to `beanmail fanout`",

@@ -178,6 +178,14 @@ MIGRATIONS: dict[int, str] = {
         created_at DOUBLE PRECISION NOT NULL
     )
     """,
+    41: """
+    CREATE TABLE mx_slots (
+        domain TEXT NOT NULL,           -- a recipient domain delivered to directly
+        holder TEXT NOT NULL,           -- host:pid:session: one open connection of the fleet
+        expires DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (domain, holder)
+    )
+    """,
 }
 # Upper bounds (seconds) of the enqueue-to-accepted latency buckets, columns l0.. of
 # console_counts (counts per bucket, not cumulative); the last column counts what is above.
@@ -598,6 +606,28 @@ class Store:
 
     def delete_blob(self, ref: str) -> None:
         self._run("DELETE FROM blobs WHERE id = ?", (ref,))
+
+    # -- per-domain connections across the fleet ------------------------------------------------
+    def take_mx_slot(self, domain: str, holder: str, cap: int, lease: float) -> bool:
+        """One of the fleet's ``cap`` connections to ``domain`` for ``holder`` (renewed if it has
+        it already); False when all are held. A slot not renewed for ``lease`` seconds is free."""
+        now = time.time()
+        db = self._db
+        with self._transaction():
+            if isinstance(db, _Postgres):  # SQLite's IMMEDIATE transaction serializes already
+                db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"mx_slots:{domain}",))
+            db.execute("DELETE FROM mx_slots WHERE domain = ? AND expires <= ?", (domain, now))
+            if db.execute("UPDATE mx_slots SET expires = ? WHERE domain = ? AND holder = ?",
+                          (now + lease, domain, holder)).rowcount:
+                return True
+            (held,) = db.execute("SELECT count(*) FROM mx_slots WHERE domain = ?", (domain,)).fetchone()
+            if held >= cap:
+                return False
+            db.execute("INSERT INTO mx_slots (domain, holder, expires) VALUES (?, ?, ?)", (domain, holder, now + lease))
+        return True
+
+    def drop_mx_slot(self, domain: str, holder: str) -> None:
+        self._run("DELETE FROM mx_slots WHERE domain = ? AND holder = ?", (domain, holder))
 
     # -- per-domain rate limits -----------------------------------------------------------------
     def take_slot(self, domain: str, rate: float, key: str, now: float | None = None) -> float:

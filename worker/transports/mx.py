@@ -3,17 +3,20 @@ message to the first that takes it, as a mail server does (RFC 5321 section 5)."
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import dns.exception
 import dns.name
 import dns.resolver
 
+from ..identity import host_name
 from ..outcomes import Bounced, Deferred
 from ..settings import Settings, SmtpTarget
 from .smtp import Reply, SmtpSession
@@ -108,23 +111,57 @@ def _split_hostport(value: str) -> tuple[str, int]:
     return value, 53
 
 
+class FleetSlots:
+    """The fleet's connections per recipient domain, counted in the shared store: a connection
+    takes a slot before it opens, renews it at each use and gives it back when it closes. A
+    slot not renewed for ``lease`` seconds (a crashed host, a long-idle connection) is free."""
+
+    def __init__(self, store: Any, cap: int, lease: float = 300.0) -> None:
+        self.store = store
+        self.cap = cap
+        self.lease = lease
+        self._lock = threading.Lock()  # one store connection for the process's loops
+        self._ids = itertools.count(1)
+
+    def new_holder(self) -> str:
+        return f"{host_name()}:{os.getpid()}:mx{next(self._ids)}"
+
+    def take(self, domain: str, holder: str) -> bool:
+        with self._lock:
+            return self.store.take_mx_slot(domain, holder, self.cap, self.lease)
+
+    def drop(self, domain: str, holder: str) -> None:
+        with self._lock:
+            try:
+                self.store.drop_mx_slot(domain, holder)
+            except Deferred:  # the store is down: the slot frees itself when its lease runs out
+                pass
+
+
 class MxTransport:
     def __init__(self, resolver: MxResolver, *, port: int = 25, timeout: float = 30.0, helo: str = "",
-                 per_domain: int = 2, data_timeout: float = 600.0) -> None:
+                 per_domain: int = 2, data_timeout: float = 600.0, fleet: FleetSlots | None = None) -> None:
         self.resolver = resolver
         self.port = port
         self.timeout = timeout
         self.data_timeout = data_timeout
         self.helo = helo
         self.per_domain = per_domain
+        self.fleet = fleet
         self._sessions: dict[str, list[SmtpSession]] = defaultdict(list)  # idle, per domain
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, s: Settings) -> "MxTransport":
+        fleet = None
+        if s.mx_fleet_connections_per_domain:
+            from ..store import Store
+
+            fleet = FleetSlots(Store(s.store), s.mx_fleet_connections_per_domain)
         return cls(MxResolver(s.dns, s.dns_timeout), port=s.mx_port, timeout=s.smtp_timeout,
-                   helo=s.helo_name, per_domain=s.mx_connections_per_domain, data_timeout=s.smtp_data_timeout)
+                   helo=s.helo_name, per_domain=s.mx_connections_per_domain, data_timeout=s.smtp_data_timeout,
+                   fleet=fleet)
 
     def _slot(self, domain: str) -> threading.BoundedSemaphore:
         with self._lock:
@@ -156,22 +193,52 @@ class MxTransport:
                 session = self._sessions[domain].pop() if self._sessions[domain] else None
             if session is None:
                 break
-            reply = self._try(domain, session, session.target.host, failures, sender, recipients, message, touch)
+            holder = getattr(session, "holder", "")
+            if holder and not self.fleet.take(domain, holder):  # type: ignore[union-attr]
+                session.close()  # idle past its lease, and the fleet's slots are all taken meanwhile
+                continue
+            try:
+                reply = self._try(domain, session, session.target.host, failures, sender, recipients, message, touch)
+            finally:
+                self._release_unless_kept(domain, holder)
             if reply is not None:
                 return reply
-        for mx in self.resolver.exchangers(domain):
-            touch()
-            addresses = self.resolver.addresses(mx.host)
-            if not addresses:
-                failures.append(f"{mx.host}: no address")
-            for address in addresses:
-                session = SmtpSession(SmtpTarget(address, self.port, "opportunistic"), timeout=self.timeout,
-                                      helo=self.helo, verify=False, data_timeout=self.data_timeout)
-                reply = self._try(domain, session, f"{mx.host}[{address}]", failures, sender, recipients,
-                                  message, touch)
-                if reply is not None:
-                    return reply
-        raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
+        holder = self._new_holder(domain)
+        try:
+            for mx in self.resolver.exchangers(domain):
+                touch()
+                addresses = self.resolver.addresses(mx.host)
+                if not addresses:
+                    failures.append(f"{mx.host}: no address")
+                for address in addresses:
+                    session = SmtpSession(SmtpTarget(address, self.port, "opportunistic"), timeout=self.timeout,
+                                          helo=self.helo, verify=False, data_timeout=self.data_timeout)
+                    session.holder = holder  # type: ignore[attr-defined]
+                    reply = self._try(domain, session, f"{mx.host}[{address}]", failures, sender, recipients,
+                                      message, touch)
+                    if reply is not None:
+                        return reply
+            raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
+        finally:
+            self._release_unless_kept(domain, holder)
+
+    def _new_holder(self, domain: str) -> str:
+        """A fleet slot for a new connection (nothing without a fleet cap), or Deferred with a
+        delay of its own: the domain's connections are all open elsewhere, which is no failure."""
+        if self.fleet is None:
+            return ""
+        holder = self.fleet.new_holder()
+        if not self.fleet.take(domain, holder):
+            raise Deferred(f"{domain}: all {self.fleet.cap} connections of the fleet are open", delay=1)
+        return holder
+
+    def _release_unless_kept(self, domain: str, holder: str) -> None:
+        if not holder:
+            return
+        with self._lock:
+            kept = any(getattr(s, "holder", "") == holder for s in self._sessions[domain])
+        if not kept:
+            self.fleet.drop(domain, holder)  # type: ignore[union-attr]
 
     def _try(self, domain: str, session: SmtpSession, label: str, failures: list[str], sender: str,
              recipients: Sequence[str], message: bytes, touch: Callable[[], None]) -> Reply | None:
@@ -198,7 +265,9 @@ class MxTransport:
 
     def close(self) -> None:
         with self._lock:
-            sessions = [s for idle in self._sessions.values() for s in idle]
+            sessions = [(d, s) for d, idle in self._sessions.items() for s in idle]
             self._sessions.clear()
-        for s in sessions:
+        for domain, s in sessions:
             s.close()
+            if self.fleet is not None and getattr(s, "holder", ""):
+                self.fleet.drop(domain, s.holder)  # type: ignore[attr-defined]
