@@ -111,3 +111,19 @@ def test_a_job_id_command_with_several_servers_asks_which(settings: Settings, be
     assert proc.returncode == 2 and "--server URL" in proc.stderr
     job = Notifier(second.url).notify("welcome", "z@example.com", {"name": "z"})
     assert f'"id": {job}' in beanmail("--server", second.url, "peek", str(job), "--json", env=env).stdout
+
+
+def test_urgent_mail_keeps_its_priority_on_every_server(settings: Settings, beanstalkd: Beanstalkd,
+                                                        second: Beanstalkd, smtp: SmtpServer) -> None:
+    """Each server has its own loop, which reserves urgent first: an urgent mail queued behind a
+    bulk backlog on either server goes before that backlog."""
+    for server in (beanstalkd, second):
+        n = Notifier(server.url)
+        for i in range(40):
+            n.notify("welcome", f"bulk{i}@example.com", {"name": "bulk"}, key=f"bulk:{server.port}:{i}", priority="bulk")
+        n.notify("welcome", f"urgent-{server.port}@example.com", {"name": "urgent"}, key=f"u:{server.port}",
+                 priority="urgent")
+    env = bare_env(settings, BEANMAIL_BEANSTALK_URL=f"{beanstalkd.url},{second.url}")
+    beanmail("worker", "--burst", env=env)
+    order = [m.rcpt_tos[0] for m in smtp.wait_for(82)]
+    assert {order.index(f"urgent-{s.port}@example.com") for s in (beanstalkd, second)} <= {0, 1, 2, 3}, order[:6]
