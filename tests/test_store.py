@@ -129,7 +129,10 @@ def test_many_workers_starting_at_once_on_a_new_store(tmp_path: Path) -> None:
     """supervisord starts a whole pool at once; none of it may fail creating the SQLite store.
     (Switching a new file to WAL races in a way SQLite's busy timeout does not cover: before
     the fix several of these forty rounds failed.)"""
-    ctx = multiprocessing.get_context("fork")
+    # forkserver: forked from a process with no threads (pytest's may hold a lock at fork time,
+    # and a child forked then can hang for good)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # imported once there, not in every child
     failures = []
     for round_ in range(40):
         location = str(tmp_path / f"new{round_}.sqlite3")
