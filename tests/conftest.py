@@ -100,6 +100,30 @@ def running_worker(settings: Settings) -> Iterator[Worker]:
         store.close()
 
 
+def job_state(settings: Settings, job_id: int) -> str | None:
+    """A job's state in beanstalkd, None once it is gone (deleted)."""
+    import greenstalk
+
+    from producer.client import connect
+
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        try:
+            return str(c.stats_job(job_id)["state"])
+        except greenstalk.NotFoundError:
+            return None
+
+
+def poison_reasons(settings: Settings) -> dict[int, str]:
+    """The reasons recorded for jobs buried as poison, by job id (read from the store's file)."""
+    import sqlite3
+
+    db = sqlite3.connect(settings.store)
+    try:
+        return dict(db.execute("SELECT job_id, reason FROM failures WHERE outcome = 'poison'").fetchall())
+    finally:
+        db.close()
+
+
 def bare_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
     """The environment supervisord gives a program: no locale, no HOME; only what is configured."""
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C"}

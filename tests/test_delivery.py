@@ -7,7 +7,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import greenstalk
 import pytest
 
 from producer import Notifier
@@ -15,16 +14,8 @@ from producer.client import connect
 from worker.settings import Settings
 from worker.store import Store
 
-from .conftest import bare_env, beanmail, run_burst, running_worker
+from .conftest import bare_env, beanmail, job_state, run_burst, running_worker
 from .servers import Beanstalkd, SmtpServer
-
-
-def job_state(settings: Settings, job_id: int) -> str | None:
-    with connect(settings.beanstalk_url, encoding=None) as c:
-        try:
-            return str(c.stats_job(job_id)["state"])
-        except greenstalk.NotFoundError:
-            return None
 
 
 def store(settings: Settings) -> Store:

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import io
 import json
-import sqlite3
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from producer.envelope import Envelope, EnvelopeError, Recipient
 from producer.unsubscribe import TokenError, UnsubscribeApp, make_token, verify_token
 from worker.settings import Settings
 
-from .conftest import run_burst
+from .conftest import poison_reasons, run_burst
 from .servers import SmtpServer
 from .test_mailout import run_fanout
 
@@ -240,14 +239,6 @@ def test_unsubscribe_links_survive_a_rotation() -> None:
     assert recorded == [("zoe@example.com", "<news.example>")]
     with pytest.raises(ValueError):
         UnsubscribeApp(",", recorded.append)
-
-
-def poison_reasons(settings: Settings) -> dict[int, str]:
-    db = sqlite3.connect(settings.store)
-    try:
-        return dict(db.execute("SELECT job_id, reason FROM failures WHERE outcome = 'poison'").fetchall())
-    finally:
-        db.close()
 
 
 def put(settings: Settings, body: bytes, tube: str = "mail.normal") -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from producer import envelope as env
 from producer.client import connect
 from worker.settings import Settings
 
-from .conftest import ROOT, run_burst
+from .conftest import ROOT, poison_reasons, run_burst
 from .servers import Beanstalkd, SmtpServer
 
 SECRET = "from-the-docs-alone"
@@ -50,14 +49,6 @@ def enqueue(language: str, beanstalkd: Beanstalkd, secret: str) -> int:
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip())
-
-
-def poison_reasons(settings: Settings) -> dict[int, str]:
-    db = sqlite3.connect(settings.store)
-    try:
-        return dict(db.execute("SELECT job_id, reason FROM failures WHERE outcome = 'poison'").fetchall())
-    finally:
-        db.close()
 
 
 @pytest.mark.parametrize("language", ["php", "ruby"])

@@ -22,7 +22,7 @@ from producer.client import connect
 from worker.settings import Settings
 from worker.store import Store
 
-from .conftest import ROOT, VENV_BIN, bare_env, beanmail, run_burst, running_worker
+from .conftest import ROOT, VENV_BIN, bare_env, beanmail, job_state, run_burst, running_worker
 from .servers import Beanstalkd, SmtpServer, free_port, port_open, wait_until
 
 
@@ -107,16 +107,6 @@ def bury_by_hand(settings: Settings, body: bytes, tube: str = "mail.normal", rea
         store.record_failure(settings.beanstalk_url, job_id, tube, "exhausted", reason, body)
         store.close()
     return job_id
-
-
-def job_state(settings: Settings, job_id: int) -> str | None:
-    import greenstalk
-
-    with connect(settings.beanstalk_url, encoding=None) as c:
-        try:
-            return str(c.stats_job(job_id)["state"])
-        except greenstalk.NotFoundError:
-            return None
 
 
 def csrf_of(console: Console, path: str = "/buried") -> tuple[str, str]:

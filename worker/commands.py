@@ -25,7 +25,8 @@ class UsageError(CommandError):
     """A command line that could mean something an operator did not intend (exit status 2)."""
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
+    """One JSON document on a line: what every --json prints."""
     json.dump(value, sys.stdout, ensure_ascii=False, indent=None, default=str)
     sys.stdout.write("\n")
 
@@ -197,7 +198,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     status["brake"] = brake_status(settings)  # why bulk mail holds, if it does
     down = int(any("error" in server for server in status["servers"]))
     if args.json:
-        _print_json(status)
+        print_json(status)
         return down
     for server in status["servers"]:
         print(f"beanstalkd {server['url']}: {server.get('error') or 'up'}")
@@ -246,7 +247,7 @@ def cmd_buried(settings: Settings, args: argparse.Namespace) -> int:
     jobs = [{**j, "server": s.beanstalk_url} if several else j
             for s in each_server(settings) for j in ops.buried(s, tube=args.tube, limit=args.limit)]
     if args.json:
-        _print_json(jobs)
+        print_json(jobs)
         return 0
     if not jobs:
         print("no buried jobs")
@@ -270,7 +271,7 @@ def cmd_kick(settings: Settings, args: argparse.Namespace) -> int:
     else:
         kicked = _merge([ops.kick(s, tube=args.tube, count=args.count, every=args.all) for s in each_server(settings)])
     if args.json:
-        _print_json(kicked)
+        print_json(kicked)
     elif not kicked:
         print(f"no buried jobs in {args.tube}" if args.tube else "nothing to kick: no tube has buried jobs")
     else:
@@ -289,7 +290,7 @@ def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
     else:
         deleted = _merge([ops.delete(s, tube=args.tube) for s in each_server(settings)])
     if args.json:
-        _print_json(deleted)
+        print_json(deleted)
     elif args.job is not None:
         print(f"{next(iter(deleted))}: deleted job {args.job}")
     elif not deleted:
@@ -309,7 +310,7 @@ def cmd_pause(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_peek(settings: Settings, args: argparse.Namespace) -> int:
     job = ops.peek(one_server(settings), args.id)
     if args.json:
-        _print_json(job)
+        print_json(job)
         return 0
     for name in ("id", "tube", "state", "pri", "age", "delay", "reserves", "releases", "buries", "kicks",
                  "outcome", "reason"):
@@ -324,7 +325,7 @@ def cmd_suppress(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = store.suppression_list()
         if args.json:
-            _print_json([dict(zip(("address", "source", "reason", "created_at"), r)) for r in rows])
+            print_json([dict(zip(("address", "source", "reason", "created_at"), r)) for r in rows])
             return 0
         if not rows:
             print("the suppression list is empty")
@@ -358,7 +359,7 @@ def cmd_log(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     rows = open_store(settings).deliveries(key=args.key, recipient=recipient, limit=args.limit)
     if args.json:
-        _print_json([r.__dict__ for r in rows])
+        print_json([r.__dict__ for r in rows])
         return 0
     if not rows:
         print("nothing recorded")
@@ -385,7 +386,7 @@ def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = registry.workers(store, settings.lost_after)
         if args.json:
-            _print_json([r.to_json() for r in rows])
+            print_json([r.to_json() for r in rows])
             return 0
         if not rows:
             print("no worker has registered")
@@ -420,7 +421,7 @@ def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
 
     table = rows(settings)
     if args.json:
-        _print_json(table)
+        print_json(table)
         return 0
     for r in table:
         print(f"{r['variable'] or '(toml) ' + r['toml']:<38} {r['value']}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from typing import Any
 
@@ -16,6 +14,7 @@ from producer.prefs import Preferences, check_mode, check_timezone, parse_quiet
 
 from .. import logs
 from ..ops import OpsError, open_store
+from ..commands import print_json
 from ..settings import Settings
 from .close import Closer
 from .records import DigestRecords
@@ -46,11 +45,6 @@ def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     return {"run": _run, "flush": _flush, "prefs": _prefs, "status": _status}[args.digest_command](settings, args)
 
 
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, ensure_ascii=False, default=str)
-    sys.stdout.write("\n")
-
-
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from ..commands import wait_for_store
 
@@ -71,7 +65,7 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
         closer.notifier.close()
     released = release_held(settings) if args.everything else 0
     if args.json:
-        _print_json({"digests": done.digests, "items": done.items, "resumed": done.resumed, "released": released})
+        print_json({"digests": done.digests, "items": done.items, "resumed": done.resumed, "released": released})
     else:
         print(f"queued {done.digests} digest(s) of {done.items} item(s)"
               + (f", {done.resumed} left by a stopped closer" if done.resumed else "")
@@ -113,7 +107,7 @@ def _prefs(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = [p.to_json() for p in records.all_preferences()]
         if args.json:
-            _print_json(rows)
+            print_json(rows)
         for p in [] if args.json else rows:
             print(f"{p['address']}  mode={p['mode']}  timezone={p['timezone']}  quiet={p['quiet']}")
         if not rows and not args.json:
@@ -145,7 +139,7 @@ def _prefs(settings: Settings, args: argparse.Namespace) -> int:
         raise OpsError(f"{address} has no preferences (mode: as each job says; time zone:"
                        f" {settings.digest_timezone}; quiet hours: {settings.quiet_hours or 'none'})")
     if args.json:
-        _print_json(p.to_json())
+        print_json(p.to_json())
     else:
         j = p.to_json()
         print(f"{j['address']}  mode={j['mode']}  timezone={j['timezone']}  quiet={j['quiet']}")
@@ -155,7 +149,7 @@ def _prefs(settings: Settings, args: argparse.Namespace) -> int:
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     waiting = DigestRecords(open_store(settings)).waiting()
     if args.json:
-        _print_json(waiting)
+        print_json(waiting)
         return 0
     due = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(waiting["next_due"])) if waiting["next_due"] else "-"
     print(f"{waiting['items']} item(s) waiting for {waiting['recipients']} recipient(s); next period ends {due}"

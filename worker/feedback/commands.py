@@ -4,11 +4,11 @@ Registered by cli.py; each parses, calls one module, prints."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
+from ..commands import print_json
 from ..settings import Settings
 from ..store import StoreCorrupt, StoreUnavailable
 
@@ -42,11 +42,6 @@ def register(sub: Any) -> None:
 
     r = sub.add_parser("resume", help="lift the brake on bulk mail")
     r.set_defaults(handler=cmd_resume)
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, ensure_ascii=False, default=str)
-    sys.stdout.write("\n")
 
 
 def cmd_dkim(settings: Settings, args: argparse.Namespace) -> int:
@@ -101,7 +96,7 @@ def cmd_bounces(settings: Settings, args: argparse.Namespace) -> int:
 
         counts = fetch(settings)
         if args.json:
-            _print_json(counts)
+            print_json(counts)
         else:
             print(", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
@@ -114,7 +109,7 @@ def cmd_bounces(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     rows = store.bounces(limit=args.limit, address=args.address)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     if not rows:
         print("no bounces recorded")
