@@ -6,7 +6,7 @@ them against the installed greenstalk, which setup.py pins below 3."""
 from __future__ import annotations
 
 import socket
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import greenstalk
@@ -91,9 +91,44 @@ def put_batch(client: greenstalk.Client, jobs: Iterable[tuple[str, int, bytes]],
 
 def delete_and_reserve(client: greenstalk.Client, job_id: int, timeout: int) -> greenstalk.Job:
     """``delete`` and ``reserve-with-timeout`` in one write, their replies read in order."""
-    client._sock.sendall(b"delete %d\r\nreserve-with-timeout %d\r\n" % (job_id, timeout))
-    deleted = client._reader.readline()
-    if deleted not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):  # NOT_FOUND: its TTR ran out meanwhile
-        raise greenstalk.UnknownResponseError(deleted.strip(), [])
-    job_id_, size = (int(n) for n in greenstalk._parse_response(client._reader.readline(), b"RESERVED"))
-    return greenstalk.Job(job_id_, client._read_chunk(size))
+    jobs = reserve_batch(client, [job_id], timeout, 1)
+    if not jobs:
+        raise greenstalk.TimedOutError([])
+    return jobs[0]
+
+
+def reserve_batch(client: greenstalk.Client, deletes: Sequence[int], timeout: int,
+                  count: int) -> list[greenstalk.Job]:
+    """Deletes, then up to ``count`` reservations, in one write, their replies read in order: the
+    first reservation waits up to ``timeout`` seconds for a job, the others take only what is ready
+    then. An empty list when nothing came. A job deleted here that is gone (its TTR ran out and
+    someone else holds it) is no error."""
+    out = bytearray()
+    for job_id in deletes:
+        out += b"delete %d\r\n" % job_id
+    out += b"reserve-with-timeout %d\r\n" % timeout
+    out += b"reserve-with-timeout 0\r\n" * (count - 1)
+    client._sock.sendall(out)
+    for _ in deletes:
+        deleted = client._reader.readline()
+        if deleted not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
+            raise greenstalk.UnknownResponseError(deleted.strip(), [])
+    jobs = []
+    for _ in range(count):
+        line = client._reader.readline()
+        if line in (b"TIMED_OUT\r\n", b"DEADLINE_SOON\r\n"):
+            continue  # DEADLINE_SOON: a job this connection holds is near its TTR; the caller touches it
+        job_id, size = (int(n) for n in greenstalk._parse_response(line, b"RESERVED"))
+        jobs.append(greenstalk.Job(job_id, client._read_chunk(size)))
+    return jobs
+
+
+def delete_many(client: greenstalk.Client, job_ids: Sequence[int]) -> None:
+    """Deletes in one write (those already gone are no error)."""
+    if not job_ids:
+        return
+    client._sock.sendall(b"".join(b"delete %d\r\n" % j for j in job_ids))
+    for _ in job_ids:
+        deleted = client._reader.readline()
+        if deleted not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
+            raise greenstalk.UnknownResponseError(deleted.strip(), [])

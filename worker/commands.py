@@ -71,9 +71,15 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
     except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
         logs.get_logger().warning("spool not flushed", reason=str(exc))
-    # BEANMAIL_THREADS loops for each beanstalkd server of the fleet
-    servers = [url for url in settings.beanstalk_urls for _ in range(settings.threads)]
+    # BEANMAIL_CONCURRENCY loops for each beanstalkd server of the fleet
+    servers = [url for url in settings.beanstalk_urls for _ in range(settings.in_flight)]
     stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in servers]
+    try:
+        if recovered := stores[0].recover_journals():
+            logs.get_logger().warning("recorded as sent what a killed worker sent and never recorded",
+                                      keys=recovered)
+    except StoreUnavailable:
+        pass  # claimed keys wait; the next start, or a worker meeting their claims, reads the journals
     # one direct-MX transport per process, so its per-domain connection cap holds for the whole
     # process; a relay session is one connection and stays with its loop
     shared = make_transport(settings) if settings.transport == "mx" else None

@@ -26,6 +26,8 @@ def recipient_key(mailout_key: str, address: str) -> str:
 
 
 class Fanout:
+    capacity = 1  # one chunk at a time: each is thousands of puts, and holds its TTR meanwhile
+
     def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
         # no spool here: a chunk that cannot be fanned out stays in beanstalkd and is retried

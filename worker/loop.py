@@ -16,10 +16,10 @@ import greenstalk
 
 from producer.client import connect
 
-from .beanstalk import CONNECTION_ERRORS, delete_and_reserve
+from .beanstalk import CONNECTION_ERRORS, delete_many, reserve_batch
 from .job import Reserved, Stage
 from .logs import get_logger
-from .outcomes import Action, Backoff, disposition
+from .outcomes import Action, Backoff, Disposition, disposition
 from .settings import Settings
 from .store import Store, StoreUnavailable
 
@@ -43,7 +43,8 @@ class Worker:
         self.log = get_logger(tubes=",".join(self.tubes))
         self.client: greenstalk.Client | None = None
         self.stopping = False
-        self._pending_delete: int | None = None
+        self._pending_deletes: list[int] = []
+        self.batch = max(1, settings.batch)  # jobs reserved in one round trip
         self._idle = False
         self._reload = False
         self.processed = 0
@@ -100,9 +101,9 @@ class Worker:
             self._idle = False
 
     def _drop(self) -> None:
-        # a delete still to send is lost with the connection: beanstalkd puts the job back, and
-        # the store's record of it as sent makes the next reservation skip it
-        self._pending_delete = None
+        # deletes still to send are lost with the connection: beanstalkd puts those jobs back,
+        # and the store's record of them as sent makes the next reservation skip them
+        self._pending_deletes = []
         if self.client is not None:
             try:
                 self.client.close()
@@ -111,37 +112,52 @@ class Worker:
         self.client = None
 
     # -- the loop -------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return int(getattr(self.stage, "in_flight", 0))
+
     def run(self, burst: bool = False) -> int:
         self.log.info("worker started", burst=burst)
+        # a stage that keeps sends in flight says how many; one that finishes each batch takes a batch
+        capacity = int(getattr(self.stage, "capacity", self.batch))
         try:
-            while not self.stopping:
+            while not (self.stopping and not self.in_flight):
                 if self.client is None:
                     self.client = self._connect(burst)
                     if self.client is None:
+                        if self.in_flight:  # stopping: what is in flight still ends, and is recorded
+                            self._collect(0.1)
+                            continue
                         return EX_OK if self.stopping else EX_UNAVAILABLE
                 self._maybe_reload()
-                try:
-                    job = self._reserve(0 if burst else self.settings.reserve_timeout)
-                except greenstalk.TimedOutError:
-                    if burst:
+                waiting = self.in_flight
+                room = 0 if self.stopping else capacity - waiting
+                jobs: list[greenstalk.Job] = []
+                if room > 0:
+                    try:
+                        jobs = self._reserve(0 if burst or waiting else self.settings.reserve_timeout,
+                                             min(room, self.batch))
+                    except _Interrupted:
                         break
-                    continue
-                except _Interrupted:
-                    break
-                except (greenstalk.DeadlineSoonError,):
-                    continue
-                except CONNECTION_ERRORS as exc:
-                    self.log.warning("beanstalkd connection lost", error=str(exc))
-                    self._drop()
-                    continue
-                self._maybe_reload()  # a SIGHUP during the reserve applies to this job already
-                self._process(job)
+                    except CONNECTION_ERRORS as exc:
+                        self.log.warning("beanstalkd connection lost", error=str(exc))
+                        self._drop()
+                        continue
+                    if not jobs and not waiting:
+                        if burst:
+                            break
+                        continue
+                    self._maybe_reload()  # a SIGHUP during the reserve applies to these jobs already
+                    if jobs:
+                        self._process(jobs)
+                elif self._pending_deletes:
+                    self._flush_deletes()
+                if self.in_flight:
+                    # a short wait when nothing new came: the sends in flight end meanwhile
+                    self._collect(0.0 if jobs else 0.05)
         finally:
-            if self._pending_delete is not None and self.client is not None:
-                try:
-                    self.client.delete(self._pending_delete)
-                except (greenstalk.NotFoundError, *CONNECTION_ERRORS):
-                    pass
+            if self._pending_deletes and self.client is not None:
+                self._flush_deletes()
             self._drop()
             self.stage.close()
             self.log.info("worker stopped", processed=self.processed)
@@ -153,56 +169,102 @@ class Worker:
             self.stage.reload()
             self.log.info("templates reloaded")
 
-    def _reserve(self, timeout: int) -> greenstalk.Job:
+    def _reserve(self, timeout: int, count: int) -> list[greenstalk.Job]:
+        """Up to ``count`` jobs in one round trip, the deletes still to send riding with them."""
         assert self.client is not None
-        self._idle = True
+        self._idle = not self.in_flight  # a signal may end a wait only when nothing is in hand
         try:
             if self.stopping:
                 raise _Interrupted()
-            if self._pending_delete is None:
-                return self.client.reserve(timeout=timeout)
-            job_id, self._pending_delete = self._pending_delete, None
-            return delete_and_reserve(self.client, job_id, timeout)
+            deletes, self._pending_deletes = self._pending_deletes, []
+            return reserve_batch(self.client, deletes, timeout, count)
         finally:
             self._idle = False
 
-    def _process(self, job: greenstalk.Job) -> None:
+    def _flush_deletes(self) -> None:
+        deletes, self._pending_deletes = self._pending_deletes, []
+        try:
+            delete_many(self.client, deletes)
+        except CONNECTION_ERRORS as exc:
+            self.log.warning("beanstalkd connection lost", error=str(exc))
+            self._drop()
+
+    def _process(self, jobs: list[greenstalk.Job]) -> None:
         client = self.client
         assert client is not None
-        reserved = Reserved(client, job, self.settings.max_attempts)
-        self.current = job.id
+        batch = [Reserved(client, job, self.settings.max_attempts) for job in jobs]
+        self.current = batch[0].id
         try:
-            try:
-                d = self.stage.handle(reserved)
-            except CONNECTION_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a stage's own failure never ends the worker
-                self.log.exception("stage failed", job=job.id, error=repr(exc))
-                d = disposition(exc, lambda: reserved.attempt, self.backoff)
-            self.processed += 1
-            if d.action is Action.DELETE:
-                self._pending_delete = job.id  # sent with the next reserve: one round trip less
-                return
-            pri, tube = int(reserved.stats["pri"]), reserved.tube
-            if d.action is Action.RELEASE:
-                client.release(job, priority=pri, delay=d.delay)
-            else:
-                try:
-                    self.store.record_failure(self.url, job.id, tube, d.outcome, d.reason,
-                                              reserved.body)
-                except StoreUnavailable as exc:  # bury all the same: the reason is in the log
-                    self.log.error("failure not recorded", job=job.id, reason=d.reason, error=exc.reason)
-                client.bury(job, priority=pri)
-        except greenstalk.NotFoundError:
-            # the TTR ran out meanwhile and someone else holds it; the store's claim decides
-            self.log.warning("job vanished before its disposition", job=job.id)
+            done = self._handle(batch)
         except CONNECTION_ERRORS as exc:
-            # beanstalkd puts the job back when our connection closes; the store's claim keeps it
-            # from being sent twice
-            self.log.warning("beanstalkd connection lost", error=str(exc), job=job.id)
+            # beanstalkd puts the jobs back when our connection closes; the store's claims keep
+            # them from being sent twice
+            self.log.warning("beanstalkd connection lost", error=str(exc), jobs=len(batch))
             self._drop()
+            return
         finally:
             self.current = None
+        self._dispose(done)
+
+    def _handle(self, batch: list[Reserved]) -> list[tuple[Reserved, Disposition]]:
+        """The stage's dispositions of the jobs it finished (a stage with sends in flight keeps
+        the others until ``collect``); a stage's own failure buries with its reason."""
+        stage = self.stage
+        try:
+            if hasattr(stage, "submit"):
+                return stage.submit(batch)
+            if hasattr(stage, "handle_batch"):
+                return list(zip(batch, stage.handle_batch(batch)))
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stage's own failure never ends the worker
+            self.log.exception("stage failed", jobs=[r.id for r in batch], error=repr(exc))
+            return [(r, disposition(exc, lambda r=r: r.attempt, self.backoff)) for r in batch]
+        done = []
+        for r in batch:
+            try:
+                d = stage.handle(r)
+            except CONNECTION_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.log.exception("stage failed", job=r.id, error=repr(exc))
+                d = disposition(exc, lambda r=r: r.attempt, self.backoff)
+            done.append((r, d))
+        return done
+
+    def _collect(self, wait: float) -> None:
+        try:
+            self._dispose(self.stage.collect(wait))  # type: ignore[attr-defined]
+        except CONNECTION_ERRORS as exc:
+            self.log.warning("beanstalkd connection lost", error=str(exc))
+            self._drop()
+
+    def _dispose(self, done: list[tuple[Reserved, Disposition]]) -> None:
+        for reserved, d in done:
+            self.processed += 1
+            if d.action is Action.DELETE:
+                if reserved.client is self.client:
+                    self._pending_deletes.append(reserved.id)  # sent with the next reserve
+                continue
+            try:
+                pri, tube = int(reserved.stats["pri"]), reserved.tube
+                if d.action is Action.RELEASE:
+                    reserved.client.release(reserved.job, priority=pri, delay=d.delay)
+                else:
+                    try:
+                        self.store.record_failure(self.url, reserved.id, tube, d.outcome, d.reason, reserved.body)
+                    except StoreUnavailable as exc:  # bury all the same: the reason is in the log
+                        self.log.error("failure not recorded", job=reserved.id, reason=d.reason, error=exc.reason)
+                    reserved.client.bury(reserved.job, priority=pri)
+            except greenstalk.NotFoundError:
+                # the TTR ran out meanwhile and someone else holds it; the store's claim decides
+                self.log.warning("job vanished before its disposition", job=reserved.id)
+            except CONNECTION_ERRORS as exc:
+                # beanstalkd puts the job back when our connection closes; the store's claim keeps
+                # it from being sent twice
+                self.log.warning("beanstalkd connection lost", error=str(exc), job=reserved.id)
+                if reserved.client is self.client:
+                    self._drop()
 
 
 class Pool:

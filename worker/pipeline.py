@@ -22,7 +22,7 @@ from .logs import get_logger, mask, mask_text
 from .outcomes import Action, Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Fate, Skipped, disposition
 from .render import Renderer
 from .settings import Settings
-from .store import FINAL, Store, StoreUnavailable
+from .store import FINAL, Finish, Store, StoreUnavailable
 from .transports.smtp import Reply
 from .validate import check_envelope
 from .digest.collect import Digests
@@ -59,6 +59,32 @@ class Result:
     attempt: int = 1  # how often the store saw this key claimed
 
 
+@dataclass
+class Delivery:
+    """One job on its way through the pipeline: checked, claimed, built, sent, concluded. Each
+    step records its failure in ``error`` instead of raising, so a batch goes on without it."""
+    body: bytes
+    attempt: int | Callable[[], int]
+    touch: Callable[[], object] = lambda: None
+    envelope: Envelope | None = None
+    ref: str = ""
+    claiming: bool = False
+    claimed: bool = False
+    claims: int = 1
+    error: BaseException | None = None
+    reply: str = ""
+    sender: str = ""
+    recipients: Sequence[str] = ()
+    message: bytes = b""
+    job: Reserved | None = None
+    started: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """Claimed and built, nothing failed: the message may go."""
+        return self.error is None and self.claimed and bool(self.message)
+
+
 class Pipeline:
     def __init__(self, settings: Settings, store: Store, transport: Transport | None = None,
                  registry: Registry | None = None) -> None:
@@ -73,24 +99,60 @@ class Pipeline:
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
                                settings.in_doubt_delay)
         self.tally = tally_for(store.location)  # the console's counts, written every few seconds
+        self._holding: set[str] = set()  # keys claimed and not yet concluded
 
     # -- the loop's Stage interface -------------------------------------------------------------
     def handle(self, job: Reserved) -> Disposition:
-        started = time.monotonic()
-        result = self.run(job.body, lambda: job.attempt, job.touch)
-        d = result.disposition
-        if d.action is Action.DELETE and result.envelope is not None:
+        return self.handle_batch([job])[0]
+
+    def handle_batch(self, jobs: Sequence[Reserved]) -> list[Disposition]:
+        """A batch reserved in one round trip: checked, claimed in one store transaction, sent in
+        turn (every job of the batch kept reserved and claimed while one send runs long), and
+        recorded in one transaction."""
+        batch = self.begin(jobs)
+        keys = [d.envelope.id for d in batch if d.claimed and d.envelope is not None]
+
+        def keep_all() -> None:  # renew the reservations and claims of the whole batch
+            for d in batch:
+                d.touch()
+        keeper = self._keeper(keys, keep_all)
+        for d in batch:
+            if d.ready:
+                self.send(d, keeper)
+        return self.end(batch)
+
+    def begin(self, jobs: Sequence[Reserved]) -> list[Delivery]:
+        """Check, claim (one transaction) and build a batch of reserved jobs."""
+        batch = [self.check(Delivery(j.body, lambda j=j: j.attempt, j.touch, job=j, started=time.monotonic()))
+                 for j in jobs]
+        self.claim(batch)
+        for d in batch:
+            if d.error is None and d.claimed:
+                self.build(d)
+        return batch
+
+    def end(self, batch: Sequence[Delivery]) -> list[Disposition]:
+        """Record a batch's outcomes (one transaction), log and count each; their dispositions."""
+        results = self.conclude(batch)
+        for d, result in zip(batch, results):
+            self._report(d, result)
+        return [r.disposition for r in results]
+
+    def _report(self, d: Delivery, result: Result) -> None:
+        job = d.job
+        assert job is not None
+        disp = result.disposition
+        if disp.action is Action.DELETE and result.envelope is not None:
             # no round trip for stats on success: the tube its priority names, the store's count
             tube, attempt = PRIORITIES[result.envelope.priority][0], result.attempt
         else:
             tube, attempt = job.tube, job.attempt  # the loop needs the stats now anyway
-        log_result(result, job_id=job.id, tube=tube, attempt=attempt, started=started,
+        log_result(result, job_id=job.id, tube=tube, attempt=attempt, started=d.started,
                    mask_addresses=self.settings.mask_addresses)
         envelope = result.envelope
         created = envelope.created_at if envelope is not None else 0
         domain = envelope.to[0].address.rpartition("@")[2].lower() if envelope is not None and envelope.to else None
-        self.tally.record(tube, d.outcome, time.time() - created if created and d.outcome == "sent" else None, domain)
-        return d
+        self.tally.record(tube, disp.outcome, time.time() - created if created and disp.outcome == "sent" else None, domain)
 
     def reload(self) -> None:
         self.renderer = Renderer(self.settings.templates)
@@ -99,59 +161,128 @@ class Pipeline:
         self.transport.close()
         self.tally.flush(self.store)
 
-    def run(self, body: bytes, attempt: Callable[[], int], touch: Callable[[], object] = lambda: None) -> Result:
-        envelope: Envelope | None = None
-        ref = ""
-        claiming = claimed = False
-        reply = ""
-        claims = 1
+    def run(self, body: bytes, attempt: int | Callable[[], int], touch: Callable[[], object] = lambda: None) -> Result:
+        """One job body through every step (what ``handle_batch`` does for a batch)."""
+        d = self.check(Delivery(body, attempt, touch))
+        self.claim([d])
+        if d.error is None and d.claimed:
+            self.build(d)
+        if d.ready:
+            self.send(d, self._keeper([d.envelope.id] if d.envelope else [], touch))
+        return self.conclude([d])[0]
+
+    # -- the steps ------------------------------------------------------------------------------
+    def check(self, d: Delivery) -> Delivery:
+        """Decode and check: everything that needs no claim."""
         try:
-            envelope = self._decode(body)
+            envelope = d.envelope = self._decode(d.body)
             if envelope.kind == "ref":
-                ref = envelope.ref
-                envelope = self._dereference(envelope)
-            envelope = check_envelope(envelope)
-            envelope = self._check_suppression(envelope)
+                d.ref = envelope.ref
+                envelope = d.envelope = self._dereference(envelope)
+            envelope = d.envelope = check_envelope(envelope)
+            envelope = d.envelope = self._check_suppression(envelope)
             self.digests.divert(envelope)  # into a digest (Skipped) or held for quiet hours (Deferred)
             self._check_rate(envelope)
             self.outbound.hold(envelope)
-            claiming = True
-            claims = self.store.claim(envelope.id, self._recipient(envelope), envelope.template,
-                                      lease=self.settings.ttr)
-            claimed = True
-            message, recipients = self._build(envelope)
-            sender = envelope.sender or self.sender.addr_spec  # a raw job may name its own
-            sender, message = self.outbound.prepare(envelope, message, sender)
-            keep = self._keeper(envelope.id, touch)
-            reply = str(self.transport.send(sender, recipients, message, keep))
-            error: BaseException | None = None
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
-            error = exc
-            reply = getattr(exc, "reply", "")
-        key = envelope.id if envelope is not None else None
-        if key is not None:
-            attempt = self._attempt(key, attempt)
-        result = disposition(error, attempt, self.backoff)
+            d.error = exc
+        return d
+
+    def claim(self, batch: Sequence[Delivery]) -> None:
+        """Claim the checked deliveries' keys in one store transaction."""
+        todo = []
+        for d in batch:
+            if d.error is not None or d.envelope is None:
+                continue
+            if d.envelope.id in self._holding:  # a second copy of a key this process has in hand
+                d.claiming = True  # its row is the first copy's to write
+                d.error = Deferred("duplicate: key in hand in this worker", delay=1)
+                continue
+            self._holding.add(d.envelope.id)
+            todo.append(d)
+        if not todo:
+            return
+        for d in todo:
+            d.claiming = True
         try:
-            if envelope is not None and (claimed or not claiming):
+            taken = self.store.claim_many([(d.envelope.id, self._recipient(d.envelope), d.envelope.template)
+                                           for d in todo if d.envelope is not None], lease=self.settings.ttr)
+        except Exception as exc:  # noqa: BLE001 - the store's outage defers the whole batch
+            for d in todo:
+                d.error = exc
+                self._holding.discard(d.envelope.id)  # type: ignore[union-attr]
+            return
+        for d, t in zip(todo, taken):
+            if isinstance(t, BaseException):
+                d.error = t
+                self._holding.discard(d.envelope.id)  # type: ignore[union-attr]
+            else:
+                d.claimed, d.claims = True, t
+
+    def build(self, d: Delivery) -> None:
+        """Render and sign the message of a claimed delivery."""
+        assert d.envelope is not None
+        try:
+            message, d.recipients = self._build(d.envelope)
+            sender = d.envelope.sender or self.sender.addr_spec  # a raw job may name its own
+            d.sender, d.message = self.outbound.prepare(d.envelope, message, sender)
+        except Exception as exc:  # noqa: BLE001
+            d.error = exc
+
+    def send(self, d: Delivery, keep: Callable[[], None]) -> None:
+        try:
+            d.reply = str(self.transport.send(d.sender, d.recipients, d.message, keep))
+        except Exception as exc:  # noqa: BLE001
+            d.error = exc
+        self.sent(d)
+
+    def sent(self, d: Delivery) -> None:
+        """A send ended: a message the server took goes into the journal until its batch is
+        recorded (a kill before that does not send it again)."""
+        d.message = b""  # sent or not, its bytes are not needed again
+        if d.error is None and d.envelope is not None:
+            self.store.journal.sent(d.envelope.id)
+
+    def conclude(self, batch: Sequence[Delivery]) -> list[Result]:
+        """Each delivery's disposition, recorded in the store in one transaction."""
+        results: list[Result] = []
+        finishes: list[Finish] = []
+        for d in batch:
+            error = d.error
+            if d.reply == "" and error is not None:
+                d.reply = getattr(error, "reply", "")
+            envelope = d.envelope
+            attempt = self._attempt(envelope.id, d.attempt) if envelope is not None else d.attempt
+            result = disposition(error, attempt, self.backoff)
+            if envelope is not None and (d.claimed or not d.claiming):
                 # before the claim nothing may overwrite another delivery's row of the same key
                 hold = self.backoff.in_doubt_delay if result.outcome is Fate.IN_DOUBT else 0.0
-                self.store.finish(envelope.id, self._recipient(envelope), envelope.template,
-                                  result.outcome, result.reason, reply, overwrite_final=claimed,
-                                  hold=hold, free=result.free)
-            if isinstance(error, Bounced) and error.hard and envelope is not None and envelope.kind == "mail":
-                self.store.suppress(envelope.recipient.address, error.reason, "bounce")
-            if envelope is not None:
-                self.outbound.finished(envelope, result.outcome)
-            if ref and result.action is Action.DELETE:
-                self.store.delete_blob(ref)  # a final outcome: the body is needed no more
+                finishes.append(Finish(envelope.id, self._recipient(envelope), envelope.template,
+                                       result.outcome, result.reason, d.reply, d.claimed, hold, result.free))
+            results.append(Result(result, envelope, d.reply, d.claims))
+            if d.claimed and envelope is not None:
+                self._holding.discard(envelope.id)
+        try:
+            self.store.finish_many(finishes)
+            for d, result in zip(batch, results):
+                envelope, error = d.envelope, d.error
+                if envelope is None:
+                    continue
+                if isinstance(error, Bounced) and error.hard and envelope.kind == "mail":
+                    self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+                self.outbound.finished(envelope, result.disposition.outcome)
+                if d.ref and result.disposition.action is Action.DELETE:
+                    self.store.delete_blob(d.ref)  # a final outcome: the body is needed no more
         except StoreUnavailable as exc:
             # what happened stands (the mail went, or not); only its record is missing. An outage
             # the job already met is logged once by the store, not again for every job.
-            if not isinstance(error, StoreUnavailable):
-                get_logger().error("delivery not recorded", outcome=result.outcome, error=exc.reason,
-                                   key=mask_text(key or "") if self.settings.mask_addresses else key)
-        return Result(result, envelope, reply, claims)
+            for d, result in zip(batch, results):
+                if d.envelope is not None and not isinstance(d.error, StoreUnavailable):
+                    key = d.envelope.id
+                    get_logger().error("delivery not recorded", outcome=result.disposition.outcome,
+                                       error=exc.reason,
+                                       key=mask_text(key) if self.settings.mask_addresses else key)
+        return results
 
     def _decode(self, body: bytes) -> Envelope:
         try:
@@ -180,19 +311,19 @@ class Pipeline:
             return attempt
         return lambda: max(1, attempt() - self.store.free_releases(key))
 
-    def _keeper(self, key: str, touch: Callable[[], object]) -> Callable[[], None]:
-        """What the transport calls through every long step: keeps beanstalkd's reservation and
-        the store's claim alive together, so a slow server never sees a second copy."""
+    def _keeper(self, keys: Sequence[str], touch: Callable[[], object]) -> Callable[[], None]:
+        """What the transport calls through every long step: keeps beanstalkd's reservations and
+        the store's claims alive together, so a slow server never sees a second copy."""
         lease = self.settings.ttr
         renewed = time.monotonic()
 
         def keep() -> None:
             nonlocal renewed
             touch()  # beanstalkd's reservation: at a third of the job's own TTR
-            if time.monotonic() - renewed >= max(1.0, lease / 3):  # the claim: at a third of its lease
+            if time.monotonic() - renewed >= max(1.0, lease / 3):  # the claims: at a third of their lease
                 renewed = time.monotonic()
                 try:
-                    self.store.renew(key, lease)
+                    self.store.renew_many(keys, lease)
                 except StoreUnavailable:
                     pass  # the claim's lease still runs; the outage is logged by the store
         return keep
@@ -311,4 +442,4 @@ def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started:
     getattr(log, level)("job", **fields)
 
 
-__all__ = ["Outcome", "Pipeline", "Result", "log_result", "make_transport"]
+__all__ = ["Delivery", "Outcome", "Pipeline", "Result", "log_result", "make_transport"]

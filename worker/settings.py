@@ -63,7 +63,9 @@ class Settings:
     max_attempts: int = 8
     backoff_base: float = 30.0
     backoff_max: float = 3600.0
-    threads: int = 1  # loops per worker process; more for slow receivers (direct MX delivery)
+    concurrency: int = 0  # deliveries in flight per worker process and server; 0: BEANMAIL_THREADS
+    threads: int = 1  # the older name of concurrency, kept as its alias
+    batch: int = 16  # jobs reserved in one round trip, claimed and recorded in one transaction
     reserve_timeout: int = 1
     host_name: str = ""  # this host in claims and the registry; the machine's name by default
     heartbeat: float = 5.0  # seconds between a worker's registry heartbeats
@@ -131,6 +133,12 @@ class Settings:
     @property
     def token_secret(self) -> str:
         return self.unsubscribe_secret or self.secret
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries in flight per process and server: BEANMAIL_CONCURRENCY, or its alias
+        BEANMAIL_THREADS."""
+        return self.concurrency or self.threads
 
     def rate_for(self, domain: str) -> float:
         return self.rate_limits.get(domain.lower(), self.rate_default)
@@ -307,6 +315,13 @@ def validate(s: Settings) -> Settings:
         value = getattr(s, name)
         if not value > 0 or value != value or value == float("inf"):  # NaN and inf too
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {value!r}")
+    if s.concurrency < 0 or s.concurrency > 10_000:
+        raise SettingsError(f"BEANMAIL_CONCURRENCY: 1 to 10000 deliveries in flight, got {s.concurrency!r}")
+    if s.concurrency and s.threads != 1 and s.threads != s.concurrency:
+        raise SettingsError(f"BEANMAIL_CONCURRENCY ({s.concurrency}) and its older name BEANMAIL_THREADS"
+                            f" ({s.threads}) disagree: set one")
+    if not 1 <= s.batch <= 1000:
+        raise SettingsError(f"BEANMAIL_BATCH: 1 to 1000 jobs per round trip, got {s.batch!r}")
     if s.mx_fleet_connections_per_domain < 0:
         raise SettingsError("BEANMAIL_MX_FLEET_CONNECTIONS_PER_DOMAIN: must be 0 (off) or more")
     if s.reserve_timeout < 0:

@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 from producer.blobs import switch_to_wal
 
 from .identity import host_name
+from .journal import Journal
 from .logs import get_logger
-from .outcomes import Deferred, Skipped
+from .outcomes import Deferred, Outcome, Skipped
 
 # Types are spelled so that both engines read them right: DOUBLE PRECISION is a float8 in
 # PostgreSQL (its REAL would lose the sub-second part of a timestamp) and REAL-affine in SQLite.
@@ -205,6 +206,44 @@ class Delivery:
     reply: str
     attempts: int
     updated_at: float
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How one job ended, for ``Store.finish_many``."""
+    key: str
+    recipient: str
+    template: str
+    outcome: str
+    reason: str = ""
+    reply: str = ""
+    overwrite_final: bool = True  # False: the job never held the claim; leave an ended or claimed row
+    hold: float = 0.0
+    free: bool = False
+
+
+_CLAIM = (
+    "INSERT INTO deliveries (key, recipient, template, outcome, attempts, claimed_by,"
+    " claim_expires, updated_at) VALUES (?, ?, ?, 'claimed', 1, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET outcome = 'claimed', attempts = deliveries.attempts + 1,"
+    " claimed_by = excluded.claimed_by, claim_expires = excluded.claim_expires,"
+    " updated_at = excluded.updated_at"
+    " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
+    " AND (deliveries.outcome NOT IN ('claimed', 'in_doubt')"
+    "      OR deliveries.claim_expires <= excluded.updated_at"
+    "      OR deliveries.claimed_by = excluded.claimed_by)"
+    " RETURNING attempts"
+)
+_FINISH = (
+    "INSERT INTO deliveries (key, recipient, template, outcome, reason, reply, claim_expires,"
+    " free_releases, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+    " outcome = excluded.outcome, reason = excluded.reason, reply = excluded.reply, claimed_by = '',"
+    " claim_expires = excluded.claim_expires,"
+    " free_releases = deliveries.free_releases + excluded.free_releases,"
+    " updated_at = excluded.updated_at"
+)
+_JOURNALED = "recorded from the journal of a worker that died before its store write"
+_FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
 
 
 def _safe_location(location: str) -> str:
@@ -432,6 +471,7 @@ class Store:
         else:
             self._db = _Sqlite(location, timeout)
         self.me = worker_id()
+        self.journal = Journal(location, self.me)  # keys sent, not yet recorded (worker/journal.py)
         self._outage_since: float | None = None
         self._migrate()
 
@@ -512,52 +552,71 @@ class Store:
         """Take the key for this process and return how often it was taken, or raise: Skipped if
         it already ended, Deferred if a live worker holds it (its lease is renewed while it
         works) or if it is in doubt and its hold has not passed."""
+        taken = self.claim_many([(key, recipient, template)], lease)[0]
+        if isinstance(taken, Exception):
+            raise taken
+        return taken
+
+    def claim_many(self, items: Sequence[tuple[str, str, str]], lease: float) -> list[int | Outcome]:
+        """``claim`` for a batch of ``(key, recipient, template)`` in one transaction: for each,
+        how often it was taken, or the Skipped/Deferred that says why not."""
         now = time.time()
-        # the common case in one atomic statement: a new key, or one nobody holds
-        taken = self._one(
-            "INSERT INTO deliveries (key, recipient, template, outcome, attempts, claimed_by,"
-            " claim_expires, updated_at) VALUES (?, ?, ?, 'claimed', 1, ?, ?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET outcome = 'claimed', attempts = deliveries.attempts + 1,"
-            " claimed_by = excluded.claimed_by, claim_expires = excluded.claim_expires,"
-            " updated_at = excluded.updated_at"
-            " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
-            " AND (deliveries.outcome NOT IN ('claimed', 'in_doubt')"
-            "      OR deliveries.claim_expires <= excluded.updated_at"
-            "      OR deliveries.claimed_by = excluded.claimed_by)"
-            " RETURNING attempts",
-            (key, recipient, template, self.me, now + lease, now),
-        )
-        if taken is not None:
-            return int(taken[0])
-        with self._transaction():  # why not: ended, held, in doubt, or held by a process that died
-            row = self._db.execute("SELECT outcome, claimed_by, claim_expires, attempts FROM deliveries"
-                                   " WHERE key = ?" + self._db.for_update, (key,)).fetchone()
-            if row is None:
-                raise Deferred("claim raced with a removal; retrying", delay=1)
-            outcome, holder, expires, attempts = row
-            if outcome in FINAL:
-                raise Skipped(f"duplicate: key already {outcome}")
-            if outcome == "in_doubt" and expires > now:
-                raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
-                               delay=max(1, round(expires - now)))
-            if outcome == "claimed" and holder != self.me and expires > now and not holder_is_dead(holder):
-                raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
-            taken = self._db.execute(
-                "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
-                " claim_expires = ?, updated_at = ? WHERE key = ? AND outcome = ? AND claimed_by = ?",
-                (self.me, now + lease, now, key, outcome, holder),
-            ).rowcount
-            if not taken:
-                raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
+        out: list[int | Outcome] = []
+        with self._transaction():
+            for key, recipient, template in items:
+                # the common case in one statement: a new key, or one nobody holds
+                taken = self._db.execute(_CLAIM, (key, recipient, template, self.me, now + lease, now)).fetchone()
+                if taken is not None:
+                    out.append(int(taken[0]))
+                    continue
+                try:
+                    out.append(self._claim_contested(key, now, lease))
+                except (Skipped, Deferred) as exc:
+                    out.append(exc)
+        return out
+
+    def _claim_contested(self, key: str, now: float, lease: float) -> int:
+        """Why the key was not free: ended, held, in doubt, or held by a process that died."""
+        row = self._db.execute("SELECT outcome, claimed_by, claim_expires, attempts FROM deliveries"
+                               " WHERE key = ?" + self._db.for_update, (key,)).fetchone()
+        if row is None:
+            raise Deferred("claim raced with a removal; retrying", delay=1)
+        outcome, holder, expires, attempts = row
+        if outcome in FINAL:
+            raise Skipped(f"duplicate: key already {outcome}")
+        if outcome == "in_doubt" and expires > now:
+            raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
+                           delay=max(1, round(expires - now)))
+        dead = outcome == "claimed" and holder != self.me and holder_is_dead(holder)
+        if outcome == "claimed" and holder != self.me and expires > now and not dead:
+            raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
+        if dead and key in self.journal.of(holder):  # it went; its worker died before recording it
+            self._db.execute("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
+                             " WHERE key = ? AND claimed_by = ?", (_JOURNALED, now, key, holder))
+            raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
+        taken = self._db.execute(
+            "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
+            " claim_expires = ?, updated_at = ? WHERE key = ? AND outcome = ? AND claimed_by = ?",
+            (self.me, now + lease, now, key, outcome, holder),
+        ).rowcount
+        if not taken:
+            raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
         return int(attempts) + 1
 
     def renew(self, key: str, lease: float) -> bool:
         """Extend this process's claim on ``key`` (called through a long send); False if the
         claim is no longer ours."""
+        return self.renew_many([key], lease) > 0
+
+    def renew_many(self, keys: Sequence[str], lease: float) -> int:
+        """``renew`` for several keys in one statement; how many claims were still ours."""
+        if not keys:
+            return 0
         now = time.time()
-        return self._run("UPDATE deliveries SET claim_expires = ?, updated_at = ?"
-                         " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?",
-                         (now + lease, now, key, self.me)) > 0
+        marks = ", ".join("?" * len(keys))
+        return self._run(f"UPDATE deliveries SET claim_expires = ?, updated_at = ?"
+                         f" WHERE key IN ({marks}) AND outcome = 'claimed' AND claimed_by = ?",
+                         (now + lease, now, *keys, self.me))
 
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
                reply: str = "", *, overwrite_final: bool = True, hold: float = 0.0, free: bool = False) -> None:
@@ -565,17 +624,39 @@ class Store:
         (the job never held the claim) a row that ended or is claimed is left alone. ``hold``
         keeps other copies of the key away that long (in doubt); ``free`` counts a release that
         costs no retry."""
+        self.finish_many([Finish(key, recipient, template, outcome, reason, reply, overwrite_final, hold, free)])
+
+    def finish_many(self, rows: Sequence[Finish]) -> None:
+        """``finish`` for a batch, in one transaction; the journal of what was sent is emptied
+        once it is committed."""
+        if not rows:
+            return
         now = time.time()
-        guard = "" if overwrite_final else " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
-        self._run(
-            "INSERT INTO deliveries (key, recipient, template, outcome, reason, reply, claim_expires,"
-            " free_releases, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
-            " outcome = excluded.outcome, reason = excluded.reason, reply = excluded.reply, claimed_by = '',"
-            " claim_expires = excluded.claim_expires,"
-            " free_releases = deliveries.free_releases + excluded.free_releases,"
-            " updated_at = excluded.updated_at" + guard,
-            (key, recipient, template, outcome, reason, reply, now + hold if hold else 0, int(free), now),
-        )
+        with self._transaction():
+            for f in rows:
+                self._db.execute(
+                    _FINISH if f.overwrite_final else _FINISH_UNCLAIMED,
+                    (f.key, f.recipient, f.template, f.outcome, f.reason, f.reply,
+                     now + f.hold if f.hold else 0, int(f.free), now),
+                )
+        self.journal.recorded()
+
+    def recover_journals(self) -> int:
+        """Record as sent what dead processes of this host sent and never recorded (their
+        journals), and remove those journals; how many keys were recorded."""
+        recorded = 0
+        for holder in self.journal.others():
+            if not holder_is_dead(holder):
+                continue
+            keys = sorted(self.journal.of(holder))
+            with self._transaction():
+                for key in keys:
+                    recorded += self._db.execute(
+                        "UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
+                        " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?",
+                        (_JOURNALED, time.time(), key, holder)).rowcount
+            self.journal.remove(holder)
+        return recorded
 
     def free_releases(self, key: str) -> int:
         """Releases of this key that named their own delay: they do not count as attempts."""
@@ -853,4 +934,5 @@ class Store:
             " WHERE brake.engaged <> excluded.engaged", (name, int(engaged), reason, time.time())) > 0
 
     def close(self) -> None:
+        self.journal.close()
         self._db.close()
