@@ -12,7 +12,7 @@ import pytest
 
 from producer import Notifier
 from worker.loop import Worker
-from worker.pipeline import Pipeline
+from worker.flight import sending_stage
 from worker.settings import Settings
 from worker.store import Store
 
@@ -78,7 +78,7 @@ def notifier(settings: Settings) -> Iterator[Notifier]:
 def run_burst(settings: Settings) -> Worker:
     """An in-process `beanmail worker --burst`: real beanstalkd, real SMTP, real store."""
     store = Store(settings.store)
-    worker = Worker(settings, Pipeline(settings, store), store)
+    worker = Worker(settings, sending_stage(settings, store), store)
     assert worker.run(burst=True) == 0
     store.close()
     return worker
@@ -88,7 +88,7 @@ def run_burst(settings: Settings) -> Worker:
 def running_worker(settings: Settings) -> Iterator[Worker]:
     """A long-running in-process worker, stopped (as SIGTERM would) when the block ends."""
     store = Store(settings.store)
-    worker = Worker(settings, Pipeline(settings, store), store)
+    worker = Worker(settings, sending_stage(settings, store), store)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

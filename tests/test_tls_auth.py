@@ -19,6 +19,12 @@ from .conftest import run_burst
 from .servers import SmtpServer
 
 
+@pytest.fixture(params=[1, 2], ids=["blocking", "event-loop"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Each case through the blocking session and through the event loop's (BEANMAIL_CONCURRENCY)."""
+    return settings.replace(concurrency=request.param)
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("tls")

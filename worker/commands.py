@@ -55,7 +55,8 @@ def cmd_spool(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline, make_transport
+    from .flight import sending_stage
+    from .pipeline import make_transport
 
     if MAILOUT_TUBE in settings.tubes:
         raise SettingsError(f"the worker cannot send {MAILOUT_TUBE} chunks (it would bury every one as poison):"
@@ -71,8 +72,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
     except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
         logs.get_logger().warning("spool not flushed", reason=str(exc))
-    # BEANMAIL_CONCURRENCY loops for each beanstalkd server of the fleet
-    servers = [url for url in settings.beanstalk_urls for _ in range(settings.in_flight)]
+    # through a relay, BEANMAIL_CONCURRENCY sessions on one event loop per beanstalkd server of
+    # the fleet; direct MX delivery runs that many loops (threads) per server instead
+    flights = settings.transport == "smtp" and settings.in_flight > 1
+    per_server = 1 if flights else settings.in_flight
+    servers = [url for url in settings.beanstalk_urls for _ in range(per_server)]
     stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in servers]
     try:
         if recovered := stores[0].recover_journals():
@@ -83,7 +87,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # one direct-MX transport per process, so its per-domain connection cap holds for the whole
     # process; a relay session is one connection and stays with its loop
     shared = make_transport(settings) if settings.transport == "mx" else None
-    loops = [Worker(settings, Pipeline(settings, s, transport=shared), s, url=url) for url, s in zip(servers, stores)]
+    loops = [Worker(settings, sending_stage(settings, s, transport=shared), s, url=url) for url, s in zip(servers, stores)]
     worker: Worker | Pool = loops[0] if len(loops) == 1 else Pool(loops)
     worker.install_signal_handlers()
     registry = _register(settings, loops, burst=args.burst)

@@ -1,0 +1,123 @@
+"""Deliveries in flight: BEANMAIL_CONCURRENCY sends at once through the relay, on one event loop.
+
+The loop's thread does what needs the CPU or the store (decode, check, claim, render, record),
+in batches as the sending stage does; each claimed message is handed to an asyncio event loop
+in one helper thread, where the relay sessions wait for their servers side by side. The loop
+reserves more while sends are in flight (never more than the concurrency), collects the sends
+that ended, records them in one transaction, and through it all keeps every job in flight
+reserved and every claim renewed. 250 slow sessions cost one thread, not 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from typing import Sequence
+
+from .job import Reserved
+from .outcomes import Disposition
+from .pipeline import Delivery, Pipeline
+from .settings import Settings
+from .store import Store, StoreUnavailable
+from .transports.aio import RelayPool
+
+
+class Flight:
+    def __init__(self, settings: Settings, pipeline: Pipeline, capacity: int) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.capacity = capacity
+        self.pool = RelayPool(settings.smtp, timeout=settings.smtp_timeout, data_timeout=settings.smtp_data_timeout,
+                              helo=settings.helo_name, cafile=settings.smtp_cafile)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sessions", daemon=True)
+        self._thread.start()
+        self._done: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self._flying: dict[int, Delivery] = {}
+        self._renewed = time.monotonic()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flying)
+
+    # -- the loop's side ------------------------------------------------------------------------
+    def submit(self, jobs: Sequence[Reserved]) -> list[tuple[Reserved, Disposition]]:
+        """Take a batch: what cannot go (a duplicate, poison, a deferral) ends now, the rest flies."""
+        batch = self.pipeline.begin(jobs)
+        for d in batch:
+            if d.ready:
+                self._flying[id(d)] = d
+                asyncio.run_coroutine_threadsafe(self._send(d), self._loop)
+        return self._end([d for d in batch if not d.ready and id(d) not in self._flying])
+
+    def collect(self, wait: float) -> list[tuple[Reserved, Disposition]]:
+        """The sends that ended (waiting up to ``wait`` seconds for the first), recorded."""
+        ended = []
+        try:
+            ended.append(self._done.get(timeout=wait) if wait > 0 else self._done.get_nowait())
+            while True:
+                ended.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        for d in ended:
+            del self._flying[id(d)]
+            self.pipeline.sent(d)
+        self._keep()
+        return self._end(ended)
+
+    def _end(self, batch: list[Delivery]) -> list[tuple[Reserved, Disposition]]:
+        if not batch:
+            return []
+        return [(d.job, disp) for d, disp in zip(batch, self.pipeline.end(batch)) if d.job is not None]
+
+    def _keep(self) -> None:
+        """Every job in flight stays reserved (touched at a third of its TTR) and every claim
+        renewed (at a third of its lease), however long its server takes."""
+        for d in self._flying.values():
+            d.touch()
+        lease = self.settings.ttr
+        if self._flying and time.monotonic() - self._renewed >= max(1.0, lease / 3):
+            self._renewed = time.monotonic()
+            try:
+                self.pipeline.store.renew_many([d.envelope.id for d in self._flying.values()
+                                                if d.envelope is not None], lease)
+            except StoreUnavailable:
+                pass  # the leases still run; the outage is logged by the store
+
+    # -- the event loop's side ------------------------------------------------------------------
+    async def _send(self, d: Delivery) -> None:
+        try:
+            d.reply = str(await self.pool.send(d.sender, d.recipients, d.message))
+        except Exception as exc:  # noqa: BLE001 - classified by the pipeline when recorded
+            d.error = exc
+        self._done.put(d)
+
+    # -- the Stage interface --------------------------------------------------------------------
+    def handle(self, job: Reserved) -> Disposition:  # the loop uses submit/collect; for completeness
+        done = self.submit([job])
+        while not done:
+            done = self.collect(0.1)
+        return done[0][1]
+
+    def reload(self) -> None:
+        self.pipeline.reload()
+
+    def close(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.pool.close(), self._loop).result(self.settings.smtp_timeout)
+        except Exception:  # noqa: BLE001 - closing: a server that does not answer QUIT is let go
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self.pipeline.close()
+
+
+def sending_stage(settings: Settings, store: Store, transport: object = None) -> Pipeline | Flight:
+    """The stage a `beanmail worker` loop runs: the blocking pipeline, or through a relay with
+    BEANMAIL_CONCURRENCY above 1, the pipeline with its sends in flight on the event loop."""
+    pipeline = Pipeline(settings, store, transport=transport)  # type: ignore[arg-type]
+    if settings.transport == "smtp" and settings.in_flight > 1:
+        return Flight(settings, pipeline, settings.in_flight)
+    return pipeline
