@@ -26,6 +26,7 @@ setup(
     extras_require={
         "worker": WORKER,
         "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3",
+                 "django-mailer>=2.3",  # the bench compares the relay with it (bench/run.py)
                  "selenium>=4.10"],  # drives Debian's chromium + chromium-driver (setup.sh installs them)
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],

@@ -54,7 +54,11 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+_figures: dict[str, dict[str, Any]] = {}
+
+
 def emit(scenario: str, **figures: Any) -> None:
+    _figures[scenario] = figures
     print(json.dumps({"scenario": scenario, **figures}), flush=True)
 
 
@@ -332,6 +336,53 @@ def mx_rate(tmp: Path, n: int, w: int, limit: float) -> None:
         dns.stop()
 
 
+_DJANGO_MAILER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["mailer"], DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {db!r}}}}},
+    EMAIL_BACKEND="mailer.backend.DbBackend", MAILER_EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+    EMAIL_HOST="127.0.0.1", EMAIL_PORT={port}, EMAIL_USE_TLS=False, USE_TZ=True,
+    DEFAULT_AUTO_FIELD="django.db.models.AutoField")
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from bench.run import rendered_bench_message
+from mailer import send_html_mail
+from mailer.engine import send_all
+subject, text, html = rendered_bench_message()
+for i in range({n}):  # queued as a Django view would: rendered, one row each
+    send_html_mail(subject, text, html, "Bench <bench@beanmail.example>", [f"user{{i}}@example.com"])
+started = time.perf_counter()
+send_all()  # what `manage.py send_mail` runs: one process, one SMTP connection
+print(time.perf_counter() - started)
+"""
+
+
+def rendered_bench_message() -> tuple[str, str, str]:
+    """The bench template rendered once with the bench context: what a Django view would queue."""
+    from worker.render import Renderer
+
+    parts = Renderer(str(ROOT / "bench" / "templates")).render("bench", dict(CONTEXT, recipient={
+        "address": "user@example.com", "name": ""}))
+    return parts.subject, parts.text, parts.html
+
+
+def django_mailer(tmp: Path, n: int) -> None:
+    """django-mailer 2.x, the usual Django answer to "no mail in the request": rows in the
+    application's database, sent by `manage.py send_mail` (one process, one connection)."""
+    sink = SmtpSink(expect=n)
+    code = _DJANGO_MAILER.format(root=str(ROOT), db=str(tmp / "django.sqlite3"), port=sink.port, n=n)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"django-mailer scenario failed:\n{out.stderr[-3000:]}")
+    sink.wait(timeout=60)
+    seconds = float(out.stdout.split()[-1])
+    emit("django-mailer", messages=n, processes=1, seconds=round(seconds, 2), messages_per_s=round(n / seconds))
+
+
 def raw_limit(tmp: Path, n: int, w: int) -> None:
     sink = SmtpSink()
     started = time.perf_counter()
@@ -349,7 +400,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="loops per worker process in the relay scenario")
-    parser.add_argument("--only", default="relay,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,"
+    parser.add_argument("--only", default="relay,django-mailer,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,"
                                            "mailout-memory,mx-one-domain,relay-aiosmtpd")
     args = parser.parse_args()
     s, w = args.scale, args.workers
@@ -364,6 +415,7 @@ def main() -> int:
         "urgent-under-load": lambda t: urgent_under_load(t, n(100_000, 2000), 50 if s >= 0.5 else 10, w),
         "fanout": lambda t: fanout(t, n(100_000, 500), w),
         "raw-limit": lambda t: raw_limit(t, n(20_000), w),
+        "django-mailer": lambda t: django_mailer(t, n(4_000)),
         "mx-one-domain": lambda t: mx_rate(t, n(2_000, 100), w, 50.0),
         "mailout-memory": lambda t: mailout_memory(t, n(1_000_000, 10_000)),
     }
@@ -375,6 +427,9 @@ def main() -> int:
             while _started:
                 _started.pop().stop()
             shutil.rmtree(tmp, ignore_errors=True)
+    if "relay" in _figures and "django-mailer" in _figures:  # the ratio the issue asks for, one run
+        emit("relay-vs-django-mailer", ratio=round(_figures["relay"]["messages_per_s"]
+                                                   / _figures["django-mailer"]["messages_per_s"], 1))
     return 0
 
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+from datetime import datetime, timezone
+from typing import Any, Iterable, TextIO
 
 import structlog
 
+_json_out: TextIO | None = None  # where configure() sends JSON lines; None: through structlog
+
 
 def configure(fmt: str = "json", level: int = logging.INFO) -> None:
+    global _json_out
+    _json_out = sys.stdout if fmt == "json" and level <= logging.INFO else None
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -45,3 +52,21 @@ def mask_text(text: str) -> str:
 
 def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger("beanmail").bind(**bound)
+
+
+def events(name: str, entries: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    """Several events of one name (a batch's ``job`` lines), ``(level, fields)`` each. In the JSON
+    format they are written here in one write, line for line what configure's processors would
+    write (the fields, then event, level and timestamp); otherwise through structlog."""
+    out = _json_out
+    if out is None:
+        log = get_logger()
+        for level, fields in entries:
+            getattr(log, level)(name, **fields)
+        return
+    stamp = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    lines = [json.dumps({**fields, "event": name, "level": level, "timestamp": stamp}, default=repr)
+             for level, fields in entries]
+    if lines:
+        out.write("\n".join(lines) + "\n")
+        out.flush()

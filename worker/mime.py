@@ -75,6 +75,8 @@ def header(name: str, value: str, width: int = 78, *, address: bool = False) -> 
     fold at their own spaces); an ``address`` header comes already encoded by format_address.
     Long unbreakable ASCII tokens such as unsubscribe URLs stay intact."""
     check_header_value(name, value)
+    if len(name) + len(value) + 2 <= width and value.isascii() and "=?" not in value:
+        return f"{name}: {value}"  # the common case: one short plain line
     if not address and (not value.isascii() or "=?" in value):  # text that merely looks encoded must be, too
         value = encode_words(value)
     lines: list[str] = []

@@ -9,13 +9,13 @@ import math
 import re
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from producer import envelope as env
 from producer.envelope import PRIORITIES, Envelope
 from producer.unsubscribe import list_unsubscribe_headers
 
-from . import mime
+from . import logs, mime
 from .entities import Registry
 from .job import Reserved
 from .logs import get_logger, mask, mask_text
@@ -122,9 +122,20 @@ class Pipeline:
         return self.end(batch)
 
     def begin(self, jobs: Sequence[Reserved]) -> list[Delivery]:
-        """Check, claim (one transaction) and build a batch of reserved jobs."""
-        batch = [self.check(Delivery(j.body, lambda j=j: j.attempt, j.touch, job=j, started=time.monotonic()))
+        """Check (the batch's suppressions and preferences read in one query each), claim (one
+        transaction) and build a batch of reserved jobs."""
+        batch = [self.decode(Delivery(j.body, lambda j=j: j.attempt, j.touch, job=j, started=time.monotonic()))
                  for j in jobs]
+        addresses = [r.address for d in batch if d.error is None and d.envelope is not None for r in d.envelope.to]
+        try:
+            suppressed = self.store.suppressed_many(addresses)
+            prefs = self.digests.records.preferences_many(addresses)
+        except StoreUnavailable as exc:
+            for d in batch:
+                d.error = d.error or exc
+            suppressed, prefs = {}, {}
+        for d in batch:
+            self.check(d, suppressed, prefs)
         self.claim(batch)
         for d in batch:
             if d.error is None and d.claimed:
@@ -134,11 +145,11 @@ class Pipeline:
     def end(self, batch: Sequence[Delivery]) -> list[Disposition]:
         """Record a batch's outcomes (one transaction), log and count each; their dispositions."""
         results = self.conclude(batch)
-        for d, result in zip(batch, results):
-            self._report(d, result)
+        logs.events("job", [self._report(d, result) for d, result in zip(batch, results)])
         return [r.disposition for r in results]
 
-    def _report(self, d: Delivery, result: Result) -> None:
+    def _report(self, d: Delivery, result: Result) -> tuple[str, dict[str, object]]:
+        """Count a job's outcome for the console; its log line's level and fields."""
         job = d.job
         assert job is not None
         disp = result.disposition
@@ -147,12 +158,12 @@ class Pipeline:
             tube, attempt = PRIORITIES[result.envelope.priority][0], result.attempt
         else:
             tube, attempt = job.tube, job.attempt  # the loop needs the stats now anyway
-        log_result(result, job_id=job.id, tube=tube, attempt=attempt, started=d.started,
-                   mask_addresses=self.settings.mask_addresses)
         envelope = result.envelope
         created = envelope.created_at if envelope is not None else 0
         domain = envelope.to[0].address.rpartition("@")[2].lower() if envelope is not None and envelope.to else None
         self.tally.record(tube, disp.outcome, time.time() - created if created and disp.outcome == "sent" else None, domain)
+        return job_event(result, job_id=job.id, tube=tube, attempt=attempt, started=d.started,
+                         mask_addresses=self.settings.mask_addresses)
 
     def reload(self) -> None:
         self.renderer = Renderer(self.settings.templates)
@@ -163,7 +174,7 @@ class Pipeline:
 
     def run(self, body: bytes, attempt: int | Callable[[], int], touch: Callable[[], object] = lambda: None) -> Result:
         """One job body through every step (what ``handle_batch`` does for a batch)."""
-        d = self.check(Delivery(body, attempt, touch))
+        d = self.check(self.decode(Delivery(body, attempt, touch)))
         self.claim([d])
         if d.error is None and d.claimed:
             self.build(d)
@@ -172,16 +183,27 @@ class Pipeline:
         return self.conclude([d])[0]
 
     # -- the steps ------------------------------------------------------------------------------
-    def check(self, d: Delivery) -> Delivery:
-        """Decode and check: everything that needs no claim."""
+    def decode(self, d: Delivery) -> Delivery:
+        """The envelope, dereferenced and checked on its own."""
         try:
             envelope = d.envelope = self._decode(d.body)
             if envelope.kind == "ref":
                 d.ref = envelope.ref
                 envelope = d.envelope = self._dereference(envelope)
-            envelope = d.envelope = check_envelope(envelope)
-            envelope = d.envelope = self._check_suppression(envelope)
-            self.digests.divert(envelope)  # into a digest (Skipped) or held for quiet hours (Deferred)
+            d.envelope = check_envelope(envelope)
+        except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
+            d.error = exc
+        return d
+
+    def check(self, d: Delivery, suppressed: Mapping[str, tuple[str, str]] | None = None,
+              prefs: Mapping[str, Any] | None = None) -> Delivery:
+        """Everything else that needs no claim; ``suppressed`` and ``prefs`` are the batch's,
+        read in one query each (looked up one by one without them)."""
+        if d.error is not None or d.envelope is None:
+            return d
+        try:
+            envelope = d.envelope = self._check_suppression(d.envelope, suppressed)
+            self.digests.divert(envelope, prefs=prefs)  # into a digest (Skipped) or held for quiet hours (Deferred)
             self._check_rate(envelope)
             self.outbound.hold(envelope)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
@@ -332,11 +354,12 @@ class Pipeline:
     def _recipient(envelope: Envelope) -> str:
         return ",".join(r.address.lower() for r in envelope.to)
 
-    def _check_suppression(self, envelope: Envelope) -> Envelope:
+    def _check_suppression(self, envelope: Envelope, suppressed: Mapping[str, tuple[str, str]] | None = None) -> Envelope:
         """The envelope without its suppressed recipients; Skipped when none is left."""
         kept, reasons = [], []
         for recipient in envelope.to:
-            entry = self.store.suppressed(recipient.address)
+            entry = (suppressed.get(recipient.address.lower()) if suppressed is not None
+                     else self.store.suppressed(recipient.address))
             # transactional urgent mail (a password reset) may reach someone who unsubscribed
             # from notifications, never an address that hard-bounced
             if entry is None or (entry[0] in ("unsubscribe", "complaint") and envelope.priority == "urgent"):
@@ -415,6 +438,13 @@ def complete_raw(message: bytes, domain: str) -> bytes:
 
 def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started: float,
                mask_addresses: bool = True) -> None:
+    logs.events("job", [job_event(result, job_id=job_id, tube=tube, attempt=attempt, started=started,
+                                  mask_addresses=mask_addresses)])
+
+
+def job_event(result: Result, *, job_id: int, tube: str, attempt: int, started: float,
+              mask_addresses: bool = True) -> tuple[str, dict[str, object]]:
+    """A job's log line: its level and fields."""
     envelope = result.envelope
     d = result.disposition
     fields: dict[str, object] = {
@@ -435,11 +465,10 @@ def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started:
         fields["delay"] = d.delay
     if result.reply:
         fields["reply"] = shown(result.reply)
-    log = get_logger()
     level = "info" if d.outcome in (Fate.SENT, Fate.SKIPPED) else "warning"
     if d.outcome in (Fate.POISON, Fate.EXHAUSTED):
         level = "error"
-    getattr(log, level)("job", **fields)
+    return level, fields
 
 
 __all__ = ["Delivery", "Outcome", "Pipeline", "Result", "log_result", "make_transport"]

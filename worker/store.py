@@ -246,6 +246,12 @@ _JOURNALED = "recorded from the journal of a worker that died before its store w
 _FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
 
 
+def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    """``values`` in slices small enough for any database's limit on query parameters."""
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
+
+
 def _safe_location(location: str) -> str:
     """A DSN without its password, for logs."""
     parts = urlsplit(location)
@@ -302,6 +308,7 @@ class _Sqlite:
         self.path = path
         self.timeout = timeout
         self._identity: tuple[int, int] | None = None
+        self._checked = 0.0
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -332,6 +339,10 @@ class _Sqlite:
         connection changed (the schema must be checked again)."""
         if self._identity is None:
             return False
+        now = time.monotonic()
+        if now - self._checked < 0.2:  # a stat per statement would cost more than the statement
+            return False                # (what is written meanwhile is in the handle a restore copies)
+        self._checked = now
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -740,6 +751,15 @@ class Store:
     def suppressed(self, address: str) -> tuple[str, str] | None:
         row = self._one("SELECT source, reason FROM suppression WHERE address = ?", (address.lower(),))
         return (row[0], row[1]) if row else None
+
+    def suppressed_many(self, addresses: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """``suppressed`` for a batch's recipients in one query, by lower-cased address."""
+        found = {}
+        for part in chunks(sorted({a.lower() for a in addresses})):
+            for row in self._all(f"SELECT address, source, reason FROM suppression WHERE address IN"
+                                 f" ({', '.join('?' * len(part))})", part):
+                found[row[0]] = (row[1], row[2])
+        return found
 
     def suppress(self, address: str, reason: str, source: str) -> None:
         self._run(

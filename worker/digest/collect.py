@@ -24,7 +24,7 @@ from ..render import Rendered, Renderer, render_parts
 from ..settings import Settings
 from ..store import Store
 from .periods import Schedule, local_text, period_end, quiet_left, utc_label
-from .records import DigestRecords
+from .records import DigestRecords, Preferences
 
 DEFAULT_GROUP = "_digest"  # the template of a digest across templates, and the fallback's folder
 # What a template without digest files (and a templates folder without _digest/) renders with;
@@ -64,14 +64,17 @@ class Digests:
         self._env: SandboxedEnvironment | None = None
 
     # -- divert ---------------------------------------------------------------------------------
-    def divert(self, envelope: Envelope, now: float | None = None) -> None:
+    def divert(self, envelope: Envelope, now: float | None = None,
+               prefs: Mapping[str, Preferences] | None = None) -> None:
         """Returns when the mail goes now; raises Skipped when it was collected into a digest
         (or the recipient turned notifications off), Deferred with a delay of its own (no retry
-        spent) while the recipient's quiet hours last."""
+        spent) while the recipient's quiet hours last. ``prefs``: the batch's preferences, read
+        in one query (``DigestRecords.preferences_many``); looked up here without them."""
         if envelope.kind != "mail" or envelope.priority == "urgent":
             return
         now = time.time() if now is None else now
-        pref = self.records.preferences(envelope.recipient.address)
+        address = envelope.recipient.address
+        pref = prefs.get(address.lower()) if prefs is not None else self.records.preferences(address)
         tz = zone((pref.timezone if pref else "") or self.schedule.timezone)
         mode = (pref.mode if pref else "") or envelope.digest or "immediate"
         if mode == "off":  # a digest collected before they turned it off too

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from producer.prefs import Preferences
 
 from ..outcomes import Skipped
-from ..store import FINAL, Store, _Postgres
+from ..store import FINAL, Store, _Postgres, chunks
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,15 @@ class DigestRecords:
         row = self.store._one("SELECT address, mode, timezone, quiet_start, quiet_end FROM digest_prefs"
                               " WHERE address = ?", (address.lower(),))
         return Preferences(*row) if row else None
+
+    def preferences_many(self, addresses: Sequence[str]) -> dict[str, Preferences]:
+        """``preferences`` of a batch's recipients in one query, by lower-cased address."""
+        found = {}
+        for part in chunks(sorted({a.lower() for a in addresses})):
+            for row in self.store._all("SELECT address, mode, timezone, quiet_start, quiet_end FROM digest_prefs"
+                                       f" WHERE address IN ({', '.join('?' * len(part))})", part):
+                found[row[0]] = Preferences(*row)
+        return found
 
     def set_preferences(self, p: Preferences) -> None:
         self.store._run(
