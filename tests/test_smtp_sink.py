@@ -80,3 +80,39 @@ def test_a_connection_dropped_mid_transaction_is_reopened_for_the_next_job(setti
     notifier.notify("welcome", "b@example.com", {"name": "x"}, key="fine")
     run_burst(settings.replace(smtp_url=good.url))
     assert Store(settings.store).deliveries(key="fine")[0].outcome == "sent"
+
+
+def test_a_batch_goes_in_one_session_each_content_with_the_next_envelope(settings: Settings, notifier: Notifier,
+                                                                         sink_factory) -> None:
+    """Six jobs reserved as one batch: one session, each message's content, end and the next
+    envelope in one write; every message arrives whole and once."""
+    sink = sink_factory()
+    for i in range(6):
+        notifier.notify("welcome", f"user{i}@example.com", {"name": f"n{i}", "url": ".dot"}, key=f"b{i}")
+    run_burst(settings.replace(smtp_url=sink.url, batch=6))
+    dumps = [message_from_bytes(d, policy=policy.default) for d in sink.messages()]
+    assert sorted(str(m["To"]) for m in dumps) == [f"user{i}@example.com" for i in range(6)]
+    assert all(f"Hello n{str(m['To'])[4]}," in m.get_body(("plain",)).get_content() for m in dumps)
+    assert Store(settings.store).outcome_counts() == {"sent": 6}
+
+
+@pytest.mark.parametrize("options, outcome, reply", [
+    # smtp-sink's -f and -r turn PIPELINING off: one message at a time, each refusal its own
+    (("-f", "rcpt", "-B", "550 5.1.1 No such user"), "bounced", "550 5.1.1"),
+    (("-r", "."), "deferred", "450 4.3.0"),
+    # pipelined: dropped at DATA or at RCPT, the rest go on fresh connections
+    (("-Q", "data"), "deferred", "421 4.0.0"),
+    (("-Q", "rcpt"), "deferred", ""),
+    # pipelined: no reply to the end of data (the next envelope already sent): in doubt, each
+    (("-q", "."), "in_doubt", ""),
+])
+def test_every_message_of_a_pipelined_batch_gets_its_own_outcome(settings: Settings, notifier: Notifier, sink_factory,
+                                                                 options: tuple[str, ...], outcome: str,
+                                                                 reply: str) -> None:
+    sink = sink_factory(*options)
+    for i in range(3):
+        notifier.notify("welcome", f"zoe{i}@example.com", {"name": "x"}, key=f"k{i}")
+    run_burst(settings.replace(smtp_url=sink.url, batch=3, max_attempts=5))
+    store = Store(settings.store)
+    rows = [store.deliveries(key=f"k{i}")[0] for i in range(3)]
+    assert [(r.outcome, r.reply[:len(reply)]) for r in rows] == [(outcome, reply)] * 3

@@ -48,6 +48,8 @@ def sender_address(from_addr: str) -> Sender:
 
 def encode_words(text: str) -> str:
     """RFC 2047 B encoded-words of at most 75 characters, never splitting a UTF-8 character."""
+    if len(text.encode()) <= 45:  # one word: the common short subject or name
+        return f"=?utf-8?b?{base64.b64encode(text.encode()).decode('ascii')}?="
     words: list[str] = []
     chunk = ""
     for ch in text:

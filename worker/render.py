@@ -63,14 +63,20 @@ class Renderer:
         return render_parts(name, *self._templates(name), context)
 
 
+def _render(template: jinja2.Template, shared: dict[str, Any]) -> str:
+    return template.environment.concat(template.root_render_func(template.new_context(shared, shared=True)))  # type: ignore[attr-defined]
+
+
 def render_parts(what: str, subject_t: jinja2.Template, text_t: jinja2.Template, html_t: jinja2.Template | None,
                  context: Mapping[str, Any]) -> Rendered:
     """The three parts of a message (a notification's, a digest's), every template failure
     poison naming ``what``."""
     try:
-        subject = subject_t.render(context).strip()
-        text = text_t.render(context)
-        html = html_t.render(context) if html_t is not None else None
+        # one context for the three templates (Template.render would copy it for each)
+        shared = {**subject_t.globals, **context}
+        subject = _render(subject_t, shared).strip()
+        text = _render(text_t, shared)
+        html = _render(html_t, shared) if html_t is not None else None
     except jinja2.UndefinedError as exc:
         raise Poison(f"render {what}: {exc.message}") from None
     except jinja2.exceptions.SecurityError as exc:
