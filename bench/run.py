@@ -194,6 +194,40 @@ def relay_aiosmtpd(tmp: Path, n: int) -> None:
     b.stop()
 
 
+def deleted(url: str) -> int:
+    with connect(url, encoding=None) as c:
+        return int(c.stats()["cmd-delete"])
+
+
+def rss_over_a_run(tmp: Path, n: int, w: int) -> None:
+    """Worker memory while n messages go through (1,000,000 at full size): producers keep the
+    queue fed while the workers drain it; RSS sampled every 5% of the run."""
+    b = stack(tmp)
+    notifier = Notifier(b.url)
+    sink = SmtpSink(expect=n)
+    workers = Workers(tmp, b.url, sink.port, w)
+    samples: list[tuple[int, float]] = []
+    step = max(1, n // 20)
+    started = time.perf_counter()
+    for i in range(n):
+        notifier.notify("bench", f"user{i}@example.com", CONTEXT, priority="bulk")
+        if i % step == step - 1:
+            samples.append((deleted(b.url), workers.usage()[0]))
+    while sink.proc.poll() is None:
+        samples.append((deleted(b.url), workers.usage()[0]))
+        time.sleep(5)
+    sink.wait(timeout=3600)
+    seconds = time.perf_counter() - started
+    samples.append((n, workers.usage()[0]))
+    workers.stop()
+    warm = [rss for done, rss in samples if done >= n // 10] or [samples[-1][1]]
+    emit("rss-over-a-run", messages=n, workers=w, seconds=round(seconds, 1),
+         rss_mb_start=round(max(workers.rss_start), 1), rss_mb_after_10pct=round(warm[0], 1),
+         rss_mb_end=round(samples[-1][1], 1), rss_mb_growth_after_10pct=round(max(warm) - min(warm), 1),
+         samples=[(done, round(rss, 1)) for done, rss in samples])
+    b.stop()
+
+
 def enqueue(tmp: Path, n: int) -> None:
     b = stack(tmp)
     notifier = Notifier(b.url)
@@ -416,6 +450,7 @@ def main() -> int:
         "fanout": lambda t: fanout(t, n(100_000, 500), w),
         "raw-limit": lambda t: raw_limit(t, n(20_000), w),
         "django-mailer": lambda t: django_mailer(t, n(4_000)),
+        "rss-over-a-run": lambda t: rss_over_a_run(t, n(1_000_000, 5_000), w),
         "mx-one-domain": lambda t: mx_rate(t, n(2_000, 100), w, 50.0),
         "mailout-memory": lambda t: mailout_memory(t, n(1_000_000, 10_000)),
     }
