@@ -15,7 +15,7 @@ from worker.loop import Worker
 from worker.settings import Settings
 from worker.store import Store
 
-from .conftest import run_burst, running_worker
+from .conftest import ROOT, run_burst, running_worker
 from .servers import SmtpServer, wait_until
 
 
@@ -110,3 +110,16 @@ def test_a_kept_session_the_server_closed_is_reopened(settings: Settings, smtp: 
             restarted.stop()
     assert Store(settings.store).deliveries(key="second")[0].outcome == "sent"
     assert [str(m.rcpt_tos[0]) for m in restarted.messages] == ["second@example.com"]
+
+
+def test_concurrency_and_its_older_name_threads() -> None:
+    from worker import settings as settings_mod
+
+    base = {"BEANMAIL_TEMPLATES": str(ROOT / "templates")}
+    assert settings_mod.load({**base, "BEANMAIL_CONCURRENCY": "250"}).in_flight == 250
+    assert settings_mod.load({**base, "BEANMAIL_THREADS": "8"}).in_flight == 8  # still read
+    assert settings_mod.load(base).in_flight == 1 and settings_mod.load(base).batch == 16
+    with pytest.raises(settings_mod.SettingsError, match="disagree: set one"):
+        settings_mod.load({**base, "BEANMAIL_CONCURRENCY": "250", "BEANMAIL_THREADS": "8"})
+    with pytest.raises(settings_mod.SettingsError, match="BEANMAIL_BATCH"):
+        settings_mod.load({**base, "BEANMAIL_BATCH": "0"})

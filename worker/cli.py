@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="reserve and deliver mail jobs")
     w.add_argument("--tubes", help="comma-separated tubes to watch (default: mail.urgent,mail.normal,mail.bulk)")
     w.add_argument("--burst", action="store_true", help="exit 0 once no job is ready in the watched tubes")
-    w.add_argument("--threads", type=int, help="loops in this process (default: $BEANMAIL_THREADS or 1)")
+    w.add_argument("--concurrency", "--threads", dest="concurrency", type=int, metavar="N",
+                   help="deliveries in flight in this process (default: $BEANMAIL_CONCURRENCY or 1;"
+                        " --threads is its older name)")
 
     f = sub.add_parser("fanout", help="expand mailout chunks into one mail.bulk job per recipient")
     f.add_argument("--burst", action="store_true", help="exit 0 once no chunk is ready")
@@ -146,8 +148,8 @@ def _main(argv: Sequence[str] | None) -> int:
             settings = settings.replace(beanstalk_url=args.server)
         if getattr(args, "spool", None):
             settings = settings.replace(spool=args.spool)
-        if getattr(args, "threads", None):
-            settings = settings_mod.validate(settings.replace(threads=args.threads))
+        if getattr(args, "concurrency", None):  # the command line wins over either variable
+            settings = settings_mod.validate(settings.replace(concurrency=args.concurrency, threads=1))
         if getattr(args, "listen", None):
             settings = settings.replace(web_listen=args.listen)
         if getattr(args, "tubes", None):
