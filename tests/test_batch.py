@@ -20,8 +20,8 @@ from worker.outcomes import Skipped
 from worker.settings import Settings
 from worker.store import Store
 
-from .conftest import ROOT, run_burst
-from .servers import Beanstalkd, SmtpServer
+from .conftest import ROOT, run_burst, running_worker
+from .servers import Beanstalkd, SmtpServer, wait_until
 
 
 def test_one_write_deletes_and_reserves_a_batch_the_first_waiting(beanstalkd: Beanstalkd) -> None:
@@ -106,3 +106,19 @@ def test_a_starting_worker_records_what_a_killed_one_sent(store_location: str) -
     assert store.journal.others() == []  # the dead worker's journal is gone once recorded
     assert store.recover_journals() == 0
     assert not os.path.exists(str(store.journal.dir / "nothing"))
+
+
+def test_a_slow_relay_gets_small_batches_so_urgent_mail_waits_little(settings: Settings, smtp: SmtpServer) -> None:
+    """0.1 s a message: after the first batch the worker takes one job at a time (a batch holds
+    about 50 ms of sending), so an urgent mail queued behind the bulk goes next but one."""
+    smtp.handler.data_delay = 0.1
+    notifier = Notifier(settings.beanstalk_url)
+    for i in range(40):
+        notifier.notify("welcome", f"bulk{i}@example.com", {"name": "b"}, priority="bulk")
+    with running_worker(settings):
+        wait_until(lambda: len(smtp.messages) >= settings.batch + 2, 30, "the first batch to go")
+        before = len(smtp.messages)
+        notifier.notify("welcome", "urgent@example.com", {"name": "u"}, priority="urgent")
+        wait_until(lambda: "urgent@example.com" in [m.rcpt_tos[0] for m in list(smtp.messages)], 30, "the urgent mail")
+        position = [m.rcpt_tos[0] for m in smtp.messages].index("urgent@example.com") - before + 1
+    assert position <= 2, position

@@ -24,6 +24,7 @@ from .settings import Settings
 from .store import Store, StoreUnavailable
 
 EX_OK, EX_UNAVAILABLE, EX_CONFIG = 0, 69, 78
+BATCH_SECONDS = 0.05  # a batch holds about this much sending at most (see Worker._batch_size)
 
 
 class _Interrupted(Exception):
@@ -45,6 +46,7 @@ class Worker:
         self.stopping = False
         self._pending_deletes: list[int] = []
         self.batch = max(1, settings.batch)  # jobs reserved in one round trip
+        self._per_job = 0.0  # seconds a job of the last batches took, smoothed
         self._idle = False
         self._reload = False
         self.processed = 0
@@ -136,7 +138,7 @@ class Worker:
                 if room > 0:
                     try:
                         jobs = self._reserve(0 if burst or waiting else self.settings.reserve_timeout,
-                                             min(room, self.batch))
+                                             self._batch_size(room))
                     except _Interrupted:
                         break
                     except CONNECTION_ERRORS as exc:
@@ -181,6 +183,14 @@ class Worker:
         finally:
             self._idle = False
 
+    def _batch_size(self, room: int) -> int:
+        """Up to BEANMAIL_BATCH jobs, and no more than about BATCH_SECONDS of sending: an urgent
+        job queued meanwhile waits for the batch in hand, so a slow relay gets small batches."""
+        n = min(room, self.batch)
+        if self._per_job > 0 and not hasattr(self.stage, "in_flight"):
+            n = min(n, max(1, int(BATCH_SECONDS / self._per_job)))
+        return n
+
     def _flush_deletes(self) -> None:
         deletes, self._pending_deletes = self._pending_deletes, []
         try:
@@ -194,8 +204,11 @@ class Worker:
         assert client is not None
         batch = [Reserved(client, job, self.settings.max_attempts) for job in jobs]
         self.current = batch[0].id
+        started = time.monotonic()
         try:
             done = self._handle(batch)
+            per_job = (time.monotonic() - started) / len(batch)
+            self._per_job = per_job if not self._per_job else 0.7 * self._per_job + 0.3 * per_job
         except CONNECTION_ERRORS as exc:
             # beanstalkd puts the jobs back when our connection closes; the store's claims keep
             # them from being sent twice
