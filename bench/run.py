@@ -435,6 +435,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="loops per worker process in the relay scenario")
     parser.add_argument("--only", default="relay,django-mailer,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,"
+                                           "rss-over-a-run,"
                                            "mailout-memory,mx-one-domain,relay-aiosmtpd")
     args = parser.parse_args()
     s, w = args.scale, args.workers
