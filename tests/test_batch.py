@@ -122,3 +122,28 @@ def test_a_slow_relay_gets_small_batches_so_urgent_mail_waits_little(settings: S
         wait_until(lambda: "urgent@example.com" in [m.rcpt_tos[0] for m in list(smtp.messages)], 30, "the urgent mail")
         position = [m.rcpt_tos[0] for m in smtp.messages].index("urgent@example.com") - before + 1
     assert position <= 2, position
+
+
+def test_a_send_whose_record_failed_is_not_sent_again_by_the_same_worker(settings: Settings, smtp: SmtpServer) -> None:
+    """The store fails the batch's record (an outage, injected here), beanstalkd gives the job
+    back: the same worker finds the key in its own journal, records it sent, sends nothing."""
+    from producer import envelope as env
+    from worker.pipeline import Pipeline
+    from worker.store import StoreUnavailable
+
+    store = Store(settings.store)
+    pipeline = Pipeline(settings, store)
+    body = env.encode(env.Envelope(kind="mail", id="rec:1", to=(env.Recipient("a@example.com"),),
+                                   template="welcome", context={"name": "x"}))
+    recorded = store.finish_many
+
+    def outage(rows: object) -> None:
+        raise StoreUnavailable("store unavailable: disk I/O error")
+    store.finish_many = outage  # type: ignore[method-assign]
+    assert pipeline.run(body, 1).disposition.outcome == "sent"
+    assert store.journal.pending == {"rec:1"}
+    store.finish_many = recorded  # type: ignore[method-assign]
+    again = pipeline.run(body, 1)
+    assert again.disposition.outcome == "skipped" and "already sent by this worker" in again.disposition.reason
+    assert len(smtp.messages) == 1
+    assert store.deliveries(key="rec:1")[0].outcome == "sent" and store.journal.pending == set()

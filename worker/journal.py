@@ -18,6 +18,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 from urllib.parse import quote, unquote
 
 from .logs import get_logger
@@ -39,9 +40,15 @@ class Journal:
         self._fd: int | None = None
         self._dirty = False
         self._failed = False
+        self._pending: set[str] = set()
 
     def _path(self, holder: str) -> Path:
         return self.dir / quote(holder, safe="")
+
+    @property
+    def pending(self) -> set[str]:
+        """Keys this process sent whose outcome the store has not committed yet."""
+        return self._pending
 
     def sent(self, key: str) -> None:
         """Called after the final 250. A journal that cannot be written (a full disk) costs only
@@ -50,6 +57,7 @@ class Journal:
             if self._fd is None:
                 self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._fd = os.open(self._path(self.holder), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+            self._pending.add(key)
             os.write(self._fd, quote(key, safe="").encode("ascii") + b"\n")
             self._dirty = True
         except OSError as exc:
@@ -58,12 +66,16 @@ class Journal:
                 get_logger().warning("journal not written: a worker killed now may send its batch again",
                                      journal=str(self.dir), error=str(exc))
 
-    def recorded(self) -> None:
-        """The store committed every outcome the journal holds."""
+    def recorded(self, keys: Iterable[str]) -> None:
+        """The store committed these keys' outcomes: they leave the journal (the file is emptied,
+        or rewritten with what is still unrecorded after a failed commit)."""
+        self._pending.difference_update(keys)
         if self._dirty and self._fd is not None:
             try:
                 os.ftruncate(self._fd, 0)
-                self._dirty = False
+                if self._pending:
+                    os.write(self._fd, b"".join(quote(k, safe="").encode("ascii") + b"\n" for k in self._pending))
+                self._dirty = bool(self._pending)
             except OSError:
                 pass
 

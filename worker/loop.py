@@ -87,7 +87,10 @@ class Worker:
                     return None
                 self.log.warning("beanstalkd unreachable, retrying", beanstalk=self.url,
                                  error=str(exc), retry_in=round(delay, 2))
-                self._sleep(delay)
+                if self.in_flight:
+                    self._sleep_collecting(delay)
+                else:
+                    self._sleep(delay)
                 delay = min(delay * 2, 10.0) * random.uniform(0.8, 1.2)
         return None
 
@@ -248,9 +251,14 @@ class Worker:
     def _collect(self, wait: float) -> None:
         try:
             self._dispose(self.stage.collect(wait))  # type: ignore[attr-defined]
-        except CONNECTION_ERRORS as exc:
-            self.log.warning("beanstalkd connection lost", error=str(exc))
-            self._drop()
+        except Exception as exc:  # noqa: BLE001 - the sends in flight go on; what ended is retried
+            self.log.exception("collecting the sends in flight failed", error=repr(exc))
+
+    def _sleep_collecting(self, seconds: float) -> None:
+        """Wait, and meanwhile keep the sends in flight collected, journaled and their claims renewed."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            self._collect(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _dispose(self, done: list[tuple[Reserved, Disposition]]) -> None:
         for reserved, d in done:

@@ -78,6 +78,7 @@ class Delivery:
     message: bytes = b""
     job: Reserved | None = None
     started: float = 0.0
+    already_sent: bool = False  # this process sent it before and could not record it then
 
     @property
     def ready(self) -> bool:
@@ -165,7 +166,14 @@ class Pipeline:
     def end(self, batch: Sequence[Delivery]) -> list[Disposition]:
         """Record a batch's outcomes (one transaction), log and count each; their dispositions."""
         results = self.conclude(batch)
-        logs.events("job", [self._report(d, result) for d, result in zip(batch, results)])
+        lines = []
+        for d, result in zip(batch, results):
+            try:
+                lines.append(self._report(d, result))
+            except Exception as exc:  # noqa: BLE001 - beanstalkd gone for the job's stats: log what is known
+                lines.append(("warning", {"job": d.job.id if d.job else None, "outcome": result.disposition.outcome,
+                                          "action": result.disposition.action, "stats": f"unavailable: {exc}"}))
+        logs.events("job", lines)
         return [r.disposition for r in results]
 
     def _report(self, d: Delivery, result: Result) -> tuple[str, dict[str, object]]:
@@ -240,6 +248,10 @@ class Pipeline:
                 d.claiming = True  # its row is the first copy's to write
                 d.error = Deferred("duplicate: key in hand in this worker", delay=1)
                 continue
+            if d.envelope.id in self.store.journal.pending:  # sent by us; its record failed (an outage)
+                d.claiming = d.claimed = d.already_sent = True
+                d.error = Skipped("duplicate: key already sent by this worker (recorded now)")
+                continue
             self._holding.add(d.envelope.id)
             todo.append(d)
         if not todo:
@@ -294,13 +306,14 @@ class Pipeline:
             if d.reply == "" and error is not None:
                 d.reply = getattr(error, "reply", "")
             envelope = d.envelope
-            attempt = self._attempt(envelope.id, d.attempt) if envelope is not None else d.attempt
+            attempt = self._attempt(envelope.id if envelope is not None else "", d.attempt)
             result = disposition(error, attempt, self.backoff)
             if envelope is not None and (d.claimed or not d.claiming):
                 # before the claim nothing may overwrite another delivery's row of the same key
                 hold = self.backoff.in_doubt_delay if result.outcome is Fate.IN_DOUBT else 0.0
                 finishes.append(Finish(envelope.id, self._recipient(envelope), envelope.template,
-                                       result.outcome, result.reason, d.reply, d.claimed, hold, result.free))
+                                       Fate.SENT if d.already_sent else result.outcome, result.reason, d.reply,
+                                       d.claimed, hold, result.free))
             results.append(Result(result, envelope, d.reply, d.claims))
             if d.claimed and envelope is not None:
                 self._holding.discard(envelope.id)
@@ -348,10 +361,18 @@ class Pipeline:
 
     def _attempt(self, key: str, attempt: int | Callable[[], int]) -> int | Callable[[], int]:
         """beanstalkd counts every release; those that named their own delay (a rate-limit slot,
-        a claim held elsewhere) were no failure and are given back."""
+        a claim held elsewhere) were no failure and are given back. When beanstalkd or the store
+        cannot say (gone meanwhile), the attempt counts as the first: a retry, never a burial,
+        and never a batch left half recorded."""
         if not callable(attempt):
             return attempt
-        return lambda: max(1, attempt() - self.store.free_releases(key))
+
+        def count() -> int:
+            try:
+                return max(1, attempt() - self.store.free_releases(key))
+            except Exception:  # noqa: BLE001 - OSError, NotFoundError, StoreUnavailable
+                return 1
+        return count
 
     def _keeper(self, keys: Sequence[str], touch: Callable[[], object]) -> Callable[[], None]:
         """What the transport calls through every long step: keeps beanstalkd's reservations and

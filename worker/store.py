@@ -621,13 +621,12 @@ class Store:
 
     def renew_many(self, keys: Sequence[str], lease: float) -> int:
         """``renew`` for several keys in one statement; how many claims were still ours."""
-        if not keys:
-            return 0
-        now = time.time()
-        marks = ", ".join("?" * len(keys))
-        return self._run(f"UPDATE deliveries SET claim_expires = ?, updated_at = ?"
-                         f" WHERE key IN ({marks}) AND outcome = 'claimed' AND claimed_by = ?",
-                         (now + lease, now, *keys, self.me))
+        now, renewed = time.time(), 0
+        for part in chunks(list(keys)):
+            renewed += self._run(f"UPDATE deliveries SET claim_expires = ?, updated_at = ?"
+                                 f" WHERE key IN ({', '.join('?' * len(part))}) AND outcome = 'claimed'"
+                                 f" AND claimed_by = ?", (now + lease, now, *part, self.me))
+        return renewed
 
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
                reply: str = "", *, overwrite_final: bool = True, hold: float = 0.0, free: bool = False) -> None:
@@ -650,7 +649,7 @@ class Store:
                     (f.key, f.recipient, f.template, f.outcome, f.reason, f.reply,
                      now + f.hold if f.hold else 0, int(f.free), now),
                 )
-        self.journal.recorded()
+        self.journal.recorded(f.key for f in rows)
 
     def recover_journals(self) -> int:
         """Record as sent what dead processes of this host sent and never recorded (their

@@ -137,6 +137,7 @@ class SmtpSession:
             return self._one_by_one(items, 0, touch, done)
         envelope_sent = False
         for i, (sender, recipients, message) in enumerate(items):
+            body_going = False
             try:
                 if not envelope_sent:
                     smtp.send(_envelope_lines(sender, recipients))
@@ -168,10 +169,15 @@ class SmtpSession:
                 if i + 1 < len(items):
                     out += _envelope_lines(*items[i + 1][:2]).encode()
                     envelope_sent = True
+                body_going = True
                 smtp.send(out)
-            except (smtplib.SMTPServerDisconnected, *NETWORK_ERRORS):
-                # nothing of this message went: it and the rest go on a fresh connection
+            except (smtplib.SMTPServerDisconnected, *NETWORK_ERRORS) as exc:
                 self.close()
+                if body_going:  # the content and its end may have left in part or in whole
+                    done(i, InDoubt(f"{self.target.host}:{self.target.port}: connection lost while sending "
+                                    f"the message ({_describe(exc)}); it may have been delivered"))
+                    return self._one_by_one(items, i + 1, touch, done)
+                # nothing of this message went: it and the rest go on a fresh connection
                 return self._one_by_one(items, i, touch, done)
             try:
                 final = self._final_reply(smtp, touch)
