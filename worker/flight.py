@@ -63,7 +63,7 @@ class Flight:
             pass
         for d in ended:
             del self._flying[id(d)]
-            self.pipeline.sent(d)
+            self.pipeline.sent(d, journal=False)
         self._keep()
         return self._end(ended)
 
@@ -90,6 +90,8 @@ class Flight:
     async def _send(self, d: Delivery) -> None:
         try:
             d.reply = str(await self.pool.send(d.sender, d.recipients, d.message))
+            if d.envelope is not None:  # journaled at the reply, not when the loop's thread collects it
+                self.pipeline.store.journal.sent(d.envelope.id)
         except Exception as exc:  # noqa: BLE001 - classified by the pipeline when recorded
             d.error = exc
         self._done.put(d)

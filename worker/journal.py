@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import quote, unquote
@@ -41,6 +42,7 @@ class Journal:
         self._dirty = False
         self._failed = False
         self._pending: set[str] = set()
+        self._lock = threading.Lock()
 
     def _path(self, holder: str) -> Path:
         return self.dir / quote(holder, safe="")
@@ -54,12 +56,14 @@ class Journal:
         """Called after the final 250. A journal that cannot be written (a full disk) costs only
         the protection it gives against a kill: logged once, never the delivery's outcome."""
         try:
-            if self._fd is None:
-                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._fd = os.open(self._path(self.holder), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
-            self._pending.add(key)
-            os.write(self._fd, quote(key, safe="").encode("ascii") + b"\n")
-            self._dirty = True
+            with self._lock:  # the event loop's thread writes here too (worker/flight.py)
+                if self._fd is None:
+                    self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    self._fd = os.open(self._path(self.holder), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC,
+                                       0o600)
+                self._pending.add(key)
+                os.write(self._fd, quote(key, safe="").encode("ascii") + b"\n")
+                self._dirty = True
         except OSError as exc:
             if not self._failed:
                 self._failed = True
@@ -69,15 +73,16 @@ class Journal:
     def recorded(self, keys: Iterable[str]) -> None:
         """The store committed these keys' outcomes: they leave the journal (the file is emptied,
         or rewritten with what is still unrecorded after a failed commit)."""
-        self._pending.difference_update(keys)
-        if self._dirty and self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-                if self._pending:
-                    os.write(self._fd, b"".join(quote(k, safe="").encode("ascii") + b"\n" for k in self._pending))
-                self._dirty = bool(self._pending)
-            except OSError:
-                pass
+        with self._lock:
+            self._pending.difference_update(keys)
+            if self._dirty and self._fd is not None:
+                try:
+                    os.ftruncate(self._fd, 0)
+                    if self._pending:
+                        os.write(self._fd, b"".join(quote(k, safe="").encode("ascii") + b"\n" for k in self._pending))
+                    self._dirty = bool(self._pending)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         if self._fd is not None:

@@ -290,11 +290,12 @@ class Pipeline:
             d.error = exc
         self.sent(d)
 
-    def sent(self, d: Delivery) -> None:
+    def sent(self, d: Delivery, journal: bool = True) -> None:
         """A send ended: a message the server took goes into the journal until its batch is
-        recorded (a kill before that does not send it again)."""
+        recorded (a kill before that does not send it again). ``journal=False``: the caller
+        journaled it already, at the reply."""
         d.message = b""  # sent or not, its bytes are not needed again
-        if d.error is None and d.envelope is not None:
+        if journal and d.error is None and d.envelope is not None:
             self.store.journal.sent(d.envelope.id)
 
     def conclude(self, batch: Sequence[Delivery]) -> list[Result]:
