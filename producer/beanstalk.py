@@ -1,6 +1,6 @@
 """The one adapter to beanstalkd beyond greenstalk's public API: sockets with timeouts and the
-pipelined commands greenstalk does not offer (a batch of puts, a delete riding with the next
-reserve). Only this module touches greenstalk's private names; ``tests/test_beanstalk.py`` checks
+pipelined commands greenstalk does not offer (a batch of puts, deletes riding with the next
+reservations). Only this module touches greenstalk's private names; ``tests/test_beanstalk.py`` checks
 them against the installed greenstalk, which setup.py pins below 3."""
 
 from __future__ import annotations
@@ -87,14 +87,6 @@ def put_batch(client: greenstalk.Client, jobs: Iterable[tuple[str, int, bytes]],
         if want == b"INSERTED":
             ids.append(int(words[1]))
     return ids, using
-
-
-def delete_and_reserve(client: greenstalk.Client, job_id: int, timeout: int) -> greenstalk.Job:
-    """``delete`` and ``reserve-with-timeout`` in one write, their replies read in order."""
-    jobs = reserve_batch(client, [job_id], timeout, 1)
-    if not jobs:
-        raise greenstalk.TimedOutError([])
-    return jobs[0]
 
 
 def reserve_batch(client: greenstalk.Client, deletes: Sequence[int], timeout: int,

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 from typing import Sequence
 
 from .job import Reserved
 from .outcomes import Disposition
 from .pipeline import Delivery, Pipeline
 from .settings import Settings
-from .store import Store, StoreUnavailable
+from .store import Store
 from .transports.aio import RelayPool
 
 
@@ -36,7 +35,9 @@ class Flight:
         self._thread.start()
         self._done: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self._flying: dict[int, Delivery] = {}
-        self._renewed = time.monotonic()
+        # every job in flight stays reserved and its claim renewed, however long its server takes
+        self._keep = pipeline.keeper(lambda: [d.envelope.id for d in self._flying.values() if d.envelope is not None],
+                                     self._touch)
 
     @property
     def in_flight(self) -> int:
@@ -72,19 +73,9 @@ class Flight:
             return []
         return [(d.job, disp) for d, disp in zip(batch, self.pipeline.end(batch)) if d.job is not None]
 
-    def _keep(self) -> None:
-        """Every job in flight stays reserved (touched at a third of its TTR) and every claim
-        renewed (at a third of its lease), however long its server takes."""
+    def _touch(self) -> None:
         for d in self._flying.values():
-            d.touch()
-        lease = self.settings.ttr
-        if self._flying and time.monotonic() - self._renewed >= max(1.0, lease / 3):
-            self._renewed = time.monotonic()
-            try:
-                self.pipeline.store.renew_many([d.envelope.id for d in self._flying.values()
-                                                if d.envelope is not None], lease)
-            except StoreUnavailable:
-                pass  # the leases still run; the outage is logged by the store
+            d.touch()  # at a third of each job's TTR
 
     # -- the event loop's side ------------------------------------------------------------------
     async def _send(self, d: Delivery) -> None:

@@ -39,7 +39,6 @@ class Journal:
         self.dir = directory_for(location)
         self.holder = holder
         self._fd: int | None = None
-        self._dirty = False
         self._failed = False
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -63,7 +62,6 @@ class Journal:
                                        0o600)
                 self._pending.add(key)
                 os.write(self._fd, quote(key, safe="").encode("ascii") + b"\n")
-                self._dirty = True
         except OSError as exc:
             if not self._failed:
                 self._failed = True
@@ -74,13 +72,13 @@ class Journal:
         """The store committed these keys' outcomes: they leave the journal (the file is emptied,
         or rewritten with what is still unrecorded after a failed commit)."""
         with self._lock:
+            written = bool(self._pending)  # the file holds a line for each pending key
             self._pending.difference_update(keys)
-            if self._dirty and self._fd is not None:
+            if written and self._fd is not None:
                 try:
                     os.ftruncate(self._fd, 0)
                     if self._pending:
                         os.write(self._fd, b"".join(quote(k, safe="").encode("ascii") + b"\n" for k in self._pending))
-                    self._dirty = bool(self._pending)
                 except OSError:
                     pass
 
@@ -88,7 +86,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            if not self._dirty:
+            if not self._pending:
                 self._path(self.holder).unlink(missing_ok=True)
 
     def of(self, holder: str) -> set[str]:

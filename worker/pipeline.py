@@ -112,14 +112,13 @@ class Pipeline:
         recorded in one transaction."""
         batch = self.begin(jobs)
         keys = [d.envelope.id for d in batch if d.claimed and d.envelope is not None]
-
         began = time.monotonic()
 
         def keep_all() -> None:  # renew the reservations and claims of the whole batch
             if time.monotonic() - began >= 1:  # nothing is due sooner; each touch says when it is
                 for d in batch:
                     d.touch()
-        keeper = self._keeper(keys, keep_all)
+        keeper = self.keeper(lambda: keys, keep_all)
         ready = [d for d in batch if d.ready]
         send_many = getattr(self.transport, "send_many", None)
         if send_many is not None and len(ready) > 1:  # the relay session pipelines the batch
@@ -143,10 +142,15 @@ class Pipeline:
         return self.end(batch)
 
     def begin(self, jobs: Sequence[Reserved]) -> list[Delivery]:
-        """Check (the batch's suppressions and preferences read in one query each), claim (one
-        transaction) and build a batch of reserved jobs."""
-        batch = [self.decode(Delivery(j.body, lambda j=j: j.attempt, j.touch, job=j, started=time.monotonic()))
-                 for j in jobs]
+        """A batch of reserved jobs, decoded, checked, claimed and built (``prepare``)."""
+        return self.prepare([Delivery(j.body, lambda j=j: j.attempt, j.touch, job=j, started=time.monotonic())
+                             for j in jobs])
+
+    def prepare(self, batch: list[Delivery]) -> list[Delivery]:
+        """Decode and check (the batch's suppressions and preferences read in one query each),
+        claim (one transaction) and build."""
+        for d in batch:
+            self.decode(d)
         addresses = [r.address for d in batch if d.error is None and d.envelope is not None for r in d.envelope.to]
         try:
             suppressed = self.store.suppressed_many(addresses)
@@ -202,12 +206,9 @@ class Pipeline:
 
     def run(self, body: bytes, attempt: int | Callable[[], int], touch: Callable[[], object] = lambda: None) -> Result:
         """One job body through every step (what ``handle_batch`` does for a batch)."""
-        d = self.check(self.decode(Delivery(body, attempt, touch)))
-        self.claim([d])
-        if d.error is None and d.claimed:
-            self.build(d)
+        [d] = self.prepare([Delivery(body, attempt, touch)])
         if d.ready:
-            self.send(d, self._keeper([d.envelope.id] if d.envelope else [], touch))
+            self.send(d, self.keeper(lambda: [d.envelope.id] if d.envelope else [], touch))
         return self.conclude([d])[0]
 
     # -- the steps ------------------------------------------------------------------------------
@@ -223,10 +224,9 @@ class Pipeline:
             d.error = exc
         return d
 
-    def check(self, d: Delivery, suppressed: Mapping[str, tuple[str, str]] | None = None,
-              prefs: Mapping[str, Any] | None = None) -> Delivery:
+    def check(self, d: Delivery, suppressed: Mapping[str, tuple[str, str]], prefs: Mapping[str, Any]) -> Delivery:
         """Everything else that needs no claim; ``suppressed`` and ``prefs`` are the batch's,
-        read in one query each (looked up one by one without them)."""
+        read in one query each."""
         if d.error is not None or d.envelope is None:
             return d
         try:
@@ -253,14 +253,13 @@ class Pipeline:
                 d.error = Skipped("duplicate: key already sent by this worker (recorded now)")
                 continue
             self._holding.add(d.envelope.id)
+            d.claiming = True
             todo.append(d)
         if not todo:
             return
-        for d in todo:
-            d.claiming = True
         try:
             taken = self.store.claim_many([(d.envelope.id, self._recipient(d.envelope), d.envelope.template)
-                                           for d in todo if d.envelope is not None], lease=self.settings.ttr)
+                                           for d in todo], lease=self.settings.ttr)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - the store's outage defers the whole batch
             for d in todo:
                 d.error = exc
@@ -375,9 +374,10 @@ class Pipeline:
                 return 1
         return count
 
-    def _keeper(self, keys: Sequence[str], touch: Callable[[], object]) -> Callable[[], None]:
-        """What the transport calls through every long step: keeps beanstalkd's reservations and
-        the store's claims alive together, so a slow server never sees a second copy."""
+    def keeper(self, keys: Callable[[], Sequence[str]], touch: Callable[[], object]) -> Callable[[], None]:
+        """What the transport calls through every long step (and the event loop's stage between
+        collections): keeps beanstalkd's reservations and the store's claims of ``keys()``
+        alive together, so a slow server never sees a second copy."""
         lease = self.settings.ttr
         renewed = time.monotonic()
 
@@ -387,7 +387,7 @@ class Pipeline:
             if time.monotonic() - renewed >= max(1.0, lease / 3):  # the claims: at a third of their lease
                 renewed = time.monotonic()
                 try:
-                    self.store.renew_many(keys, lease)
+                    self.store.renew_many(keys(), lease)
                 except StoreUnavailable:
                     pass  # the claim's lease still runs; the outage is logged by the store
         return keep
@@ -396,12 +396,13 @@ class Pipeline:
     def _recipient(envelope: Envelope) -> str:
         return ",".join(r.address.lower() for r in envelope.to)
 
-    def _check_suppression(self, envelope: Envelope, suppressed: Mapping[str, tuple[str, str]] | None = None) -> Envelope:
-        """The envelope without its suppressed recipients; Skipped when none is left."""
+    @staticmethod
+    def _check_suppression(envelope: Envelope, suppressed: Mapping[str, tuple[str, str]]) -> Envelope:
+        """The envelope without its suppressed recipients (``suppressed``: the batch's, by
+        lower-cased address); Skipped when none is left."""
         kept, reasons = [], []
         for recipient in envelope.to:
-            entry = (suppressed.get(recipient.address.lower()) if suppressed is not None
-                     else self.store.suppressed(recipient.address))
+            entry = suppressed.get(recipient.address.lower())
             # transactional urgent mail (a password reset) may reach someone who unsubscribed
             # from notifications, never an address that hard-bounced
             if entry is None or (entry[0] in ("unsubscribe", "complaint") and envelope.priority == "urgent"):

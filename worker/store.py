@@ -243,6 +243,8 @@ _FINISH = (
     " updated_at = excluded.updated_at"
 )
 _JOURNALED = "recorded from the journal of a worker that died before its store write"
+_JOURNALED_SENT = ("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
+                   " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 _FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
 
 
@@ -602,8 +604,7 @@ class Store:
         if outcome == "claimed" and holder != self.me and expires > now and not dead:
             raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
         if dead and key in self.journal.of(holder):  # it went; its worker died before recording it
-            self._db.execute("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
-                             " WHERE key = ? AND claimed_by = ?", (_JOURNALED, now, key, holder))
+            self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder))
             raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
         taken = self._db.execute(
             "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
@@ -661,10 +662,7 @@ class Store:
             keys = sorted(self.journal.of(holder))
             with self._transaction():
                 for key in keys:
-                    recorded += self._db.execute(
-                        "UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
-                        " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?",
-                        (_JOURNALED, time.time(), key, holder)).rowcount
+                    recorded += self._db.execute(_JOURNALED_SENT, (_JOURNALED, time.time(), key, holder)).rowcount
             self.journal.remove(holder)
         return recorded
 

@@ -20,9 +20,9 @@ import socket
 import ssl
 from typing import Sequence
 
-from ..outcomes import Deferred, InDoubt, Outcome
+from ..outcomes import Deferred, Outcome
 from ..settings import SmtpTarget
-from .smtp import _DOT, Reply, _classify, _reply
+from .smtp import Reply, _classify, _reply, content, envelope_refusal, no_final_reply
 
 _LOST = (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, EOFError)
 
@@ -173,21 +173,14 @@ class RelayPool:
                     rcpts = [await session.command(line) for line in lines[1:-1]]
                     if any(r.code in (250, 251) for r in rcpts):
                         data = await session.command("DATA")
-            accepted = [r for r in rcpts if r.code in (250, 251)]
-            if data.code == 354 and (mail.code != 250 or not accepted):
-                session.close()  # a server that would take data for no one: do not send it any
-                raise Deferred(f"{self.target.host} answered DATA without a valid envelope", reply=str(data))
-            if mail.code != 250:
-                await self._reset(session)
-                raise _classify(mail, f"MAIL FROM refused by {self.target.host}", recipient=False)
-            if not accepted:
-                await self._reset(session)
-                raise _classify(rcpts[0], "recipient refused", recipient=True)
-            if data.code != 354:
-                await self._reset(session)
-                raise _classify(data, "DATA refused", recipient=False)
-            body = _DOT.sub(b"..", message)
-            session.writer.write(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+            refusal = envelope_refusal(self.target.host, mail, rcpts, data)
+            if refusal is not None:
+                if data.code == 354:
+                    session.close()  # it waits for content nobody may get
+                else:
+                    await self._reset(session)
+                raise refusal
+            session.writer.write(content(message))
         except _LOST as exc:
             raise _Stale(f"{type(exc).__name__}: {exc}") from None
         # the message is out: from here on a lost reply means the server may have taken it
@@ -195,8 +188,7 @@ class RelayPool:
             final = await session.reply(self.data_timeout)
         except _LOST as exc:
             session.close()
-            raise InDoubt(f"{self._where()}: no reply to the end of data ({type(exc).__name__});"
-                          " the message may have been delivered") from None
+            raise no_final_reply(self._where(), type(exc).__name__) from None
         if final.code != 250:
             await self._reset(session)
             raise _classify(final, "message refused", recipient=False)

@@ -145,27 +145,15 @@ class SmtpSession:
                 mail = _reply(*smtp.getreply())
                 rcpts = [_reply(*smtp.getreply()) for _ in recipients]
                 data = _reply(*smtp.getreply())
-                accepted = [r for r in rcpts if r.code in (250, 251)]
-                refusal = None
-                if data.code == 354 and (mail.code != 250 or not accepted):
-                    self.close()  # a server that would take data for no one: do not send it any
-                    done(i, Deferred(f"{self.target.host} answered DATA without a valid envelope", reply=str(data)))
-                    return self._one_by_one(items, i + 1, touch, done)
-                if mail.code != 250:
-                    refusal = _classify(mail, f"MAIL FROM refused by {self.target.host}", recipient=False)
-                elif not accepted:
-                    refusal = _classify(rcpts[0], "recipient refused", recipient=True)
-                elif data.code != 354:
-                    refusal = _classify(data, "DATA refused", recipient=False)
+                refusal = envelope_refusal(self.target.host, mail, rcpts, data)
                 if refusal is not None:
-                    self._reset(smtp)
+                    self._end_transaction(smtp, data)
                     done(i, refusal)
                     if self._smtp is None:
                         return self._one_by_one(items, i + 1, touch, done)
                     continue
                 touch()
-                body = _DOT.sub(b"..", message)
-                out = body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
+                out = content(message)
                 if i + 1 < len(items):
                     out += _envelope_lines(*items[i + 1][:2]).encode()
                     envelope_sent = True
@@ -183,8 +171,7 @@ class SmtpSession:
                 final = self._final_reply(smtp, touch)
             except (smtplib.SMTPServerDisconnected, *NETWORK_ERRORS) as exc:
                 self.close()
-                done(i, InDoubt(f"{self.target.host}:{self.target.port}: no reply to the end of data "
-                                f"({_describe(exc)}); the message may have been delivered"))
+                done(i, no_final_reply(f"{self.target.host}:{self.target.port}", _describe(exc)))
                 return self._one_by_one(items, i + 1, touch, done)
             done(i, final if final.code == 250 else _classify(final, "message refused", recipient=False))
 
@@ -202,22 +189,12 @@ class SmtpSession:
         touch()
         try:
             mail, rcpts, data = self._envelope(smtp, sender, recipients)
-            accepted = [r for r in rcpts if r.code in (250, 251)]
-            if data.code == 354 and (mail.code != 250 or not accepted):
-                self.close()  # a server that would take data for no one: do not send it any
-                raise Deferred(f"{self.target.host} answered DATA without a valid envelope", reply=str(data))
-            if mail.code != 250:
-                self._reset(smtp)
-                raise _classify(mail, f"MAIL FROM refused by {self.target.host}", recipient=False)
-            if not accepted:
-                self._reset(smtp)
-                raise _classify(rcpts[0], "recipient refused", recipient=True)
-            if data.code != 354:
-                self._reset(smtp)
-                raise _classify(data, "DATA refused", recipient=False)
+            refusal = envelope_refusal(self.target.host, mail, rcpts, data)
+            if refusal is not None:
+                self._end_transaction(smtp, data)
+                raise refusal
             touch()
-            body = _DOT.sub(b"..", message)
-            smtp.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+            smtp.send(content(message))
         except smtplib.SMTPServerDisconnected as exc:
             self.close()
             raise _Stale(str(exc)) from None
@@ -230,8 +207,7 @@ class SmtpSession:
             final = self._final_reply(smtp, touch)
         except (smtplib.SMTPServerDisconnected, *NETWORK_ERRORS) as exc:
             self.close()
-            raise InDoubt(f"{self.target.host}:{self.target.port}: no reply to the end of data "
-                          f"({_describe(exc)}); the message may have been delivered") from None
+            raise no_final_reply(f"{self.target.host}:{self.target.port}", _describe(exc)) from None
         if final.code != 250:
             self._reset(smtp)
             raise _classify(final, "message refused", recipient=False)
@@ -269,6 +245,14 @@ class SmtpSession:
             return mail, rcpts, Reply(503, "not sent")
         return mail, rcpts, _reply(*smtp.docmd("DATA"))
 
+    def _end_transaction(self, smtp: smtplib.SMTP, data: Reply) -> None:
+        """After a refused envelope: RSET, or close when the server said 354 and waits for
+        content that nobody may get."""
+        if data.code == 354:
+            self.close()
+        else:
+            self._reset(smtp)
+
     def _reset(self, smtp: smtplib.SMTP) -> None:
         try:
             smtp.rset()
@@ -295,7 +279,34 @@ def _envelope_lines(sender: str, recipients: Sequence[str]) -> str:
     return "".join([f"MAIL FROM:<{sender}>\r\n", *(f"RCPT TO:<{r}>\r\n" for r in recipients), "DATA\r\n"])
 
 
-def _classify(reply: Reply, what: str, *, recipient: bool) -> Exception:
+def envelope_refusal(host: str, mail: Reply, rcpts: Sequence[Reply], data: Reply) -> Outcome | None:
+    """Why the content may not follow these replies to MAIL, RCPT... and DATA; None when it may.
+    A 354 after a refused sender or no accepted recipient is a server that would take data for
+    no one: the caller closes the connection rather than send it any."""
+    accepted = any(r.code in (250, 251) for r in rcpts)
+    if data.code == 354 and (mail.code != 250 or not accepted):
+        return Deferred(f"{host} answered DATA without a valid envelope", reply=str(data))
+    if mail.code != 250:
+        return _classify(mail, f"MAIL FROM refused by {host}", recipient=False)
+    if not accepted:
+        return _classify(rcpts[0], "recipient refused", recipient=True)
+    if data.code != 354:
+        return _classify(data, "DATA refused", recipient=False)
+    return None
+
+
+def content(message: bytes) -> bytes:
+    """The message as it goes after a 354: dot-stuffed, with its end."""
+    body = _DOT.sub(b"..", message)
+    return body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
+def no_final_reply(where: str, why: str) -> InDoubt:
+    """The content went and no reply came: the server may have taken it."""
+    return InDoubt(f"{where}: no reply to the end of data ({why}); the message may have been delivered")
+
+
+def _classify(reply: Reply, what: str, *, recipient: bool) -> Outcome:
     if 400 <= reply.code < 500:
         return Deferred(f"{what}: {reply}", reply=str(reply))
     if 500 <= reply.code < 600:
