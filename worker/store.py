@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from producer.blobs import switch_to_wal
@@ -751,12 +751,17 @@ class Store:
 
     def suppressed_many(self, addresses: Sequence[str]) -> dict[str, tuple[str, str]]:
         """``suppressed`` for a batch's recipients in one query, by lower-cased address."""
-        found = {}
-        for part in chunks(sorted({a.lower() for a in addresses})):
-            for row in self._all(f"SELECT address, source, reason FROM suppression WHERE address IN"
-                                 f" ({', '.join('?' * len(part))})", part):
-                found[row[0]] = (row[1], row[2])
-        return found
+        rows = self.all_in("SELECT address, source, reason FROM suppression WHERE address IN ({marks})",
+                           {a.lower() for a in addresses})
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def all_in(self, sql: str, values: Iterable[Any]) -> list[Any]:
+        """The rows of ``sql`` whose ``IN ({marks})`` takes ``values``, in as many queries as the
+        database's limit on parameters needs."""
+        rows = []
+        for part in chunks(sorted(set(values))):
+            rows += self._all(sql.format(marks=", ".join("?" * len(part))), part)
+        return rows
 
     def suppress(self, address: str, reason: str, source: str) -> None:
         self._run(

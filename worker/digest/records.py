@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from producer.prefs import Preferences
 
 from ..outcomes import Skipped
-from ..store import FINAL, Store, _Postgres, chunks
+from ..store import FINAL, Store, _Postgres
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,9 @@ class DigestRecords:
 
     def preferences_many(self, addresses: Sequence[str]) -> dict[str, Preferences]:
         """``preferences`` of a batch's recipients in one query, by lower-cased address."""
-        found = {}
-        for part in chunks(sorted({a.lower() for a in addresses})):
-            for row in self.store._all("SELECT address, mode, timezone, quiet_start, quiet_end FROM digest_prefs"
-                                       f" WHERE address IN ({', '.join('?' * len(part))})", part):
-                found[row[0]] = Preferences(*row)
-        return found
+        rows = self.store.all_in("SELECT address, mode, timezone, quiet_start, quiet_end FROM digest_prefs"
+                                 " WHERE address IN ({marks})", {a.lower() for a in addresses})
+        return {row[0]: Preferences(*row) for row in rows}
 
     def set_preferences(self, p: Preferences) -> None:
         self.store._run(
