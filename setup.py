@@ -1,4 +1,11 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# the version is written once, in producer/__init__.py (read here without importing the package)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "producer" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 WORKER = [
     "dnspython>=2.4",
@@ -14,7 +21,7 @@ WORKER = [
 
 setup(
     name="beanmail",
-    version="0.1.0",
+    version=VERSION,
     description="Asynchronous notification mail: beanstalkd jobs, supervisord workers, jinja2, SMTP",
     packages=find_packages(include=["producer", "producer.*", "worker", "worker.*"]),
     package_data={"producer": ["envelope.schema.json"]},

@@ -50,3 +50,21 @@ def test_a_producer_package_of_another_distribution_is_refused_in_one_line(tmp_p
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 1
     assert "is not beanmail's: another distribution installs a top-level 'producer'" in out.stderr
+
+
+def test_the_version_is_written_once_and_every_reader_agrees() -> None:
+    import re
+    from importlib.metadata import version
+
+    import producer
+    from worker.registry import VERSION
+
+    written = [p for p in [*ROOT.glob("*.py"), *ROOT.glob("producer/**/*.py"), *ROOT.glob("worker/**/*.py")]
+               if re.search(r'^(__version__|VERSION)\s*=\s*"\d+\.\d+\.\d+"', p.read_text(), re.M)]
+    assert written == [ROOT / "producer" / "__init__.py"]
+    assert version("beanmail") == producer.__version__ == VERSION
+
+
+def test_the_secret_bearing_settings_file_is_never_committed() -> None:
+    for path in ("beanmail.toml", "var/beanmail.sqlite3", "var/log/worker.log"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from producer import __version__ as VERSION
+
 from .identity import host_name
 from .logs import get_logger
 from .store import Store, StoreUnavailable
-
-VERSION = "0.2.0"
 
 
 @dataclass(frozen=True)
