@@ -41,11 +41,11 @@ bench: setup-test
 bench-smoke: setup-test
 	.venv/bin/python bench/run.py --scale 0.02
 
-## preview: print a template as it would be sent (TEMPLATE=welcome CONTEXT='{"name": "Zoë"}')
+## preview: print a template as it would be sent (TEMPLATE=welcome; CONTEXT='{"name": "Zoë"}', else its preview.json)
 TEMPLATE ?= welcome
-CONTEXT ?= {"name": "Zoë"}
+CONTEXT ?=
 preview: setup
-	.venv/bin/beanmail render $(TEMPLATE) --context '$(CONTEXT)'
+	.venv/bin/beanmail render $(TEMPLATE) $(if $(CONTEXT),--context '$(CONTEXT)')
 
 clean: stop
 	rm -rf var

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="print a message as it would be sent, without sending it")
     r.add_argument("template")
-    r.add_argument("--context", type=_json_arg, default={})
+    r.add_argument("--context", type=_json_arg, default=None,
+                   help="JSON object (default: the template's preview.json sample, if it has one)")
     r.add_argument("--to", default="Preview <preview@example.com>")
     r.add_argument("--part", choices=("message", "text", "html", "subject"), default="message")
 

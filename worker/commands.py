@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -177,13 +178,34 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def preview_context(templates: str, name: str) -> dict[str, Any]:
+    """A template's sample context, ``<name>/preview.json``, for a preview without --context."""
+    path = os.path.join(templates, name, "preview.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            sample = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: {exc}") from None
+    if not isinstance(sample, dict):
+        raise CommandError(f"{path}: must hold a JSON object")
+    return sample
+
+
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     from . import mime
     from .outcomes import Outcome
     from .render import Renderer
 
     try:
-        rendered = Renderer(settings.templates).render(args.template, args.context)
+        recipient = parse_recipient(args.to)
+    except ValueError as exc:
+        raise CommandError(f"--to: {exc}") from None
+    context = preview_context(settings.templates, args.template) if args.context is None else dict(args.context)
+    context.setdefault("recipient", {"address": recipient.address, "name": recipient.name})  # as a worker does
+    try:
+        rendered = Renderer(settings.templates).render(args.template, context)
     except Outcome as exc:
         raise CommandError(exc.reason) from None
     if args.part == "subject":
@@ -195,7 +217,7 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
             raise CommandError(f"template {args.template!r} has no body.html")
         sys.stdout.write(rendered.html)
     else:
-        message = mime.build(rendered, mime.sender_address(settings.from_addr), parse_recipient(args.to))
+        message = mime.build(rendered, mime.sender_address(settings.from_addr), recipient)
         sys.stdout.write(message.decode("ascii", "replace"))
     return 0
 

@@ -1,9 +1,11 @@
 """Templates to text: a sandboxed jinja2 environment where a missing variable is an error,
-and only the HTML part is autoescaped."""
+and only the HTML part is autoescaped. An edited template is picked up without a restart: at most
+once a second (``RELOAD_CHECK``) the files of the templates in use are checked by mtime."""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,6 +23,11 @@ class Rendered:
     html: str | None
 
 
+RELOAD_CHECK = 1.0  # seconds between checks of the templates' files for edits
+
+_Parts = tuple[jinja2.Template, jinja2.Template, "jinja2.Template | None"]
+
+
 class Renderer:
     def __init__(self, directory: str) -> None:
         from .settings import SettingsError
@@ -33,16 +40,35 @@ class Renderer:
             loader=jinja2.FileSystemLoader(directory, encoding="utf-8"),
             undefined=jinja2.StrictUndefined,
             autoescape=lambda name: bool(name) and name.endswith(".html"),
-            auto_reload=False,  # compiled once per process; SIGHUP builds a new Renderer
+            auto_reload=True,  # get_template recompiles an edited file; _templates asks at most once a second
             keep_trailing_newline=True,
             cache_size=-1,
         )
-        self._parts: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]] = {}
+        # a template's parts, with its folder's mtime (a body.html added or removed changes it)
+        self._parts: dict[str, tuple[_Parts, int]] = {}
+        self._checked = time.monotonic()
 
-    def _templates(self, name: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]:
-        parts = self._parts.get(name)
-        if parts is not None:
-            return parts
+    def _folder_mtime(self, name: str) -> int:
+        try:
+            return os.stat(os.path.join(self.directory, name)).st_mtime_ns
+        except (OSError, ValueError):
+            return 0
+
+    def _drop_edited(self) -> None:
+        """Forget the templates whose files changed since they were compiled."""
+        for name, (parts, mtime) in list(self._parts.items()):
+            if self._folder_mtime(name) != mtime or not all(t.is_up_to_date for t in parts if t is not None):
+                del self._parts[name]
+
+    def _templates(self, name: str) -> _Parts:
+        now = time.monotonic()
+        if now - self._checked >= RELOAD_CHECK:
+            self._checked = now
+            self._drop_edited()
+        cached = self._parts.get(name)
+        if cached is not None:
+            return cached[0]
+        mtime = self._folder_mtime(name)
         try:
             subject = self._env.get_template(f"{name}/subject.txt")
             text = self._env.get_template(f"{name}/body.txt")
@@ -56,7 +82,8 @@ class Renderer:
             html = None
         except jinja2.TemplateSyntaxError as exc:
             raise Poison(f"template {exc.name}: syntax error line {exc.lineno}: {exc.message}") from None
-        self._parts[name] = parts = (subject, text, html)
+        parts = (subject, text, html)
+        self._parts[name] = (parts, mtime)
         return parts
 
     def render(self, name: str, context: Mapping[str, Any]) -> Rendered:

@@ -161,6 +161,6 @@ class Digests:
                                             jinja2.DictLoader(builtin)]),
                 undefined=jinja2.StrictUndefined,
                 autoescape=lambda n: bool(n) and n.endswith(".html"),
-                auto_reload=False, keep_trailing_newline=True, cache_size=-1)
+                auto_reload=True, keep_trailing_newline=True, cache_size=-1)  # an edited digest file is read again
             self._renderer = renderer
         return self._env
