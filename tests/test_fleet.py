@@ -69,9 +69,12 @@ def test_workers_reserve_from_every_server_and_status_shows_each(settings: Setti
         n.notify("welcome", f"u{i}@example.com", {"name": f"k{i}"}, key=f"both:{i}")
     n.notify("welcome", "urgent@example.com", {"name": "urgent"}, key="both:urgent", priority="urgent")
     env = bare_env(settings, BEANMAIL_BEANSTALK_URL=fleet)
-    status = json.loads(beanmail("status", "--json", env=env).stdout)
+    waiting = beanmail("status", "--json", env=env, check=False)
+    status = json.loads(waiting.stdout)
     assert [s["url"] for s in status["servers"]] == [beanstalkd.url, second.url]
     assert sum(t["ready"] for t in status["tubes"]) == 61
+    # ready mail and no worker on either server: unhealthy, each server's tubes named
+    assert waiting.returncode == 1 and f"no worker watches mail.urgent on {second.url}: 1 job(s) ready" in status["problems"]
     beanmail("worker", "--burst", env=env)
     got = Counter(str(m.message["Subject"]) for m in smtp.wait_for(61))
     assert len(got) == 61 and max(got.values()) == 1

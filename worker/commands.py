@@ -19,7 +19,7 @@ from .loop import Pool, Worker
 from .ops import OpsError as CommandError
 from .ops import open_store
 from .settings import Settings, SettingsError
-from .store import Store, StoreUnavailable
+from .store import Store, StoreCorrupt, StoreUnavailable
 
 
 class UsageError(CommandError):
@@ -223,12 +223,22 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    """Exit status 1 when beanstalkd is unreachable, so a monitor can use it as a check."""
+    """Exit status 1 when mail cannot go out (`worker.health`: beanstalkd or the store down, the
+    relay or DNS not answering, ready jobs no worker watches, urgent mail waiting too long), each
+    reason said, so a monitor can run it as a check."""
+    from . import health
     from .feedback.commands import brake_line, brake_status
 
     status = ops.status(settings)
     status["brake"] = brake_status(settings)  # why bulk mail holds, if it does
-    down = int(any("error" in server for server in status["servers"]))
+    found = [f"beanstalkd {s['url']}: {s['error']}" for s in status["servers"] if "error" in s]
+    try:
+        open_store(settings).close()
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        found.append(f"store: {exc}")
+    found += health.problems(settings, status["servers"])
+    status["healthy"], status["problems"] = not found, found
+    down = int(bool(found))
     if args.json:
         print_json(status)
         return down
@@ -249,6 +259,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print("supervisord:")
         for p in sup["processes"]:
             print(f"  {p['name']:<28}{p['state']:<10}{p['description']}")
+    print("healthy: mail can go out" if not found else "UNHEALTHY:\n" + "\n".join(f"  {p}" for p in found))
     return down
 
 

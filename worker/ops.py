@@ -91,7 +91,7 @@ def status(settings: Settings) -> dict[str, Any]:
                            "supervisor": supervisor_processes(settings)}
     totals: dict[str, dict[str, Any]] = {}
     for url in settings.beanstalk_urls:
-        server = _server_status(url)
+        server = server_status(url)
         out["servers"].append(server)
         if "error" in server and "error" not in out["beanstalkd"]:
             out["beanstalkd"] = {"error": f"{url}: {server['error']}" if len(settings.beanstalk_urls) > 1
@@ -108,7 +108,7 @@ def status(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def _server_status(url: str) -> dict[str, Any]:
+def server_status(url: str) -> dict[str, Any]:
     try:
         client = connect(url, timeout=5, encoding=None)
     except OSError as exc:

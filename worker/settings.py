@@ -70,6 +70,7 @@ class Settings:
     host_name: str = ""  # this host in claims and the registry; the machine's name by default
     heartbeat: float = 5.0  # seconds between a worker's registry heartbeats
     lost_after: float = 60.0  # a worker silent this long is lost, and its claims released
+    urgent_max_age: float = 60.0  # health: the oldest urgent job waiting longer makes status/healthz unhealthy
     beanstalk_timeout: float = 10.0
     mask_addresses: bool = True
     log_format: str = "json"
@@ -311,7 +312,7 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("BEANMAIL_TUBES: no tube to watch")
     for name in ("ttr", "max_attempts", "mx_port", "mx_connections_per_domain", "threads", "smtp_timeout",
                  "smtp_data_timeout", "dns_timeout", "beanstalk_timeout", "backoff_base", "backoff_max",
-                 "in_doubt_delay", "unsubscribe_days", "heartbeat", "lost_after"):
+                 "in_doubt_delay", "unsubscribe_days", "heartbeat", "lost_after", "urgent_max_age"):
         value = getattr(s, name)
         if not value > 0 or value != value or value == float("inf"):  # NaN and inf too
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {value!r}")

@@ -41,6 +41,7 @@ HELP: dict[str, str] = {
     "host_name": "this host's name in claims and the worker registry (default: the machine's; set it where hosts share one)",
     "heartbeat": "seconds between a worker's registry heartbeats (a disable is noticed within one)",
     "lost_after": "a worker silent this long is marked lost and its claims are released",
+    "urgent_max_age": "`beanmail status` and `/healthz` turn unhealthy when the oldest urgent job waits longer (seconds)",
     "beanstalk_timeout": "seconds a beanstalkd reply may take beyond the reserve timeout",
     "mask_addresses": "logs and the console show `z***@example.com`, in keys, replies and reasons too",
     "log_format": "`json` (one event per line) or `console`",

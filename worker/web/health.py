@@ -1,5 +1,6 @@
-"""/healthz: can the console reach beanstalkd and the store right now. Unauthenticated (a load
-balancer or supervisor probe has no password) and it says only what is down."""
+"""/healthz: can mail go out right now — beanstalkd and the store answer, and nothing of
+`worker.health` (relay or DNS, unwatched tubes, urgent mail waiting) is wrong. Unauthenticated (a
+load balancer or supervisor probe has no password) and it says only what is down."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from producer.client import connect
 
+from .. import health
+from ..ops import server_status
 from ..store import StoreCorrupt, StoreUnavailable
 from .figures import servers
 
@@ -15,11 +18,12 @@ if TYPE_CHECKING:
 
 
 def check(console: "Console", timeout: float = 2.0) -> list[str]:
-    problems = []
+    problems, views = [], []
     for url in servers(console.settings):
         try:
             with connect(url, timeout=timeout, encoding=None) as client:
                 client.stats()
+            views.append(server_status(url))
         except Exception as exc:  # noqa: BLE001 - whatever it is, beanstalkd does not answer
             problems.append(f"beanstalkd: not answering: {url}: {exc}")
     try:
@@ -27,4 +31,4 @@ def check(console: "Console", timeout: float = 2.0) -> list[str]:
     except (StoreUnavailable, StoreCorrupt) as exc:
         console.close()
         problems.append(f"store: not answering: {exc}")
-    return problems
+    return problems + health.problems(console.settings, views, timeout)
