@@ -1,0 +1,66 @@
+"""producer.testing, the test backend an application's own tests use: captures what would be
+queued, never touches beanstalkd, refuses what the real Notifier refuses, renders on demand."""
+
+from __future__ import annotations
+
+import pytest
+
+from producer import EnvelopeError
+from producer.envelope import decode
+from producer.testing import Outbox, TestNotifier
+
+from .conftest import ROOT
+
+
+def test_notify_is_captured_and_asserted_by_template_recipient_and_context() -> None:
+    notifier = TestNotifier()
+    job = notifier.notify("welcome", "Zoë <ZOE@example.com>", {"name": "Zoë"}, priority="urgent", key="welcome:1")
+    assert job == 1
+    [d] = notifier.outbox.assert_sent(template="welcome", to="zoe@example.com", name="Zoë", priority="urgent")
+    assert (d.key, d.tube, d.to) == ("welcome:1", "mail.urgent", ["ZOE@example.com"])
+    with pytest.raises(AssertionError, match=r"found 0; captured:\n  welcome to ZOE@example.com key='welcome:1'"):
+        notifier.outbox.assert_sent(template="password_reset")
+    with pytest.raises(AssertionError):
+        notifier.outbox.assert_nothing_sent()
+    notifier.outbox.clear()
+    notifier.outbox.assert_nothing_sent()
+
+
+def test_a_mailout_counts_one_delivery_per_recipient_left_after_exclude() -> None:
+    notifier = TestNotifier()
+    notifier.notify_watchers("comment", ["ana@example.com", "Bo <bo@example.com>", "cy@example.com"],
+                             actor="bo@example.com", key="comment:7", context={"issue": {"id": 7}})
+    outbox = notifier.outbox
+    assert len(outbox) == 2
+    outbox.assert_sent(template="comment", key="comment:7", count=2)
+    outbox.assert_sent(to="cy@example.com", issue={"id": 7})
+    assert outbox.sent(to="bo@example.com") == []
+
+
+def test_what_the_real_notifier_refuses_is_refused_here_too() -> None:
+    notifier = TestNotifier()
+    with pytest.raises(ValueError, match="priority"):
+        notifier.notify("welcome", "a@example.com", priority="soon")
+    with pytest.raises((TypeError, ValueError, EnvelopeError)):
+        notifier.notify("welcome", "a@example.com", {"when": object()})  # not JSON: the real one raises too
+    assert notifier.outbox.jobs == []
+
+
+def test_a_captured_notification_renders_through_the_real_templates() -> None:
+    notifier = TestNotifier(Outbox())
+    notifier.notify("password_reset", "Ana <ana@example.com>", {"reset_url": "https://x.example/r/1"})
+    [d] = notifier.outbox.assert_sent(template="password_reset")
+    rendered = notifier.outbox.render(d, templates=str(ROOT / "templates"))
+    assert rendered.subject == "Reset your password" and rendered.text.startswith("Hello Ana,")
+    assert "https://x.example/r/1" in rendered.text
+
+
+def test_raw_messages_are_captured_with_their_parsed_message() -> None:
+    notifier = TestNotifier(secret="s3cret")
+    notifier.send_raw(b"Subject: Hi there\r\nFrom: a@example.com\r\nTo: b@example.com\r\n\r\nBody\r\n",
+                      ["b@example.com"], sender="a@example.com", key="raw:1")
+    [d] = notifier.outbox.assert_sent(subject="Hi there", to="b@example.com")
+    assert d.message().get_content().strip() == "Body"
+    assert decode(d.body, "s3cret").id == "raw:1"  # signed as the real Notifier signs
+    with pytest.raises(EnvelopeError):
+        decode(d.body, "another")
