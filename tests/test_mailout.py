@@ -77,23 +77,34 @@ def test_a_fanout_killed_mid_chunk_and_restarted_still_delivers_once(settings: S
     proc = subprocess.Popen([str(VENV_BIN / "beanmail"), "fanout"], env=bare_env(settings),
                             stdout=subprocess.DEVNULL)
 
-    def holding_a_chunk() -> int:
-        """Freeze the fan-out while it holds a chunk and has queued part of the mailout."""
-        queued = tube_total(settings, "mail.bulk")
-        if not 0 < queued < n:
-            return 0
-        proc.send_signal(signal.SIGSTOP)
+    def freeze_holding_a_chunk(timeout: float = 20) -> int:
+        """Freeze the fan-out while it holds a chunk and has queued part of the mailout. Polled on
+        one connection without backing off: the window is a fraction of a second on a fast machine."""
+        deadline = time.monotonic() + timeout
         with connect(settings.beanstalk_url, encoding=None) as c:
-            if int(c.stats_tube("mailout")["current-jobs-reserved"]) == 1:
-                return tube_total(settings, "mail.bulk")
-        proc.send_signal(signal.SIGCONT)
-        return 0
+            def bulk() -> int:
+                return int(c.stats_tube("mail.bulk")["total-jobs"]) if "mail.bulk" in c.tubes() else 0
+            while time.monotonic() < deadline and proc.poll() is None:
+                if 0 < bulk() < n:
+                    proc.send_signal(signal.SIGSTOP)
+                    if int(c.stats_tube("mailout")["current-jobs-reserved"]) == 1:
+                        return bulk()
+                    proc.send_signal(signal.SIGCONT)
+                time.sleep(0.001)
+        raise TimeoutError(f"the fan-out was never caught holding a chunk (bulk jobs: {bulk()} of {n})")
     try:
-        queued = wait_until(holding_a_chunk, 20, "the fan-out to hold a chunk")
+        queued = freeze_holding_a_chunk()
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         proc.kill()
+
+    def chunk_released() -> bool:
+        """beanstalkd returns a dead client's reservation when it reads the closed connection:
+        not at once, so a restart straight after the kill could find the chunk still reserved."""
+        with connect(settings.beanstalk_url, encoding=None) as c:
+            return int(c.stats_tube("mailout")["current-jobs-reserved"]) == 0
+    wait_until(chunk_released, 10, "the killed fan-out's chunk back in its tube")
     run_fanout(settings)  # restarted: the chunk it held is back in the tube and runs again
     fanned = tube_total(settings, "mail.bulk")
     run_burst(settings)
