@@ -60,11 +60,12 @@ def which(name: str) -> str:
 class Beanstalkd:
     """A beanstalkd process with a binlog, which can be stopped and started on the same port."""
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", binlog: bool = True) -> None:
         self.host = host
         self.port = free_port(host)
         self.binlog = workdir / "binlog"
         self.binlog.mkdir(parents=True, exist_ok=True)
+        self.with_binlog = binlog  # False: as beanstalkd runs when started without -b
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +74,8 @@ class Beanstalkd:
 
     def start(self) -> "Beanstalkd":
         self.proc = subprocess.Popen(
-            [which("beanstalkd"), "-l", self.host, "-p", str(self.port), "-b", str(self.binlog)],
+            [which("beanstalkd"), "-l", self.host, "-p", str(self.port),
+             *(["-b", str(self.binlog)] if self.with_binlog else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: port_open(self.host, self.port), 10, "beanstalkd to listen")

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .digest.commands import add_parser as add_digest_parser
 
     add_digest_parser(sub)  # beanmail digest run | flush [--all] | prefs ... | status
+    from .doctor import register as add_doctor_parser
+
+    add_doctor_parser(sub)  # beanmail doctor
     return p
 
 
