@@ -53,7 +53,7 @@ HELP: dict[str, str] = {
     "supervisor_url": "supervisord's control socket, for `status`, the console and `workers enable`",
     "web_listen": "`beanmail web`'s `HOST:PORT`; an address other than loopback needs a password",
     "web_password": "HTTP basic auth for every console page but `/healthz`",
-    "entities": "entity resolvers, `[beanmail.entities.NAME]` tables: `database` + `sql` (sqlite3, one `?` for the id) or `callable = \"module:function\"` (id → mapping or None); TOML only",
+    "entities": "entity resolvers, `[beanmail.entities.NAME]` tables: `database` (an SQLite file or `postgresql://…`, read-only sessions) + `sql` naming `:id` (and `:recipient`), with an optional `access` query (no row: not visible to this recipient, the delivery skipped); or `callable = \"module:function\"` (f(id) or f(id, recipient) → mapping or None, raising `worker.entities.NotVisible`); TOML only",
     "dkim_key": "PEM file of the DKIM key (RSA or Ed25519); messages whose From is in the signing domain are signed",
     "dkim_selector": "the DKIM selector (`beanmail dkim keygen` prints its DNS record)",
     "dkim_domain": "the signing domain (default: the From domain)",

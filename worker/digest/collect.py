@@ -119,7 +119,8 @@ class Digests:
             if raw.get("not_after") is not None and now > raw["not_after"]:
                 continue
             try:
-                resolved = self.registry.resolve(raw.get("entities") or {})
+                resolved = self.registry.resolve(raw.get("entities") or {},
+                                                 (context.get("recipient") or {}).get("address"))
             except Skipped:
                 continue  # its entity is gone: so is the item
             item = {**raw["context"], **resolved}

@@ -1,0 +1,109 @@
+"""Access checked at send time: a resolver may take the recipient and say the entity is not
+visible to them, on SQLite, PostgreSQL (read-only sessions) and in Python."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from worker.entities import NotVisible, Registry
+from worker.outcomes import Deferred, Poison, Skipped
+
+from .servers import Postgres
+
+SCHEMA = [
+    "CREATE TABLE issues (id INTEGER PRIMARY KEY, title TEXT, private INTEGER)",
+    "CREATE TABLE watchers (issue_id INTEGER, email TEXT)",
+    "INSERT INTO issues VALUES (1, 'Public', 0), (2, 'Private', 1)",
+    "INSERT INTO watchers VALUES (2, 'ana@example.com')",
+]
+ACCESS = ("SELECT 1 FROM issues i WHERE i.id = :id AND (i.private = 0 OR EXISTS"
+          " (SELECT 1 FROM watchers w WHERE w.issue_id = i.id AND w.email = :recipient))")
+
+
+def sqlite_db(tmp_path: Path) -> str:
+    path = str(tmp_path / "app.sqlite3")
+    with sqlite3.connect(path) as conn:
+        for statement in SCHEMA:
+            conn.execute(statement)
+    return path
+
+
+def issue(database: str, **extra: str) -> Registry:
+    return Registry.from_settings({"issue": {"database": database, "sql": "SELECT id, title FROM issues WHERE id = :id",
+                                             "access": ACCESS, **extra}})
+
+
+def check_access(registry: Registry, revoke: "callable") -> None:  # type: ignore[valid-type]
+    ref = {"issue": {"type": "issue", "id": 2}}
+    assert registry.resolve(ref, "ana@example.com") == {"issue": {"id": 2, "title": "Private"}}
+    assert registry.resolve({"issue": {"type": "issue", "id": 1}}, "bo@example.com")["issue"]["title"] == "Public"
+    with pytest.raises(Skipped, match=r"not visible to b\*\*\*@example.com: issue 2"):
+        registry.resolve(ref, "bo@example.com")
+    revoke()  # ana is removed from the private issue after the mail was queued
+    with pytest.raises(Skipped, match=r"not visible to a\*\*\*@example.com: issue 2"):
+        registry.resolve(ref, "ana@example.com")
+    with pytest.raises(Skipped, match="entity gone: issue 9"):
+        registry.resolve({"issue": {"type": "issue", "id": 9}}, "ana@example.com")
+
+
+def test_sqlite_access_is_checked_per_recipient_at_send_time(tmp_path: Path) -> None:
+    path = sqlite_db(tmp_path)
+
+    def revoke() -> None:
+        with sqlite3.connect(path) as conn:
+            conn.execute("DELETE FROM watchers")
+    check_access(issue(path), revoke)
+
+
+def test_postgresql_access_is_checked_on_read_only_sessions(postgres: Postgres) -> None:
+    import psycopg
+
+    dsn = postgres.create_database(f"app{time.monotonic_ns()}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in SCHEMA:
+            conn.execute(statement)
+
+    def revoke() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM watchers")
+    check_access(issue(dsn), revoke)
+    writer = Registry.from_settings({"issue": {"database": dsn,
+                                               "sql": "INSERT INTO issues VALUES (:id, 'x', 0) RETURNING id, title"}})
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        writer.resolve({"issue": {"type": "issue", "id": 5}}, "ana@example.com")
+    gone = Registry.from_settings({"issue": {"database": dsn.replace(dsn.rsplit("/", 1)[1], "nosuchdb"),
+                                             "sql": "SELECT 1 AS one WHERE :id = 1"}})
+    with pytest.raises(Deferred, match="entity store unavailable"):
+        gone.resolve({"issue": {"type": "issue", "id": 1}}, "ana@example.com")
+
+
+def test_a_callable_may_take_the_recipient_and_say_not_visible() -> None:
+    members = {"ana@example.com"}
+
+    def group_post(post_id: int, recipient: str | None) -> dict | None:
+        if recipient not in members:
+            raise NotVisible("not a member of the group")
+        return {"id": post_id}
+
+    registry = Registry({"post": group_post, "user": lambda user_id: {"id": user_id}})
+    ref = {"post": {"type": "post", "id": 3}, "author": {"type": "user", "id": 8}}
+    assert registry.resolve(ref, "ana@example.com") == {"post": {"id": 3}, "author": {"id": 8}}
+    members.clear()
+    with pytest.raises(Skipped, match=r"not visible to a\*\*\*@example.com: post 3 \(not a member of the group\)"):
+        registry.resolve(ref, "ana@example.com")
+    with pytest.raises(Poison):
+        registry.resolve({"x": {"type": "nobody", "id": 1}}, "ana@example.com")
+
+
+def test_sql_naming_the_recipient_finds_no_row_for_who_may_not_see(tmp_path: Path) -> None:
+    path = sqlite_db(tmp_path)
+    registry = Registry.from_settings({"issue": {"database": path, "sql": (
+        "SELECT i.id, i.title FROM issues i JOIN watchers w ON w.issue_id = i.id"
+        " WHERE i.id = :id AND w.email = :recipient")}})
+    assert registry.resolve({"i": {"type": "issue", "id": 2}}, "ANA@example.com")["i"]["title"] == "Private"
+    with pytest.raises(Skipped, match="not visible"):
+        registry.resolve({"i": {"type": "issue", "id": 2}}, "bo@example.com")
