@@ -81,3 +81,17 @@ def test_direct_mx_with_a_dns_server_that_does_not_answer_is_unhealthy(settings:
         assert report["problems"][0].startswith(f"DNS: 127.0.0.1:{silent.getsockname()[1]} does not answer")
     finally:
         silent.close()
+
+
+def test_a_job_put_on_the_default_tube_is_shown_and_unhealthy(settings: Settings, beanstalkd: Beanstalkd,
+                                                              smtp: SmtpServer) -> None:
+    """A PHP or Ruby producer that forgot `useTube`: its jobs wait on `default`, which nothing watches."""
+    from producer.client import connect
+
+    env = bare_env(settings)
+    assert "default" not in [t["tube"] for t in status(env)[1]["tubes"]]
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        c.put(b'{"v": 2}')
+    code, report = status(env)
+    assert code == 1 and [t["ready"] for t in report["tubes"] if t["tube"] == "default"] == [1]
+    assert report["problems"] == ["no worker watches default: 1 job(s) ready"]

@@ -16,6 +16,7 @@ from .settings import Settings
 from .store import Store, StoreCorrupt, StoreUnavailable
 
 TUBES = (*MAIL_TUBES, MAILOUT_TUBE)
+JOB_STATES = ("ready", "reserved", "delayed", "buried")
 
 
 class OpsError(Exception):
@@ -118,12 +119,16 @@ def server_status(url: str) -> dict[str, Any]:
         view: dict[str, Any] = {"url": url, "tubes": [], "stats": {
             k: stats[k] for k in ("version", "uptime", "current-connections", "current-workers",
                                   "current-jobs-reserved", "binlog-current-index") if k in stats}}
-        for tube in sorted(set(client.tubes()) - {"default"}):
+        for tube in sorted(client.tubes()):
             s = client.stats_tube(tube)
+            if tube == "default" and not any(s[f"current-jobs-{state}"] for state in JOB_STATES):
+                continue  # every connection's tube until it says `use`: shown only when a job landed there
             view["tubes"].append({
                 "tube": tube, "ready": s["current-jobs-ready"], "urgent": s["current-jobs-urgent"],
                 "reserved": s["current-jobs-reserved"], "delayed": s["current-jobs-delayed"],
-                "buried": s["current-jobs-buried"], "watching": s["current-watching"],
+                "buried": s["current-jobs-buried"],
+                # this connection watches `default` too (every connection does): not a worker
+                "watching": s["current-watching"] - (tube == "default"),
                 "paused": s["pause-time-left"], "total": s["total-jobs"],
             })
     return view
