@@ -191,6 +191,7 @@ class Dnsmasq(_Process):
 
     def __init__(self, workdir: Path, lines: list[str], zone: str = "mx.example") -> None:
         self.port = free_port()
+        self.zone = zone
         self.conf = workdir / "dnsmasq.conf"
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text("\n".join([
@@ -213,7 +214,7 @@ class Dnsmasq(_Process):
             r = dns.resolver.Resolver(configure=False)
             r.nameservers, r.port, r.lifetime = ["127.0.0.1"], self.port, 0.5
             try:
-                r.resolve("probe.invalid-zone.mx.example", "A")
+                r.resolve(f"probe.invalid-zone.{self.zone}", "A")
             except dns.resolver.NXDOMAIN:
                 return True
             except Exception:  # noqa: BLE001 - not up yet
