@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from producer import Notifier
 from worker.settings import Settings
 from worker.store import Store
@@ -17,13 +19,15 @@ from .servers import wait_until
 DOMAINS, PER_DOMAIN = 12, 4
 
 
+@pytest.mark.parametrize("concurrency", [1, 16])  # threads; the event loop with a queue per domain
 def test_direct_mx_to_slow_greylisting_hosts_delivers_each_message_once_within_the_caps(
-        settings: Settings, notifier: Notifier, tmp_path: Path) -> None:
+        settings: Settings, notifier: Notifier, tmp_path: Path, concurrency: int) -> None:
     internet = SimulatedInternet(tmp_path / "internet", DOMAINS, delay=0.05, greylist=3,
                                  close_after_domains=3, close_after=2).start()
     try:
         mx = settings.replace(transport="mx", dns=internet.dns.address, mx_port=internet.port,
-                              mx_connections_per_domain=2, backoff_base=0.2, backoff_max=0.5, max_attempts=8)
+                              mx_connections_per_domain=2, backoff_base=0.2, backoff_max=0.5, max_attempts=8,
+                              concurrency=concurrency)
         everyone = [f"u{n}@{domain(i)}" for i in range(DOMAINS) for n in range(PER_DOMAIN)]
         for address in everyone:
             notifier.notify("welcome", address, {"name": "x"}, key=f"net:{address}")
@@ -39,3 +43,5 @@ def test_direct_mx_to_slow_greylisting_hosts_delivers_each_message_once_within_t
     assert sorted(accepted) == sorted(everyone) and set(accepted.values()) == {1}  # each once
     assert report["greylisted"] == 3 * PER_DOMAIN and report["closed_421"] >= 3
     assert max(report["peak_sessions"].values()) <= 2  # one process: its per-domain cap
+    if concurrency > 1:  # sessions to different domains side by side
+        assert sum(1 for n in report["peak_sessions"].values() if n == 2) >= DOMAINS // 2

@@ -21,15 +21,20 @@ from .pipeline import Delivery, Pipeline
 from .settings import Settings
 from .store import Store
 from .transports.aio import RelayPool
+from .transports.aio_mx import MxPool
 
 
 class Flight:
-    def __init__(self, settings: Settings, pipeline: Pipeline, capacity: int) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, capacity: int,
+                 pool: RelayPool | MxPool | None = None) -> None:
+        """``pool``: where the sends go (anything with ``async send(sender, recipients, message)``
+        and ``async close()``); the relay's sessions by default."""
         self.settings = settings
         self.pipeline = pipeline
         self.capacity = capacity
-        self.pool = RelayPool(settings.smtp, timeout=settings.smtp_timeout, data_timeout=settings.smtp_data_timeout,
-                              helo=settings.helo_name, cafile=settings.smtp_cafile)
+        self.pool = pool or RelayPool(settings.smtp, timeout=settings.smtp_timeout,
+                                      data_timeout=settings.smtp_data_timeout, helo=settings.helo_name,
+                                      cafile=settings.smtp_cafile)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sessions", daemon=True)
         self._thread.start()
@@ -108,9 +113,23 @@ class Flight:
 
 
 def sending_stage(settings: Settings, store: Store, transport: object = None) -> Pipeline | Flight:
-    """The stage a `beanmail worker` loop runs: the blocking pipeline, or through a relay with
-    BEANMAIL_CONCURRENCY above 1, the pipeline with its sends in flight on the event loop."""
+    """The stage a `beanmail worker` loop runs: the blocking pipeline, or with BEANMAIL_CONCURRENCY
+    above 1 the pipeline with its sends in flight on the event loop, through the relay or straight
+    to each domain's MX hosts (a queue per domain; see ``flies``)."""
     pipeline = Pipeline(settings, store, transport=transport)  # type: ignore[arg-type]
-    if settings.transport == "smtp" and settings.in_flight > 1:
-        return Flight(settings, pipeline, settings.in_flight)
+    if flies(settings):
+        pool = MxPool.from_settings(settings) if settings.transport == "mx" else None
+        return Flight(settings, pipeline, settings.in_flight, pool)
     return pipeline
+
+
+def flies(settings: Settings) -> bool:
+    """Whether sends fly on the event loop: BEANMAIL_CONCURRENCY above 1, through a relay, or
+    direct to MX hosts from one beanstalkd server without a fleet-wide connection cap. Otherwise
+    direct MX runs that many threads sharing one transport, whose per-domain cap then holds for
+    the whole process and whose connections hold the fleet's slots."""
+    if settings.in_flight <= 1:
+        return False
+    return settings.transport == "smtp" or (len(settings.beanstalk_urls) == 1
+                                            and not settings.mx_fleet_connections_per_domain)
+

@@ -65,12 +65,15 @@ class RelayPool:
     """Sessions to one relay, opened as deliveries need them and kept for the next."""
 
     def __init__(self, target: SmtpTarget, *, timeout: float = 30.0, data_timeout: float = 600.0,
-                 helo: str = "", cafile: str = "") -> None:
+                 helo: str = "", cafile: str = "", verify: bool = True) -> None:
+        """``verify``: check the server's certificate (a relay); False for an MX host, where
+        STARTTLS is opportunistic and a certificate for another name is the rule, not an attack."""
         self.target = target
         self.timeout = timeout
         self.data_timeout = data_timeout
         self.helo = helo or socket.getfqdn()
         self.cafile = cafile or None
+        self.verify = verify
         self.idle: list[Session] = []
         self.connects = 0
 
@@ -81,6 +84,9 @@ class RelayPool:
         t = self.target
         self.connects += 1
         context = ssl.create_default_context(cafile=self.cafile) if t.tls != "off" else None
+        if context is not None and not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 t.host, t.port, ssl=context if t.tls == "ssl" else None, limit=1 << 16), self.timeout)
@@ -173,6 +179,8 @@ class RelayPool:
                     rcpts = [await session.command(line) for line in lines[1:-1]]
                     if any(r.code in (250, 251) for r in rcpts):
                         data = await session.command("DATA")
+            if mail.code == 421:  # the server closed the session (after its last message, say)
+                raise _Stale(f"421 {mail.text}")
             refusal = envelope_refusal(self.target.host, mail, rcpts, data)
             if refusal is not None:
                 if data.code == 354:
