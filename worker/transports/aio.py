@@ -74,22 +74,32 @@ class RelayPool:
         self.helo = helo or socket.getfqdn()
         self.cafile = cafile or None
         self.verify = verify
+        self._context: ssl.SSLContext | None = None
         self.idle: list[Session] = []
         self.connects = 0
 
     def _where(self) -> str:
         return f"{self.target.host}:{self.target.port}"
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Made once per pool, when a server first wants TLS: loading the system's certificates
+        for every connection cost the event loop more than the sessions themselves."""
+        if self._context is None:
+            if self.verify:
+                self._context = ssl.create_default_context(cafile=self.cafile)
+            else:  # opportunistic: encrypted, the certificate not checked (nothing to load)
+                self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                self._context.check_hostname = False
+                self._context.verify_mode = ssl.CERT_NONE
+        return self._context
+
     async def _connect(self) -> Session:
         t = self.target
         self.connects += 1
-        context = ssl.create_default_context(cafile=self.cafile) if t.tls != "off" else None
-        if context is not None and not self.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context = self._tls_context() if t.tls == "ssl" else None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                t.host, t.port, ssl=context if t.tls == "ssl" else None, limit=1 << 16), self.timeout)
+                t.host, t.port, ssl=context, limit=1 << 16), self.timeout)
         except (*_LOST, ssl.SSLError) as exc:
             raise Deferred(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from None
         session = Session(reader, writer, self.timeout)
@@ -102,7 +112,7 @@ class RelayPool:
                 started = await session.command("STARTTLS")
                 if started.code != 220:
                     raise Deferred(f"{self._where()} refused STARTTLS", reply=str(started))
-                await writer.start_tls(context, server_hostname=t.host)  # type: ignore[arg-type]
+                await writer.start_tls(self._tls_context(), server_hostname=t.host)
                 ehlo = await self._ehlo(session)
             elif t.tls == "required":
                 raise Deferred(f"{self._where()} does not offer STARTTLS and it is required")

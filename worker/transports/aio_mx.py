@@ -12,6 +12,7 @@ thread (they are cached for their TTL), so a slow DNS server never stalls the lo
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Sequence
 
 from ..outcomes import Deferred
@@ -28,7 +29,7 @@ class MxPool:
         self.port = port
         self.timeout = timeout
         self.data_timeout = data_timeout
-        self.helo = helo
+        self.helo = helo or socket.getfqdn()  # once: a lookup per new MX host would stall the loop
         self.per_domain = per_domain
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._hosts: dict[str, RelayPool] = {}
