@@ -38,25 +38,30 @@ class Signers:
 
     def sns(self, message: dict[str, object] | str, *, timestamp: float | None = None,
             message_id: str = "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324", version: str = "1",
-            cert_url: str | None = None, envelope: dict[str, Any] | None = None) -> bytes:
-        """An SNS Notification carrying ``message`` (JSON-encoded unless a string), stamped
-        ``timestamp`` (now: SNS stamps a notification when it publishes it) and signed."""
+            cert_url: str | None = None) -> bytes:
+        """An SNS Notification carrying ``message`` (JSON-encoded unless a string), signed."""
+        envelope = {"Type": "Notification", "MessageId": message_id, "TopicArn": self.topic,
+                    "Message": message if isinstance(message, str) else json.dumps(message),
+                    "SignatureVersion": version, "SigningCertURL": cert_url or self.cert_url,
+                    "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=x"}
+        return self.sns_envelope(envelope, timestamp=timestamp)
+
+    def sns_envelope(self, envelope: dict[str, Any], *, timestamp: float | None = None) -> bytes:
+        """``envelope`` (any SNS message: Notification, SubscriptionConfirmation, ...) stamped
+        ``timestamp`` (now: SNS stamps a message when it publishes it) and signed as SNS signs its
+        SignatureVersion (1: SHA1withRSA, 2: SHA256withRSA)."""
+        import datetime
+
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
-        import datetime
-
+        envelope = dict(envelope)
         stamp = datetime.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, datetime.timezone.utc)
-        envelope = {"Type": "Notification", "MessageId": message_id, "TopicArn": self.topic,
-                    "Message": message if isinstance(message, str) else json.dumps(message),
-                    "Timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
-                    "SignatureVersion": version, "SigningCertURL": cert_url or self.cert_url,
-                    "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=x",
-                    **(envelope or {})}
+        envelope["Timestamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
         names = (["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"] if envelope["Type"] == "Notification"
                  else ["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"])
         text = "".join(f"{k}\n{envelope[k]}\n" for k in names if k in envelope)
-        digest = hashes.SHA1() if version == "1" else hashes.SHA256()
+        digest = hashes.SHA1() if str(envelope.get("SignatureVersion")) == "1" else hashes.SHA256()
         envelope["Signature"] = base64.b64encode(self.sns_key.sign(text.encode(), padding.PKCS1v15(), digest)).decode()
         return json.dumps(envelope).encode()
 

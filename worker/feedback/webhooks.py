@@ -25,6 +25,7 @@ import re
 import time
 import urllib.request
 from dataclasses import dataclass
+from email.utils import parseaddr
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -204,8 +205,8 @@ class WebhookApp:
         """The delivery the event's token names, narrowed to the recipient the event names."""
         if e.token:
             match, why = intake.match_token(e.token)
-        elif e.return_path:
-            match, why = intake.match([e.return_path])
+        elif e.return_path:  # SES may give it with a display name
+            match, why = intake.match([parseaddr(e.return_path)[1] or e.return_path])
         else:
             return None, "the event carries no token of ours"
         if match is None or not e.address:
@@ -406,12 +407,13 @@ _SENDGRID_DROPS = {"bounced address": "bounce", "unsubscribed address": "unsubsc
 
 def _sendgrid_event(e: dict[str, Any]) -> Event | None:
     name = _text(e, "event")
-    token, event_id = _text(e, "beanmail"), _text(e, "sg_event_id")
+    token = _text(e, "beanmail")
     if name not in ("bounce", "blocked", "dropped", "deferred", "spamreport", "unsubscribe", "group_unsubscribe",
                     "group_resubscribe"):
         return None  # processed, delivered, open, click: no feedback on an address
     address = _text(e, "email", required=True)
     reason = _text(e, "reason")
+    event_id = ":".join((_text(e, "sg_event_id"), name, address.lower())) if e.get("sg_event_id") else ""
     if name in ("bounce", "blocked"):
         blocked = name == "blocked" or _text(e, "type") == "blocked"  # SendGrid: blocked is temporary, bounce not
         return Event("bounce", address, token, status=_text(e, "status"), diagnostic=reason,
@@ -495,7 +497,9 @@ def _mailgun_events(e: dict[str, Any]) -> list[Event]:
     if name not in ("failed", "complained", "unsubscribed"):
         return []  # accepted, delivered, opened, clicked, stored: no feedback on an address
     token = _text(_object(e.get("user-variables") or {}, "'user-variables'"), "beanmail")
-    address, event_id = _text(e, "recipient", required=True), _text(e, "id")
+    address = _text(e, "recipient", required=True)
+    # Mailgun's id is unique within a day: with the event's time it names one event
+    event_id = f"{_text(e, 'id')}:{_text(e, 'timestamp')}" if e.get("id") else ""
     if name == "complained":
         return [Event("complaint", address, token, event_id=event_id)]
     if name == "unsubscribed":
