@@ -66,13 +66,17 @@ class Signers:
         return json.dumps(envelope).encode()
 
     def sendgrid(self, events: list[dict[str, object]], timestamp: str) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(events).encode()
+        return body, self.sendgrid_headers(body, timestamp)
+
+    def sendgrid_headers(self, body: bytes, timestamp: str) -> dict[str, str]:
+        """SendGrid's signature headers for any body (it signs the bytes, whatever they hold)."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        body = json.dumps(events).encode()
         signature = self.sendgrid_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        return body, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-                      "X-Twilio-Email-Event-Webhook-Timestamp": timestamp}
+        return {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+                "X-Twilio-Email-Event-Webhook-Timestamp": timestamp}
 
     def mailgun(self, payload: dict[str, object], timestamp: str) -> bytes:
         import hashlib

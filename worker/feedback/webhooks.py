@@ -112,6 +112,21 @@ def _text(obj: dict[str, Any], name: str, *, required: bool = False) -> str:
     return str(value)
 
 
+def _address(obj: dict[str, Any], name: str) -> str:
+    """An email address field: a string with an @ in it."""
+    value = obj.get(name)
+    if not isinstance(value, str) or "@" not in value:
+        raise Malformed(f"{name!r} is {_kind(value) if not isinstance(value, str) else repr(value[:80])},"
+                        " not an email address")
+    return value.strip()
+
+
+def _inner(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """An optional object field: absent or null is {}, anything else must be an object."""
+    value = obj.get(name)
+    return {} if value is None else _object(value, repr(name))
+
+
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
         type(value), "a number")
@@ -348,16 +363,26 @@ class WebhookApp:
 
 # -- what each provider's events mean --------------------------------------------------------------
 def _recipients(obj: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    value = obj.get(name) or []
+    value = obj.get(name)
+    value = [] if value is None else value
     if not isinstance(value, list):
         raise Malformed(f"{name!r} is {_kind(value)}, not a list")
     return [_object(r, f"an entry of {name!r}") for r in value]
 
 
+def _recipients_of(mail: dict[str, Any]) -> list[str]:
+    """SES's mail.destination: the message's recipients."""
+    value = mail.get("destination")
+    value = [] if value is None else value
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise Malformed("'mail.destination' is not a list of addresses")
+    return value
+
+
 def _ses_events(message: dict[str, Any], sns_id: str) -> list[Event]:
     """SES notifications (notificationType) and event publishing (eventType)."""
     kind = _text(message, "notificationType") or _text(message, "eventType")
-    mail = _object(message.get("mail") or {}, "'mail'")
+    mail = _inner(message, "mail")
     source = _text(mail, "source")
 
     def eid(address: str) -> str:
@@ -366,7 +391,7 @@ def _ses_events(message: dict[str, Any], sns_id: str) -> list[Event]:
         bounce = _object(message.get("bounce"), "'bounce'")
         permanent = _text(bounce, "bounceType") == "Permanent"  # Transient and Undetermined are soft
         sub = _text(bounce, "bounceSubType")
-        return [Event("bounce", _text(r, "emailAddress", required=True), return_path=source,
+        return [Event("bounce", _address(r, "emailAddress"), return_path=source,
                       status=_text(r, "status"), diagnostic=_text(r, "diagnosticCode") or sub,
                       permanent=permanent, event_id=eid(_text(r, "emailAddress")))
                 for r in _recipients(bounce, "bouncedRecipients")]
@@ -375,22 +400,20 @@ def _ses_events(message: dict[str, Any], sns_id: str) -> list[Event]:
         feedback_type = _text(complaint, "complaintFeedbackType")
         recipients = _recipients(complaint, "complainedRecipients")
         if feedback_type == "not-spam":
-            return [Event("ignored", _text(r, "emailAddress"), return_path=source, event_id=eid(_text(r, "emailAddress")),
+            return [Event("ignored", _address(r, "emailAddress"), return_path=source, event_id=eid(_text(r, "emailAddress")),
                           note="complaint feedback type not-spam: no complaint") for r in recipients]
-        return [Event("complaint", _text(r, "emailAddress", required=True), return_path=source,
+        return [Event("complaint", _address(r, "emailAddress"), return_path=source,
                       event_id=eid(_text(r, "emailAddress"))) for r in recipients]
     if kind == "DeliveryDelay":
         delay = _object(message.get("deliveryDelay"), "'deliveryDelay'")
-        return [Event("delayed", _text(r, "emailAddress", required=True), return_path=source,
+        return [Event("delayed", _address(r, "emailAddress"), return_path=source,
                       status=_text(r, "status"), diagnostic=_text(r, "diagnosticCode") or _text(delay, "delayType"),
                       event_id=eid(_text(r, "emailAddress"))) for r in _recipients(delay, "delayedRecipients")]
     if kind == "Subscription":  # SES list management: the recipient changed their preferences
         sub = _object(message.get("subscription"), "'subscription'")
-        prefs = _object(sub.get("newTopicPreferences") or {}, "'newTopicPreferences'")
-        destination = mail.get("destination") or []
-        address = destination[0] if isinstance(destination, list) and len(destination) == 1 else ""
-        if not isinstance(address, str):
-            raise Malformed("'mail.destination' holds no address")
+        prefs = _inner(sub, "newTopicPreferences")
+        destination = _recipients_of(mail)
+        address = destination[0] if len(destination) == 1 else ""  # several: the event names none of them
         if prefs.get("unsubscribeAll") is True:
             return [Event("unsubscribe", address, return_path=source, event_id=eid(address),
                           note=f"unsubscribed from every topic of {_text(sub, 'contactList')} (SES)")]
@@ -411,7 +434,7 @@ def _sendgrid_event(e: dict[str, Any]) -> Event | None:
     if name not in ("bounce", "blocked", "dropped", "deferred", "spamreport", "unsubscribe", "group_unsubscribe",
                     "group_resubscribe"):
         return None  # processed, delivered, open, click: no feedback on an address
-    address = _text(e, "email", required=True)
+    address = _address(e, "email")
     reason = _text(e, "reason")
     event_id = ":".join((_text(e, "sg_event_id"), name, address.lower())) if e.get("sg_event_id") else ""
     if name in ("bounce", "blocked"):
@@ -454,11 +477,11 @@ def _postmark_events(e: dict[str, Any]) -> list[Event]:
     if not record:  # older webhooks send no RecordType: known by their fields
         record = ("SubscriptionChange" if "SuppressSending" in e else
                   "Bounce" if "TypeCode" in e and "Email" in e else "")
-    token = _text(_object(e.get("Metadata") or {}, "'Metadata'"), "beanmail")
+    token = _text(_inner(e, "Metadata"), "beanmail")
     event_id = _text(e, "ID")
     if record in ("Bounce", "SpamComplaint"):
         kind = _text(e, "Type")
-        address = _text(e, "Email", required=True)
+        address = _address(e, "Email")
         detail = _text(e, "Description") or _text(e, "Details")
         if record == "SpamComplaint" or kind == "SpamComplaint":
             return [Event("complaint", address, token, event_id=event_id)]
@@ -469,7 +492,7 @@ def _postmark_events(e: dict[str, Any]) -> list[Event]:
                           event_id=event_id)]
         return [Event("ignored", address, token, event_id=event_id, note=f"Postmark {kind or 'bounce'}: no bounce")]
     if record == "SubscriptionChange":  # the only bounce/complaint signal of broadcast streams
-        address = _text(e, "Recipient", required=True)
+        address = _address(e, "Recipient")
         event_id = ":".join(("change", _text(e, "MessageID"), address.lower(), _text(e, "ChangedAt"),
                              str(e.get("SuppressSending"))))
         why = _text(e, "SuppressionReason")
@@ -496,15 +519,15 @@ def _mailgun_events(e: dict[str, Any]) -> list[Event]:
     name = _text(e, "event")
     if name not in ("failed", "complained", "unsubscribed"):
         return []  # accepted, delivered, opened, clicked, stored: no feedback on an address
-    token = _text(_object(e.get("user-variables") or {}, "'user-variables'"), "beanmail")
-    address = _text(e, "recipient", required=True)
+    token = _text(_inner(e, "user-variables"), "beanmail")
+    address = _address(e, "recipient")
     # Mailgun's id is unique within a day: with the event's time it names one event
     event_id = f"{_text(e, 'id')}:{_text(e, 'timestamp')}" if e.get("id") else ""
     if name == "complained":
         return [Event("complaint", address, token, event_id=event_id)]
     if name == "unsubscribed":
         return [Event("unsubscribe", address, token, event_id=event_id, note="unsubscribed (Mailgun)")]
-    status = _object(e.get("delivery-status") or {}, "'delivery-status'")
+    status = _inner(e, "delivery-status")
     enhanced = _text(status, "enhanced-code")
     diagnostic = _text(status, "message") or _text(status, "description")
     reason = _text(e, "reason")
