@@ -330,3 +330,60 @@ def test_the_webhook_and_suppression_tables_on_both_store_backends(store_locatio
                                 key=key)
     assert store.soft_bounces("c@example.com", since=0) == 2
     store.close()
+
+
+# What each provider's reasons mean, beyond its published samples: (provider, the event, what it
+# is handled as, the suppression it leaves). The event names zoe@example.com, a message of ours.
+REASONS = [
+    ("mailgun", {"event": "failed", "severity": "permanent", "reason": "suppress-unsubscribe"}, "unsubscribe", "unsubscribe"),
+    ("mailgun", {"event": "failed", "severity": "permanent", "reason": "suppress-complaint"}, "complaint", "complaint"),
+    ("mailgun", {"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}, "hard", "bounce"),
+    ("mailgun", {"event": "failed", "severity": "permanent", "reason": "old"}, "soft", None),
+    ("mailgun", {"event": "failed", "severity": "permanent", "reason": "generic",
+                 "delivery-status": {"enhanced-code": "5.1.1"}}, "hard", "bounce"),
+    ("mailgun", {"event": "failed", "severity": "permanent", "reason": "generic",
+                 "delivery-status": {"enhanced-code": "5.7.1"}}, "soft", None),
+    ("sendgrid", {"event": "dropped", "reason": "Unsubscribed Address"}, "unsubscribe", "unsubscribe"),
+    ("sendgrid", {"event": "dropped", "reason": "Spam Reporting Address"}, "complaint", "complaint"),
+    ("sendgrid", {"event": "dropped", "reason": "Invalid"}, "hard", "bounce"),
+    ("sendgrid", {"event": "dropped", "reason": "Spam Content (if spam checker app enabled)"}, "ignored", None),
+    ("postmark", {"RecordType": "Bounce", "Type": "Unsubscribe", "TypeCode": 16}, "unsubscribe", "unsubscribe"),
+    ("postmark", {"RecordType": "Bounce", "Type": "Transient", "TypeCode": 2}, "soft", None),
+    ("postmark", {"RecordType": "Bounce", "Type": "AutoResponder", "TypeCode": 64}, "ignored", None),
+    ("postmark", {"RecordType": "SubscriptionChange", "SuppressSending": True, "SuppressionReason": "ManualSuppression",
+                  "Origin": "Recipient"}, "unsubscribe", "unsubscribe"),
+    ("postmark", {"RecordType": "SubscriptionChange", "SuppressSending": True, "SuppressionReason": "SpamComplaint"},
+     "complaint", "complaint"),
+    ("postmark", {"RecordType": "SubscriptionChange", "SuppressSending": False, "Origin": "Customer"}, "ignored", None),
+    ("ses", {"notificationType": "Bounce", "bounce": {"bounceType": "Undetermined", "bouncedRecipients": [{}]}},
+     "soft", None),
+    ("ses", {"notificationType": "Complaint", "complaint": {"complaintFeedbackType": "not-spam",
+                                                           "complainedRecipients": [{}]}}, "ignored", None),
+]
+
+
+@pytest.mark.parametrize("provider,event,handled,suppressed", REASONS,
+                         ids=[f"{p}-{e.get('reason') or e.get('Type') or e.get('SuppressionReason') or e.get('RecordType') or e.get('notificationType')}-{h}"
+                              for p, e, h, _ in REASONS])
+def test_each_providers_reasons_are_read_as_meant(hooks: Hooks, provider: str, event: dict[str, Any], handled: str,
+                                                  suppressed: str | None) -> None:
+    token = hooks.message("reason:1", "zoe@example.com")
+    now = str(int(time.time()))
+    event = json.loads(json.dumps(event))
+    if provider == "mailgun":
+        event.update({"recipient": "zoe@example.com", "id": "r-1", "user-variables": {"beanmail": token}})
+        body, headers = hooks.signers.mailgun({"signature": {"timestamp": now, "token": "d" * 50, "signature": ""},
+                                               "event-data": event}, now), {}
+    elif provider == "sendgrid":
+        body, headers = hooks.signers.sendgrid([{**event, "email": "zoe@example.com", "beanmail": token}], now)
+    elif provider == "postmark":
+        event.update({"Email": "zoe@example.com", "Recipient": "zoe@example.com", "Metadata": {"beanmail": token}})
+        body, headers = json.dumps(event).encode(), POSTMARK_AUTH
+    else:
+        inner = event.get("bounce") or event.get("complaint")
+        for r in inner.get("bouncedRecipients", inner.get("complainedRecipients", [])):
+            r["emailAddress"] = "zoe@example.com"
+        event["mail"] = {"source": verp.return_path(RETURN_PATH, token), "destination": ["zoe@example.com"]}
+        body, headers = hooks.signers.sns(event), {}
+    assert post(f"{hooks.url}/{provider}", body, headers) == (200, {"handled": [handled]})
+    assert (hooks.store.suppressed("zoe@example.com") or (None,))[0] == suppressed
