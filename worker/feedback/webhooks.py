@@ -163,7 +163,7 @@ class WebhookApp:
         except ValueError:
             length = -1
         if length < 0:
-            return _reply(start_response, "400 Bad Request", {"error": "Content-Length is not a number"})
+            return _reply(start_response, "400 Bad Request", {"error": "Content-Length is not a number of bytes"})
         if length > MAX_BODY:
             return _reply(start_response, "413 Payload Too Large", {"error": "too large"})
         body = environ["wsgi.input"].read(length) if length else b""
