@@ -339,6 +339,9 @@ REASONS = [
     ("mailgun", {"event": "failed", "severity": "permanent", "reason": "suppress-complaint"}, "complaint", "complaint"),
     ("mailgun", {"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}, "hard", "bounce"),
     ("mailgun", {"event": "failed", "severity": "permanent", "reason": "old"}, "soft", None),
+    # Mailgun's last try of a message it gave up on can say temporary: "old" ends it all the same
+    ("mailgun", {"event": "failed", "severity": "temporary", "reason": "old"}, "soft", None),
+    ("mailgun", {"event": "failed", "severity": "temporary", "reason": "generic"}, "delayed", None),
     ("mailgun", {"event": "failed", "severity": "permanent", "reason": "generic",
                  "delivery-status": {"enhanced-code": "5.1.1"}}, "hard", "bounce"),
     ("mailgun", {"event": "failed", "severity": "permanent", "reason": "generic",

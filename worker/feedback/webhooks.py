@@ -531,14 +531,14 @@ def _mailgun_events(e: dict[str, Any]) -> list[Event]:
     enhanced = _text(status, "enhanced-code")
     diagnostic = _text(status, "message") or _text(status, "description")
     reason = _text(e, "reason")
-    if _text(e, "severity") != "permanent":  # Mailgun tries again: one event per retry
+    if _text(e, "severity") != "permanent" and reason != "old":  # Mailgun tries again: one event per retry
         return [Event("delayed", address, token, status=enhanced, diagnostic=diagnostic or reason, event_id=event_id)]
     meaning = _MAILGUN_DROPS.get(reason)
     if meaning == "unsubscribe":
         return [Event("unsubscribe", address, token, event_id=event_id, note="dropped by Mailgun: unsubscribed")]
     if meaning == "complaint":
         return [Event("complaint", address, token, event_id=event_id)]
-    if reason == "old":  # retried until it expired: the mailbox may come back
+    if reason == "old":  # retried until it expired (Mailgun marks that last try temporary or permanent)
         return [Event("bounce", address, token, status=enhanced, diagnostic=diagnostic or "expired after retries",
                       permanent=False, event_id=event_id)]
     permanent: bool | None = True if reason in ("bounce", "suppress-bounce") else None  # else: by the status
