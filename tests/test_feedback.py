@@ -29,6 +29,7 @@ from worker.store import Store
 from .conftest import ROOT, VENV_BIN, bare_env, beanmail, run_burst
 from .relay import Dovecot, PostfixRelay
 from .servers import SmtpServer, wait_until
+from .webhook_signers import Signers, post
 
 RETURNS = "returns.beanmail.example"
 RETURN_PATH = f"bounces@{RETURNS}"
@@ -392,79 +393,6 @@ MAILGUN_FAILED = {  # Mailgun webhooks: a permanent failure
                                            "message-id": "20130503192659.13651.20287@example.com",
                                            "subject": "Test permanent_fail webhook"}, "attachments": [], "size": 111}},
 }
-
-
-class Signers:
-    """The providers' side of each signature, with keys made for the test."""
-
-    def __init__(self) -> None:
-        import datetime
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
-        from cryptography.x509.oid import NameOID
-
-        self.sns_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.sns_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                         .public_key(self.sns_key.public_key()).serial_number(1)
-                         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-                         .sign(self.sns_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-        self.cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem"
-        self.sendgrid_key = ec.generate_private_key(ec.SECP256R1())
-        self.sendgrid_public = base64.b64encode(self.sendgrid_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
-        self.mailgun_key = "key-mailgun-signing-for-tests"
-        self.topic = "arn:aws:sns:us-east-1:123456789012:ses-bounces"
-
-    def sns(self, message: dict[str, object]) -> bytes:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
-        envelope = {"Type": "Notification", "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
-                    "TopicArn": self.topic, "Message": json.dumps(message), "Timestamp": "2016-01-27T14:59:38.300Z",
-                    "SignatureVersion": "1", "SigningCertURL": self.cert_url,
-                    "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=x"}
-        text = "".join(f"{k}\n{envelope[k]}\n" for k in ("Message", "MessageId", "Timestamp", "TopicArn", "Type"))
-        envelope["Signature"] = base64.b64encode(self.sns_key.sign(text.encode(), padding.PKCS1v15(),
-                                                                   hashes.SHA1())).decode()
-        return json.dumps(envelope).encode()
-
-    def sendgrid(self, events: list[dict[str, object]], timestamp: str) -> tuple[bytes, dict[str, str]]:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        body = json.dumps(events).encode()
-        signature = self.sendgrid_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        return body, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-                      "X-Twilio-Email-Event-Webhook-Timestamp": timestamp}
-
-    def mailgun(self, payload: dict[str, object], timestamp: str) -> bytes:
-        import hashlib
-        import hmac
-
-        payload = json.loads(json.dumps(payload))
-        sig = payload["signature"]
-        sig["timestamp"] = timestamp
-        sig["signature"] = hmac.new(self.mailgun_key.encode(), f"{timestamp}{sig['token']}".encode(),
-                                    hashlib.sha256).hexdigest()
-        return json.dumps(payload).encode()
-
-
-def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        data = exc.read()
-        return exc.code, json.loads(data) if exc.headers.get("Content-Type") == "application/json" else {"text": data}
 
 
 def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_ones(

@@ -367,12 +367,13 @@ def cmd_suppress(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = store.suppression_list()
         if args.json:
-            print_json([dict(zip(("address", "source", "reason", "created_at"), r)) for r in rows])
+            print_json([dict(zip(("address", "source", "reason", "created_at", "expires_at"), r)) for r in rows])
             return 0
         if not rows:
             print("the suppression list is empty")
-        for address, source, reason, _ in rows:
-            print(f"{address}  {source}  {reason}")
+        for address, source, reason, _, until in rows:
+            lapses = time.strftime("until %Y-%m-%d %H:%M", time.localtime(until)) if until else "permanent"
+            print(f"{address}  {source}  {lapses}  {reason}")
         return 0
     if not args.address:
         raise UsageError(f"suppress {args.action} needs an ADDRESS")

@@ -404,8 +404,8 @@ class Pipeline:
         for recipient in envelope.to:
             entry = suppressed.get(recipient.address.lower())
             # transactional urgent mail (a password reset) may reach someone who unsubscribed
-            # from notifications, never an address that hard-bounced
-            if entry is None or (entry[0] in ("unsubscribe", "complaint") and envelope.priority == "urgent"):
+            # from notifications or whose mailbox soft-bounced, never an address that hard-bounced
+            if entry is None or (entry[0] in ("unsubscribe", "complaint", "soft-bounce") and envelope.priority == "urgent"):
                 kept.append(recipient)
             else:
                 reasons.append(f"suppressed ({entry[0]}): {mask(recipient.address)}")

@@ -93,6 +93,7 @@ class Settings:
     bounce_mailbox: str = ""  # imaps://user:pass@host/INBOX for `beanmail bounces fetch`
     soft_bounce_limit: int = 5  # soft bounces of one address within the window that suppress it
     soft_bounce_window: float = 86400.0
+    soft_suppression_days: float = 7.0  # how long soft bounces keep an address suppressed (urgent mail still goes)
     brake_window: int = 1000  # the last N bulk deliveries the brake judges; 0 turns it off
     brake_min_sends: int = 100  # fewer bulk deliveries than this are not judged
     brake_bounce_rate: float = 0.05
@@ -363,7 +364,7 @@ def _validate_feedback(s: Settings) -> None:
                                 " such as bounces@example.org (no '+': the token goes there)")
         if not s.verp_secret:
             raise SettingsError("BEANMAIL_RETURN_PATH_SECRET: needed (or BEANMAIL_SECRET) to sign return paths")
-    for name in ("soft_bounce_limit", "soft_bounce_window"):
+    for name in ("soft_bounce_limit", "soft_bounce_window", "soft_suppression_days"):
         if not getattr(s, name) > 0:
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {getattr(s, name)!r}")
     if s.brake_window < 0 or s.brake_min_sends < 1:

@@ -63,6 +63,7 @@ HELP: dict[str, str] = {
     "bounce_mailbox": "`imaps://user:pass@host/INBOX` for `beanmail bounces fetch`",
     "soft_bounce_limit": "soft bounces of one address within the window that suppress it",
     "soft_bounce_window": "seconds the soft bounces are counted over",
+    "soft_suppression_days": "days a soft-bounce suppression lasts; urgent mail still goes meanwhile",
     "brake_window": "the last N bulk deliveries the brake judges; 0 turns the brake off",
     "brake_min_sends": "fewer bulk deliveries than this in the window are not judged",
     "brake_bounce_rate": "bounce rate over the window that pauses bulk mail",

@@ -110,6 +110,16 @@ MIGRATIONS: dict[int, str] = {
         changed_at DOUBLE PRECISION NOT NULL
     )
     """,
+    14: """
+    ALTER TABLE suppression ADD COLUMN expires_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+    CREATE TABLE webhook_events (
+        provider TEXT NOT NULL,         -- ses | sendgrid | postmark | mailgun
+        event_id TEXT NOT NULL,         -- the provider's own id of the event (SNS: its MessageId)
+        received_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (provider, event_id)
+    );
+    CREATE INDEX webhook_events_received ON webhook_events (received_at)
+    """,
     20: """
     CREATE TABLE console_counts (
         minute BIGINT NOT NULL,         -- unix time // 60
@@ -745,15 +755,23 @@ class Store:
         return float(slot - now)
 
     # -- suppression ----------------------------------------------------------------------------
+    # A suppression in force has expires_at 0 (for good) or in the future (a soft bounce's, which
+    # lapses by itself). How much each source holds back, for the pipeline's check: bounce and
+    # operator stop every message; complaint, unsubscribe and soft-bounce let urgent mail through.
+    _STRENGTH = {"bounce": 3, "operator": 3, "complaint": 2, "unsubscribe": 2, "soft-bounce": 1}
+    _IN_FORCE = "(expires_at = 0 OR expires_at > ?)"
+
     def suppressed(self, address: str) -> tuple[str, str] | None:
-        row = self._one("SELECT source, reason FROM suppression WHERE address = ?", (address.lower(),))
+        row = self._one(f"SELECT source, reason FROM suppression WHERE address = ? AND {self._IN_FORCE}",
+                        (address.lower(), time.time()))
         return (row[0], row[1]) if row else None
 
     def suppressed_many(self, addresses: Sequence[str]) -> dict[str, tuple[str, str]]:
         """``suppressed`` for a batch's recipients in one query, by lower-cased address."""
-        rows = self.all_in("SELECT address, source, reason FROM suppression WHERE address IN ({marks})",
+        now = time.time()
+        rows = self.all_in("SELECT address, source, reason, expires_at FROM suppression WHERE address IN ({marks})",
                            {a.lower() for a in addresses})
-        return {row[0]: (row[1], row[2]) for row in rows}
+        return {row[0]: (row[1], row[2]) for row in rows if not row[3] or row[3] > now}
 
     def all_in(self, sql: str, values: Iterable[Any]) -> list[Any]:
         """The rows of ``sql`` whose ``IN ({marks})`` takes ``values``, in as many queries as the
@@ -763,19 +781,34 @@ class Store:
             rows += self._all(sql.format(marks=", ".join("?" * len(part))), part)
         return rows
 
-    def suppress(self, address: str, reason: str, source: str) -> None:
-        self._run(
-            "INSERT INTO suppression (address, reason, source, created_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source",
-            (address.lower(), reason, source, time.time()),
-        )
+    def suppress(self, address: str, reason: str, source: str, *, until: float = 0.0) -> bool:
+        """Suppress ``address`` (``until``: when it lapses, 0 for good). A suppression in force that
+        holds back more is kept (a soft bounce does not turn a hard bounce into one that lapses, nor
+        an unsubscribe let urgent mail reach an address that hard-bounced); True if written."""
+        address, now = address.lower(), time.time()
+        strength = self._STRENGTH.get(source, 3)
+        with self._transaction():
+            row = self._db.execute("SELECT source, expires_at FROM suppression WHERE address = ?",
+                                   (address,)).fetchone()
+            if row is not None and (not row[1] or row[1] > now):
+                held = self._STRENGTH.get(row[0], 3)
+                if held > strength or (held == strength and not row[1] and until):
+                    return False
+            self._db.execute(
+                "INSERT INTO suppression (address, reason, source, created_at, expires_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, source = excluded.source,"
+                " created_at = excluded.created_at, expires_at = excluded.expires_at",
+                (address, reason, source, now, until))
+        return True
 
     def unsuppress(self, address: str) -> bool:
         return self._run("DELETE FROM suppression WHERE address = ?", (address.lower(),)) > 0
 
-    def suppression_list(self) -> list[tuple[str, str, str, float]]:
+    def suppression_list(self) -> list[tuple[str, str, str, float, float]]:
+        """The suppressions in force: (address, source, reason, since, until; 0: for good)."""
         return [tuple(r) for r in self._all(
-            "SELECT address, source, reason, created_at FROM suppression ORDER BY address")]
+            f"SELECT address, source, reason, created_at, expires_at FROM suppression WHERE {self._IN_FORCE}"
+            " ORDER BY address", (time.time(),))]
 
     # -- buried jobs ----------------------------------------------------------------------------
     def record_failure(self, server: str, job_id: int, tube: str, outcome: str, reason: str,
@@ -865,13 +898,15 @@ class Store:
             " GROUP BY domain, outcome", (since_minute,))]
 
     def suppression_counts(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in self._all("SELECT source, count(*) FROM suppression GROUP BY source")}
+        return {str(k): int(v) for k, v in self._all(
+            f"SELECT source, count(*) FROM suppression WHERE {self._IN_FORCE} GROUP BY source", (time.time(),))}
 
-    def suppression_search(self, text: str = "", limit: int = 200) -> list[tuple[str, str, str, float]]:
-        """Addresses containing ``text`` (any case), newest first."""
+    def suppression_search(self, text: str = "", limit: int = 200) -> list[tuple[str, str, str, float, float]]:
+        """Suppressions in force whose address contains ``text`` (any case), newest first:
+        (address, source, reason, since, until; 0: for good)."""
         return [tuple(r) for r in self._all(
-            "SELECT address, source, reason, created_at FROM suppression WHERE address LIKE ?"
-            " ORDER BY created_at DESC LIMIT ?", (f"%{text.lower()}%", limit))]
+            f"SELECT address, source, reason, created_at, expires_at FROM suppression WHERE address LIKE ?"
+            f" AND {self._IN_FORCE} ORDER BY created_at DESC LIMIT ?", (f"%{text.lower()}%", time.time(), limit))]
 
     def failures_of(self, server: str, job_id: int) -> list[tuple[str, str, str, str, float]]:
         """Every time the job was buried: (tube, outcome, reason, body, created_at), oldest first."""
@@ -918,9 +953,25 @@ class Store:
         return row[0] if row else None
 
     def soft_bounces(self, address: str, since: float) -> int:
-        row = self._one("SELECT count(*) FROM bounces WHERE address = ? AND classification = 'soft'"
+        """The messages to ``address`` that soft-bounced since ``since``: one however many
+        times a provider reported it (Mailgun posts a failure for each of its retries)."""
+        row = self._one("SELECT count(DISTINCT key) FROM bounces WHERE address = ? AND classification = 'soft'"
                         " AND received_at >= ?", (address.lower(), since))
         return int(row[0])
+
+    def first_webhook_event(self, provider: str, event_id: str, keep: float = 30 * 86400) -> bool:
+        """Remember a provider's event id; False if it was seen before (a replay or a retry of a
+        request already handled). Ids older than ``keep`` seconds are forgotten."""
+        now = time.time()
+        with self._transaction():
+            self._db.execute("DELETE FROM webhook_events WHERE received_at < ?", (now - keep,))
+            return self._db.execute(
+                "INSERT INTO webhook_events (provider, event_id, received_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (provider, event_id) DO NOTHING", (provider, event_id[:500], now)).rowcount == 1
+
+    def webhook_event_seen(self, provider: str, event_id: str) -> bool:
+        return self._one("SELECT 1 FROM webhook_events WHERE provider = ? AND event_id = ?",
+                         (provider, event_id[:500])) is not None
 
     def note_bounce(self, key: str, reason: str, reply: str) -> bool:
         """A bounce that came back after the message was accepted, on the delivery's own row."""

@@ -2,14 +2,20 @@
 
 A report is tied to one delivery only through a VERP token that verifies and that the store
 knows; anything else (forged, damaged, a message we never sent) is kept as ``unmatched`` and
-suppresses nobody. A matched hard bounce suppresses at once; soft bounces after
-``soft_bounce_limit`` within ``soft_bounce_window``; a complaint at once, with source
-``complaint``. The delivery's own row in the log says what came back.
+suppresses nobody. A token acts only on the one recipient it was made for: a message sent to
+several recipients in one transaction shares one return path, so a DSN or ARF report through it
+cannot show whose it is (any recipient could forge one naming another) and is kept, unmatched.
+A provider's signed event names its recipient itself (the webhook narrows the match to it).
+
+A matched hard bounce suppresses at once; soft bounces of ``soft_bounce_limit`` messages within
+``soft_bounce_window`` (one message reported many times counts once) suppress for
+``soft_suppression_days``, urgent mail still going; a complaint or an unsubscribe at once, with
+that source, urgent mail still going. The delivery's own row in the log says what came back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..logs import get_logger, mask
 from ..settings import Settings
@@ -22,7 +28,7 @@ from .parse import Failure, Report, parse
 @dataclass(frozen=True)
 class Handled:
     bounce_id: str
-    classification: str  # hard | soft | complaint | delayed | unmatched | ignored
+    classification: str  # hard | soft | complaint | unsubscribe | delayed | unmatched | ignored | replay
     address: str = ""
     key: str = ""
     suppressed: bool = False
@@ -32,8 +38,18 @@ class Handled:
 class Match:
     token: str
     key: str
-    recipient: str
+    recipient: str  # the message's recipients, comma-separated (narrowed to one by a provider's event)
     bulk: bool
+
+    @property
+    def recipients(self) -> list[str]:
+        return [r for r in self.recipient.split(",") if r]
+
+    def narrowed(self, address: str) -> "Match | None":
+        """The match for one recipient a provider's signed event names; None if it names none of
+        the message's recipients."""
+        address = address.strip().lower()
+        return replace(self, recipient=address) if address in self.recipients else None
 
 
 class Intake:
@@ -95,26 +111,31 @@ class Intake:
                                            address=address, detail=why, raw=raw)
             log.warning("feedback unmatched: nobody suppressed", source=source, kind=report.kind, reason=why)
             return [Handled(bid, "unmatched", address)]
+        if len(match.recipients) != 1:
+            address = report.complained or (report.failures[0].address if report.failures else "")
+            detail = (f"the return path of {match.key} is shared by {len(match.recipients)} recipients: a report"
+                      " through it cannot show whose it is, nobody suppressed")
+            bid = self.store.record_bounce(source=source, kind=report.kind, classification="unmatched",
+                                           address=address, key=match.key, detail=detail, raw=raw)
+            log.warning("feedback unmatched: nobody suppressed", source=source, kind=report.kind, reason=detail)
+            return [Handled(bid, "unmatched", address, match.key)]
         if report.complaint:
             return [self._complaint(report, match, source, raw)]
-        handled = [self._bounce(f, match, source, raw, report.kind) for f in self._failures(report, match)]
+        handled = [self._bounce(self._failure(report, match), match, source, raw, report.kind)]
         if match.bulk and any(h.classification in ("hard", "soft") for h in handled):
             self.brake.check()
         return handled
 
     @staticmethod
-    def _failures(report: Report, match: Match) -> list[Failure]:
-        """The report's failures for the message's own recipient(s): a DSN names the address the
-        last MTA tried (a forward may differ), so the token's recipient is what is suppressed."""
-        ours = match.recipient.split(",")
-        failures = report.failures or [Failure(ours[0], "failed", "", "no recipient in the report")]
-        out = []
-        for f in failures:
-            address = f.address if f.address in ours else ours[0] if len(ours) == 1 else ""
-            if address:
-                out.append(Failure(address, f.action, f.status, f.diagnostic, f.detected, f.permanent))
-        return out[:len(ours)] or [Failure(ours[0], failures[0].action, failures[0].status, failures[0].diagnostic,
-                                           failures[0].detected, failures[0].permanent)]
+    def _failure(report: Report, match: Match) -> Failure:
+        """The report's failure, for the one recipient the token was made for: a DSN names the
+        address the last MTA tried (a forward may differ), so the token's recipient is what is
+        suppressed, whatever address the report names."""
+        [ours] = match.recipients
+        failures = report.failures or [Failure(ours, "failed", "", "no recipient in the report")]
+        f = next((f for f in failures if f.address == ours), None) \
+            or next((f for f in failures if f.action == "failed"), failures[0])
+        return Failure(ours, f.action, f.status, f.diagnostic, f.detected, f.permanent)
 
     def _bounce(self, f: Failure, match: Match, source: str, raw: str, kind: str) -> Handled:
         s = self.settings
@@ -132,15 +153,41 @@ class Intake:
         elif classification == "soft":
             count = self.store.soft_bounces(f.address, since=_now() - s.soft_bounce_window)
             if count >= s.soft_bounce_limit:
-                self.store.suppress(f.address, f"{count} soft bounces within {s.soft_bounce_window:g}s, last"
-                                    f" {f.status}: {f.diagnostic}"[:500], "bounce")
+                until = _now() + s.soft_suppression_days * 86400
+                self.store.suppress(f.address, f"{count} soft bounces within {s.soft_bounce_window:g}s (one per"
+                                    f" message), last {f.status}: {f.diagnostic}"[:500], "soft-bounce", until=until)
                 suppressed = True
         get_logger().info("bounce", source=source, classification=classification, status=f.status,
                           to=mask(f.address) if s.mask_addresses else f.address, suppressed=suppressed)
         return Handled(bid, classification, f.address, match.key, suppressed)
 
+    def unsubscribe(self, match: Match | None, why: str, address: str, *, source: str, detail: str,
+                    raw: str) -> Handled:
+        """A provider's word that the recipient left (a link, a list-unsubscribe, its own list):
+        suppressed with source ``unsubscribe``, urgent mail still going. Unmatched: nobody."""
+        if match is not None and len(match.recipients) != 1:
+            match, why = None, f"{match.key} went to {len(match.recipients)} recipients and the event names none"
+        if match is None:
+            bid = self.store.record_bounce(source=source, kind="webhook", classification="unmatched",
+                                           address=address, detail=why, raw=raw)
+            get_logger().warning("feedback unmatched: nobody suppressed", source=source, kind="unsubscribe", reason=why)
+            return Handled(bid, "unmatched", address)
+        [ours] = match.recipients
+        bid = self.store.record_bounce(source=source, kind="webhook", classification="unsubscribe", address=ours,
+                                       key=match.key, detail=detail, raw=raw)
+        self.store.suppress(ours, f"{detail} ({match.key})"[:500], "unsubscribe")
+        get_logger().info("unsubscribe", source=source, to=mask(ours) if self.settings.mask_addresses else ours)
+        return Handled(bid, "unsubscribe", ours, match.key, True)
+
+    def ignore(self, *, source: str, address: str, detail: str, raw: str, key: str = "") -> Handled:
+        """An event that carries no signal for the suppression list, kept with why."""
+        bid = self.store.record_bounce(source=source, kind="webhook", classification="ignored", address=address,
+                                       key=key, detail=detail, raw=raw)
+        get_logger().info("feedback ignored", source=source, detail=detail)
+        return Handled(bid, "ignored", address, key)
+
     def _complaint(self, report: Report, match: Match, source: str, raw: str) -> Handled:
-        address = match.recipient.split(",")[0]
+        [address] = match.recipients  # the one the token (or the provider's event) names
         bid = self.store.record_bounce(source=source, kind=report.kind, classification="complaint", address=address,
                                        key=match.key, status=report.feedback_type,
                                        detail=f"complaint ({report.feedback_type})", raw=raw)

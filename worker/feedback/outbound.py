@@ -50,7 +50,9 @@ class Outbound:
                                                                self.sender_id))}
         provider = self.settings.relay_provider
         if provider in PROVIDER_HEADERS:  # the token comes back in the provider's webhook events
-            token = verp.make_token(envelope.id, address, self.settings.verp_secret)
+            # made as prepare() records the message (its recipients joined), so it always names it
+            recipients = ",".join(r.address.lower() for r in envelope.to)
+            token = verp.make_token(envelope.id, recipients, self.settings.verp_secret)
             name, template = PROVIDER_HEADERS[provider]
             headers[name] = template.replace("TOKEN", token)
         return headers

@@ -3,16 +3,21 @@ signature checked against the SNS certificate), ``/sendgrid`` (Event Webhook, EC
 ``/postmark`` (basic auth: Postmark signs nothing), ``/mailgun`` (HMAC-SHA256). Mount it in
 any WSGI app or serve it from the operator console.
 
-An event reaches the same intake as a DSN. It is tied to a delivery by the VERP token the
-message carried: SES hands back the envelope sender (``mail.source``), the others the value
-``BEANMAIL_RELAY_PROVIDER`` put in their header. A request whose signature fails is refused
-(403) and recorded nowhere; an event without a token of ours is recorded as unmatched.
-Answers 503 while the store is down, so the provider retries.
+It owns how each provider's events are read: which carry a bounce (hard, soft, or a delay),
+a complaint or an unsubscribe, and which nothing. An event reaches the same intake as a DSN,
+tied to a delivery by the VERP token the message carried (SES hands back the envelope sender,
+``mail.source``; the others the value ``BEANMAIL_RELAY_PROVIDER`` put in their header) and to
+the one recipient the provider's signed event names. A request whose signature fails, or whose
+signed timestamp is over an hour off, is refused (403) and recorded nowhere; a body that is not
+the provider's payload is answered 400 with the reason; an event id seen before (SNS: its
+MessageId) counts once; an event without a token of ours is recorded as unmatched. Answers 503
+while the store is down, so the provider retries.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -20,6 +25,7 @@ import re
 import time
 import urllib.request
 from dataclasses import dataclass
+from email.utils import parseaddr
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -31,12 +37,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from ..logs import get_logger
 from ..settings import Settings
 from ..store import Store, StoreUnavailable
-from .intake import Handled, Intake
+from .intake import Handled, Intake, Match
 from .parse import Failure, Report
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 3600  # seconds a signed timestamp may be off (replays of old requests are refused)
-_SNS_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+# Amazon's SNS endpoints only: sns.<region>.amazonaws.com (sns.s3.amazonaws.com is an S3 bucket
+# anyone could have named "sns"); the certificates are SimpleNotificationService-<hex>.pem
+_SNS_HOST = re.compile(r"sns\.[a-z]{2}(-[a-z]+)+-\d{1,2}\.amazonaws\.com")
+_SNS_CERT_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
 
 
 class Refused(Exception):
@@ -47,21 +56,80 @@ class Refused(Exception):
         self.status = status
 
 
+class Malformed(ValueError):
+    """The body is not the provider's payload: 400 with the reason."""
+
+
+class CertificateUnavailable(Exception):
+    """The SNS signing certificate could not be fetched: 503, so SNS retries."""
+
+
 @dataclass(frozen=True)
 class Event:
-    kind: str  # bounce | complaint
+    kind: str  # bounce | delayed | complaint | unsubscribe | ignored (kept, suppresses nobody)
     address: str
     token: str = ""  # ours, as the provider handed it back
     return_path: str = ""  # SES: the envelope sender, a VERP address
     status: str = ""
     diagnostic: str = ""
-    permanent: bool | None = None
-    action: str = "failed"
+    permanent: bool | None = None  # bounce: the provider's verdict; None: judged by the status
+    event_id: str = ""  # the provider's id of the event: a replay counts once
+    note: str = ""  # what the provider said (unsubscribes, ignored events)
 
 
 def fetch_certificate(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - an https URL checked below
         return response.read()
+
+
+# -- reading JSON that may be anything -------------------------------------------------------------
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise Malformed(f"the body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise Malformed("the body is JSON nested too deeply") from None
+    except ValueError as exc:
+        raise Malformed(f"the body is not JSON: {exc}") from None
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Malformed(f"{what} is {_kind(value)}, not a JSON object")
+    return value
+
+
+def _text(obj: dict[str, Any], name: str, *, required: bool = False) -> str:
+    """A string (or number) field; absent or null is "" unless required."""
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise Malformed(f"{name!r} is missing")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise Malformed(f"{name!r} is {_kind(value)}, not a string")
+    return str(value)
+
+
+def _address(obj: dict[str, Any], name: str) -> str:
+    """An email address field: a string with an @ in it."""
+    value = obj.get(name)
+    if not isinstance(value, str) or "@" not in value:
+        raise Malformed(f"{name!r} is {_kind(value) if not isinstance(value, str) else repr(value[:80])},"
+                        " not an email address")
+    return value.strip()
+
+
+def _inner(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """An optional object field: absent or null is {}, anything else must be an object."""
+    value = obj.get(name)
+    return {} if value is None else _object(value, repr(name))
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(value), "a number")
 
 
 class WebhookApp:
@@ -93,93 +161,142 @@ class WebhookApp:
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            length = 0
+            length = -1
+        if length < 0:
+            return _reply(start_response, "400 Bad Request", {"error": "Content-Length is not a number of bytes"})
         if length > MAX_BODY:
             return _reply(start_response, "413 Payload Too Large", {"error": "too large"})
         body = environ["wsgi.input"].read(length) if length else b""
+        log = get_logger()
         try:
             events = handler(body, environ)
-            handled = self._apply(provider, events, body)
         except Refused as exc:
-            get_logger().warning("webhook refused", provider=provider, reason=str(exc))
+            log.warning("webhook refused", provider=provider, reason=str(exc))
             extra = [("WWW-Authenticate", 'Basic realm="beanmail"')] if exc.status.startswith("401") else []
             return _reply(start_response, exc.status, {"error": str(exc)}, extra)
+        except CertificateUnavailable as exc:
+            return _reply(start_response, "503 Service Unavailable", {"error": str(exc)}, [("Retry-After", "60")])
+        except (Malformed, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # whatever the body is (a list, a string, null, deep nesting, not UTF-8), it is no event
+            reason = str(exc) if isinstance(exc, Malformed) else f"{type(exc).__name__}: {exc}"
+            log.warning("webhook body refused", provider=provider, reason=reason[:300])
+            return _reply(start_response, "400 Bad Request", {"error": f"not a {provider} payload: {reason[:300]}"})
+        try:
+            handled = self._apply(provider, events, body)
         except StoreUnavailable as exc:
             return _reply(start_response, "503 Service Unavailable", {"error": exc.reason}, [("Retry-After", "60")])
-        except (ValueError, KeyError, TypeError) as exc:
-            return _reply(start_response, "400 Bad Request", {"error": f"not a {provider} payload: {exc}"})
         return _reply(start_response, "200 OK", {"handled": [h.classification for h in handled]})
 
     def _apply(self, provider: str, events: list[Event], body: bytes) -> list[Handled]:
         intake = Intake(self.settings, self.store)
         out: list[Handled] = []
         raw = body.decode("utf-8", "replace")
+        source = f"webhook:{provider}"
         for e in events:
-            if e.token:
-                match, why = intake.match_token(e.token)
-            elif e.return_path:
-                match, why = intake.match([e.return_path])
+            if e.event_id and self.store.webhook_event_seen(provider, e.event_id):
+                get_logger().info("webhook event seen before: not counted again", provider=provider,
+                                  event_id=e.event_id[:80])
+                out.append(Handled("", "replay", e.address))
+                continue
+            match, why = self._match(intake, e)
+            if e.kind == "ignored":
+                out.append(intake.ignore(source=source, address=e.address, detail=e.note, raw=raw,
+                                         key=match.key if match else ""))
+            elif e.kind == "unsubscribe":
+                out.append(intake.unsubscribe(match, why, e.address, source=source, detail=e.note, raw=raw))
+            elif e.kind == "complaint":
+                report = Report("webhook", feedback_type="abuse", complained=e.address.lower())
+                out += intake.apply(report, match, why, source=source, raw=raw)
             else:
-                match, why = None, "the event carries no token of ours"
-            if e.kind == "complaint":
-                report = Report("webhook", feedback_type="abuse", complained=e.address)
-            else:
-                report = Report("webhook", [Failure(e.address.lower(), e.action, e.status, e.diagnostic,
+                action = "delayed" if e.kind == "delayed" else "failed"
+                report = Report("webhook", [Failure(e.address.lower(), action, e.status, e.diagnostic,
                                                     permanent=e.permanent)])
-            out += intake.apply(report, match, why, source=f"webhook:{provider}", raw=raw)
+                out += intake.apply(report, match, why, source=source, raw=raw)
+            if e.event_id:
+                self.store.first_webhook_event(provider, e.event_id)
         return out
+
+    def _match(self, intake: Intake, e: Event) -> tuple[Match | None, str]:
+        """The delivery the event's token names, narrowed to the recipient the event names."""
+        if e.token:
+            match, why = intake.match_token(e.token)
+        elif e.return_path:  # SES may give it with a display name
+            match, why = intake.match([parseaddr(e.return_path)[1] or e.return_path])
+        else:
+            return None, "the event carries no token of ours"
+        if match is None or not e.address:
+            return match, why
+        narrowed = match.narrowed(e.address)
+        if narrowed is None:
+            return None, f"the event names {e.address[:200]}, not a recipient of {match.key}"
+        return narrowed, ""
 
     # -- Amazon SES through SNS -----------------------------------------------------------------
     def _ses(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
-        envelope = json.loads(body)
+        envelope = _object(_json(body), "the SNS message")
         self._verify_sns(envelope)
         allowed = [a.strip() for a in self.settings.ses_topic_arns.split(",") if a.strip()]
-        if envelope.get("TopicArn") not in allowed:
-            raise Refused(f"topic {envelope.get('TopicArn')!r} is not in BEANMAIL_SES_TOPIC_ARNS")
-        if envelope["Type"] == "SubscriptionConfirmation":
+        topic = _text(envelope, "TopicArn")
+        if topic not in allowed:
+            raise Refused(f"topic {topic!r} is not in BEANMAIL_SES_TOPIC_ARNS")
+        kind = _text(envelope, "Type")
+        if kind in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
             # confirming is an operator's decision: visit SubscribeURL once (it is logged)
-            get_logger().warning("SNS subscription awaiting confirmation", topic=envelope["TopicArn"],
-                                 subscribe_url=envelope.get("SubscribeURL"))
+            get_logger().warning(f"SNS {kind}: awaiting an operator", topic=topic,
+                                 subscribe_url=_text(envelope, "SubscribeURL") or None)
             return []
-        if envelope["Type"] != "Notification":
+        if kind != "Notification":
             return []
-        message = json.loads(envelope["Message"])
-        kind = message.get("notificationType") or message.get("eventType")
-        source = message.get("mail", {}).get("source", "")
-        if kind == "Bounce":
-            bounce = message["bounce"]
-            permanent = bounce.get("bounceType") == "Permanent"
-            return [Event("bounce", r["emailAddress"], return_path=source, status=r.get("status", ""),
-                          diagnostic=r.get("diagnosticCode", ""), permanent=permanent)
-                    for r in bounce.get("bouncedRecipients", [])]
-        if kind == "Complaint":
-            complaint = message["complaint"]
-            if complaint.get("complaintFeedbackType") == "not-spam":
-                return []
-            return [Event("complaint", r["emailAddress"], return_path=source)
-                    for r in complaint.get("complainedRecipients", [])]
-        return []
+        sns_id = _text(envelope, "MessageId", required=True)
+        text = _text(envelope, "Message")
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError):
+            message = None
+        if not isinstance(message, dict):
+            # the topic may carry more than SES's events: a correctly signed notification is kept
+            return [Event("ignored", "", event_id=sns_id, note=f"SNS notification on {topic} whose Message is"
+                                                                   " not an SES event (not a JSON object)")]
+        return _ses_events(message, sns_id)
 
     def _verify_sns(self, m: dict[str, Any]) -> None:
-        """Amazon SNS message signatures (SignatureVersion 1: SHA1, 2: SHA256 with RSA)."""
-        url = m.get("SigningCertURL") or m.get("SigningCertUrl") or ""
+        """Amazon SNS message signatures (SignatureVersion 1: SHA1, 2: SHA256 with RSA), by a
+        certificate from sns.<region>.amazonaws.com, over a Timestamp less than an hour off."""
+        url = _text(m, "SigningCertURL") or _text(m, "SigningCertUrl")
         parts = urlsplit(url)
-        if parts.scheme != "https" or not _SNS_HOST.match(parts.hostname or "") or not parts.path.endswith(".pem"):
-            raise Refused(f"SigningCertURL {url!r} is not Amazon SNS's")
-        if m.get("Type") == "Notification":
+        if (parts.scheme != "https" or parts.netloc != parts.hostname or not _SNS_HOST.fullmatch(parts.netloc)
+                or not _SNS_CERT_PATH.fullmatch(parts.path) or parts.query or parts.fragment):
+            raise Refused(f"SigningCertURL {url[:200]!r} is not Amazon SNS's")
+        if _text(m, "Type") == "Notification":
             names = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
         else:
             names = ["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
-        text = "".join(f"{n}\n{m[n]}\n" for n in names if n in m and m[n] is not None).encode()
-        algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(str(m.get("SignatureVersion")))
+        text = "".join(f"{n}\n{_text(m, n)}\n" for n in names if m.get(n) is not None).encode()
+        algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(_text(m, "SignatureVersion"))
         if algorithm is None:
-            raise Refused(f"unknown SignatureVersion {m.get('SignatureVersion')!r}")
+            raise Refused(f"unknown SignatureVersion {_text(m, 'SignatureVersion')[:20]!r}")
         if url not in self._certs:
-            self._certs[url] = x509.load_pem_x509_certificate(self.certificates(url)).public_key()
+            try:
+                pem = self.certificates(url)
+            except OSError as exc:
+                raise CertificateUnavailable(f"SNS certificate {url} not fetched: {exc}") from None
+            try:
+                self._certs[url] = x509.load_pem_x509_certificate(pem).public_key()
+            except ValueError as exc:
+                raise Refused(f"SigningCertURL {url!r} holds no certificate") from exc
         try:
-            self._certs[url].verify(base64.b64decode(m["Signature"]), text, padding.PKCS1v15(), algorithm)
-        except (InvalidSignature, ValueError) as exc:
+            self._certs[url].verify(base64.b64decode(_text(m, "Signature", required=True)), text,
+                                    padding.PKCS1v15(), algorithm)
+        except (InvalidSignature, ValueError, TypeError) as exc:
             raise Refused("SNS signature does not verify") from exc
+        stamp = _text(m, "Timestamp")
+        try:
+            when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                raise ValueError("no time zone")
+        except ValueError:
+            raise Refused(f"SNS Timestamp {stamp[:40]!r} is not a time") from None
+        self._fresh(str(when.timestamp()))
 
     # -- SendGrid Event Webhook ------------------------------------------------------------------
     def _sendgrid(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
@@ -195,15 +312,14 @@ class WebhookApp:
             key.verify(base64.b64decode(signature), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, ValueError) as exc:
             raise Refused("SendGrid signature does not verify") from exc
+        batch = _json(body)
+        if not isinstance(batch, list):
+            raise Malformed(f"the body is {_kind(batch)}, not a list of events")
         events = []
-        for e in json.loads(body):
-            token = str(e.get("beanmail", ""))
-            if e.get("event") == "bounce":
-                blocked = e.get("type") == "blocked"  # SendGrid: blocked is temporary, bounce is not
-                events.append(Event("bounce", e["email"], token, status=str(e.get("status", "")),
-                                    diagnostic=str(e.get("reason", "")), permanent=not blocked))
-            elif e.get("event") == "spamreport":
-                events.append(Event("complaint", e["email"], token))
+        for n, item in enumerate(batch):
+            event = _sendgrid_event(_object(item, f"event {n}"))
+            if event is not None:
+                events.append(event)
         return events
 
     # -- Postmark --------------------------------------------------------------------------------
@@ -220,48 +336,214 @@ class WebhookApp:
                 given = ""
         if not hmac.compare_digest(given.encode(), password.encode()):
             raise Refused("basic auth required", "401 Unauthorized")
-        e = json.loads(body)
-        token = str((e.get("Metadata") or {}).get("beanmail", ""))
-        if e.get("RecordType") == "Bounce":
-            kind = e.get("Type", "")
-            if kind not in ("HardBounce", "SoftBounce", "Transient", "DnsError", "BadEmailAddress", "Blocked"):
-                return []  # auto-replies, subscribe requests, ...
-            return [Event("bounce", e["Email"], token, diagnostic=e.get("Description", "") or e.get("Details", ""),
-                          permanent=kind in ("HardBounce", "BadEmailAddress"))]
-        if e.get("RecordType") == "SpamComplaint":
-            return [Event("complaint", e["Email"], token)]
-        return []
+        return _postmark_events(_object(_json(body), "the body"))
 
     # -- Mailgun ---------------------------------------------------------------------------------
     def _mailgun(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
         if not self.settings.mailgun_signing_key:
             raise Refused("BEANMAIL_MAILGUN_SIGNING_KEY is not set")
-        payload = json.loads(body)
-        sig = payload["signature"]
-        self._fresh(str(sig["timestamp"]))
-        expected = hmac.new(self.settings.mailgun_signing_key.encode(), f"{sig['timestamp']}{sig['token']}".encode(),
+        payload = _object(_json(body), "the body")
+        sig = _object(payload.get("signature"), "'signature'")
+        timestamp, token = _text(sig, "timestamp", required=True), _text(sig, "token", required=True)
+        self._fresh(timestamp)
+        expected = hmac.new(self.settings.mailgun_signing_key.encode(), f"{timestamp}{token}".encode(),
                             hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(sig["signature"])):
+        if not hmac.compare_digest(expected.encode(), _text(sig, "signature").encode()):
             raise Refused("Mailgun signature does not verify")
-        e = payload["event-data"]
-        token = str((e.get("user-variables") or {}).get("beanmail", ""))
-        if e.get("event") == "failed":
-            status = e.get("delivery-status") or {}
-            enhanced = str(status.get("enhanced-code") or "")
-            return [Event("bounce", e["recipient"], token, status=enhanced,
-                          diagnostic=str(status.get("message") or status.get("description") or ""),
-                          permanent=e.get("severity") == "permanent")]
-        if e.get("event") == "complained":
-            return [Event("complaint", e["recipient"], token)]
-        return []
+        return _mailgun_events(_object(payload.get("event-data"), "'event-data'"))
 
     def _fresh(self, timestamp: str) -> None:
         try:
             skew = abs(self.now() - float(timestamp))
         except ValueError:
             raise Refused("no signed timestamp") from None
-        if skew > MAX_SKEW:
+        if not skew <= MAX_SKEW:
             raise Refused(f"signed timestamp is {skew:.0f}s off: a replay?")
+
+
+# -- what each provider's events mean --------------------------------------------------------------
+def _recipients(obj: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    value = obj.get(name)
+    value = [] if value is None else value
+    if not isinstance(value, list):
+        raise Malformed(f"{name!r} is {_kind(value)}, not a list")
+    return [_object(r, f"an entry of {name!r}") for r in value]
+
+
+def _recipients_of(mail: dict[str, Any]) -> list[str]:
+    """SES's mail.destination: the message's recipients."""
+    value = mail.get("destination")
+    value = [] if value is None else value
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise Malformed("'mail.destination' is not a list of addresses")
+    return value
+
+
+def _ses_events(message: dict[str, Any], sns_id: str) -> list[Event]:
+    """SES notifications (notificationType) and event publishing (eventType)."""
+    kind = _text(message, "notificationType") or _text(message, "eventType")
+    mail = _inner(message, "mail")
+    source = _text(mail, "source")
+
+    def eid(address: str) -> str:
+        return f"{sns_id}:{address.lower()}"
+    if kind == "Bounce":
+        bounce = _object(message.get("bounce"), "'bounce'")
+        permanent = _text(bounce, "bounceType") == "Permanent"  # Transient and Undetermined are soft
+        sub = _text(bounce, "bounceSubType")
+        return [Event("bounce", _address(r, "emailAddress"), return_path=source,
+                      status=_text(r, "status"), diagnostic=_text(r, "diagnosticCode") or sub,
+                      permanent=permanent, event_id=eid(_text(r, "emailAddress")))
+                for r in _recipients(bounce, "bouncedRecipients")]
+    if kind == "Complaint":
+        complaint = _object(message.get("complaint"), "'complaint'")
+        feedback_type = _text(complaint, "complaintFeedbackType")
+        recipients = _recipients(complaint, "complainedRecipients")
+        if feedback_type == "not-spam":
+            return [Event("ignored", _address(r, "emailAddress"), return_path=source, event_id=eid(_text(r, "emailAddress")),
+                          note="complaint feedback type not-spam: no complaint") for r in recipients]
+        return [Event("complaint", _address(r, "emailAddress"), return_path=source,
+                      event_id=eid(_text(r, "emailAddress"))) for r in recipients]
+    if kind == "DeliveryDelay":
+        delay = _object(message.get("deliveryDelay"), "'deliveryDelay'")
+        return [Event("delayed", _address(r, "emailAddress"), return_path=source,
+                      status=_text(r, "status"), diagnostic=_text(r, "diagnosticCode") or _text(delay, "delayType"),
+                      event_id=eid(_text(r, "emailAddress"))) for r in _recipients(delay, "delayedRecipients")]
+    if kind == "Subscription":  # SES list management: the recipient changed their preferences
+        sub = _object(message.get("subscription"), "'subscription'")
+        prefs = _inner(sub, "newTopicPreferences")
+        destination = _recipients_of(mail)
+        address = destination[0] if len(destination) == 1 else ""  # several: the event names none of them
+        if prefs.get("unsubscribeAll") is True:
+            return [Event("unsubscribe", address, return_path=source, event_id=eid(address),
+                          note=f"unsubscribed from every topic of {_text(sub, 'contactList')} (SES)")]
+        return [Event("ignored", address, return_path=source, event_id=eid(address),
+                      note="SES subscription change that leaves some topic subscribed")]
+    return []  # Send, Delivery, Open, Click, Reject, Rendering Failure: no feedback on an address
+
+
+# SendGrid drops a message without trying it when the address is on one of its lists; the reason
+# says which (its Event Webhook reference): these three carry the address's state, others ours
+_SENDGRID_DROPS = {"bounced address": "bounce", "unsubscribed address": "unsubscribe",
+                   "spam reporting address": "complaint", "invalid": "bounce"}
+
+
+def _sendgrid_event(e: dict[str, Any]) -> Event | None:
+    name = _text(e, "event")
+    token = _text(e, "beanmail")
+    if name not in ("bounce", "blocked", "dropped", "deferred", "spamreport", "unsubscribe", "group_unsubscribe",
+                    "group_resubscribe"):
+        return None  # processed, delivered, open, click: no feedback on an address
+    address = _address(e, "email")
+    reason = _text(e, "reason")
+    event_id = ":".join((_text(e, "sg_event_id"), name, address.lower())) if e.get("sg_event_id") else ""
+    if name in ("bounce", "blocked"):
+        blocked = name == "blocked" or _text(e, "type") == "blocked"  # SendGrid: blocked is temporary, bounce not
+        return Event("bounce", address, token, status=_text(e, "status"), diagnostic=reason,
+                     permanent=not blocked, event_id=event_id)
+    if name == "dropped":
+        meaning = _SENDGRID_DROPS.get(reason.strip().lower())
+        if meaning == "bounce":
+            return Event("bounce", address, token, diagnostic=f"dropped by SendGrid: {reason}", permanent=True,
+                         event_id=event_id)
+        if meaning == "unsubscribe":
+            return Event("unsubscribe", address, token, event_id=event_id,
+                         note="dropped by SendGrid: the address unsubscribed")
+        if meaning == "complaint":
+            return Event("complaint", address, token, event_id=event_id)
+        return Event("ignored", address, token, event_id=event_id, note=f"dropped by SendGrid: {reason}"[:300])
+    if name == "deferred":
+        return Event("delayed", address, token, diagnostic=_text(e, "response") or reason, event_id=event_id)
+    if name == "spamreport":
+        return Event("complaint", address, token, event_id=event_id)
+    if name == "unsubscribe":
+        return Event("unsubscribe", address, token, event_id=event_id, note="unsubscribed (SendGrid)")
+    if name == "group_unsubscribe":
+        return Event("unsubscribe", address, token, event_id=event_id,
+                     note=f"unsubscribed from SendGrid group {_text(e, 'asm_group_id')}")
+    return Event("ignored", address, token, event_id=event_id,
+                 note=f"resubscribed to SendGrid group {_text(e, 'asm_group_id')}: a suppression here stays")
+
+
+# Postmark's bounce types (its Bounce API reference): which say the address is gone, which that
+# delivery failed for now, which that the recipient left or complained; the rest are no bounce
+_POSTMARK_HARD = {"HardBounce", "BadEmailAddress", "ManuallyDeactivated"}
+_POSTMARK_SOFT = {"SoftBounce", "Transient", "DnsError", "Blocked", "InboxFull", "SpamNotification", "Unknown",
+                  "DMARCPolicy"}
+
+
+def _postmark_events(e: dict[str, Any]) -> list[Event]:
+    record = _text(e, "RecordType")
+    if not record:  # older webhooks send no RecordType: known by their fields
+        record = ("SubscriptionChange" if "SuppressSending" in e else
+                  "Bounce" if "TypeCode" in e and "Email" in e else "")
+    token = _text(_inner(e, "Metadata"), "beanmail")
+    event_id = _text(e, "ID")
+    if record in ("Bounce", "SpamComplaint"):
+        kind = _text(e, "Type")
+        address = _address(e, "Email")
+        detail = _text(e, "Description") or _text(e, "Details")
+        if record == "SpamComplaint" or kind == "SpamComplaint":
+            return [Event("complaint", address, token, event_id=event_id)]
+        if kind == "Unsubscribe":
+            return [Event("unsubscribe", address, token, event_id=event_id, note="unsubscribe request (Postmark)")]
+        if kind in _POSTMARK_HARD or kind in _POSTMARK_SOFT:
+            return [Event("bounce", address, token, diagnostic=detail or kind, permanent=kind in _POSTMARK_HARD,
+                          event_id=event_id)]
+        return [Event("ignored", address, token, event_id=event_id, note=f"Postmark {kind or 'bounce'}: no bounce")]
+    if record == "SubscriptionChange":  # the only bounce/complaint signal of broadcast streams
+        address = _address(e, "Recipient")
+        event_id = ":".join(("change", _text(e, "MessageID"), address.lower(), _text(e, "ChangedAt"),
+                             str(e.get("SuppressSending"))))
+        why = _text(e, "SuppressionReason")
+        if e.get("SuppressSending") is not True:
+            return [Event("ignored", address, token, event_id=event_id,
+                          note=f"reactivated at Postmark ({_text(e, 'Origin')}): a suppression here stays")]
+        if why == "HardBounce":
+            return [Event("bounce", address, token, diagnostic="Postmark suppressed the address: hard bounce",
+                          permanent=True, event_id=event_id)]
+        if why == "SpamComplaint":
+            return [Event("complaint", address, token, event_id=event_id)]
+        return [Event("unsubscribe", address, token, event_id=event_id,
+                      note=f"Postmark suppressed the address: {why or 'unsubscribed'} ({_text(e, 'Origin')})")]
+    return []  # Delivery, Open, Click
+
+
+# Mailgun's reasons for a permanent failure (its Events reference): a drop for an address on one of
+# its lists says what that list is; "old" is a message retried until it expired
+_MAILGUN_DROPS = {"suppress-bounce": "bounce", "suppress-unsubscribe": "unsubscribe",
+                  "suppress-complaint": "complaint"}
+
+
+def _mailgun_events(e: dict[str, Any]) -> list[Event]:
+    name = _text(e, "event")
+    if name not in ("failed", "complained", "unsubscribed"):
+        return []  # accepted, delivered, opened, clicked, stored: no feedback on an address
+    token = _text(_inner(e, "user-variables"), "beanmail")
+    address = _address(e, "recipient")
+    # Mailgun's id is unique within a day: with the event's time it names one event
+    event_id = f"{_text(e, 'id')}:{_text(e, 'timestamp')}" if e.get("id") else ""
+    if name == "complained":
+        return [Event("complaint", address, token, event_id=event_id)]
+    if name == "unsubscribed":
+        return [Event("unsubscribe", address, token, event_id=event_id, note="unsubscribed (Mailgun)")]
+    status = _inner(e, "delivery-status")
+    enhanced = _text(status, "enhanced-code")
+    diagnostic = _text(status, "message") or _text(status, "description")
+    reason = _text(e, "reason")
+    if _text(e, "severity") != "permanent" and reason != "old":  # Mailgun tries again: one event per retry
+        return [Event("delayed", address, token, status=enhanced, diagnostic=diagnostic or reason, event_id=event_id)]
+    meaning = _MAILGUN_DROPS.get(reason)
+    if meaning == "unsubscribe":
+        return [Event("unsubscribe", address, token, event_id=event_id, note="dropped by Mailgun: unsubscribed")]
+    if meaning == "complaint":
+        return [Event("complaint", address, token, event_id=event_id)]
+    if reason == "old":  # retried until it expired (Mailgun marks that last try temporary or permanent)
+        return [Event("bounce", address, token, status=enhanced, diagnostic=diagnostic or "expired after retries",
+                      permanent=False, event_id=event_id)]
+    permanent: bool | None = True if reason in ("bounce", "suppress-bounce") else None  # else: by the status
+    return [Event("bounce", address, token, status=enhanced, diagnostic=diagnostic or f"Mailgun: {reason}",
+                  permanent=permanent, event_id=event_id)]
 
 
 def with_webhooks(app: Callable[..., Iterable[bytes]], settings: Settings, prefix: str = "/webhooks",

@@ -213,8 +213,8 @@ def suppressions(console: "Console", req: "Request") -> "Response":
     rows = console.with_store(lambda s: s.suppression_search(q, limit=200))
     counts = sorted(console.with_store(lambda s: s.suppression_counts()).items())
     return render(console, req, "suppressions.html", q=q, counts=counts, rows=[
-        {"address": _addr(console, a), "source": src, "reason": _text(console, why), "at": at,
-         "ref": console.sign("suppression:" + a), "hint": mask(a)} for a, src, why, at in rows])
+        {"address": _addr(console, a), "source": src, "reason": _text(console, why), "at": at, "until": until,
+         "ref": console.sign("suppression:" + a), "hint": mask(a)} for a, src, why, at, until in rows])
 
 
 # -- bounces (worker.feedback) ----------------------------------------------------------------------

@@ -155,11 +155,11 @@ SUPPRESSIONS = """{% extends "base.html" %}{% block main %}
 <form method="post" action="{{ root }}/suppressions/add"><input type="hidden" name="csrf" value="{{ csrf }}">
 <input name="address" size="36" placeholder="address" required> <input name="reason" size="30" value="added by operator"> <button id="suppress-add">add</button></form>
 <h2>{% if q %}Matching “{{ q }}”{% else %}Newest{% endif %}</h2>
-<table id="suppressions"><tr><th>address</th><th>source</th><th>reason</th><th>since</th><th></th></tr>
-{% for r in rows %}<tr><td>{{ r.address }}</td><td>{{ r.source }}</td><td>{{ r.reason }}</td><td>{{ when(r.at) }}</td><td>
+<table id="suppressions"><tr><th>address</th><th>source</th><th>reason</th><th>since</th><th>until</th><th></th></tr>
+{% for r in rows %}<tr><td>{{ r.address }}</td><td>{{ r.source }}</td><td>{{ r.reason }}</td><td>{{ when(r.at) }}</td><td>{{ when(r.until) if r.until else "permanent" }}</td><td>
 <form class="inline" method="post" action="{{ root }}/suppressions/remove"><input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="ref" value="{{ r.ref }}"><input type="hidden" name="hint" value="{{ r.hint }}"><button class="danger">remove</button></form></td></tr>
-{% else %}<tr><td colspan="5" class="muted">none</td></tr>{% endfor %}</table>
+{% else %}<tr><td colspan="6" class="muted">none</td></tr>{% endfor %}</table>
 {% endblock %}
 """
 
