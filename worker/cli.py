@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .digest.commands import add_parser as add_digest_parser
 
     add_digest_parser(sub)  # beanmail digest run | flush [--all] | prefs ... | status
+    from .outbox import register as register_outbox
+
+    register_outbox(sub)  # beanmail outbox run | init | status | retry --db URL
     return p
 
 
