@@ -279,7 +279,8 @@ def test_django_killed_at_random_moments_every_committed_row_is_mailed_once_and_
         app_db, relay_db = str(tmp_path / "app.sqlite3"), f"sqlite://{tmp_path}/app.sqlite3"
     else:
         app_db = relay_db = request.getfixturevalue("postgres").create_database(f"trial{time.monotonic_ns()}")
-    site_env = bare_env(settings, OUTBOX_TRIAL_DB=app_db)
+    site_env = bare_env(settings, OUTBOX_TRIAL_DB=app_db,
+                        OUTBOX_TRIAL_OUTBOX=os.environ.get("OUTBOX_TRIAL_OUTBOX", "1"))
     subprocess.run([sys.executable, str(SITE / "manage.py"), "migrate", "-v", "0"], env=site_env, cwd=ROOT,
                    check=True, timeout=120)
     relays.append(relay := RelayProcess(settings, relay_db, tmp_path / "relay.log"))
@@ -306,3 +307,41 @@ def test_django_killed_at_random_moments_every_committed_row_is_mailed_once_and_
     assert not rolled_back
     assert set(mailed) == committed  # no committed row without its mail, no mail without its row
     assert set(mailed.values()) == {1}
+
+
+# -- the documented row, for any language ---------------------------------------------------------
+
+DOC = (ROOT / "docs" / "outbox.md").read_text()
+
+
+def test_the_documented_ddl_is_what_init_and_migrate_create() -> None:
+    blocks = "\n".join(re.findall(r"```sql\n(.*?)```", DOC, re.S))
+    for dialect in outbox.DIALECTS:
+        for statement in outbox.ddl(dialect):
+            assert statement in blocks, f"docs/outbox.md lacks {dialect}'s {statement.splitlines()[0]}"
+
+
+def test_a_row_written_by_the_documented_sql_in_another_languages_transaction_is_mailed(
+        settings: Settings, beanstalkd: Beanstalkd, smtp: SmtpServer, tmp_path: Path) -> None:
+    """What the PHP example of docs/outbox.md does, statement for statement: a signed body built
+    by concatenation (docs/envelope.md), inserted with the documented SQL in the app's transaction."""
+    import hashlib
+    import hmac
+
+    insert = re.search(r"```sql\n(INSERT INTO beanmail_outbox .*?)\n```", DOC, re.S).group(1)
+    settings = settings.replace(secret="php-secret")
+    path, url = sqlite_db(tmp_path)
+    db = sqlite3.connect(path)
+    for order, commit in ((7, True), (8, False)):
+        job = {"v": 2, "kind": "mail", "id": f"receipt:{order}", "template": "welcome",
+               "to": f"buyer{order}@example.com", "context": {"name": "Zoë"}, "priority": "normal",
+               "created_at": int(time.time())}
+        text = json.dumps(job, ensure_ascii=False)
+        body = '{"v":2,"signed":' + text + ',"sig":"' + hmac.new(b"php-secret", text.encode(), hashlib.sha256).hexdigest() + '"}'
+        db.execute("INSERT INTO comments (body) VALUES (?)", (f"order {order}",))
+        db.execute(insert, (job["id"], "mail.normal", 1024, body))
+        db.commit() if commit else db.rollback()
+    beanmail("outbox", "run", "--burst", "--db", url, env=bare_env(settings))
+    assert rows(db) == []
+    run_burst(settings.replace(templates=str(ROOT / "templates")))
+    assert [m.rcpt_tos for m in smtp.messages] == [["buyer7@example.com"]]
