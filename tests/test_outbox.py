@@ -345,3 +345,41 @@ def test_a_row_written_by_the_documented_sql_in_another_languages_transaction_is
     assert rows(db) == []
     run_burst(settings.replace(templates=str(ROOT / "templates")))
     assert [m.rcpt_tos for m in smtp.messages] == [["buyer7@example.com"]]
+
+
+# -- Flask with SQLAlchemy ------------------------------------------------------------------------
+
+def test_flask_sqlalchemy_session_commits_its_rows_and_their_mail_together(
+        settings: Settings, beanstalkd: Beanstalkd, smtp: SmtpServer, tmp_path: Path) -> None:
+    from flask import Flask
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import scoped_session, sessionmaker
+
+    from producer.flask import Beanmail
+
+    path, url = sqlite_db(tmp_path)
+    session = scoped_session(sessionmaker(bind=create_engine(f"sqlite:///{path}")))
+    app = Flask(__name__)
+    app.config.update(BEANMAIL_OUTBOX=True, BEANMAIL_URL=settings.beanstalk_url, BEANMAIL_STORE="")
+    mailer = Beanmail(app)
+    mailer.attach(session)
+
+    @app.post("/orders/<int:n>")
+    def order(n: int) -> str:
+        session.execute(text("INSERT INTO comments (id, body) VALUES (:n, 'order')"), {"n": n})
+        mailer.send_raw(f"Subject: order {n}\r\n\r\nthanks\r\n".encode(), [f"buyer{n}@example.com"], key=f"order:{n}")
+        if n == 2:
+            session.rollback()  # the view changes its mind: the row and its mail go together
+            return "cancelled"
+        session.commit()
+        return "ok"
+    app.teardown_appcontext(lambda _exc: session.remove())
+
+    client = app.test_client()
+    assert [client.post(f"/orders/{n}").text for n in (1, 2, 3)] == ["ok", "cancelled", "ok"]
+    db = sqlite3.connect(path)
+    assert [k for _, k in rows(db)] == ["order:1", "order:3"]
+    assert db.execute("SELECT id FROM comments ORDER BY id").fetchall() == [(1,), (3,)]
+    beanmail("outbox", "run", "--burst", "--db", url, env=bare_env(settings))
+    run_burst(settings)
+    assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == ["buyer1@example.com", "buyer3@example.com"]
