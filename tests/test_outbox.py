@@ -383,3 +383,23 @@ def test_flask_sqlalchemy_session_commits_its_rows_and_their_mail_together(
     beanmail("outbox", "run", "--burst", "--db", url, env=bare_env(settings))
     run_burst(settings)
     assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == ["buyer1@example.com", "buyer3@example.com"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_django_notify_on_commit_and_notifier_write_rows_and_a_failed_insert_leaves_the_transaction_whole(
+        backend: str, settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "sqlite":
+        app_db = str(tmp_path / "app.sqlite3")
+    else:
+        app_db = request.getfixturevalue("postgres").create_database(f"calls{time.monotonic_ns()}")
+    site_env = bare_env(settings, OUTBOX_TRIAL_DB=app_db)
+    subprocess.run([sys.executable, str(SITE / "manage.py"), "migrate", "-v", "0"], env=site_env, cwd=ROOT,
+                   check=True, timeout=120)
+    out = subprocess.run([sys.executable, str(SITE / "calls.py")], env=site_env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["outbox"] == [["welcome:zoe", "mail.urgent"], ["welcome:ann", "mail.normal"]]
+    assert seen["body_id"] == "welcome:zoe"
+    assert seen["sent_silently"] == 0 and "beanmail_outbox" in seen["raised"]
+    assert seen["app_rows"] == ["order", "signup"]  # the failed insert cost the mail, not the order
