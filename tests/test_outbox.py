@@ -403,3 +403,20 @@ def test_django_notify_on_commit_and_notifier_write_rows_and_a_failed_insert_lea
     assert seen["body_id"] == "welcome:zoe"
     assert seen["sent_silently"] == 0 and "beanmail_outbox" in seen["raised"]
     assert seen["app_rows"] == ["order", "signup"]  # the failed insert cost the mail, not the order
+
+
+def test_a_large_message_goes_to_the_blob_store_and_its_row_carries_the_reference(
+        settings: Settings, beanstalkd: Beanstalkd, smtp: SmtpServer, tmp_path: Path) -> None:
+    path, url = sqlite_db(tmp_path)
+    db = sqlite3.connect(path)
+    lines = [os.urandom(38).hex() for _ in range(8_000)]  # 600 kB: far over beanstalkd's max-job-size
+    message = ("Subject: invoice\r\nContent-Type: text/plain\r\n\r\n" + "\r\n".join(lines) + "\r\n").encode()
+    with transaction(db, Notifier(settings.beanstalk_url, blobs=settings.store), outbox=True) as mail:
+        mail.send_raw(message, ["buyer@example.com"], key="invoice:1")
+    (body,) = db.execute("SELECT body FROM beanmail_outbox").fetchone()
+    job = env.decode(body)
+    assert (job.kind, job.id) == ("ref", "invoice:1") and len(body) < 1000
+    beanmail("outbox", "run", "--burst", "--db", url, env=bare_env(settings))
+    run_burst(settings)
+    (got,) = smtp.messages
+    assert got.message.get_content().split() == lines
