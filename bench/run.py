@@ -429,11 +429,12 @@ def raw_limit(tmp: Path, n: int, w: int) -> None:
          messages_per_s=round(n / seconds))
 
 
-def outbox(tmp: Path, n: int, rate: float = 200.0) -> None:
+def outbox(tmp: Path, n: int, backlog: int, rate: float = 200.0) -> None:
     """Commit -> put latency of the transactional outbox on PostgreSQL: each transaction writes its
     job into beanmail_outbox (hooks.transaction(outbox=True)) at ``rate`` commits a second; the
     relay (`beanmail outbox run`, woken by NOTIFY) puts it; a reader here takes the job off
-    beanstalkd. Latency: from the commit's return to the job's reservation, both timed here."""
+    beanstalkd. Latency: from the commit's return to the job's reservation, both timed here.
+    Before it, ``backlog`` rows committed at once: how fast one relay drains them."""
     import threading
 
     import greenstalk
@@ -461,6 +462,20 @@ def outbox(tmp: Path, n: int, rate: float = 200.0) -> None:
             relay_proc.wait(30)
     _started.append(Stop())
     wait_until(lambda: b"outbox relay started" in log.read_bytes(), 30, "the relay to start")
+    notifier = Notifier(b.url)
+    # throughput first: a backlog committed at once, drained by the running relay
+    with psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as reader_conn:
+        with transaction(conn, notifier, outbox=True) as mail:
+            for i in range(backlog):
+                mail.notify("bench", f"user{i}@example.com", CONTEXT, key=f"backlog:{i}")
+        t0 = time.perf_counter()
+        wait_until(lambda: not reader_conn.execute("SELECT 1 FROM beanmail_outbox LIMIT 1").fetchone(), 300,
+                   "the relay to drain the backlog")
+        drain_s = time.perf_counter() - t0
+    with connect(b.url, encoding=None) as c:  # out of the latency reader's way
+        c.watch("mail.normal")
+        for _ in range(backlog):
+            c.delete(c.reserve(10))
     arrived: dict[str, float] = {}
 
     def take() -> None:
@@ -475,7 +490,6 @@ def outbox(tmp: Path, n: int, rate: float = 200.0) -> None:
                 c.delete(job)
     reader = threading.Thread(target=take, daemon=True)
     reader.start()
-    notifier = Notifier(b.url)
     committed: dict[str, float] = {}
     commit_us = []
     with psycopg.connect(url) as conn:
@@ -494,7 +508,8 @@ def outbox(tmp: Path, n: int, rate: float = 200.0) -> None:
     lat = [(arrived[k] - t) * 1000 for k, t in committed.items() if k in arrived]
     emit("outbox", commits=n, rate_per_s=rate, arrived=len(lat), ms_p50=round(pct(lat, 50), 2),
          ms_p99=round(pct(lat, 99), 2), ms_max=round(max(lat), 2),
-         commit_us_p50=round(pct(commit_us, 50), 1), commit_us_p99=round(pct(commit_us, 99), 1))
+         commit_us_p50=round(pct(commit_us, 50), 1), commit_us_p99=round(pct(commit_us, 99), 1),
+         backlog=backlog, backlog_rows_per_s=round(backlog / drain_s))
 
 
 def main() -> int:
@@ -522,7 +537,7 @@ def main() -> int:
         "rss-over-a-run": lambda t: rss_over_a_run(t, n(1_000_000, 5_000), w),
         "mx-one-domain": lambda t: mx_rate(t, n(2_000, 100), w, 50.0),
         "mailout-memory": lambda t: mailout_memory(t, n(1_000_000, 10_000)),
-        "outbox": lambda t: outbox(t, n(4_000, 200)),
+        "outbox": lambda t: outbox(t, n(4_000, 200), n(20_000, 500)),
     }
     for name in args.only.split(","):
         tmp = Path(tempfile.mkdtemp(prefix=f"beanmail-bench-{name}-"))
