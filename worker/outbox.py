@@ -4,7 +4,7 @@ application's outbox table (producer/outbox.py, docs/outbox.md) to beanstalkd.
 A row is put, then deleted: a relay killed in between puts it again, and the worker's key ledger
 sends its key once. PostgreSQL rows are taken ``FOR UPDATE SKIP LOCKED``, so several relays share
 a table without putting a row twice; the relay wakes on the trigger's NOTIFY and looks anyway
-every ``RECHECK`` seconds. SQLite is polled (``--poll``); there the rows are read without a lock (the
+every ``RECHECK`` seconds (``--poll``). SQLite is polled (``--poll``, POLL); there the rows are read without a lock (the
 application's writers never wait for a put), so two relays on one SQLite file may both put a row:
 harmless, for the same reason.
 
@@ -37,6 +37,7 @@ from .settings import Settings
 BATCH = 100
 RECHECK = 1.0  # PostgreSQL: seconds between looks when no NOTIFY came (a relay started late, a lost one)
 POLL = 0.1  # SQLite: seconds between looks
+STOP_WITHIN = 0.5  # seconds a SIGTERM may wait for a waiting relay to notice it
 TUBE_NAME = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()-]{0,199}")
 COLUMNS = "id, job_key, tube, pri, delay, ttr, body"
 
@@ -188,20 +189,19 @@ class Database:
         return len(done), len(failed)
 
     # -- waiting -----------------------------------------------------------------------------
-    def wait(self, timeout: float) -> None:
-        """Until a row may be there: a NOTIFY (PostgreSQL) or ``timeout``."""
+    def wait(self, timeout: float) -> bool:
+        """Until a row may be there: True on a NOTIFY (PostgreSQL), False after ``timeout``."""
         if self.dialect == "sqlite":
             time.sleep(timeout)
-            return
+            return False
         try:
             if self._listener is None:
                 import psycopg
 
                 self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
                 self._listener.execute(f"LISTEN {outbox.CHANNEL}")
-                return  # rows inserted before LISTEN: look once more before waiting
-            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                pass
+                return True  # rows inserted before LISTEN: look once more before waiting
+            return any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1))
         except Exception as exc:  # noqa: BLE001
             self.close()
             raise DatabaseDown(_reason(exc)) from exc
@@ -265,10 +265,12 @@ class Putter:
 
 
 class Relay:
-    def __init__(self, db: Database, notifier: Notifier, *, poll: float = POLL) -> None:
+    def __init__(self, db: Database, notifier: Notifier, *, poll: float | None = None) -> None:
+        """``poll``: seconds between looks when nothing woke the relay (SQLite: POLL; PostgreSQL,
+        woken by NOTIFY: RECHECK)."""
         self.db = db
         self.putter = Putter(notifier)
-        self.poll = poll if db.dialect == "sqlite" else RECHECK
+        self.poll = poll if poll is not None else POLL if db.dialect == "sqlite" else RECHECK
         self.stopping = False
         self.moved = 0
         self.log = logs.get_logger(db=_safe_url(db.url))
@@ -310,11 +312,19 @@ class Relay:
             if burst:
                 return 0
             try:
-                self.db.wait(self.poll)
+                self._wait()
             except DatabaseDown as exc:
                 self._down("database", f"outbox database unreachable, rows wait there: {exc}")
                 delay = self._pause(delay)
         return 0
+
+    def _wait(self) -> None:
+        """``poll`` seconds or until woken, in slices: SIGTERM is noticed within STOP_WITHIN."""
+        end = time.monotonic() + self.poll
+        while not self.stopping:
+            left = end - time.monotonic()
+            if left <= 0 or self.db.wait(min(left, STOP_WITHIN)):
+                return
 
     def _pause(self, delay: float) -> float:
         end = time.monotonic() + delay
@@ -353,7 +363,8 @@ def register(sub: Any) -> None:
                    help="the application's database: sqlite:///ABSOLUTE/PATH or postgresql://..."
                         " (default: $BEANMAIL_OUTBOX_DB)")
     o.add_argument("--burst", action="store_true", help="run: exit 0 once no row is left")
-    o.add_argument("--poll", type=float, default=POLL, help=f"SQLite: seconds between looks (default {POLL})")
+    o.add_argument("--poll", type=float, metavar="SECONDS",
+                   help=f"seconds between looks: SQLite {POLL}; PostgreSQL, woken by NOTIFY, {RECHECK} (for a lost one)")
     o.add_argument("--json", action="store_true")
     o.set_defaults(handler=cmd_outbox)
 
