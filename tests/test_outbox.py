@@ -228,6 +228,42 @@ def test_two_postgresql_relays_share_the_rows_and_put_each_once(
     assert sum(moved) == 400 and len(keys) == 400 and set(keys.values()) == {1}
 
 
+def _ready_count(url: str) -> int:
+    with connect(url, encoding=None) as c:
+        return int(c.stats()["current-jobs-ready"])
+
+
+def test_a_relay_killed_mid_batch_loses_no_row_and_the_worker_sends_each_key_once(
+        settings: Settings, beanstalkd: Beanstalkd, smtp: SmtpServer, postgres: Postgres, tmp_path: Path,
+        relays: list[RelayProcess]) -> None:
+    """SIGKILL between a batch's puts and its delete: the rows stay (their transaction never
+    committed) and are put again by the next relay; the worker's key ledger sends each once."""
+    import psycopg
+
+    url = pg_db(postgres)
+    with psycopg.connect(url) as conn:
+        with transaction(conn, Notifier(settings.beanstalk_url), outbox=True) as mail:
+            for n in range(600):
+                mail.send_raw(f"Subject: order {n}\r\n\r\nthanks\r\n".encode(), [f"buyer{n}@example.com"],
+                              key=f"order:{n}")
+    relays.append(first := RelayProcess(settings, url, tmp_path / "first.log", "--burst"))
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        # a count that is no multiple of the batch (100): a batch is half put, its delete not committed
+        deadline = time.monotonic() + 30
+        while not c.stats()["current-jobs-ready"] % 100 and first.proc.poll() is None:  # no sleep: a batch is ms
+            assert time.monotonic() < deadline, "the first relay never put"
+    first.proc.kill()
+    first.proc.wait(10)
+    relays.append(second := RelayProcess(settings, url, tmp_path / "second.log", "--burst"))
+    assert second.proc.wait(60) == 0
+    put = _ready_count(settings.beanstalk_url)
+    run_burst(settings)
+    got = collections.Counter(r for m in smtp.messages for r in m.rcpt_tos)
+    print(f"\nRELAY KILL: rows=600 jobs put={put} (again after the kill: {put - 600}) mailed={sum(got.values())}")
+    assert put >= 600
+    assert got == {f"buyer{n}@example.com": 1 for n in range(600)}
+
+
 # -- the outside trial: a Django process killed at random moments ---------------------------------
 
 def _count(db: str, run: int) -> int:
