@@ -34,7 +34,8 @@ setup(
         "worker": WORKER,
         "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3",
                  "django-mailer>=2.3",  # the bench compares the relay with it (bench/run.py)
-                 "selenium>=4.10"],  # drives Debian's chromium + chromium-driver (setup.sh installs them)
+                 "selenium>=4.10",  # drives Debian's chromium + chromium-driver (setup.sh installs them)
+                 "sqlalchemy>=2"],  # the outbox through a Flask/SQLAlchemy session (tests/test_outbox.py)
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],
         "postgresql": ["psycopg[binary]>=3.1"],

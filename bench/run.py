@@ -1,7 +1,7 @@
 """`make bench`: the scenarios of the performance issue against real servers started here
 (beanstalkd with a binlog, Postfix's smtp-sink), one JSON line per scenario on stdout.
 
-    python bench/run.py [--scale 1.0] [--only relay,enqueue,...]
+    python bench/run.py [--scale 1.0] [--only relay,enqueue,outbox,...]
 
 --scale multiplies every job count (`make bench-smoke` runs 0.02 of it in seconds). Figures on a
 small noisy machine vary run to run; compare ratios from one run, e.g. relay against raw-limit.
@@ -466,6 +466,89 @@ def raw_limit(tmp: Path, n: int, w: int) -> None:
          messages_per_s=round(n / seconds))
 
 
+def outbox(tmp: Path, n: int, backlog: int, rate: float = 200.0) -> None:
+    """Commit -> put latency of the transactional outbox on PostgreSQL: each transaction writes its
+    job into beanmail_outbox (hooks.transaction(outbox=True)) at ``rate`` commits a second; the
+    relay (`beanmail outbox run`, woken by NOTIFY) puts it; a reader here takes the job off
+    beanstalkd. Latency: from the commit's return to the job's reservation, both timed here.
+    Before it, ``backlog`` rows committed at once: how fast one relay drains them."""
+    import threading
+
+    import greenstalk
+    import psycopg
+
+    from producer import envelope as env
+    from producer import outbox as outbox_table
+    from producer.hooks import transaction
+    from tests.servers import Postgres
+
+    b = stack(tmp)
+    pg = Postgres().start()
+    _started.append(pg)
+    url = pg.create_database("bench")
+    with psycopg.connect(url) as conn:
+        outbox_table.create_table(conn, "postgresql")
+    log = tmp / "relay.log"
+    relay_env = {"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C", "BEANMAIL_BEANSTALK_URL": b.url}
+    relay_proc = subprocess.Popen([str(BIN / "beanmail"), "outbox", "run", "--db", url], env=relay_env,
+                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+    class Stop:
+        def stop(self) -> None:
+            relay_proc.terminate()
+            relay_proc.wait(30)
+    _started.append(Stop())
+    wait_until(lambda: b"outbox relay started" in log.read_bytes(), 30, "the relay to start")
+    notifier = Notifier(b.url)
+    # throughput first: a backlog committed at once, drained by the running relay
+    with psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as reader_conn:
+        with transaction(conn, notifier, outbox=True) as mail:
+            for i in range(backlog):
+                mail.notify("bench", f"user{i}@example.com", CONTEXT, key=f"backlog:{i}")
+        t0 = time.perf_counter()
+        wait_until(lambda: not reader_conn.execute("SELECT 1 FROM beanmail_outbox LIMIT 1").fetchone(), 300,
+                   "the relay to drain the backlog")
+        drain_s = time.perf_counter() - t0
+    with connect(b.url, encoding=None) as c:  # out of the latency reader's way
+        c.watch("mail.normal")
+        for _ in range(backlog):
+            c.delete(c.reserve(10))
+    arrived: dict[str, float] = {}
+
+    def take() -> None:
+        with connect(b.url, encoding=None) as c:
+            c.watch("mail.normal")
+            while len(arrived) < n:
+                try:
+                    job = c.reserve(2)
+                except greenstalk.TimedOutError:
+                    continue
+                arrived[env.decode(job.body).id] = time.perf_counter()
+                c.delete(job)
+    reader = threading.Thread(target=take, daemon=True)
+    reader.start()
+    committed: dict[str, float] = {}
+    commit_us = []
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
+        conn.commit()
+        start = time.perf_counter()
+        for i in range(n):
+            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            t = time.perf_counter()
+            with transaction(conn, notifier, outbox=True) as mail:
+                conn.execute("INSERT INTO orders (id) VALUES (%s)", (i,))
+                mail.notify("bench", f"user{i}@example.com", CONTEXT, key=f"order:{i}")
+            committed[f"order:{i}"] = done = time.perf_counter()
+            commit_us.append((done - t) * 1e6)
+    reader.join(60)
+    lat = [(arrived[k] - t) * 1000 for k, t in committed.items() if k in arrived]
+    emit("outbox", commits=n, rate_per_s=rate, arrived=len(lat), ms_p50=round(pct(lat, 50), 2),
+         ms_p99=round(pct(lat, 99), 2), ms_max=round(max(lat), 2),
+         commit_us_p50=round(pct(commit_us, 50), 1), commit_us_p99=round(pct(commit_us, 99), 1),
+         backlog=backlog, backlog_rows_per_s=round(backlog / drain_s))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
@@ -473,7 +556,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="loops per worker process in the relay scenario")
     parser.add_argument("--only", default="relay,django-mailer,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,"
                                            "rss-over-a-run,"
-                                           "mailout-memory,mx-one-domain,mx-internet,relay-aiosmtpd")
+                                           "mailout-memory,mx-one-domain,mx-internet,relay-aiosmtpd,outbox")
     args = parser.parse_args()
     s, w = args.scale, args.workers
 
@@ -494,6 +577,7 @@ def main() -> int:
         "mx-internet": lambda t: mx_internet(t, max(2, int(20 * s)), w, domains=200 if s >= 0.1 else 20,
                                              greylist=s >= 0.1),
         "mailout-memory": lambda t: mailout_memory(t, n(1_000_000, 10_000)),
+        "outbox": lambda t: outbox(t, n(4_000, 200), n(20_000, 500)),
     }
     for name in args.only.split(","):
         tmp = Path(tempfile.mkdtemp(prefix=f"beanmail-bench-{name}-"))

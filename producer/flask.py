@@ -10,7 +10,9 @@ without an error, that is after the view committed its transaction; an error dro
         beanmail.notify_watchers("comment", watchers, actor=user.email, key=f"comment:{c.id}", context=...)
 
 With Flask-SQLAlchemy, ``beanmail.attach(db.session)`` flushes on the session's own commit
-instead, and drops on its rollback.
+instead, and drops on its rollback. With ``BEANMAIL_OUTBOX = True`` as well, each call is written
+at once into the outbox table through the session's connection, so it commits with the session
+(producer.outbox, docs/outbox.md).
 
 Once the request (or the session's commit) has succeeded, an enqueue failure never raises into
 it and never costs the other mails: the job goes to the spool, or without one is logged at error
@@ -30,12 +32,16 @@ from .hooks import AfterCommit
 class Beanmail:
     def __init__(self, app: Flask | None = None) -> None:
         self.notifier: Notifier | None = None
+        self.outbox = False
+        self._session: Any = None
+        self._outbox_writer: Notifier | None = None
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
         self.notifier = Notifier(app.config.get("BEANMAIL_URL"), secret=app.config.get("BEANMAIL_SECRET"),
                                  spool=app.config.get("BEANMAIL_SPOOL"), blobs=app.config.get("BEANMAIL_STORE"))
+        self.outbox = bool(app.config.get("BEANMAIL_OUTBOX"))
         app.extensions["beanmail"] = self
         app.teardown_request(self._teardown)
 
@@ -48,6 +54,8 @@ class Beanmail:
 
     def __getattr__(self, name: str) -> Any:
         if name in ("notify", "mailout", "notify_watchers", "send_raw"):
+            if self.outbox:
+                return getattr(self.outbox_writer(), name)
             return getattr(self.pending, name)
         raise AttributeError(name)
 
@@ -60,8 +68,24 @@ class Beanmail:
         else:
             pending.discard()
 
+    def outbox_writer(self) -> Notifier:
+        """The outbox writer on the attached session's connection (its current transaction)."""
+        if self._outbox_writer is None:
+            if self._session is None:
+                raise RuntimeError("BEANMAIL_OUTBOX writes through the session: call beanmail.attach(db.session)")
+            assert self.notifier is not None, "Beanmail.init_app(app) was not called"
+            from .outbox import OutboxNotifier
+
+            session = self._session
+            self._outbox_writer = OutboxNotifier(
+                lambda: session.connection().connection, paramstyle=session.get_bind().dialect.paramstyle,
+                secret=self.notifier.secret, ttr=self.notifier.ttr, blobs=self.notifier.blobs)
+        return self._outbox_writer
+
     def attach(self, session: Any) -> None:
-        """Flush on an SQLAlchemy session's commit, drop on its rollback."""
+        """Flush on an SQLAlchemy session's commit, drop on its rollback (with BEANMAIL_OUTBOX:
+        write each call through the session instead)."""
+        self._session = session
         from sqlalchemy import event
 
         event.listen(session, "after_commit", lambda _s: self.pending.flush() if "beanmail_pending" in g else None)

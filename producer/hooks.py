@@ -81,7 +81,7 @@ class AfterCommit:
 
 
 @contextlib.contextmanager
-def transaction(connection: Any, notifier: Notifier) -> Iterator[AfterCommit]:
+def transaction(connection: Any, notifier: Notifier, *, outbox: bool = False) -> Iterator[Any]:
     """For DB-API code (sqlite3, psycopg): commit, then enqueue; on an error roll back and drop.
 
         with transaction(db, notifier) as mail:
@@ -89,7 +89,22 @@ def transaction(connection: Any, notifier: Notifier) -> Iterator[AfterCommit]:
             mail.notify_watchers("comment", watchers, actor, context, key=f"comment:{id}")
 
     A failing commit raises (nothing is enqueued); after the commit nothing raises.
+
+    ``outbox=True``: each call is written at once as a row of the outbox table through
+    ``connection`` (producer.outbox, with the notifier's secret, ttr and blob store), so it
+    commits with the block's rows and nothing is left to do after the commit.
     """
+    if outbox:
+        from .outbox import OutboxNotifier
+
+        writer = OutboxNotifier(connection, secret=notifier.secret, ttr=notifier.ttr, blobs=notifier.blobs)
+        try:
+            yield writer
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+        return
     pending = AfterCommit(notifier)
     try:
         yield pending

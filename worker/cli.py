@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .doctor import register as add_doctor_parser
 
     add_doctor_parser(sub)  # beanmail doctor
+    from .outbox import register as register_outbox
+
+    register_outbox(sub)  # beanmail outbox run | init | status | retry --db URL
     return p
 
 

@@ -3,7 +3,7 @@
     # settings.py
     EMAIL_BACKEND = "producer.django.EmailBackend"
     BEANMAIL = {"URL": "beanstalk://127.0.0.1:11300", "SECRET": "", "SPOOL": "", "STORE": "",
-                "PRIORITY": "normal", "ON_COMMIT": True}
+                "PRIORITY": "normal", "ON_COMMIT": True, "OUTBOX": False}
 
 Every ``send_mail()`` / ``EmailMessage.send()`` then becomes a ``raw`` job carrying the built
 message with its attachments, enqueued when the surrounding transaction commits (at once outside
@@ -13,6 +13,11 @@ After a commit the request has succeeded, so an enqueue failure then never raise
 job goes to the spool (``SPOOL``) or, without one, is logged at error and lost (see
 ``producer.hooks``). Enqueued at once (outside a transaction, or ``ON_COMMIT: False``), a failure
 raises unless ``fail_silently``.
+
+With ``"OUTBOX": True`` (and ``"producer.django"`` in ``INSTALLED_APPS``, ``manage.py migrate``
+creating the table) every job is instead written into the ``beanmail_outbox`` table of the same
+database, in the same transaction: it commits with your rows or not at all, and ``beanmail outbox
+run`` moves it to beanstalkd (docs/outbox.md). ``notifier()`` then returns that outbox writer.
 
 One message's priority: ``with priority("urgent"): form.save(...)`` (Django's password reset
 form sends its mail inside), or the header ``X-Beanmail-Priority: urgent``, which is removed
@@ -28,26 +33,30 @@ from typing import Any, Iterator, Sequence
 
 from django.conf import settings as django_settings
 from django.core.mail.backends.base import BaseEmailBackend
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 
-from . import envelope as env
-from .client import Notifier
-from .hooks import call_after_commit
+from .. import envelope as env
+from ..client import Notifier
+from ..hooks import call_after_commit
 
 PRIORITY_HEADER = "X-Beanmail-Priority"
 
 _notifier: Notifier | None = None
+_outboxes: dict[str, Notifier] = {}
 _priority: contextvars.ContextVar[str | None] = contextvars.ContextVar("beanmail_priority", default=None)
 
 
 def config() -> dict[str, Any]:
     return {"URL": None, "SECRET": None, "SPOOL": None, "STORE": None, "PRIORITY": "normal", "ON_COMMIT": True,
-            **getattr(django_settings, "BEANMAIL", {})}
+            "OUTBOX": False, **getattr(django_settings, "BEANMAIL", {})}
 
 
-def notifier() -> Notifier:
-    """One Notifier per process (it is thread-safe), built from settings.BEANMAIL."""
+def notifier(using: str | None = None) -> Notifier:
+    """One Notifier per process (it is thread-safe), built from settings.BEANMAIL; with
+    ``OUTBOX``, the outbox writer of database ``using`` (default: "default")."""
     global _notifier
+    if config()["OUTBOX"]:
+        return outbox_notifier(using)
     if _notifier is None:
         c = config()
         _notifier = Notifier(c["URL"], secret=c["SECRET"], spool=c["SPOOL"], blobs=c["STORE"])
@@ -67,14 +76,28 @@ def priority(name: str) -> Iterator[None]:
         _priority.reset(token)
 
 
+def outbox_notifier(using: str | None = None) -> Notifier:
+    """A Notifier whose jobs are rows of the outbox table of database ``using``, written through
+    the current thread's connection, so in its transaction (producer.outbox)."""
+    from .outbox import DjangoOutbox
+
+    alias = using or DEFAULT_DB_ALIAS
+    if alias not in _outboxes:
+        c = config()
+        _outboxes[alias] = DjangoOutbox(alias, secret=c["SECRET"], blobs=c["STORE"])
+    return _outboxes[alias]
+
+
 def _in_transaction(using: str | None) -> bool:
     return transaction.get_connection(using).in_atomic_block
 
 
 def _after_commit(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, using: str | None) -> None:
     """Enqueue when the transaction commits, never raising then; at once, raising, when there is
-    no transaction (the caller still can tell its user)."""
-    if _in_transaction(using):
+    no transaction (the caller still can tell its user). With OUTBOX: a row, now, in the transaction."""
+    if config()["OUTBOX"]:
+        getattr(outbox_notifier(using), name)(*args, **kwargs)
+    elif _in_transaction(using):
         transaction.on_commit(lambda: call_after_commit(notifier(), name, args, kwargs), using=using)
     else:
         getattr(notifier(), name)(*args, **kwargs)
