@@ -112,11 +112,25 @@ def test_a_store_deleted_under_the_worker_is_restored_and_keeps_every_record(set
     settings = settings.replace(store=str(folder / "store.sqlite3"))
     n = 150
     notifier = Notifier(settings.beanstalk_url)
+    def notify(i: int) -> None:
+        notifier.notify("welcome", f"user{i}@example.com", {"name": f"k{i}"}, key=f"gone:{i}")
     with workers(settings, 2):
-        for i in range(n):
-            notifier.notify("welcome", f"user{i}@example.com", {"name": f"k{i}"}, key=f"gone:{i}")
-        smtp.wait_for(30, timeout=30)
+        for i in range(n // 2):
+            notify(i)
+        smtp.wait_for(n // 2, timeout=30)  # half sent and recorded; then the store goes
         shutil.rmtree(folder)
+        more = iter(range(n // 2, n))
+
+        def restored() -> bool:
+            """A worker notices at its next statement (at most one check per 0.2 s): feed it work
+            until it has put the file back, then the rest."""
+            if (folder / "store.sqlite3").exists():
+                return True
+            notify(next(more))
+            return False
+        wait_until(restored, 30, "the store file restored")
+        for i in more:
+            notify(i)
         smtp.wait_for(n, timeout=60)
         wait_until(lambda: Store(settings.store).outcome_counts().get("sent") == n, 30, "every record")
         for i in range(n):  # the same keys again: the restored ledger knows them all
