@@ -49,6 +49,7 @@ _DOTTED = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")  # RFC 6376 3.1: selector = su
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED = utils.Prehashed(hashes.SHA256())
 _WIDTH = 76  # DKIM-Signature lines are folded to this many characters
+_T_WORD = "t=0000000000;"  # the t= tag while folding: ten digits until the year 2286
 
 
 class DkimKeyError(ValueError):
@@ -147,7 +148,12 @@ class Signer:
         self.domain = signing_domain(domain)
         self.keys = tuple(keys)
         self.header_form, self.body_form = parse_canonicalization(canonicalization)
-        self._c = f"{self.header_form}/{self.body_form}"
+        c = f"{self.header_form}/{self.body_form}"
+        # each key's DKIM-Signature up to its t= value, folded once; h= folded once per field list
+        self._starts = [_fold("DKIM-Signature:", ["v=1;", f"a={key.algorithm};", f"c={c};", f"d={self.domain};",
+                                                  f"s={key.selector};", _T_WORD]).split(_T_WORD)[0].encode("ascii")
+                        + b"t=" for key in self.keys]
+        self._h_lines: dict[tuple[bytes, ...], bytes] = {}
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "Signer | None":
@@ -207,21 +213,26 @@ class Signer:
         if b"from" not in present:
             raise MessageFormatError("the message has no From field, which a signature must cover")
         # each field as often as it occurs, From once more: a From added on the way fails
-        names = [n for n in _SIGNED_BYTES for _ in range(present.count(n))] + [b"from"]
+        if len(set(present)) == len(present):  # the usual case: no field twice
+            names = [n for n in _SIGNED_BYTES if n in present] + [b"from"]
+        else:
+            names = [n for n in _SIGNED_BYTES for _ in range(present.count(n))] + [b"from"]
         form = self.header_form
         signed = b"".join(dkim_canon.header(f.raw, form) for f in dkim_canon.select(parsed.fields, names))
         body_hash = base64.b64encode(hashlib.sha256(dkim_canon.body(parsed.body, self.body_form)).digest())
-        t = int(time.time() if now is None else now)
-        h = ":".join(n.decode("ascii") for n in names)
+        t = b"%d;" % int(time.time() if now is None else now)
+        h_lines = self._h_lines.get(tuple(names))
+        if h_lines is None:
+            if len(self._h_lines) > 1024:  # only a few field lists ever occur; never grow without bound
+                self._h_lines.clear()
+            h_lines = self._h_lines[tuple(names)] = ("\r\n" + _fold("", _split_h(b":".join(names).decode()))).encode()
+        tail = t + h_lines + b"\r\n bh=" + body_hash + b";\r\n b="  # b= on its own line, empty while hashing
         out = []
-        for key in self.keys:
-            tags = ["v=1;", f"a={key.algorithm};", f"c={self._c};", f"d={self.domain};", f"s={key.selector};",
-                    f"t={t};", *_split_h(h), f"bh={body_hash.decode('ascii')};"]
-            head = _fold("DKIM-Signature:", tags) + "\r\n b="  # b= on its own line, empty while hashing
-            head_bytes = head.encode("ascii")
-            own = dkim_canon.header(head_bytes, form)[:-2]  # hashed without its CRLF (3.7)
-            value = base64.b64encode(key.sign_digest(hashlib.sha256(signed + own).digest())).decode("ascii")
-            out.append(head_bytes + _fold_b(value, len(" b=")).encode("ascii") + b"\r\n")
+        for key, start in zip(self.keys, self._starts):
+            head = start + tail
+            own = dkim_canon.header(head, form)[:-2]  # hashed without its CRLF (3.7)
+            value = base64.b64encode(key.sign_digest(hashlib.sha256(signed + own).digest()))
+            out.append(head + _fold_b(value) + b"\r\n")
         return b"".join(out) + parsed.message
 
 
@@ -245,12 +256,10 @@ def _fold(start: str, words: Sequence[str]) -> str:
     return "\r\n".join(lines)
 
 
-def _fold_b(value: str, used: int) -> str:
-    """The signature's base64, folded (whitespace in b= is ignored by verifiers, RFC 6376 3.5)."""
-    first = _WIDTH - used
-    rest = _WIDTH - 1
-    chunks = [value[:first]] + [value[i:i + rest] for i in range(first, len(value), rest)]
-    return "\r\n ".join(c for c in chunks if c)
+def _fold_b(value: bytes) -> bytes:
+    """The signature's base64 after `` b=``, folded (verifiers ignore whitespace in b=, 3.5)."""
+    first, rest = _WIDTH - len(" b="), _WIDTH - 1
+    return b"\r\n ".join([value[:first]] + [value[i:i + rest] for i in range(first, len(value), rest)])
 
 
 def dns_record(public: rsa.RSAPublicKey | ed25519.Ed25519PublicKey) -> str:

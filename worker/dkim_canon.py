@@ -2,8 +2,8 @@
 and body, the fields a signature's ``h=`` names picked as a verifier picks them (5.4.2), and the
 ``simple`` and ``relaxed`` forms of fields and body that the hashes are taken over.
 
-A few regular-expression passes over the whole message instead of dkimpy's per-line Python:
-about 10 µs for a 2 kB message where dkimpy takes 80. Its output is checked against dkimpy's
+A few passes of C string methods over the whole message instead of dkimpy's per-line Python:
+about 15 µs for a 2 kB message where dkimpy takes 80. Its output is checked against dkimpy's
 canonicaliser in tests/test_units.py and every form is verified by dkimpy and opendkim in
 tests/test_dkim.py.
 """
@@ -11,28 +11,25 @@ tests/test_dkim.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 CANONICALIZATIONS = ("relaxed", "simple")
 _LINE_END = re.compile(rb"\r?\n")
 _FIELD_END = re.compile(rb"\r\n(?![ \t])")  # a line end not followed by a continuation line
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # printable US-ASCII but the colon (RFC 5322 2.2)
-_WSP_RUN = re.compile(rb"[ \t]+")
+_TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
 
 
 class MessageFormatError(ValueError):
     """The message's header cannot be read as header fields, so it cannot be signed."""
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):  # a tuple: made 15 times a message, where a dataclass costs a microsecond each
     name: bytes  # lower case, for matching h=
     raw: bytes  # the field as it stands, folding kept, without its final CRLF
 
 
-@dataclass(frozen=True)
-class Parsed:
+class Parsed(NamedTuple):
     message: bytes  # what is signed and sent: CRLF line ends, an empty line after the header
     fields: tuple[Field, ...]
     body: bytes
@@ -89,10 +86,20 @@ def header(raw: bytes, how: str) -> bytes:
     if how == "simple":
         return raw + b"\r\n"
     name, _, value = raw.partition(b":")
-    value = value.replace(b"\r\n", b"")
-    if b"\t" in value or b"  " in value:
-        value = _WSP_RUN.sub(b" ", value)
+    if b"\r\n" in value:
+        value = value.replace(b"\r\n", b"")
+    value = _one_space(value)
     return name.rstrip(b" \t").lower() + b":" + value.strip(b" ") + b"\r\n"
+
+
+def _one_space(data: bytes) -> bytes:
+    """Every run of spaces and tabs as one space: a table lookup and a few halving passes of
+    bytes.replace, each in C (a regular expression's substitution costs 20 µs on 2 kB of HTML)."""
+    if b"\t" in data:
+        data = data.translate(_TAB_TO_SPACE)
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data
 
 
 def body(data: bytes, how: str) -> bytes:
@@ -100,8 +107,7 @@ def body(data: bytes, how: str) -> bytes:
     in exactly one CRLF (an empty body is one CRLF); relaxed also makes runs of spaces and tabs
     one space, drops them at line ends, and an empty body stays empty."""
     if how == "relaxed":
-        if b"\t" in data or b"  " in data:
-            data = _WSP_RUN.sub(b" ", data)
+        data = _one_space(data)
         if b" \r\n" in data:
             data = data.replace(b" \r\n", b"\r\n")
         if data.endswith(b" "):
