@@ -193,6 +193,23 @@ def test_raw_jobs_are_signed_only_when_their_from_is_in_the_signing_domain(
     assert got["b@example.com"].message["DKIM-Signature"] is None
 
 
+def test_a_raw_message_whose_header_cannot_be_signed_is_buried_with_the_reason(
+        settings: Settings, notifier: Notifier, smtp: SmtpServer, keys: Keys) -> None:
+    """Sent unsigned it would fail DMARC; a header line that is no field cannot be signed."""
+    from producer.client import connect
+    from worker.store import Store
+
+    broken = b"From: app@beanmail.example\r\nTo: a@example.com\r\nthis line is no field\r\n\r\nbody\r\n"
+    job = notifier.send_raw(broken, ["a@example.com"], key="raw-broken")
+    notifier.send_raw(RAW_FORMS["folded headers"], ["b@example.com"], key="raw-fine")
+    run_burst(signed(settings, keys, "ed2026"))
+    assert [m.rcpt_tos for m in smtp.wait_for(1)] == [["b@example.com"]]
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        assert c.stats_job(job)["state"] == "buried"
+    outcome, reason, _ = Store(settings.store).failure(settings.beanstalk_url, job)  # type: ignore[misc]
+    assert outcome == "poison" and "cannot DKIM-sign the message: a header line is no 'Name: value' field: 'this line is no field'" in reason, reason
+
+
 @pytest.mark.parametrize("problem", ["missing", "not a key", "unreadable"])
 def test_a_missing_or_unreadable_key_stops_the_worker_at_start(settings: Settings, tmp_path: Path, problem: str) -> None:
     key = tmp_path / "dkim.pem"
@@ -251,8 +268,8 @@ def test_the_parse_matches_dkimpys_and_refuses_what_is_no_header() -> None:
         assert [f.raw + b"\r\n" for f in ours.fields] == [name + b":" + value for name, value in headers]
         assert ours.body == body and ours.message.endswith(b"\r\n")
     for bad, reason in [(b"\r\nbody only\r\n", "no header"),
-                        (b"From: a@beanmail.example\r\nnot a field\r\n\r\nbody\r\n", "field 2"),
-                        (b" continued\r\nFrom: a@beanmail.example\r\n\r\n", "field 1")]:
+                        (b"From: a@beanmail.example\r\nnot a field\r\n\r\nbody\r\n", "'not a field'"),
+                        (b" continued\r\nFrom: a@beanmail.example\r\n\r\n", "' continued'")]:
         with pytest.raises(dkim_canon.MessageFormatError, match=reason):
             dkim_canon.parse(bad)
 

@@ -55,12 +55,12 @@ def parse(message: bytes) -> Parsed:
     else:
         head, body = message[:end], message[end + 4:]
     fields = []
-    for number, raw in enumerate(_FIELD_END.split(head), 1):
+    for raw in _FIELD_END.split(head):
         name, colon, _ = raw.partition(b":")
         name = name.rstrip(b" \t")
         if not colon or _FIELD_NAME.fullmatch(name) is None:
             shown = raw[:60].decode("utf-8", "replace")
-            raise MessageFormatError(f"header field {number} is no 'Name: value' field: {shown!r}")
+            raise MessageFormatError(f"a header line is no 'Name: value' field: {shown!r}")
         fields.append(Field(name.lower(), raw))
     return Parsed(message, tuple(fields), body)
 
