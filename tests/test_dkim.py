@@ -152,7 +152,8 @@ RAW_FORMS: dict[str, bytes] = {
 
 @pytest.mark.parametrize("canonicalization", ["relaxed/relaxed", "simple/simple"])
 def test_dual_signing_during_a_rotation_every_form_verifies_with_dkimpy_and_opendkim(
-        settings: Settings, notifier: Notifier, smtp: SmtpServer, keys: Keys, canonicalization: str) -> None:
+        settings: Settings, notifier: Notifier, smtp: SmtpServer, keys: Keys, canonicalization: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Three signatures a message (RSA under the old and the new selector, Ed25519 beside them),
     each verified alone by opendkim and by dkimpy, for templated mail and every raw form."""
     notifier.notify("welcome", "Zoë <zoe@example.com>", {"name": "Zoë"}, priority="bulk", key="news-8:zoe@example.com")
@@ -160,6 +161,8 @@ def test_dual_signing_during_a_rotation_every_form_verifies_with_dkimpy_and_open
     for i, raw in enumerate(RAW_FORMS.values()):
         notifier.send_raw(raw, [f"raw{i}@example.com"], key=f"raw-{i}")
     run_burst(signed(settings, keys, "s2026", "s2027", "ed2026", canonicalization=canonicalization))
+    started = next(line for line in capsys.readouterr().out.splitlines() if "dkim signing" in line)
+    assert re.search(r"s2026: rsa-sha256, 2048 bits, .*s2027: rsa-sha256, 2048 bits, .*ed2026: ed25519-sha256", started)
     received = {m.rcpt_tos[0]: m.data for m in smtp.wait_for(1 + len(RAW_FORMS))}
     forms = {"templated": received["zoe@example.com"],
              **{name: received[f"raw{i}@example.com"] for i, name in enumerate(names)}}

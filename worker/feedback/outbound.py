@@ -9,6 +9,7 @@ import re
 from producer.envelope import Envelope
 
 from ..dkim import MessageFormatError, Signer
+from ..logs import get_logger
 from ..outcomes import Deferred, Poison
 from ..settings import Settings
 from ..store import Store
@@ -35,6 +36,9 @@ class Outbound:
         self.settings = settings
         self.store = store
         self.signer = Signer.from_settings(settings)  # keys read once, here
+        if self.signer is not None:  # what a rotation's operator checks after a restart
+            get_logger().info("dkim signing", domain=self.signer.domain,
+                              keys=[key.description for key in self.signer.keys])
         self.brake = Brake(settings, store)
         self.sender_id = _field(settings.feedback_id or settings.from_addr.rpartition("@")[2].rstrip(">").strip())
 
