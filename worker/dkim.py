@@ -218,7 +218,7 @@ class Signer:
         else:
             names = [n for n in _SIGNED_BYTES for _ in range(present.count(n))] + [b"from"]
         form = self.header_form
-        signed = b"".join(dkim_canon.header(f.raw, form) for f in dkim_canon.select(parsed.fields, names))
+        signed = dkim_canon.headers([f.raw for f in dkim_canon.select(parsed.fields, names)], form)
         body_hash = base64.b64encode(hashlib.sha256(dkim_canon.body(parsed.body, self.body_form)).digest())
         t = b"%d;" % int(time.time() if now is None else now)
         h_lines = self._h_lines.get(tuple(names))

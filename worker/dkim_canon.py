@@ -16,7 +16,9 @@ from typing import NamedTuple, Sequence
 CANONICALIZATIONS = ("relaxed", "simple")
 _LINE_END = re.compile(rb"\r?\n")
 _FIELD_END = re.compile(rb"\r\n(?![ \t])")  # a line end not followed by a continuation line
-_FIELD_NAME = re.compile(rb"[!-9;-~]+")  # printable US-ASCII but the colon (RFC 5322 2.2)
+# a header line that neither continues a field (leading space or tab) nor starts one: a name of
+# printable US-ASCII but the colon (RFC 5322 2.2), then the colon
+_NOT_A_FIELD = re.compile(rb"^(?![ \t]|[!-9;-~]+[ \t]*:)([^\n]*)", re.MULTILINE)
 _TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
 
 
@@ -54,15 +56,12 @@ def parse(message: bytes) -> Parsed:
         message += b"\r\n"
     else:
         head, body = message[:end], message[end + 4:]
-    fields = []
-    for raw in _FIELD_END.split(head):
-        name, colon, _ = raw.partition(b":")
-        name = name.rstrip(b" \t")
-        if not colon or _FIELD_NAME.fullmatch(name) is None:
-            shown = raw[:60].decode("utf-8", "replace")
-            raise MessageFormatError(f"a header line is no 'Name: value' field: {shown!r}")
-        fields.append(Field(name.lower(), raw))
-    return Parsed(message, tuple(fields), body)
+    bad = _NOT_A_FIELD.search(head) or (re.match(rb"[ \t][^\n]*", head) if head[:1] in (b" ", b"\t") else None)
+    if bad:
+        shown = bad.group(0).rstrip(b"\r")[:60].decode("utf-8", "replace")
+        raise MessageFormatError(f"a header line is no 'Name: value' field: {shown!r}")
+    fields = tuple(Field(raw.partition(b":")[0].rstrip(b" \t").lower(), raw) for raw in _FIELD_END.split(head))
+    return Parsed(message, fields, body)
 
 
 def select(fields: Sequence[Field], names: Sequence[bytes]) -> list[Field]:
@@ -100,6 +99,21 @@ def _one_space(data: bytes) -> bytes:
     while b"  " in data:
         data = data.replace(b"  ", b" ")
     return data
+
+
+def headers(raws: Sequence[bytes], how: str) -> bytes:
+    """Fields in canonical form, each with its CRLF, joined: ``header`` of each, done on the
+    block at once (folding undone and spaces collapsed in two C passes, not one per field)."""
+    block = b"\r\n".join(raws)
+    if how == "simple":
+        return block + b"\r\n"
+    if b"\r\n " in block or b"\r\n\t" in block:  # only folding puts a space or tab after a CRLF here
+        block = block.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+    lines = []
+    for line in _one_space(block).split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        lines.append(name.rstrip(b" ").lower() + b":" + value.strip(b" "))
+    return b"\r\n".join(lines) + b"\r\n"
 
 
 def body(data: bytes, how: str) -> bytes:
