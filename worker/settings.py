@@ -347,12 +347,13 @@ def _validate_feedback(s: Settings) -> None:
     one stops the program at start (78), not every message later."""
     from email.utils import parseaddr
 
-    from .dkim import DkimSettingsError, Signer
+    if s.dkim_key or s.dkim_selector or s.dkim_domain or s.dkim_canonicalization != "relaxed/relaxed":
+        from .dkim import DkimSettingsError, Signer
 
-    try:
-        Signer.from_settings(s)  # every key read, the lists paired, the domain checked
-    except DkimSettingsError as exc:
-        raise SettingsError(str(exc)) from None
+        try:
+            Signer.from_settings(s)  # every key read, the lists paired, the domain checked
+        except DkimSettingsError as exc:
+            raise SettingsError(str(exc)) from None
     if s.return_path:
         local, at, domain = parseaddr(s.return_path)[1].rpartition("@")
         if not at or not local or not domain or "+" in local or any(c in s.return_path for c in "\r\n\0 "):
