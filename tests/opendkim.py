@@ -44,6 +44,7 @@ try:
         except Exception:
             if time.monotonic() > deadline or dnsmasq.poll() is not None:
                 raise SystemExit("dnsmasq did not answer on 127.0.0.1:53 inside the namespace")
+            time.sleep(0.02)  # polled until the deadline above
     results = []
     for path in sorted(work.glob("message-*.eml"), key=lambda p: int(p.stem.split("-")[1])):
         with open(path, "rb") as fh:
