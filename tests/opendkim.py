@@ -1,11 +1,12 @@
 """A second DKIM verifier for the tests: OpenDKIM's ``opendkim-testmsg`` (Debian's
 opendkim-tools), asking a DNS server the test starts for the keys.
 
-libopendkim looks keys up through the system resolver, which takes no port: so the check runs in
-namespaces of its own (``unshare --net --mount``, root): a loopback of its own where dnsmasq
-answers on 127.0.0.1:53 with the test's TXT records, and an ``/etc/resolv.conf`` bind-mounted
-over the machine's, seen only inside. Nothing outside the namespaces changes, and everything
-started in them ends with them.
+opendkim-testmsg takes no public key and no DNS server (its ``-k`` is a signing key; man
+opendkim-testmsg), and libopendkim looks keys up through the system resolver, which takes no
+port: so the check runs in namespaces of its own (``unshare --net --mount``, root): a loopback
+of its own where dnsmasq answers on 127.0.0.1:53 with the test's TXT records, and an
+``/etc/resolv.conf`` bind-mounted over the machine's, seen only inside. Nothing outside the
+namespaces changes, and everything started in them ends with them.
 """
 
 from __future__ import annotations
