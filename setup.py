@@ -13,8 +13,7 @@ WORKER = [
     "structlog>=23.1",
     "supervisor>=4.2",
     "email-validator>=2.1,<3",
-    "dkimpy[ed25519]>=1.1",  # DKIM signing (worker/dkim.py); pynacl for Ed25519 keys
-    "cryptography>=41",  # reads any PEM key for dkimpy, writes new ones
+    "cryptography>=41",  # DKIM: reads the keys, signs through OpenSSL (worker/dkim.py), writes new keys
     "flufl.bounce>=4.0",  # detectors for bounces that are not RFC 3464 DSNs
     "prometheus_client>=0.17",  # the console's /metrics
 ]
@@ -33,6 +32,7 @@ setup(
     extras_require={
         "worker": WORKER,
         "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3",
+                 "dkimpy[ed25519]>=1.1",  # verifies what worker/dkim.py signs (pynacl for Ed25519)
                  "django-mailer>=2.3",  # the bench compares the relay with it (bench/run.py)
                  "selenium>=4.10",  # drives Debian's chromium + chromium-driver (setup.sh installs them)
                  "sqlalchemy>=2"],  # the outbox through a Flask/SQLAlchemy session (tests/test_outbox.py)

@@ -11,7 +11,9 @@ packages=(beanstalkd)
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$what" = test ] || [ "$what" = bench ]; then
   packages+=(dnsmasq-base postfix postgresql php-cli php-pda-pheanstalk ruby ruby-beaneater openssl curl dovecot-imapd dovecot-lmtpd
-            chromium chromium-driver prometheus)  # prometheus: promtool tests docs/alerts; chromium: the console's browser tests (selenium drives Debian's build)
+            chromium chromium-driver  # the console's browser tests (selenium drives Debian's build)
+            prometheus  # promtool tests docs/alerts
+            opendkim-tools)  # opendkim-testmsg: the second DKIM verifier in tests/test_dkim.py
 fi
 
 missing=()

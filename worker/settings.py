@@ -84,9 +84,10 @@ class Settings:
     web_password: str = ""  # HTTP basic auth for every console page but /healthz
     entities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # feedback (docs/feedback.md): DKIM, the VERP return path, bounces, the bulk brake
-    dkim_key: str = ""  # PEM file, RSA or Ed25519; every message whose From is in dkim_domain is signed
-    dkim_selector: str = ""
+    dkim_key: str = ""  # PEM file(s), RSA or Ed25519, comma-separated; each signs every message whose From is in dkim_domain
+    dkim_selector: str = ""  # one per key, in the same order
     dkim_domain: str = ""  # default: the From domain
+    dkim_canonicalization: str = "relaxed/relaxed"  # header/body: relaxed or simple each
     return_path: str = ""  # bounces@example.org -> envelope sender bounces+TOKEN@example.org
     return_path_secret: str = ""  # signs VERP tokens; defaults to BEANMAIL_SECRET
     feedback_id: str = ""  # the sender id ending Gmail's Feedback-ID; default: the From domain
@@ -219,7 +220,7 @@ def _absolute(s: Settings) -> Settings:
     """Relative paths resolved once, against the folder the program started in."""
     changes: dict[str, str] = {"templates": os.path.abspath(s.templates)}
     if s.dkim_key:
-        changes["dkim_key"] = os.path.abspath(s.dkim_key)
+        changes["dkim_key"] = ",".join(os.path.abspath(k.strip()) for k in s.dkim_key.split(",") if k.strip())
     if "://" not in s.store and s.store != ":memory:":
         changes["store"] = os.path.abspath(s.store)
     if s.supervisor_url.startswith("unix://") and not s.supervisor_url.startswith("unix:///"):
@@ -253,6 +254,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             return value
+        if name in ("dkim_key", "dkim_selector") and not isinstance(value, str):  # a TOML list
+            return ",".join(str(item).strip() for item in value)
         if name in ("secret", "unsubscribe_secret"):
             keys = value.split(",") if isinstance(value, str) else [str(k) for k in value]
             if value and not any(k.strip() for k in keys):
@@ -346,17 +349,13 @@ def _validate_feedback(s: Settings) -> None:
     one stops the program at start (78), not every message later."""
     from email.utils import parseaddr
 
-    if s.dkim_key:
-        if not s.dkim_selector:
-            raise SettingsError("BEANMAIL_DKIM_SELECTOR: needed with BEANMAIL_DKIM_KEY")
-        from .dkim import DkimKeyError, Signer
+    if s.dkim_key or s.dkim_selector or s.dkim_domain or s.dkim_canonicalization != "relaxed/relaxed":
+        from .dkim import DkimSettingsError, Signer
 
         try:
-            Signer.from_file(s.dkim_key, s.dkim_selector, s.dkim_signing_domain)
-        except DkimKeyError as exc:
-            raise SettingsError(f"BEANMAIL_DKIM_KEY: {exc}") from None
-    elif s.dkim_selector or s.dkim_domain:
-        raise SettingsError("BEANMAIL_DKIM_KEY: needed with BEANMAIL_DKIM_SELECTOR/BEANMAIL_DKIM_DOMAIN")
+            Signer.from_settings(s)  # every key read, the lists paired, the domain checked
+        except DkimSettingsError as exc:
+            raise SettingsError(str(exc)) from None
     if s.return_path:
         local, at, domain = parseaddr(s.return_path)[1].rpartition("@")
         if not at or not local or not domain or "+" in local or any(c in s.return_path for c in "\r\n\0 "):

@@ -57,6 +57,8 @@ def cmd_dkim(settings: Settings, args: argparse.Namespace) -> int:
         raise OpsError(f"cannot write {path}: {exc}") from None
     print(f"# private key written to {path} (mode 0600); publish this record, then set")
     print(f"# BEANMAIL_DKIM_KEY={path} BEANMAIL_DKIM_SELECTOR={args.selector} BEANMAIL_DKIM_DOMAIN={args.domain}")
+    print(f"# or, beside a key in use (RSA and Ed25519, or a rotation), both lists in the same order:"
+          f" BEANMAIL_DKIM_KEY=OLD.pem,{path} BEANMAIL_DKIM_SELECTOR=OLD,{args.selector}")
     print(zone_line(args.selector, args.domain, record))
     return 0
 

@@ -8,8 +8,9 @@ import re
 
 from producer.envelope import Envelope
 
-from ..dkim import Signer
-from ..outcomes import Deferred
+from ..dkim import MessageFormatError, Signer
+from ..logs import get_logger
+from ..outcomes import Deferred, Poison
 from ..settings import Settings
 from ..store import Store
 from . import verp
@@ -34,8 +35,10 @@ class Outbound:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.signer = (Signer.from_file(settings.dkim_key, settings.dkim_selector, settings.dkim_signing_domain)
-                       if settings.dkim_key else None)
+        self.signer = Signer.from_settings(settings)  # keys read once, here
+        if self.signer is not None:  # what a rotation's operator checks after a restart
+            get_logger().info("dkim signing", domain=self.signer.domain,
+                              keys=[key.description for key in self.signer.keys])
         self.brake = Brake(settings, store)
         self.sender_id = _field(settings.feedback_id or settings.from_addr.rpartition("@")[2].rstrip(">").strip())
 
@@ -77,7 +80,10 @@ class Outbound:
                 token = verp.make_token(envelope.id, recipient, self.settings.verp_secret)
                 sender = verp.return_path(self.settings.return_path, token)
         if self.signer is not None and (envelope.kind == "mail" or self.signer.covers(message)):
-            message = self.signer.sign(message)
+            try:
+                message = self.signer.sign(message)
+            except MessageFormatError as exc:  # a raw message's header; sent unsigned it would fail DMARC
+                raise Poison(f"cannot DKIM-sign the message: {exc}") from None
         return sender, message
 
     def finished(self, envelope: Envelope, outcome: str) -> None:
