@@ -1,0 +1,213 @@
+"""Addresses are judged once (producer/addresses.py), the same for Notifier, Django, the
+after-commit hooks, PHP and Ruby jobs and the worker: each row of the outside trial's table
+(Django 5.2's mail tests through our backend), and EAI over SMTPUTF8."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Iterator
+
+import pytest
+
+from producer import AddressError, Notifier
+from producer.addresses import check_address, parse_mailbox
+from producer.client import connect, message_key
+from producer.hooks import AfterCommit
+from worker.settings import Settings
+from worker.store import Store
+
+from .conftest import ROOT, poison_reasons, run_burst
+from .servers import Beanstalkd, SmtpServer
+
+INJECTIONS = ['"evil@example.com\r\nto"@example.com', "to\nevil@example.com"]
+REFUSED = ["to@other.com <to@example.com>", *INJECTIONS, "carl@exa mple.com", "tester", "to@other.com@example.com",
+           "@", "to@", "@example.com", "a..b@example.com", "a@b_c.example", "zoe@[127.0.0.1]", "x@xn--bad-.example"]
+# IDNA 2008 A-labels that IDNA 2003 would decode to other names (UTS #46 deviations), kept as written
+IDNA2008 = ["to@xn--10cl1a0b660p.example.com", "cc@xn--nxasmm1c.example.com", "bcc@xn--mgba3gch31f060k.example.com",
+            "from@xn--fa-hia.example.com"]
+
+
+def ready(settings: Settings) -> int:
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        return sum(int(c.stats_tube(t)["current-jobs-ready"]) for t in c.tubes())
+
+
+def django_configured() -> None:
+    """The settings tests/test_webapps.py configures, whichever test configures them first."""
+    import django
+    from django.conf import settings as dj
+
+    if not dj.configured:
+        dj.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+                     EMAIL_BACKEND="producer.django.EmailBackend", DEFAULT_FROM_EMAIL="app@beanmail.example",
+                     INSTALLED_APPS=[], USE_TZ=True)
+        django.setup()
+
+
+@pytest.fixture
+def django_beanstalk(settings: Settings) -> Iterator[None]:
+    import producer.django
+    from django.conf import settings as dj
+
+    django_configured()
+    dj.BEANMAIL = {"URL": settings.beanstalk_url}
+    producer.django._notifier = None
+    yield
+    producer.django._notifier = None
+
+
+# -- the judgement itself -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", REFUSED)
+def test_what_is_not_one_valid_address_is_refused_with_a_valueerror_saying_invalid_address(text: str) -> None:
+    with pytest.raises(ValueError, match="^Invalid address"):
+        parse_mailbox(text)
+    with pytest.raises(AddressError):
+        check_address(text)
+
+
+def test_an_address_is_never_read_as_another_one() -> None:
+    # the standard library's getaddresses reads these as carl@example.com and as two addresses
+    with pytest.raises(AddressError, match=r"only 'carl@exa' could be parsed"):
+        parse_mailbox("carl@exa mple.com")
+    with pytest.raises(AddressError, match=r"not one recipient address"):
+        parse_mailbox("to@other.com <to@example.com>")
+    with pytest.raises(AddressError, match="no domain"):
+        parse_mailbox("tester")
+    assert parse_mailbox("Zoë <zoe@example.com>").address == "zoe@example.com"
+    assert parse_mailbox('"Doe, John" <john@example.com>').name == "Doe, John"
+    assert parse_mailbox("to@漢字.example.com").address == "to@xn--p8s937b.example.com"
+    assert parse_mailbox("faß@faß.example").address == "faß@xn--fa-hia.example"  # IDNA 2008, not fass
+    assert parse_mailbox("zoë@example.com").smtputf8 and not parse_mailbox("zoe@example.com").smtputf8
+    for address in IDNA2008:
+        assert check_address(address) == address  # never re-encoded
+    with pytest.raises(AddressError, match="alone is expected"):
+        check_address("Zoë <zoe@example.com>")  # an envelope's address carries no name
+
+
+def test_notify_refuses_a_typo_instead_of_sending_to_another_address() -> None:
+    notifier = Notifier("beanstalk://127.0.0.1:9")  # never reached: the address is refused first
+    for text in ("carl@exa mple.com", "tester", *INJECTIONS):
+        with pytest.raises(ValueError, match="Invalid address"):
+            notifier.notify("welcome", text, {"name": "Carl"})
+        with pytest.raises(ValueError, match="Invalid address"):
+            AfterCommit(notifier).notify("welcome", text, {"name": "Carl"})  # at notify(), not after the commit
+    with pytest.raises(ValueError, match="Invalid address"):
+        notifier.send_raw(b"Subject: x\r\n\r\nx\r\n", ["to@other.com <to@example.com>"])
+    with pytest.raises(ValueError, match="Invalid address"):
+        AfterCommit(notifier).mailout("digest", ["ok@example.com", "carl@exa mple.com"], key="k")
+
+
+def test_copies_of_one_message_to_different_recipients_have_different_keys() -> None:
+    keys = {message_key("django", "<same@app>", [a]) for a in ("a@example.com", "b@example.com", "c@example.com")}
+    assert len(keys) == 3
+    assert message_key("django", "<same@app>", ["a@example.com"]) == message_key("django", "<same@app>",
+                                                                                ["A@example.com"])
+    assert message_key("django", "", ["a@example.com"]) is None
+
+
+# -- each row of the trial, end to end: Django, beanstalkd, a worker, an SMTP server ---------------
+
+@pytest.mark.parametrize("bad", ["to@other.com <to@example.com>", *INJECTIONS, "tester"])
+def test_django_send_refuses_what_djangos_smtp_backend_refuses_and_queues_nothing(
+        django_beanstalk: None, settings: Settings, bad: str) -> None:
+    from django.core.mail import EmailMessage
+
+    for field in ("to", "cc", "bcc"):
+        with pytest.raises(ValueError, match="Invalid address"):
+            EmailMessage("Hi", "Body", "app@beanmail.example", **{field: [bad]}).send()
+        with pytest.raises(ValueError, match="Invalid address"):  # as Django's: even when failing silently
+            EmailMessage("Hi", "Body", "app@beanmail.example", **{field: [bad]}).send(fail_silently=True)
+    with pytest.raises(ValueError, match="Invalid address"):
+        EmailMessage("Hi", "Body", bad, ["zoe@example.com"]).send()
+    assert ready(settings) == 0
+
+
+def test_per_recipient_copies_sharing_a_message_id_are_three_mails(django_beanstalk: None, settings: Settings,
+                                                                  smtp: SmtpServer) -> None:
+    from django.core.mail import EmailMessage
+
+    headers = {"Message-ID": "<release-7@app.example>"}
+    for to in ("a@example.com", "b@example.com", "c@example.com"):
+        assert EmailMessage("Release 7", "Out now", "app@beanmail.example", [to], headers=headers).send() == 1
+    # the same copy queued again (a retried request) is still sent once
+    assert EmailMessage("Release 7", "Out now", "app@beanmail.example", ["a@example.com"], headers=headers).send() == 1
+    run_burst(settings)
+    got = sorted(m.rcpt_tos[0] for m in smtp.wait_for(3))
+    assert got == ["a@example.com", "b@example.com", "c@example.com"]
+    store = Store(settings.store)
+    try:
+        assert store.outcome_counts() == {"sent": 3}
+    finally:
+        store.close()
+
+
+def test_idna2008_addresses_already_encoded_are_sent_as_written(django_beanstalk: None, settings: Settings,
+                                                                smtp: SmtpServer) -> None:
+    from django.core.mail import EmailMessage
+
+    mail = EmailMessage("Hi", "Body", '"βόλος" <from@xn--fa-hia.example.com>', to=['"faß" <' + IDNA2008[0] + ">"],
+                        cc=['"ශ්‍රී" <' + IDNA2008[1] + ">"], bcc=[IDNA2008[2]])
+    assert mail.send() == 1
+    run_burst(settings)
+    [received] = smtp.wait_for(1)
+    assert received.mail_from == "from@xn--fa-hia.example.com"
+    assert received.rcpt_tos == IDNA2008[:3]
+    assert poison_reasons(settings) == {}
+
+
+def test_a_typo_is_refused_by_python_and_buried_with_the_same_reason_from_php_and_ruby(
+        settings: Settings, beanstalkd: Beanstalkd, smtp: SmtpServer) -> None:
+    typo = "carl@exa mple.com"
+    with pytest.raises(AddressError) as refused:
+        Notifier(settings.beanstalk_url).notify("welcome", typo, {"name": "Carl"})
+    jobs = []
+    for command in (["php", str(ROOT / "examples/php/enqueue.php")], ["ruby", str(ROOT / "examples/ruby/enqueue.rb")]):
+        out = subprocess.run([*command, "127.0.0.1", str(beanstalkd.port), "welcome", typo, "Carl",
+                              json.dumps({"name": "Carl"})], capture_output=True, text=True, timeout=30, check=True)
+        jobs.append(int(out.stdout.strip()))
+    run_burst(settings)
+    reasons = poison_reasons(settings)
+    for job in jobs:
+        assert reasons[job] == f"invalid recipient address {typo!r}: {refused.value.reason}"
+    assert smtp.messages == []  # and nothing went to carl@example.com
+
+
+# -- EAI: a UTF-8 local part goes with SMTPUTF8, or is refused with the reason -------------------
+
+# concurrency 1: the blocking session (pipelined batches); 4: the event loop's sessions
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_utf8_local_part_is_sent_with_smtputf8_where_the_server_offers_it(settings: Settings, notifier: Notifier,
+                                                                           smtp: SmtpServer, concurrency: int) -> None:
+    settings = settings.replace(concurrency=concurrency)
+    assert smtp.controller is not None and smtp.controller.SMTP_kwargs["enable_SMTPUTF8"]  # it offers SMTPUTF8
+    notifier.notify("welcome", "Zoë <zoë@例子.example>", {"name": "Zoë"}, key="eai:zoe")
+    notifier.notify("welcome", "zoe@example.com", {"name": "Zoe"}, key="ascii:zoe")
+    run_burst(settings)
+    received = smtp.wait_for(2)
+    assert [m.rcpt_tos for m in received] == [["zoë@xn--fsqu00a.example"], ["zoe@example.com"]]
+    assert "To: =?utf-8?b?Wm/Dqw==?= <zoë@xn--fsqu00a.example>".encode() in received[0].data  # RFC 6532
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_utf8_local_part_is_bounced_with_the_reason_where_the_server_does_not_offer_smtputf8(
+        settings: Settings, notifier: Notifier, concurrency: int) -> None:
+    settings = settings.replace(concurrency=concurrency)
+    smtp = SmtpServer(enable_SMTPUTF8=False).start()
+    try:
+        notifier.notify("welcome", "zoë@example.com", {"name": "Zoë"}, key="eai:plain-server")
+        notifier.notify("welcome", "zoe@example.com", {"name": "Zoe"}, key="ascii:plain-server")
+        run_burst(settings.replace(smtp_url=smtp.url))
+    finally:
+        smtp.stop()
+    store = Store(settings.store)
+    try:
+        [row] = store.deliveries(key="eai:plain-server")
+        assert row.outcome == "bounced"
+        assert "does not offer SMTPUTF8" in row.reason and "zoë@example.com" in row.reason
+        assert store.suppressed("zoë@example.com") is None  # the address is fine; this server is not
+        assert store.deliveries(key="ascii:plain-server")[0].outcome == "sent"
+    finally:
+        store.close()
+    assert [m.rcpt_tos for m in smtp.messages] == [["zoe@example.com"]]
