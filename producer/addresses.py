@@ -44,7 +44,12 @@ __all__ = ["AddressError", "Mailbox", "parse_mailbox", "check_address", "check_n
 # every control character, tab included: CR and LF split commands and headers, the rest corrupt them
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # the common case, checked without the full parser: an ASCII dot-atom local part, an ASCII domain
-_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9.-]+")
+_PLAIN_TEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9.-]+"
+_PLAIN = re.compile(_PLAIN_TEXT)
+# and ``Name <plain>`` with a name of atoms (RFC 6532: UTF-8 but white space is atext) one space
+# apart, which the parser reads as itself (an encoded-word, ``=?``, it would decode: not here)
+_ATOM = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f\s])+"
+_NAMED = re.compile(rf"({_ATOM}(?: {_ATOM})*) <({_PLAIN_TEXT})>")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f]")  # RFC 6531: UTF-8 is atext
 _QTEXT = re.compile(r"[\x20-\x7e]|[^\x00-\x7f]")  # within quotes: printable, space, UTF-8
@@ -135,16 +140,16 @@ def _parse(text: object) -> tuple[str, str, bool]:
         raise AddressError(text, f"an address is a string, not {type(text).__name__}")
     if _CONTROL.search(text):
         raise AddressError(text, "it contains a control character (CR, LF, NUL, tab or another)")
-    if _PLAIN.fullmatch(text):  # the hot path: what the full parser would accept, unchanged
-        local, _, domain = text.rpartition("@")
-        if len(local) > MAX_LOCAL:
-            _local_part(text, local, False)
-        address = f"{local}@{_domain(text, domain)}"
-        _length(text, address)
-        return "", address, True
+    # the hot paths: forms the full parser reads as written, checked without it (ten times faster)
+    if _PLAIN.fullmatch(text):
+        return "", _plain(text, text), True
+    named = _NAMED.fullmatch(text)
+    if named and "=?" not in named.group(1):
+        return named.group(1), _plain(text, named.group(2)), False
     try:
         token, rest = rfc5322.get_mailbox(text)
-    except (HeaderParseError, ValueError, IndexError):
+        defects = [d for d in token.all_defects if not isinstance(d, NonASCIILocalPartDefect)]
+    except (HeaderParseError, ValueError, IndexError, AttributeError, TypeError):  # (the last two: parser bugs)
         raise AddressError(text, "not an address (local@domain, or Name <local@domain>)") from None
     if rest:
         raise AddressError(text, f"not one recipient address (only {str(token).strip()!r} could be parsed)")
@@ -152,7 +157,6 @@ def _parse(text: object) -> tuple[str, str, bool]:
         raise AddressError(text, "an empty address")
     if token.domain is None:
         raise AddressError(text, "no domain (an address is local@domain)")
-    defects = [d for d in token.all_defects if not isinstance(d, NonASCIILocalPartDefect)]
     if defects:
         raise AddressError(text, str(defects[0]) or type(defects[0]).__name__)
     spec = token.addr_spec  # the local part quoted only where it must be, no comments or spaces
@@ -161,6 +165,15 @@ def _parse(text: object) -> tuple[str, str, bool]:
     address = f"{local}@{_domain(text, token.domain)}"
     _length(text, address)
     return token.display_name or "", address, spec == text
+
+
+def _plain(text: str, spec: str) -> str:
+    local, _, domain = spec.rpartition("@")
+    if len(local) > MAX_LOCAL:
+        _local_part(text, local, False)
+    address = f"{local}@{_domain(text, domain)}"
+    _length(text, address)
+    return address
 
 
 def _domain(text: str, domain: str) -> str:
