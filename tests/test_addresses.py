@@ -144,6 +144,18 @@ def test_the_fast_paths_judge_as_the_full_parser_does(monkeypatch: pytest.Monkey
     assert sum(f is not None for f in fast) > 500  # many accepted, not only refusals compared
 
 
+def test_the_worker_judges_its_own_from_and_a_jobs_reply_to_by_the_same_rules() -> None:
+    from worker import mime
+    from worker.outcomes import Poison
+    from worker.settings import SettingsError, load
+
+    with pytest.raises(SettingsError, match="BEANMAIL_FROM: Invalid address 'Beanmail <noreply@exa mple.com>'"):
+        load({"BEANMAIL_FROM": "Beanmail <noreply@exa mple.com>"})
+    assert mime.sender_address("Beanmail <noreply@漢字.example>").addr_spec == "noreply@xn--p8s937b.example"
+    with pytest.raises(Poison, match="Reply-To 'carl@exa mple.com' is not an address"):
+        mime._reply_to("carl@exa mple.com")
+
+
 def test_copies_of_one_message_to_different_recipients_have_different_keys() -> None:
     keys = {message_key("django", "<same@app>", [a]) for a in ("a@example.com", "b@example.com", "c@example.com")}
     assert len(keys) == 3
