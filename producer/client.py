@@ -72,6 +72,22 @@ def parse_recipient(value: str | Recipient | Mapping[str, Any] | tuple[str, str]
                               f"not {type(value).__name__}")
 
 
+class RecipientsRefused(AddressError):
+    """Recipients of a mailout read from an iterator that were not valid addresses: they were
+    left out and the others queued, in the chunk jobs ``ids``; ``refused`` has each one's error.
+    Running the mailout again with the same key sends no one twice."""
+
+    def __init__(self, refused: list[AddressError], ids: list[int]) -> None:
+        shown = "; ".join(str(e) for e in refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
+        reason = f"{len(refused)} recipient(s) refused and left out, the others queued in {len(ids)} chunk(s): {shown}"
+        super().__init__([e.text for e in refused], reason)
+        self.args = (f"Invalid address: {reason}",)
+        self.refused, self.ids = refused, ids
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def message_key(prefix: str, message_id: str, recipients: Sequence[str]) -> str | None:
     """The idempotency key of a built message: its Message-ID *and* its recipients, so copies of
     one message to different recipients (one per recipient, sharing the application's
@@ -172,17 +188,27 @@ class Notifier:
                 *, key: str, priority: str = "bulk", exclude: Iterable[str] = (),
                 not_after: float | None = None, digest: str | None = None) -> list[int]:
         """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk.
-        ``digest``: every recipient's mail is collected into their digest of that period."""
+        ``digest``: every recipient's mail is collected into their digest of that period.
+        A recipient that is not a valid address (``producer.addresses``): in a list or tuple it
+        raises AddressError before anything is queued; from an iterator (read once) it is left
+        out, the others are queued, and RecipientsRefused (an AddressError) then names it."""
         _check_priority(priority)
         excluded = {parse_recipient(a).address.lower() for a in exclude}
         base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
                     not_after=_int(not_after), exclude=tuple(sorted(excluded)), digest=_check_digest(digest))
+        if isinstance(recipients, (list, tuple)):  # a bad address refuses the mailout before anything is queued
+            recipients = [parse_recipient(r) for r in recipients]
+        refused: list[AddressError] = []
         ids: list[int] = []
         chunk: list[Recipient] = []
         empty = len(env.encode(Envelope(id=f"{key}#000000", to=(), created_at=env.now(), **base))) + 80
         size = empty
         for value in recipients:
-            recipient = parse_recipient(value)
+            try:
+                recipient = parse_recipient(value)
+            except AddressError as exc:  # an iterator is read once: left out, named at the end
+                refused.append(exc)
+                continue
             if recipient.address.lower() in excluded:
                 continue
             cost = len(env.canonical(recipient.to_json())) + 1
@@ -193,6 +219,8 @@ class Notifier:
             size += cost
         if chunk:
             ids.append(self._put_chunk(key, len(ids), chunk, base))
+        if refused:
+            raise RecipientsRefused(refused, ids)
         return ids
 
     def notify_watchers(self, template: str, watchers: Iterable[Any], actor: Any = None,

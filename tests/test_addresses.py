@@ -156,6 +156,29 @@ def test_the_worker_judges_its_own_from_and_a_jobs_reply_to_by_the_same_rules() 
         mime._reply_to("carl@exa mple.com")
 
 
+def test_a_mailout_refuses_a_list_with_a_bad_address_and_queues_an_iterators_good_ones(
+        settings: Settings, notifier: Notifier, smtp: SmtpServer) -> None:
+    from producer.client import RecipientsRefused
+
+    with pytest.raises(AddressError, match="only 'carl@exa' could be parsed"):
+        notifier.mailout("welcome", ["ann@example.com", "carl@exa mple.com"], {"name": "x"}, key="list")
+    assert ready(settings) == 0  # nothing queued
+    with pytest.raises(RecipientsRefused, match=r"^Invalid address: 1 recipient\(s\) refused") as refused:
+        notifier.mailout("welcome", iter(["ann@example.com", "carl@exa mple.com", "bob@example.com"]), {"name": "x"},
+                         key="iter")
+    assert len(refused.value.ids) == 1 and refused.value.refused[0].text == "carl@exa mple.com"
+    from worker.fanout import Fanout
+    from worker.loop import Worker
+
+    store = Store(settings.store)
+    try:
+        assert Worker(settings, Fanout(settings), store, tubes=("mailout",)).run(burst=True) == 0
+    finally:
+        store.close()
+    run_burst(settings)
+    assert sorted(m.rcpt_tos[0] for m in smtp.wait_for(2)) == ["ann@example.com", "bob@example.com"]
+
+
 def test_copies_of_one_message_to_different_recipients_have_different_keys() -> None:
     keys = {message_key("django", "<same@app>", [a]) for a in ("a@example.com", "b@example.com", "c@example.com")}
     assert len(keys) == 3
