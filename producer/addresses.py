@@ -164,7 +164,18 @@ def _parse(text: object) -> tuple[str, str, bool]:
     _local_part(text, token.local_part, local.startswith('"'))
     address = f"{local}@{_domain(text, token.domain)}"
     _length(text, address)
-    return token.display_name or "", address, spec == text
+    bare = token[0].token_type == "addr-spec" and not _has_cfws(token)
+    return token.display_name or "", address, bare
+
+
+def _has_cfws(token: list) -> bool:  # type: ignore[type-arg]
+    """Whether white space or a comment lies outside quotes: ``zoe @ example.com``, ``zoe(c)@…``."""
+    for part in token:
+        if part.token_type in ("cfws", "comment"):
+            return True
+        if isinstance(part, list) and part.token_type != "bare-quoted-string" and _has_cfws(part):
+            return True
+    return False
 
 
 def _plain(text: str, spec: str) -> str:

@@ -82,8 +82,11 @@ def test_an_address_is_never_read_as_another_one() -> None:
     assert parse_mailbox("zoë@example.com").smtputf8 and not parse_mailbox("zoe@example.com").smtputf8
     for address in IDNA2008:
         assert check_address(address) == address  # never re-encoded
-    with pytest.raises(AddressError, match="alone is expected"):
-        check_address("Zoë <zoe@example.com>")  # an envelope's address carries no name
+    assert check_address('"john doe"@example.com') == '"john doe"@example.com'
+    assert check_address('"john"@example.com') == "john@example.com"  # the same mailbox, quotes not needed
+    for dressed in ("Zoë <zoe@example.com>", "<zoe@example.com>", "zoe @ example.com", "zoe@example.com (Zoë)"):
+        with pytest.raises(AddressError, match="alone is expected"):
+            check_address(dressed)  # an envelope's address is RCPT TO's path: no name, brackets or comments
 
 
 def test_notify_refuses_a_typo_instead_of_sending_to_another_address() -> None:
