@@ -46,7 +46,7 @@ if [ "$what" = test ]; then
     echo "setup: fetching Django $django_version's test suite (its sdist) into $django_tests"
     rm -rf var/conformance/sdist && mkdir -p var/conformance/sdist "$django_tests"
     .venv/bin/pip download -q --no-deps --no-binary :all: "django==$django_version" -d var/conformance/sdist
-    tar -xzf var/conformance/sdist/*.tar.gz -C "$django_tests" --strip-components=1 --wildcards '*/tests/mail/*' '*/LICENSE'
+    tar -xzf var/conformance/sdist/*.tar.gz -C "$django_tests" --strip-components=1 --wildcards '*/tests/mail/*' "*-$django_version/LICENSE"
     rm -rf var/conformance/sdist
   fi
 fi
