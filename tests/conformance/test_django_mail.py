@@ -24,6 +24,7 @@ import pytest
 from worker.settings import Settings
 
 from ..conftest import ROOT, run_burst
+from ..servers import free_port
 from ..test_addresses import django_configured
 
 # Of SMTPBackendTests: the tests of what goes into the SMTP envelope. The rest of that class
@@ -115,3 +116,42 @@ def test_djangos_own_mail_tests_pass_through_the_queue(settings: Settings, capsy
 def _method(test: unittest.TestCase) -> str:
     case = getattr(test, "test_case", test)  # a failed subTest reports its own object
     return case._testMethodName  # type: ignore[attr-defined]
+
+
+def test_a_django_message_arrives_as_django_built_it(settings: Settings) -> None:
+    """The worker sends what Django's SMTP backend would: the message Django built, every header
+    and every part as Django's own capturing server parses them (no header added, none
+    rewritten), to the envelope's recipients."""
+    import django  # noqa: F401
+    import producer.django
+    from django.conf import settings as dj
+    from django.core.mail import EmailMultiAlternatives
+
+    django_configured()
+    dj.BEANMAIL = {"URL": settings.beanstalk_url}
+    producer.django._notifier = None
+    module = django_mail_tests()
+    handler = module.SMTPHandler()
+    port = free_port()
+    controller = module.Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        mail = EmailMultiAlternatives("Rechnung – Nr. 7", "Grüße,\nim Anhang.", "Shop <shop@discussão.example>",
+                                      ["Zoë <zoe@example.com>"], cc=["to@xn--10cl1a0b660p.example.com"],
+                                      headers={"Message-ID": "<inv-7@shop.example>", "X-Tag": "invoice"})
+        mail.attach_alternative("<p>Grüße</p>", "text/html")
+        mail.attach("rechnung.txt", "Summe: 12 €", "text/plain")
+        built = module.message_from_bytes(mail.message().as_bytes(linesep="\r\n"))  # as Django's SMTP backend sends
+        assert mail.send() == 1
+        run_burst(settings.replace(smtp_url=f"smtp://127.0.0.1:{port}?starttls=off"))
+        [received] = handler.mailbox
+    finally:
+        controller.stop()
+        producer.django._notifier = None
+    assert handler.smtp_envelopes[0]["rcpt_tos"] == ["zoe@example.com", "to@xn--10cl1a0b660p.example.com"]
+    def headers(message: Any) -> list[tuple[str, str]]:  # Date: when built; the boundary: random each time
+        return [(k, v) for k, v in message.items() if k not in ("Date", "Content-Type")]
+
+    assert headers(received) == headers(built) and len(headers(built)) >= 7
+    assert [(p.get_content_type(), p.get_content()) for p in received.walk() if not p.is_multipart()] == \
+        [(p.get_content_type(), p.get_content()) for p in built.walk() if not p.is_multipart()]
