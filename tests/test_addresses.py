@@ -259,18 +259,37 @@ def test_a_typo_is_refused_by_python_and_buried_with_the_same_reason_from_php_an
 
 # -- EAI: a UTF-8 local part goes with SMTPUTF8, or is refused with the reason -------------------
 
-# concurrency 1: the blocking session (pipelined batches); 4: the event loop's sessions
-@pytest.mark.parametrize("concurrency", [1, 4])
+def offering_pipelining(server: SmtpServer) -> SmtpServer:
+    """aiosmtpd reads pipelined commands in order but does not say so: make it say PIPELINING
+    (RFC 2920) in its EHLO reply, so the session writes MAIL, RCPT and DATA in one go."""
+    plain = server.handler.handle_EHLO
+
+    async def handle_EHLO(srv, session, envelope, hostname, responses):  # noqa: ANN001, N802
+        responses = await plain(srv, session, envelope, hostname, responses)
+        return [responses[0], "250-PIPELINING", *responses[1:]]
+
+    server.handler.handle_EHLO = handle_EHLO  # type: ignore[method-assign]
+    return server
+
+
+# concurrency 1: the blocking session (MAIL, RCPT, DATA one by one, or in one write with
+# PIPELINING); 4: the event loop's sessions
+@pytest.mark.parametrize("concurrency, pipelining", [(1, False), (1, True), (4, False), (4, True)])
 def test_a_utf8_local_part_is_sent_with_smtputf8_where_the_server_offers_it(settings: Settings, notifier: Notifier,
-                                                                           smtp: SmtpServer, concurrency: int) -> None:
-    settings = settings.replace(concurrency=concurrency)
-    assert smtp.controller is not None and smtp.controller.SMTP_kwargs["enable_SMTPUTF8"]  # it offers SMTPUTF8
-    notifier.notify("welcome", "Zoë <zoë@例子.example>", {"name": "Zoë"}, key="eai:zoe")
-    notifier.notify("welcome", "zoe@example.com", {"name": "Zoe"}, key="ascii:zoe")
-    run_burst(settings)
-    received = smtp.wait_for(2)
-    assert [m.rcpt_tos for m in received] == [["zoë@xn--fsqu00a.example"], ["zoe@example.com"]]
-    assert "To: =?utf-8?b?Wm/Dqw==?= <zoë@xn--fsqu00a.example>".encode() in received[0].data  # RFC 6532
+                                                                           concurrency: int, pipelining: bool) -> None:
+    smtp = SmtpServer()
+    smtp = (offering_pipelining(smtp) if pipelining else smtp).start()
+    try:
+        assert smtp.controller is not None and smtp.controller.SMTP_kwargs["enable_SMTPUTF8"]  # it offers SMTPUTF8
+        notifier.notify("welcome", "Zoë <zoë@例子.example>", {"name": "Zoë"}, key="eai:zoe")
+        notifier.notify("welcome", "zoe@example.com", {"name": "Zoe"}, key="ascii:zoe")
+        run_burst(settings.replace(concurrency=concurrency, smtp_url=smtp.url))
+        received = smtp.wait_for(2)
+    finally:
+        smtp.stop()
+    assert sorted(m.rcpt_tos for m in received) == [["zoe@example.com"], ["zoë@xn--fsqu00a.example"]]
+    [eai] = [m for m in received if m.rcpt_tos == ["zoë@xn--fsqu00a.example"]]
+    assert "To: =?utf-8?b?Wm/Dqw==?= <zoë@xn--fsqu00a.example>".encode() in eai.data  # RFC 6532
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
