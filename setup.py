@@ -28,6 +28,7 @@ setup(
     # a web app that only enqueues needs greenstalk alone; the worker's parts are an extra
     install_requires=[
         "greenstalk>=2.0,<3",  # worker/beanstalk.py pipelines over its socket and reply parser
+        "idna>=3.4",  # producer/addresses.py: IDNA 2008 domains, the same for every producer and the worker
     ],
     extras_require={
         "worker": WORKER,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import inspect
 import os
 import threading
-from email.utils import getaddresses
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import envelope as env
 from . import spool
+from .addresses import AddressError, check_address, check_name, parse_mailbox
 from .beanstalk import connect, parse_url, split_urls  # noqa: F401 - connect, parse_url: importable from here
 from .blobs import BlobError, BlobStore
 from .envelope import Envelope, Recipient
@@ -52,21 +54,78 @@ class BlobUnavailable(EnqueueError):
 
 
 def parse_recipient(value: str | Recipient | Mapping[str, Any] | tuple[str, str]) -> Recipient:
-    """Accepts ``"Zoë <zoe@example.com>"``, ``("Zoë", "zoe@…")``, a mapping or a Recipient."""
+    """Accepts ``"Zoë <zoe@example.com>"``, ``("Zoë", "zoe@…")``, a mapping or a Recipient, checked
+    by ``producer.addresses`` (the worker's own judgement): an address that is not exactly one
+    valid address raises AddressError (a ValueError), never becomes another address."""
+    if isinstance(value, str):
+        mailbox = parse_mailbox(value)
+        return Recipient(mailbox.address, mailbox.name)
     if isinstance(value, Recipient):
-        return value
+        return Recipient(check_address(value.address), check_name(value.name), value.context)
     if isinstance(value, Mapping):
-        return Recipient(value["address"], value.get("name", ""), dict(value.get("context") or {}))
+        return Recipient(check_address(value["address"]), check_name(value.get("name", "")),
+                         dict(value.get("context") or {}))
     if isinstance(value, tuple):
         name, address = value
-        return Recipient(address, name)
-    if not any(c in value for c in '<>,"() '):  # a bare address: the hot path of every notify
-        return Recipient(value)
-    pairs = getaddresses([value])
-    if len(pairs) != 1 or not pairs[0][1]:
-        raise ValueError(f"not one recipient address: {value!r}")
-    name, address = pairs[0]
-    return Recipient(address, name)
+        return Recipient(check_address(address), check_name(name))
+    raise AddressError(value, f"a recipient is a string, a (name, address) pair, a mapping or a Recipient, "
+                              f"not {type(value).__name__}")
+
+
+class RecipientsRefused(AddressError):
+    """Recipients of a mailout read from an iterator that were not valid addresses: they were
+    left out and the others queued, in the chunk jobs ``ids``; ``refused`` has each one's error.
+    Running the mailout again with the same key sends no one twice."""
+
+    def __init__(self, refused: list[AddressError], ids: list[int]) -> None:
+        shown = "; ".join(str(e) for e in refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
+        reason = f"{len(refused)} recipient(s) refused and left out, the others queued in {len(ids)} chunk(s): {shown}"
+        super().__init__([e.text for e in refused], reason)
+        self.args = (f"Invalid address: {reason}",)
+        self.refused, self.ids = refused, ids
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def message_key(prefix: str, message_id: str, recipients: Sequence[str]) -> str | None:
+    """The idempotency key of a built message: its Message-ID *and* its recipients, so copies of
+    one message to different recipients (one per recipient, sharing the application's
+    Message-ID) are separate deliveries, while the same message queued twice is sent once.
+    None without a Message-ID (a random key)."""
+    if not message_id:
+        return None
+    digest = hashlib.sha256("\n".join(a.lower() for a in recipients).encode()).hexdigest()[:16]
+    key = f"{prefix}:{message_id.strip()}:{digest}"
+    if len(key) > 200:  # the envelope's limit
+        key = f"{prefix}:{hashlib.sha256(key.encode()).hexdigest()}"
+    return key
+
+
+def check_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A Notifier call's addresses checked now, as the call itself checks them, for a call that
+    is made later (after a commit: ``producer.hooks``, the Django and Flask integrations), so a
+    bad address raises at ``notify()`` rather than after the commit, where it could only be
+    logged. Returns the call with its addresses normalized. An iterator of recipients (a large
+    mailout) is left to the call itself: it is read once."""
+    bound = inspect.signature(getattr(Notifier, name)).bind(None, *args, **kwargs)
+    a = bound.arguments
+    if name == "notify":
+        a["to"] = parse_recipient(a["to"])
+    elif name == "send_raw":
+        a["to"] = [check_address(r) for r in a["to"]]
+        if a.get("sender"):
+            a["sender"] = check_address(a["sender"])
+    else:  # mailout, notify_watchers
+        many = "recipients" if name == "mailout" else "watchers"
+        if isinstance(a[many], (list, tuple)):
+            a[many] = [parse_recipient(r) for r in a[many]]
+        for other in ("exclude",):
+            if isinstance(a.get(other), (list, tuple)):
+                a[other] = [parse_recipient(r).address for r in a[other]]
+        if a.get("actor") is not None:
+            a["actor"] = parse_recipient(a["actor"]).address
+    return bound.args[1:], bound.kwargs
 
 
 class Notifier:
@@ -112,11 +171,15 @@ class Notifier:
 
     def send_raw(self, message: bytes, to: Iterable[str], *, sender: str = "", key: str | None = None,
                  priority: str = "normal", delay: int = 0) -> int:
-        """Queue an already built RFC 5322 message (the Django backend uses this)."""
+        """Queue an already built RFC 5322 message (the Django backend uses this). ``to`` and
+        ``sender``: addresses alone (``local@domain``), checked; AddressError (a ValueError) if not."""
         _check_priority(priority)
+        recipients = tuple(Recipient(check_address(a)) for a in to)
+        if not recipients:
+            raise AddressError("", "a message needs at least one recipient")
         envelope = Envelope(
-            kind="raw", id=key or env.new_id(), to=tuple(Recipient(a) for a in to),
-            message=base64.b64encode(message).decode("ascii"), sender=sender,
+            kind="raw", id=key or env.new_id(), to=recipients,
+            message=base64.b64encode(message).decode("ascii"), sender=check_address(sender) if sender else "",
             priority=priority, created_at=env.now(),
         )
         return self.put(envelope, delay=delay)
@@ -125,17 +188,27 @@ class Notifier:
                 *, key: str, priority: str = "bulk", exclude: Iterable[str] = (),
                 not_after: float | None = None, digest: str | None = None) -> list[int]:
         """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk.
-        ``digest``: every recipient's mail is collected into their digest of that period."""
+        ``digest``: every recipient's mail is collected into their digest of that period.
+        A recipient that is not a valid address (``producer.addresses``): in a list or tuple it
+        raises AddressError before anything is queued; from an iterator (read once) it is left
+        out, the others are queued, and RecipientsRefused (an AddressError) then names it."""
         _check_priority(priority)
         excluded = {parse_recipient(a).address.lower() for a in exclude}
         base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
                     not_after=_int(not_after), exclude=tuple(sorted(excluded)), digest=_check_digest(digest))
+        if isinstance(recipients, (list, tuple)):  # a bad address refuses the mailout before anything is queued
+            recipients = [parse_recipient(r) for r in recipients]
+        refused: list[AddressError] = []
         ids: list[int] = []
         chunk: list[Recipient] = []
         empty = len(env.encode(Envelope(id=f"{key}#000000", to=(), created_at=env.now(), **base))) + 80
         size = empty
         for value in recipients:
-            recipient = parse_recipient(value)
+            try:
+                recipient = parse_recipient(value)
+            except AddressError as exc:  # an iterator is read once: left out, named at the end
+                refused.append(exc)
+                continue
             if recipient.address.lower() in excluded:
                 continue
             cost = len(env.canonical(recipient.to_json())) + 1
@@ -146,6 +219,8 @@ class Notifier:
             size += cost
         if chunk:
             ids.append(self._put_chunk(key, len(ids), chunk, base))
+        if refused:
+            raise RecipientsRefused(refused, ids)
         return ids
 
     def notify_watchers(self, template: str, watchers: Iterable[Any], actor: Any = None,

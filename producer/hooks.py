@@ -18,7 +18,7 @@ import logging
 from typing import Any, Callable, Iterator
 
 from . import spool
-from .client import EnqueueError, Notifier
+from .client import EnqueueError, Notifier, check_call
 
 log = logging.getLogger("beanmail.producer")
 
@@ -64,6 +64,7 @@ class AfterCommit:
             raise AttributeError(name)
 
         def record(*args: Any, **kwargs: Any) -> None:
+            args, kwargs = check_call(name, args, kwargs)  # a bad address raises now, not after the commit
             self._pending.append((name, args, kwargs))
         return record
 

@@ -2,6 +2,7 @@
 # Installs what beanmail needs on a Debian machine, idempotently:
 #   scripts/setup.sh run    beanstalkd, Node.js (for the maildev catcher), the venv
 #   scripts/setup.sh test   the same plus the test servers (dnsmasq, postfix's smtp-sink, PostgreSQL, PHP)
+#                           and Django's own mail tests (var/conformance/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-run}
@@ -36,6 +37,20 @@ if [ ! -f .venv/.installed ] || [ setup.py -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install -q -e '.[worker,test,postgresql]'
   touch .venv/.installed
+fi
+
+# Django's own mail tests, for the conformance tier (tests/conformance/test_django_mail.py): its
+# sdist on PyPI carries its test suite (BSD-3-Clause); the version the venv has, tests/mail only
+if [ "$what" = test ]; then
+  django_version=$(.venv/bin/python -c "import django; print(django.__version__)")
+  django_tests=var/conformance/django-$django_version
+  if [ ! -f "$django_tests/tests/mail/tests.py" ]; then
+    echo "setup: fetching Django $django_version's test suite (its sdist) into $django_tests"
+    rm -rf var/conformance/sdist && mkdir -p var/conformance/sdist "$django_tests"
+    .venv/bin/pip download -q --no-deps --no-binary :all: "django==$django_version" -d var/conformance/sdist
+    tar -xzf var/conformance/sdist/*.tar.gz -C "$django_tests" --strip-components=1 --wildcards '*/tests/mail/*' "*-$django_version/LICENSE"
+    rm -rf var/conformance/sdist
+  fi
 fi
 
 # the development catcher (MailCatcher's ports: SMTP 1025, web 1080), from the npm registry

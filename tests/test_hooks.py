@@ -23,7 +23,7 @@ from producer import EnqueueError, Notifier
 from producer import envelope as env
 from producer import spool
 from producer.blobs import BlobStore
-from producer.client import connect
+from producer.client import connect, message_key
 from producer.hooks import transaction
 from worker.settings import Settings
 
@@ -111,6 +111,11 @@ def django_app(settings: Settings) -> Iterator[Any]:
     clear_url_caches()
 
 
+def key(n: int) -> str | None:
+    """The key of the view's n-th mail: its Message-ID and its recipient (producer.client.message_key)."""
+    return message_key("django", f"<m{n}@test>", [f"u{n}@example.com"])
+
+
 def configure(**beanmail: str) -> None:
     from django.conf import settings as dj
 
@@ -126,8 +131,8 @@ def test_django_small_large_small_in_one_transaction_are_all_queued_and_delivere
     assert django_app.get("/mail?send=small,big,small").status_code == 200
     jobs = queued(settings.beanstalk_url)
     assert [(tube, e.kind, e.id) for tube, e in jobs] == [
-        ("mail.normal", "raw", "django:<m0@test>"), ("mail.normal", "ref", "django:<m1@test>"),
-        ("mail.normal", "raw", "django:<m2@test>")]
+        ("mail.normal", "raw", key(0)), ("mail.normal", "ref", key(1)),
+        ("mail.normal", "raw", key(2))]
     with BlobStore(settings.store) as blobs:
         whole = env.decode(blobs.get(jobs[1][1].ref) or b"")
     [attachment] = message_from_bytes(base64.b64decode(whole.message), policy=policy.default).iter_attachments()
@@ -150,7 +155,7 @@ def test_django_25_mb_attachment_is_queued_by_reference(django_app: Any, setting
     mail.attach("scan.pdf", attachment, "application/pdf")
     assert mail.send() == 1  # no transaction: put at once
     [(tube, ref)] = queued(settings.beanstalk_url)
-    assert (tube, ref.kind, ref.id) == ("mail.normal", "ref", "django:<scan@test>")
+    assert (tube, ref.kind, ref.id) == ("mail.normal", "ref", message_key("django", "<scan@test>", ["a@example.com"]))
     with BlobStore(settings.store) as blobs:
         whole = env.decode(blobs.get(ref.ref) or b"")
     message = base64.b64decode(whole.message)
@@ -164,9 +169,9 @@ def test_django_too_big_without_a_store_after_commit_is_logged_and_costs_no_othe
     # the issue as reported: send() returned 1, then EnqueueError escaped after the commit and
     # the last small mail was never queued
     assert django_app.get("/mail?send=small,big,small").status_code == 200
-    assert [e.id for _, e in queued(settings.beanstalk_url)] == ["django:<m0@test>", "django:<m2@test>"]
+    assert [e.id for _, e in queued(settings.beanstalk_url)] == [key(0), key(2)]
     [logged] = errors(caplog)
-    assert "key=django:<m1@test>" in logged and "max-job-size" in logged and "BEANMAIL_STORE" in logged
+    assert f"key={key(1)}" in logged and "max-job-size" in logged and "BEANMAIL_STORE" in logged
 
 
 def test_django_outage_after_commit_without_a_spool_logs_each_key_and_the_request_succeeds(
@@ -176,7 +181,7 @@ def test_django_outage_after_commit_without_a_spool_logs_each_key_and_the_reques
     assert django_app.get("/mail?send=small,big,small").status_code == 200
     logged = errors(caplog)
     assert len(logged) == 3 and all("mail lost after commit" in m and "unreachable" in m for m in logged)
-    assert [m.split("key=")[1].split(" ")[0] for m in logged] == [f"django:<m{n}@test>" for n in range(3)]
+    assert [m.split("key=")[1].split(" ")[0] for m in logged] == [key(n) for n in range(3)]
 
 
 def test_django_outage_after_commit_with_a_spool_spools_every_mail(
@@ -187,7 +192,7 @@ def test_django_outage_after_commit_with_a_spool_spools_every_mail(
     beanstalkd.stop()
     assert django_app.get("/mail?send=small,big,small").status_code == 200
     assert [(e.kind, e.id) for e in spooled(path)] == [
-        ("raw", "django:<m0@test>"), ("ref", "django:<m1@test>"), ("raw", "django:<m2@test>")]
+        ("raw", key(0)), ("ref", key(1)), ("raw", key(2))]
     assert errors(caplog) == []
     beanstalkd.start()
     assert flush(path, settings.beanstalk_url) == 3 and len(queued(settings.beanstalk_url)) == 3

@@ -33,10 +33,10 @@ def test_a_non_editable_install_runs_from_any_folder_and_writes_nothing_into_it(
     assert after == before
 
 
-def test_the_producer_needs_only_greenstalk() -> None:
+def test_the_producer_needs_only_greenstalk_and_idna() -> None:
     from importlib.metadata import requires
 
-    assert [r for r in requires("beanmail") or [] if "extra ==" not in r] == ["greenstalk<3,>=2.0"]
+    assert [r for r in requires("beanmail") or [] if "extra ==" not in r] == ["greenstalk<3,>=2.0", "idna>=3.4"]
     code = ("import sys; import producer, producer.client, producer.hooks, producer.spool, producer.blobs, producer.outbox;"
             " bad = {'jinja2', 'structlog', 'dns', 'supervisor', 'email_validator', 'worker'} & set(sys.modules);"
             " assert not bad, bad")

@@ -269,7 +269,11 @@ def test_a_development_sender_is_accepted(settings: Settings, smtp: SmtpServer, 
 
 
 def test_a_bad_sender_is_poison_naming_the_sender(settings: Settings, smtp: SmtpServer) -> None:
-    job = Notifier(settings.beanstalk_url).send_raw(b"Subject: x\r\n\r\nx\r\n", ["ok@example.com"], sender="bad@@x")
+    notifier = Notifier(settings.beanstalk_url)
+    with pytest.raises(ValueError, match="Invalid address"):  # Python refuses it at send_raw() (producer.addresses)
+        notifier.send_raw(b"Subject: x\r\n\r\nx\r\n", ["ok@example.com"], sender="bad@@x")
+    job = notifier.put(env.Envelope(kind="raw", id="bad-sender", to=(env.Recipient("ok@example.com"),),  # another language's
+                                    message="U3ViamVjdDogeA0KDQp4DQo=", sender="bad@@x", created_at=env.now()))
     run_burst(settings)
     reason = Store(settings.store).failure(settings.beanstalk_url, job)[1]
     assert reason.startswith("bad envelope") is False and "invalid sender address" in reason, reason

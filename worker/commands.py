@@ -159,6 +159,8 @@ def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from producer.addresses import AddressError
+
     from .outcomes import Poison
     from .validate import check_recipient
 
@@ -166,6 +168,8 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     try:
         recipient = parse_recipient(args.to)
         check_recipient(recipient)  # the worker would bury it: say so now
+    except AddressError as exc:  # the worker's own judgement (producer.addresses), its words
+        raise CommandError(f"invalid recipient address {args.to!r}: {exc.reason}") from None
     except (ValueError, Poison) as exc:
         raise CommandError(getattr(exc, "reason", str(exc))) from None
     try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from email.utils import formatdate, parseaddr
 from typing import Mapping
 
+from producer.addresses import AddressError, parse_mailbox
 from producer.envelope import Recipient
 
 from .outcomes import Poison
@@ -42,8 +43,13 @@ class Sender:
 
 
 def sender_address(from_addr: str) -> Sender:
-    name, address = parseaddr(from_addr)
-    return Sender(name, address)
+    """The configured From, its address as producers' addresses are (domain in A-labels)."""
+    try:
+        mailbox = parse_mailbox(from_addr)
+    except AddressError:  # the settings refuse such a From at start; a bare parse for the rest
+        name, address = parseaddr(from_addr)
+        return Sender(name, address)
+    return Sender(mailbox.name, mailbox.address)
 
 
 def encode_words(text: str) -> str:
@@ -156,17 +162,20 @@ def build(rendered: Rendered, sender: Sender, recipient: Recipient,
     text_head, text_body = _part(rendered.text, "plain")
     if rendered.html is None:
         lines.append(text_head)
-        return (CRLF.join(lines) + CRLF + CRLF + text_body).encode("ascii")
+        return (CRLF.join(lines) + CRLF + CRLF + text_body).encode()  # UTF-8 only in an EAI address (RFC 6532)
     html_head, html_body = _part(rendered.html, "html")
     boundary = f"=_{secrets.token_hex(12)}"
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     out = [CRLF.join(lines), "", f"--{boundary}", text_head, "", text_body, f"--{boundary}",
            html_head, "", html_body, f"--{boundary}--", ""]
-    return CRLF.join(out).encode("ascii")
+    return CRLF.join(out).encode()
 
 
 def _reply_to(value: str) -> str:
-    name, address = parseaddr(value)
-    if not address.isascii() or "@" not in address:
-        raise Poison(f"Reply-To {value!r} is not an address")
-    return format_address(name, address)
+    try:
+        mailbox = parse_mailbox(value)  # the producers' own judgement (producer.addresses)
+    except AddressError as exc:
+        raise Poison(f"Reply-To {value!r} is not an address: {exc.reason}") from None
+    if mailbox.smtputf8:
+        raise Poison(f"Reply-To {value!r}: a UTF-8 local part is not accepted in Reply-To")
+    return format_address(mailbox.name, mailbox.address)

@@ -301,13 +301,12 @@ def validate(s: Settings) -> Settings:
         parse_smtp_url(s.smtp_url)
     if "@" not in parseaddr(s.from_addr)[1] or any(c in s.from_addr for c in "\r\n\0"):
         raise SettingsError(f"BEANMAIL_FROM: {s.from_addr!r} is not an address")
-    from .outcomes import Poison
-    from .validate import normalize_address
+    from producer.addresses import AddressError, parse_mailbox
 
     try:
-        normalize_address(parseaddr(s.from_addr)[1], "From")
-    except Poison as exc:
-        raise SettingsError(f"BEANMAIL_FROM: {exc.reason}") from None
+        parse_mailbox(s.from_addr)  # as a producer's address is judged (mime.sender_address reads it so)
+    except AddressError as exc:
+        raise SettingsError(f"BEANMAIL_FROM: {exc}") from None
     if s.dns:
         host, _, port = s.dns.rpartition(":") if s.dns.count(":") == 1 else (s.dns, "", "53")
         if not port.isdigit():

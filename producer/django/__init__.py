@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from email.utils import getaddresses, parseaddr
 from typing import Any, Iterator, Sequence
 
 from django.conf import settings as django_settings
@@ -36,7 +35,8 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import envelope as env
-from ..client import Notifier
+from ..addresses import AddressError, mailbox_address
+from ..client import Notifier, check_call, message_key
 from ..hooks import call_after_commit
 
 PRIORITY_HEADER = "X-Beanmail-Priority"
@@ -95,6 +95,7 @@ def _in_transaction(using: str | None) -> bool:
 def _after_commit(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, using: str | None) -> None:
     """Enqueue when the transaction commits, never raising then; at once, raising, when there is
     no transaction (the caller still can tell its user). With OUTBOX: a row, now, in the transaction."""
+    args, kwargs = check_call(name, args, kwargs)  # a bad address raises now, not after the commit
     if config()["OUTBOX"]:
         getattr(outbox_notifier(using), name)(*args, **kwargs)
     elif _in_transaction(using):
@@ -124,7 +125,9 @@ class EmailBackend(BaseEmailBackend):
         sent = 0
         for message in email_messages:
             try:
-                recipients = [address for _, address in getaddresses(message.recipients()) if address]
+                # each entry one address, judged as Django's SMTP backend judges it (ValueError)
+                recipients = [mailbox_address(entry) for entry in message.recipients()]
+                sender = mailbox_address(message.from_email) if message.from_email else ""
                 if not recipients:
                     continue
                 built = message.message()
@@ -134,12 +137,14 @@ class EmailBackend(BaseEmailBackend):
                 if level not in env.PRIORITIES:
                     raise ValueError(f"{PRIORITY_HEADER} must be one of {', '.join(env.PRIORITIES)}, got {level!r}")
                 data = built.as_bytes(linesep="\r\n")
-                key = f"django:{built['Message-ID']}" if built["Message-ID"] else None
-                kwargs = {"sender": parseaddr(message.from_email or "")[1], "key": key, "priority": level}
+                key = message_key("django", str(built["Message-ID"] or ""), recipients)  # a copy per recipient list
+                kwargs = {"sender": sender, "key": key, "priority": level}
                 if c["ON_COMMIT"]:
                     _after_commit("send_raw", (data, recipients), kwargs, using=None)
                 else:
                     notifier().send_raw(data, recipients, **kwargs)
+            except AddressError:
+                raise  # as Django's SMTP backend: an invalid address raises even with fail_silently
             except Exception:
                 if not self.fail_silently:
                     raise

@@ -22,7 +22,8 @@ from typing import Sequence
 
 from ..outcomes import Deferred, Outcome
 from ..settings import SmtpTarget
-from .smtp import Reply, _classify, _reply, content, envelope_refusal, no_final_reply
+from .smtp import (Reply, _classify, _reply, content, envelope_refusal, no_final_reply, smtputf8_parameter,
+                   smtputf8_refusal)
 
 _LOST = (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, EOFError)
 
@@ -175,8 +176,12 @@ class RelayPool:
 
     async def _transaction(self, session: Session, sender: str, recipients: Sequence[str],
                            message: bytes) -> Reply:
+        refusal = smtputf8_refusal(self._where(), "SMTPUTF8" in session.extensions, sender, recipients)
+        if refusal is not None:
+            raise refusal
         try:
-            lines = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
+            lines = [f"MAIL FROM:<{sender}>{smtputf8_parameter(sender, recipients)}", *(f"RCPT TO:<{r}>" for r in recipients),
+                     "DATA"]
             if "PIPELINING" in session.extensions:  # one write, the replies read in order
                 session.writer.write(("\r\n".join(lines) + "\r\n").encode())
                 mail = await session.reply()

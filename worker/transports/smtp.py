@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from producer.addresses import needs_smtputf8
+
 from ..outcomes import Bounced, Deferred, InDoubt, Outcome
 from ..settings import SmtpTarget
 
@@ -133,8 +135,8 @@ class SmtpSession:
                 for i in range(len(items)):
                     done(i, exc)
                 return
-        if not smtp.has_extn("pipelining") or len(items) < 2:
-            return self._one_by_one(items, 0, touch, done)
+        if not smtp.has_extn("pipelining") or len(items) < 2 or any(smtputf8_parameter(s, r) for s, r, _ in items):
+            return self._one_by_one(items, 0, touch, done)  # (SMTPUTF8 is judged per message there)
         envelope_sent = False
         for i, (sender, recipients, message) in enumerate(items):
             body_going = False
@@ -186,6 +188,9 @@ class SmtpSession:
     def _send_once(self, sender: str, recipients: Sequence[str], message: bytes,
                    touch: Callable[[], None]) -> Reply:
         smtp = self._smtp or self.connect()
+        refusal = smtputf8_refusal(self.target.host, smtp.has_extn("smtputf8"), sender, recipients)
+        if refusal is not None:
+            raise refusal
         touch()
         try:
             mail, rcpts, data = self._envelope(smtp, sender, recipients)
@@ -233,11 +238,11 @@ class SmtpSession:
         """MAIL, RCPT..., DATA: in one write when the server offers PIPELINING (RFC 2920),
         which saves two round trips a message; one at a time otherwise."""
         if smtp.has_extn("pipelining"):
-            smtp.send(_envelope_lines(sender, recipients))
+            smtp.send(_envelope_lines(sender, recipients).encode())
             mail = _reply(*smtp.getreply())
             rcpts = [_reply(*smtp.getreply()) for _ in recipients]
             return mail, rcpts, _reply(*smtp.getreply())
-        mail = _reply(*smtp.mail(sender))
+        mail = _reply(*smtp.mail(sender, ["SMTPUTF8"] if smtputf8_parameter(sender, recipients) else []))
         if mail.code != 250:
             return mail, [mail] * len(recipients), Reply(503, "not sent")
         rcpts = [_reply(*smtp.rcpt(r)) for r in recipients]
@@ -276,7 +281,25 @@ class _Stale(Exception):
 
 
 def _envelope_lines(sender: str, recipients: Sequence[str]) -> str:
-    return "".join([f"MAIL FROM:<{sender}>\r\n", *(f"RCPT TO:<{r}>\r\n" for r in recipients), "DATA\r\n"])
+    return "".join([f"MAIL FROM:<{sender}>{smtputf8_parameter(sender, recipients)}\r\n",
+                    *(f"RCPT TO:<{r}>\r\n" for r in recipients), "DATA\r\n"])
+
+
+def smtputf8_parameter(sender: str, recipients: Sequence[str]) -> str:
+    """MAIL FROM's `` SMTPUTF8`` when an address has a UTF-8 local part (RFC 6531), else ""."""
+    return " SMTPUTF8" if needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients) else ""
+
+
+def smtputf8_refusal(host: str, offered: bool, sender: str, recipients: Sequence[str]) -> Bounced | None:
+    """A server that does not offer SMTPUTF8 cannot take an address with a UTF-8 local part:
+    the message is refused before its envelope is sent, naming the addresses and why."""
+    if offered:
+        return None
+    needing = [a for a in (sender, *recipients) if needs_smtputf8(a)]
+    if not needing:
+        return None
+    return Bounced(f"{host} does not offer SMTPUTF8 (RFC 6531), which {', '.join(needing)} "
+                   f"need{'s' if len(needing) == 1 else ''} (a UTF-8 local part)", hard=False)
 
 
 def envelope_refusal(host: str, mail: Reply, rcpts: Sequence[Reply], data: Reply) -> Outcome | None:
