@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from . import redact
 from .settings import Settings, _label
 
 HELP: dict[str, str] = {
@@ -52,6 +53,8 @@ HELP: dict[str, str] = {
     "supervisor_url": "supervisord's control socket, for `status`, the console and `workers enable`",
     "web_listen": "`beanmail web`'s `HOST:PORT`; an address other than loopback needs a password",
     "web_password": "HTTP basic auth for every console page but `/healthz`",
+    "web_hosts": "names the console answers to beside `127.0.0.1`, `localhost` and `[::1]` (its `Host` header), comma-separated: `NAME` or `NAME:PORT`",
+    "web_timeout": "seconds a console connection may stay silent, or take to send a whole request, before it is closed",
     "entities": "entity resolvers, `[beanmail.entities.NAME]` tables: `database` + `sql` (sqlite3, one `?` for the id) or `callable = \"module:function\"` (id → mapping or None); TOML only",
     "dkim_key": "PEM file of the DKIM key (RSA or Ed25519); messages whose From is in the signing domain are signed",
     "dkim_selector": "the DKIM selector (`beanmail dkim keygen` prints its DNS record)",
@@ -90,7 +93,8 @@ def rows(current: Settings | None = None) -> list[dict[str, Any]]:
         row = {"variable": f"BEANMAIL_{_label(f.name)}" if f.name != "entities" else "",
                "toml": _label(f.name).lower(), "default": _show(default), "meaning": HELP.get(f.name, "")}
         if current is not None:
-            row["value"] = _show(getattr(current, f.name), secret=f.name.endswith(("secret", "password", "key")))
+            # a secret setting reads (set); a URL's password, or a secret inside any other value, ***
+            row["value"] = redact.text(_show(getattr(current, f.name), secret=redact.is_secret_setting(f.name)))
         out.append(row)
     return out
 

@@ -14,10 +14,12 @@ from http.cookies import SimpleCookie
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlencode
 
+from .. import redact
 from ..logs import get_logger
 from ..ops import open_store
 from ..settings import Settings
 from ..store import Store, StoreCorrupt, StoreUnavailable
+from .guard import LoginThrottle
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
@@ -29,7 +31,7 @@ CSRF_COOKIE = "beanmail_csrf"
 MAX_FORM = 64 * 1024
 STATUS = {200: "200 OK", 303: "303 See Other", 400: "400 Bad Request", 401: "401 Unauthorized",
           403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Payload Too Large",
-          503: "503 Service Unavailable"}
+          429: "429 Too Many Requests", 503: "503 Service Unavailable"}
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Console:
         self.password = settings.web_password if password is None else password
         self.masked = settings.mask_addresses
         self.secret = secrets.token_bytes(32)  # CSRF tokens and opaque references; new at every start
+        self.logins = LoginThrottle()
         self._store: Store | None = None
         self._store_lock = threading.RLock()
         from . import pages  # the routes, which need this module's types
@@ -114,6 +117,31 @@ class Console:
                 self._store = None
 
     # -- security ---------------------------------------------------------------------------------
+    def login_refusal(self, req: Request) -> Response | None:
+        """None when the request may go on; else 401 (no or a wrong password: each wrong one
+        logged, and its client made to wait) or 429 (a password given while its client is still
+        waiting: not looked at)."""
+        if not self.password:
+            return None
+        client = str(req.environ.get("REMOTE_ADDR", ""))
+        given = req.environ.get("HTTP_AUTHORIZATION")
+        wait = self.logins.wait(client) if given is not None else 0.0
+        if wait > 0:
+            resp = Response.text(429, f"refused: too many failed logins from {client}; try again in"
+                                      f" {wait:.0f} s\n")
+            resp.headers.append(("Retry-After", str(max(1, round(wait + 0.5)))))
+            return resp
+        if given is not None and self.authorized(req):
+            self.logins.succeeded(client)
+            return None
+        if given is not None:
+            failures, delay = self.logins.failed(client)
+            get_logger().warning("console login failed", client=client, path=req.path[:200], failures=failures,
+                                 wait=delay)
+        resp = Response.text(401, "authentication required\n")
+        resp.headers.append(("WWW-Authenticate", 'Basic realm="beanmail", charset="UTF-8"'))
+        return resp
+
     def authorized(self, req: Request) -> bool:
         if not self.password:
             return True
@@ -153,12 +181,13 @@ class Console:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         req = Request.from_environ(environ)
         new_cookie: str | None = None
-        if req.path != "/healthz" and not self.authorized(req):
-            resp = Response.text(401, "authentication required\n")
-            resp.headers.append(("WWW-Authenticate", 'Basic realm="beanmail", charset="UTF-8"'))
+        refusal = None if req.path == "/healthz" else self.login_refusal(req)
+        if refusal is not None:
+            resp = refusal
         else:
             resp, new_cookie = self.dispatch(req)
-        body = resp.body.encode("utf-8") if isinstance(resp.body, str) else resp.body
+        # no page shows a password from a URL or a secret setting, whatever a message repeated
+        body = redact.text(resp.body).encode("utf-8") if isinstance(resp.body, str) else resp.body
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(body))), *SECURITY_HEADERS,
                    *resp.headers]
         if new_cookie:

@@ -140,8 +140,16 @@ def buried(console: "Console", req: "Request") -> "Response":
 
 
 # -- one job ----------------------------------------------------------------------------------------
+MAX_JOB_ID = 2**63 - 1  # beanstalkd's ids and the store's integers end here
+
+
 def job(console: "Console", req: "Request", job_id: str) -> "Response":
-    jid = int(job_id)
+    from .app import Response
+
+    jid = int(job_id) if len(job_id) <= 20 else MAX_JOB_ID + 1
+    if not 0 < jid <= MAX_JOB_ID:
+        return Response.text(404, f"no such job: {job_id[:40]}{'…' if len(job_id) > 40 else ''} is not a job id"
+                                  f" (1 to {MAX_JOB_ID})\n")
     settings = console.settings
     view, error = None, ""
     try:
