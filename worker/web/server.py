@@ -5,6 +5,7 @@ reverse proxy (TLS) in front of it for anything beyond the host."""
 from __future__ import annotations
 
 import ipaddress
+import resource
 import signal
 import socket
 import time
@@ -45,7 +46,8 @@ def check_listen(settings: Settings) -> tuple[str, int]:
 
 
 THREADS = 8  # requests served at once; a connection holds none while its request arrives
-CONNECTIONS = 100  # open connections; beyond, new ones wait in the listen backlog
+CONNECTIONS = 500  # open connections; beyond, new ones wait in the listen backlog
+SPARE_FILES = 64  # file descriptors kept for the store, beanstalkd and the logs
 MAX_BODY = 1024 * 1024 + 1  # the largest body read (a provider webhook's, 1 MiB); a longer one is 413 at once
 MAX_HEADERS = 64 * 1024
 
@@ -79,13 +81,28 @@ def _close_slow_requests(server: Any, timeout: float) -> None:
     server.maintenance = maintenance
 
 
+def connection_limit(wanted: int = CONNECTIONS) -> int:
+    """``wanted`` connections, the soft limit on open files raised for them as far as the hard
+    one allows (a bare supervisord program may start with 1024); fewer if it cannot be."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - SPARE_FILES))
+
+
 def make_server(settings: Settings, app: Callable[..., Iterable[bytes]], host: str, port: int) -> Any:
     """waitress (a maintained WSGI server made for this): its main thread reads every connection
     without blocking and hands a request to one of THREADS only once it has all come, so a
     half-sent request holds a socket, never a thread; a connection silent for, or a request
     slower than, BEANMAIL_WEB_TIMEOUT is closed; a bad Content-Length (negative, not a number)
     is 400 and one above MAX_BODY 413, both at once."""
-    server = create_server(app, host=host, port=port, threads=THREADS, connection_limit=CONNECTIONS,
+    server = create_server(app, host=host, port=port, threads=THREADS, connection_limit=connection_limit(),
                            channel_timeout=settings.web_timeout, cleanup_interval=1,
                            max_request_body_size=MAX_BODY, max_request_header_size=MAX_HEADERS,
                            ident="beanmail", expose_tracebacks=False, clear_untrusted_proxy_headers=True)
