@@ -426,3 +426,9 @@ def test_the_login_throttle_doubles_each_wait_and_forgets_a_good_login() -> None
     assert t.wait("a") == 0 and t.failed("a") == (1, 1)
     t.failed("b"), t.failed("c")  # at most 2 clients remembered: "a" is forgotten
     assert t.wait("a") == 0 and t.wait("c") > 0
+
+
+def test_the_request_log_masks_a_searched_address(settings: Settings, console: Console) -> None:
+    assert get(console.port, "/log?q=Zo%C3%AB+%3Czoe%40example.com%3E")[0] == 200
+    lines = [json.loads(line) for line in stop_and_log(console).splitlines() if '"web request"' in line]
+    assert any(e["path"] == "/log?q=Zoë <z***@example.com>" and e["status"] == 200 for e in lines), lines

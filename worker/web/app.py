@@ -12,10 +12,10 @@ import threading
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, unquote_plus, urlencode
 
 from .. import redact
-from ..logs import get_logger
+from ..logs import get_logger, mask_text
 from ..ops import open_store
 from ..settings import Settings
 from ..store import Store, StoreCorrupt, StoreUnavailable
@@ -195,6 +195,9 @@ class Console:
             secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""  # behind TLS
             headers.append(("Set-Cookie", f"{CSRF_COOKIE}={new_cookie}; Path={path}; HttpOnly; SameSite=Strict{secure}"))
         start_response(STATUS.get(resp.status, f"{resp.status} Status"), headers)
+        line = req.path + ("?" + unquote_plus(environ["QUERY_STRING"]) if environ.get("QUERY_STRING") else "")
+        get_logger().info("web request", client=environ.get("REMOTE_ADDR", ""), method=req.method[:16],
+                          path=(mask_text(line) if self.masked else line)[:300], status=resp.status)
         return [b"" if req.method == "HEAD" else body]
 
     def dispatch(self, req: Request) -> tuple[Response, str | None]:
