@@ -432,3 +432,29 @@ def test_the_request_log_masks_a_searched_address(settings: Settings, console: C
     assert get(console.port, "/log?q=Zo%C3%AB+%3Czoe%40example.com%3E")[0] == 200
     lines = [json.loads(line) for line in stop_and_log(console).splitlines() if '"web request"' in line]
     assert any(e["path"] == "/log?q=Zoë <z***@example.com>" and e["status"] == 200 for e in lines), lines
+
+
+def test_a_malformed_address_is_masked_in_the_worker_log_and_every_page(settings: Settings, console: Console) -> None:
+    """The real worker buries jobs for malformed recipients; neither its log lines nor any
+    console page shows them unmasked."""
+    from producer.client import connect
+
+    bodies = [b'{"v":2,"kind":"mail","id":"bad:1","template":"welcome","to":[{"address":"bad address@@example.com"}],'
+              b'"context":{"name":"x"}}',
+              b'{"v":2,"kind":"mail","id":"bad:2","template":"welcome","to":["bad address@@example.com"],'
+              b'"context":{"name":"x"}}',
+              b'{"v":2,"kind":"mail","id":"bad:3 ann b@@example.com","template":"welcome",'
+              b'"to":[{"address":"\\"bad address\\"@@example.com"}],"context":{"name":"x"}}']
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        c.use("mail.normal")
+        ids = [c.put(b) for b in bodies]
+    proc = beanmail("worker", "--burst", env=bare_env(settings))
+    out = proc.stdout + proc.stderr
+    assert all(job_state(settings, j) == "buried" for j in ids), out
+    assert "address@@" not in out and "bad address" not in out, out
+    pages = ["/buried", "/log", "/log?q=bad:1", "/log?q=bad:2"] + [f"/job/{j}" for j in ids]
+    for path in pages:
+        status, page, _ = get(console.port, path)
+        assert status == 200, (path, page[:300])
+        assert "address@@" not in page and "bad address" not in page, (path, page)
+    assert "b***@example.com" in get(console.port, "/buried")[1]
