@@ -348,6 +348,13 @@ def test_settings_never_print_a_password(tmp_path: Path) -> None:
     bad = beanmail("settings", env={**env, "BEANMAIL_SMTP_URL": "smtp://u:Sm-pass-bad@relay.example:nope"},
                    check=False)
     assert bad.returncode == 78 and "bad port" in bad.stderr and "Sm-pass-bad" not in bad.stderr
+    port = free_port()  # supervisord not answering there: its URL is in the error
+    down = {**env, "BEANMAIL_STORE": str(tmp_path / "s.sqlite3"), "BEANMAIL_BEANSTALK_URL": f"beanstalk://127.0.0.1:{port}",
+            "BEANMAIL_SUPERVISOR_URL": f"http://sup:sup-pass-11@127.0.0.1:{port}"}
+    for args in (("status",), ("status", "--json")):
+        status = beanmail(*args, env=down, check=False)
+        assert f"not reachable at http://sup:***@127.0.0.1:{port}" in status.stdout, status.stdout
+        assert "sup-pass-11" not in status.stdout + status.stderr
 
 
 def test_an_unreachable_store_with_a_password_is_reported_without_it(settings: Settings) -> None:

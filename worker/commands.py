@@ -26,9 +26,11 @@ class UsageError(CommandError):
 
 
 def print_json(value: Any) -> None:
-    """One JSON document on a line: what every --json prints."""
-    json.dump(value, sys.stdout, ensure_ascii=False, indent=None, default=str)
-    sys.stdout.write("\n")
+    """One JSON document on a line: what every --json prints (a URL's password or a secret
+    setting's value, as an error message may repeat them, hidden)."""
+    from . import redact
+
+    sys.stdout.write(redact.text(json.dumps(value, ensure_ascii=False, indent=None, default=str)) + "\n")
 
 
 def flush_spool(settings: Settings) -> int:
@@ -202,6 +204,7 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Exit status 1 when beanstalkd is unreachable, so a monitor can use it as a check."""
+    from . import redact
     from .feedback.commands import brake_line, brake_status
 
     status = ops.status(settings)
@@ -211,7 +214,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print_json(status)
         return down
     for server in status["servers"]:
-        print(f"beanstalkd {server['url']}: {server.get('error') or 'up'}")
+        print(redact.text(f"beanstalkd {server['url']}: {server.get('error') or 'up'}"))
     if len(status["servers"]) > 1 and status["tubes"]:
         print("  all servers:")
     if status["tubes"]:
@@ -222,7 +225,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(brake_line(status["brake"]))
     sup = status["supervisor"]
     if "error" in sup:
-        print(f"supervisord: {sup['error']}")
+        print(redact.text(f"supervisord: {sup['error']}"))
     else:
         print("supervisord:")
         for p in sup["processes"]:
