@@ -31,7 +31,7 @@ CSRF_COOKIE = "beanmail_csrf"
 MAX_FORM = 64 * 1024
 STATUS = {200: "200 OK", 303: "303 See Other", 400: "400 Bad Request", 401: "401 Unauthorized",
           403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Payload Too Large",
-          429: "429 Too Many Requests", 503: "503 Service Unavailable"}
+          429: "429 Too Many Requests", 500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Request:
 
     @classmethod
     def from_environ(cls, environ: dict[str, Any]) -> "Request":
-        query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
+        query = _fields(environ.get("QUERY_STRING", ""))
         cookie = SimpleCookie()
         try:
             cookie.load(environ.get("HTTP_COOKIE", ""))
@@ -65,8 +65,15 @@ class Request:
         if length > MAX_FORM:
             return False
         raw = self.environ["wsgi.input"].read(length) if length else b""
-        self.form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        self.form = _fields(raw.decode("utf-8", "replace"))
         return True
+
+
+def _fields(encoded: str) -> dict[str, str]:
+    """A query string's or form's fields, the first of each name; NUL characters, which no
+    field of the console means and PostgreSQL's text refuses, dropped."""
+    return {k.replace("\x00", ""): v[0].replace("\x00", "")
+            for k, v in parse_qs(encoded, keep_blank_values=True).items()}
 
 
 @dataclass

@@ -161,7 +161,7 @@ def job(console: "Console", req: "Request", job_id: str) -> "Response":
     deliveries = []
     if body is not None:
         key = (figures.envelope_of(body) or {}).get("id")
-        if isinstance(key, str) and key:
+        if isinstance(key, str) and key and "\x00" not in key:  # (no store's text holds a NUL)
             deliveries = _deliveries(console, console.with_store(lambda s: s.deliveries(key=key, limit=5)))
     if view and view.get("reason"):
         view["reason"] = _text(console, view["reason"])
