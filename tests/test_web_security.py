@@ -315,6 +315,17 @@ def walk_every_page(settings: Settings, console: Console, store_location: str) -
         assert "bad address@@" not in shown and "address@@example.com" not in shown, path
     status, page, _ = get(port, "/buried")
     assert "b***@example.com" in page
+    cookie, token = csrf_of(console)
+    forms = [("/buried/kick", {"job": "99999999999999999999999"}), ("/buried/kick", {"job": "١٢"}),
+             ("/buried/kick", {"all": "1", "tube": "x" * 300}), ("/buried/kick", {"all": "1", "tube": "bad tube\n"}),
+             ("/buried/delete", {"job": "18446744073709551616"}), ("/buried/delete", {"job": "0"}),
+             ("/buried/delete", {"all": "1", "tube": "-nope"}), ("/buried/delete", {"all": "1", "tube": "é" * 100}),
+             ("/suppressions/add", {"address": "bad address@@example.com"}),
+             ("/suppressions/add", {"address": "a@" + "b" * 300 + ".com", "reason": "x" * 70000}),
+             ("/suppressions/remove", {"ref": "x", "hint": "%_%@%"}), ("/suppressions/remove", {})]
+    for path, form in forms:
+        status, _, page = console.post(path, {"csrf": token, **form}, Cookie=cookie)
+        assert status in (303, 400, 404, 413), (path, form, status, page[:300])
 
 
 # -- secrets and masking -----------------------------------------------------------------------------
