@@ -105,7 +105,8 @@ def make_server(settings: Settings, app: Callable[..., Iterable[bytes]], host: s
     server = create_server(app, host=host, port=port, threads=THREADS, connection_limit=connection_limit(),
                            channel_timeout=settings.web_timeout, cleanup_interval=1,
                            max_request_body_size=MAX_BODY, max_request_header_size=MAX_HEADERS,
-                           ident="beanmail", expose_tracebacks=False, clear_untrusted_proxy_headers=True)
+                           ident="beanmail", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
+                           asyncore_use_poll=True)  # select() stops at descriptor 1024
     for one in getattr(server, "map", {}).values() if isinstance(server, MultiSocketServer) else [server]:
         if isinstance(one, BaseWSGIServer):
             _close_slow_requests(one, settings.web_timeout)
