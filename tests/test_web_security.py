@@ -215,8 +215,8 @@ def test_half_sent_requests_hold_no_thread_and_are_closed_then_the_console_answe
 def test_a_bad_content_length_is_answered_at_once(settings: Settings, console: Console) -> None:
     port = console.port
     cookie, token = csrf_of(console, "/suppressions")
-    for length, expected in (("-1", 400), ("abc", 400), ("1e3", 400), ("99999999999999999999999", 413),
-                             (str(2 * 1024 * 1024), 413)):
+    for length, expected in (("-1", 400), ("abc", 400), ("1e3", 400), ("99999999999999999999999", 400),
+                             (str(2 * 1024 * 1024), 400), ("", 400), ("12, 13", 400)):
         status, page, took = raw(port, (f"POST /suppressions/add HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                                         f"Cookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                                         f"Content-Length: {length}\r\n\r\ncsrf={token}&address=a%40example.com"

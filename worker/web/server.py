@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from ..logs import get_logger
@@ -48,16 +48,23 @@ def check_listen(settings: Settings) -> tuple[str, int]:
 THREADS = 8  # requests served at once; a connection holds none while its request arrives
 CONNECTIONS = 500  # open connections; beyond, new ones wait in the listen backlog
 SPARE_FILES = 64  # file descriptors kept for the store, beanstalkd and the logs
-MAX_BODY = 1024 * 1024 + 1  # the largest body read (a provider webhook's, 1 MiB); a longer one is 413 at once
+MAX_BODY = 1024 * 1024 + 1  # the largest body read (a provider webhook's, 1 MiB) + 1; a longer one is 400 at once
 MAX_HEADERS = 64 * 1024
 
 
 class _TimedParser(HTTPRequestParser):
-    """A request being received, with when its first byte came."""
+    """A request being received, with when its first byte came; a Content-Length above the
+    largest body read is refused as malformed (400) as soon as the headers are in."""
 
     def __init__(self, adj: Any) -> None:
         super().__init__(adj)
         self.started = time.monotonic()
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.content_length >= self.adj.max_request_body_size:
+            raise ParsingError(f"Content-Length {self.content_length} is above the largest body this console reads"
+                               f" ({self.adj.max_request_body_size - 1} bytes)")
 
 
 class _Channel(HTTPChannel):
@@ -100,8 +107,8 @@ def make_server(settings: Settings, app: Callable[..., Iterable[bytes]], host: s
     """waitress (a maintained WSGI server made for this): its main thread reads every connection
     without blocking and hands a request to one of THREADS only once it has all come, so a
     half-sent request holds a socket, never a thread; a connection silent for, or a request
-    slower than, BEANMAIL_WEB_TIMEOUT is closed; a bad Content-Length (negative, not a number)
-    is 400 and one above MAX_BODY 413, both at once."""
+    slower than, BEANMAIL_WEB_TIMEOUT is closed; a bad Content-Length (negative, not a number,
+    above MAX_BODY) is 400 at once (a chunked body that grows past MAX_BODY: 413)."""
     server = create_server(app, host=host, port=port, threads=THREADS, connection_limit=connection_limit(),
                            channel_timeout=settings.web_timeout, cleanup_interval=1,
                            max_request_body_size=MAX_BODY, max_request_header_size=MAX_HEADERS,
