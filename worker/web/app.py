@@ -203,8 +203,9 @@ class Console:
             headers.append(("Set-Cookie", f"{CSRF_COOKIE}={new_cookie}; Path={path}; HttpOnly; SameSite=Strict{secure}"))
         start_response(STATUS.get(resp.status, f"{resp.status} Status"), headers)
         line = req.path + ("?" + unquote_plus(environ["QUERY_STRING"]) if environ.get("QUERY_STRING") else "")
+        line = "".join(c if c.isprintable() else "?" for c in line[:300])  # one log line, however encoded
         get_logger().info("web request", client=environ.get("REMOTE_ADDR", ""), method=req.method[:16],
-                          path=(mask_text(line) if self.masked else line)[:300], status=resp.status)
+                          path=mask_text(line) if self.masked else line, status=resp.status)
         return [b"" if req.method == "HEAD" else body]
 
     def dispatch(self, req: Request) -> tuple[Response, str | None]:
