@@ -136,6 +136,9 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     get_logger().info("console listening", url=f"http://{settings.web_listen}/", auth=bool(settings.web_password),
                       hosts=sorted(f"{n}:{p}" if p else n for n, p in rules), timeout=settings.web_timeout)
+    if host in ("0.0.0.0", "::") and not settings.web_hosts:
+        get_logger().warning("console answers to loopback names only", listen=settings.web_listen,
+                             hint="set BEANMAIL_WEB_HOSTS to the names and addresses other hosts use to reach it")
     try:
         server.run()
     except KeyboardInterrupt:
