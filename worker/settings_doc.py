@@ -115,7 +115,7 @@ def markdown() -> str:
              "with `BEANMAIL_*` environment variables on top. A bad value stops a program at start naming the",
              "setting (exit status 78); a `BEANMAIL_*` variable that names no setting is a warning naming the",
              "closest one. Paths are relative to the folder the program runs in. `beanmail settings` prints this",
-             "table with the values in force (secrets shown as `(set)`). This page is made by",
+             "table with the values in force (secrets shown as `(set)`, a password inside a URL as `***`). This page is made by",
              "`python -m worker.settings_doc` and tested to match the code.", "",
              "| variable | TOML key | default | meaning |", "| --- | --- | --- | --- |"]
     for r in rows():
