@@ -212,6 +212,25 @@ def test_half_sent_requests_hold_no_thread_and_are_closed_then_the_console_answe
             s.close()
 
 
+def test_past_the_connection_limit_the_oldest_half_sent_requests_make_room(settings: Settings) -> None:
+    """800 half-sent requests, more than the 500 connections: with a 60 s timeout, a normal
+    request still gets in within seconds (the longest-waiting ones are closed for it)."""
+    c = start_console(settings, BEANMAIL_WEB_TIMEOUT="60")
+    socks = []
+    try:
+        for _ in range(800):
+            s = socket.create_connection(("127.0.0.1", c.port), timeout=5)
+            s.sendall(f"GET /log HTTP/1.1\r\nHost: 127.0.0.1:{c.port}\r\nX-Slow: ".encode())
+            socks.append(s)
+        status, _, took = get(c.port, "/healthz")
+        assert status == 200 and took < 10, took
+        assert threads_of(c.proc.pid) < 20
+    finally:
+        for s in socks:
+            s.close()
+        stop_console(c)
+
+
 def test_a_bad_content_length_is_answered_at_once(settings: Settings, console: Console) -> None:
     port = console.port
     cookie, token = csrf_of(console, "/suppressions")

@@ -46,7 +46,7 @@ def check_listen(settings: Settings) -> tuple[str, int]:
 
 
 THREADS = 8  # requests served at once; a connection holds none while its request arrives
-CONNECTIONS = 500  # open connections; beyond, new ones wait in the listen backlog
+CONNECTIONS = 500  # open connections; at the limit, the longest-waiting half-sent half are closed
 SPARE_FILES = 64  # file descriptors kept for the store, beanstalkd and the logs
 MAX_BODY = 1024 * 1024 + 1  # the largest body read (a provider webhook's, 1 MiB) + 1; a longer one is 400 at once
 MAX_HEADERS = 64 * 1024
@@ -73,15 +73,27 @@ class _Channel(HTTPChannel):
 
 def _close_slow_requests(server: Any, timeout: float) -> None:
     """waitress closes a connection silent for ``channel_timeout``; this closes, as well, one
-    whose request has not all come within ``timeout`` however it trickles in."""
+    whose request has not all come within ``timeout`` however it trickles in, and, when the
+    connections reach the limit, the longest-waiting half of those still sending their request
+    (or nothing), so that connections waiting in the listen queue get in within a second."""
     idle = server.maintenance
 
     def maintenance(now: float) -> None:
         idle(now)
+        clock, wall = time.monotonic(), time.time()
+        waiting = []  # (when its request began, channel): channels not being served
         for channel in list(server.active_channels.values()):
             request = channel.request
-            if (request is not None and not request.completed and not channel.requests
-                    and time.monotonic() - request.started > timeout):
+            if channel.requests or channel.total_outbufs_len or (request is not None and request.completed):
+                continue
+            began = request.started if request is not None else clock - (wall - channel.creation_time)
+            if request is not None and clock - began > timeout:
+                channel.will_close = True
+            else:
+                waiting.append((began, id(channel), channel))
+        excess = len(server.active_channels) - server.adj.connection_limit // 2
+        if len(server._map) >= server.adj.connection_limit and excess > 0:  # as waitress counts (its own sockets too)
+            for _, _, channel in sorted(waiting)[:excess]:
                 channel.will_close = True
 
     server.channel_class = _Channel
