@@ -10,7 +10,6 @@ import base64
 import json
 import re
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
