@@ -88,8 +88,8 @@ class HostGuard:
             status, text = "400 Bad Request", "refused: the request has no Host header\n"
         else:
             status = "421 Misdirected Request"
-            text = (f"refused: Host {shown} is not a name of this console (it answers to "
-                    f"{', '.join(sorted(_rule_text(r) for r in self.rules))}; BEANMAIL_WEB_HOSTS adds names)\n")
+            # (the names it answers to are in its start's log line, not told to whoever asks)
+            text = f"refused: Host {shown} is not a name of this console; BEANMAIL_WEB_HOSTS adds names\n"
         get_logger().warning("console request refused", reason="host not allowed", host=shown,
                              client=environ.get("REMOTE_ADDR", ""), path=str(environ.get("PATH_INFO", ""))[:200])
         from .app import SECURITY_HEADERS
@@ -98,10 +98,6 @@ class HostGuard:
         start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                                 *SECURITY_HEADERS])
         return [body]
-
-
-def _rule_text(rule: HostRule) -> str:
-    return rule[0] if rule[1] is None else f"{rule[0]}:{rule[1]}"
 
 
 class LoginThrottle:
