@@ -16,6 +16,7 @@ WORKER = [
     "cryptography>=41",  # DKIM: reads the keys, signs through OpenSSL (worker/dkim.py), writes new keys
     "flufl.bounce>=4.0",  # detectors for bounces that are not RFC 3464 DSNs
     "prometheus_client>=0.17",  # the console's /metrics
+    "waitress>=3.0",  # serves the console: no thread held by a half-sent request, bounded connections
 ]
 
 setup(

@@ -147,6 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_BROKEN_PIPE
 
 
+def _error(message: str) -> None:
+    """One line on stderr, without a password or secret (a bad URL setting repeats the URL)."""
+    from . import redact
+
+    print(redact.text(message), file=sys.stderr)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -162,7 +169,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if getattr(args, "tubes", None):
             settings = settings.replace(tubes=tuple(t.strip() for t in args.tubes.split(",") if t.strip()))
     except settings_mod.SettingsError as exc:
-        print(f"beanmail: bad setting: {exc}", file=sys.stderr)
+        _error(f"beanmail: bad setting: {exc}")
         return EX_CONFIG
     from . import commands
 
@@ -170,23 +177,23 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(handler(settings, args) or 0)
     except settings_mod.SettingsError as exc:
-        print(f"beanmail: bad setting: {exc}", file=sys.stderr)
+        _error(f"beanmail: bad setting: {exc}")
         return EX_CONFIG
     except commands.UsageError as exc:
-        print(f"beanmail {args.command}: {exc}", file=sys.stderr)
+        _error(f"beanmail {args.command}: {exc}")
         return EX_USAGE
     except commands.CommandError as exc:
-        print(f"beanmail {args.command}: {exc}", file=sys.stderr)
+        _error(f"beanmail {args.command}: {exc}")
         return 1
     except StoreUnavailable as exc:
         reason = _one_line(exc.reason).removeprefix("store unavailable: ")
-        print(f"beanmail: store unavailable: {reason}", file=sys.stderr)
+        _error(f"beanmail: store unavailable: {reason}")
         return EX_UNAVAILABLE
     except StoreCorrupt as exc:
         message = _one_line(str(exc))
         if settings.store not in message:
             message += f" (BEANMAIL_STORE={settings.store})"
-        print(f"beanmail: store corrupt: {message}", file=sys.stderr)
+        _error(f"beanmail: store corrupt: {message}")
         return EX_CONFIG
 
 

@@ -27,9 +27,11 @@ class UsageError(CommandError):
 
 
 def print_json(value: Any) -> None:
-    """One JSON document on a line: what every --json prints."""
-    json.dump(value, sys.stdout, ensure_ascii=False, indent=None, default=str)
-    sys.stdout.write("\n")
+    """One JSON document on a line: what every --json prints (a URL's password or a secret
+    setting's value, as an error message may repeat them, hidden)."""
+    from . import redact
+
+    sys.stdout.write(redact.text(json.dumps(value, ensure_ascii=False, indent=None, default=str)) + "\n")
 
 
 def flush_spool(settings: Settings) -> int:
@@ -229,7 +231,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Exit status 1 when mail cannot go out (`worker.health`: beanstalkd or the store down, the
     relay or DNS not answering, ready jobs no worker watches, urgent mail waiting too long), each
     reason said, so a monitor can run it as a check."""
-    from . import health
+    from . import health, redact
     from .feedback.commands import brake_line, brake_status
 
     status = ops.status(settings)
@@ -239,14 +241,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         open_store(settings).close()
     except (StoreUnavailable, StoreCorrupt) as exc:
         found.append(f"store: {exc}")
-    found += health.problems(settings, status["servers"])
+    found = [redact.text(p) for p in found + health.problems(settings, status["servers"])]
     status["healthy"], status["problems"] = not found, found
     down = int(bool(found))
     if args.json:
         print_json(status)
         return down
     for server in status["servers"]:
-        print(f"beanstalkd {server['url']}: {server.get('error') or 'up'}")
+        print(redact.text(f"beanstalkd {server['url']}: {server.get('error') or 'up'}"))
     if len(status["servers"]) > 1 and status["tubes"]:
         print("  all servers:")
     if status["tubes"]:
@@ -257,7 +259,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(brake_line(status["brake"]))
     sup = status["supervisor"]
     if "error" in sup:
-        print(f"supervisord: {sup['error']}")
+        print(redact.text(f"supervisord: {sup['error']}"))
     else:
         print("supervisord:")
         for p in sup["processes"]:

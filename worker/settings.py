@@ -82,6 +82,8 @@ class Settings:
     supervisor_url: str = "unix://var/supervisor.sock"
     web_listen: str = "127.0.0.1:8025"  # `beanmail web`: loopback unless a password is set
     web_password: str = ""  # HTTP basic auth for every console page but /healthz
+    web_hosts: str = ""  # names the console answers to beside loopback's (Host header), comma-separated
+    web_timeout: int = 10  # seconds a console connection may stay silent, or take to send its request
     entities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # feedback (docs/feedback.md): DKIM, the VERP return path, bounces, the bulk brake
     dkim_key: str = ""  # PEM file(s), RSA or Ed25519, comma-separated; each signs every message whose From is in dkim_domain
@@ -213,6 +215,9 @@ def load(environ: Mapping[str, str] | None = None, path: str | None = None,
     from . import identity
 
     identity.configure(settings.host_name)  # read once at start, as every setting
+    from . import redact
+
+    redact.remember(settings)  # its secrets never shown from now on: logs, errors, the console
     return settings
 
 
@@ -336,6 +341,8 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("BEANMAIL_UNSUBSCRIBE_SECRET: needed (or BEANMAIL_SECRET) to sign unsubscribe links")
     if s.unsubscribe_url and not s.unsubscribe_url.startswith(("https://", "http://")):
         raise SettingsError("BEANMAIL_UNSUBSCRIBE_URL: must be an http(s) URL")
+    if not 1 <= s.web_timeout <= 3600:
+        raise SettingsError(f"BEANMAIL_WEB_TIMEOUT: 1 to 3600 seconds, got {s.web_timeout!r}")
     if s.log_format not in ("json", "console"):
         raise SettingsError("BEANMAIL_LOG_FORMAT: must be json or console")
     _validate_feedback(s)

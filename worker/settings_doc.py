@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from . import redact
 from .settings import Settings, _label
 
 HELP: dict[str, str] = {
@@ -53,6 +54,8 @@ HELP: dict[str, str] = {
     "supervisor_url": "supervisord's control socket, for `status`, the console and `workers enable`",
     "web_listen": "`beanmail web`'s `HOST:PORT`; an address other than loopback needs a password",
     "web_password": "HTTP basic auth for every console page but `/healthz`",
+    "web_hosts": "names the console answers to beside `127.0.0.1`, `localhost` and `[::1]` (its `Host` header), comma-separated: `NAME` or `NAME:PORT`",
+    "web_timeout": "seconds a console connection may stay silent, or take to send a whole request, before it is closed",
     "entities": "entity resolvers, `[beanmail.entities.NAME]` tables: `database` (an SQLite file or `postgresql://…`, read-only sessions) + `sql` naming `:id` (and `:recipient`), with an optional `access` query (no row: not visible to this recipient, the delivery skipped); or `callable = \"module:function\"` (f(id) or f(id, recipient) → mapping or None, raising `worker.entities.NotVisible`); TOML only",
     "dkim_key": "PEM file(s) of DKIM keys (RSA or Ed25519), comma-separated (a TOML list); each adds its own signature to every message whose From is in the signing domain: RSA beside Ed25519, or an old and a new key during a rotation (at most 4)",
     "dkim_selector": "the selector of each key, in the same order (`beanmail dkim keygen` prints its DNS record)",
@@ -93,7 +96,8 @@ def rows(current: Settings | None = None) -> list[dict[str, Any]]:
         row = {"variable": f"BEANMAIL_{_label(f.name)}" if f.name != "entities" else "",
                "toml": _label(f.name).lower(), "default": _show(default), "meaning": HELP.get(f.name, "")}
         if current is not None:
-            row["value"] = _show(getattr(current, f.name), secret=f.name.endswith(("secret", "password", "key")))
+            # a secret setting reads (set); a URL's password, or a secret inside any other value, ***
+            row["value"] = redact.text(_show(getattr(current, f.name), secret=redact.is_secret_setting(f.name)))
         out.append(row)
     return out
 
@@ -114,7 +118,7 @@ def markdown() -> str:
              "with `BEANMAIL_*` environment variables on top. A bad value stops a program at start naming the",
              "setting (exit status 78); a `BEANMAIL_*` variable that names no setting is a warning naming the",
              "closest one. Paths are relative to the folder the program runs in. `beanmail settings` prints this",
-             "table with the values in force (secrets shown as `(set)`). This page is made by",
+             "table with the values in force (secrets shown as `(set)`, a password inside a URL as `***`). This page is made by",
              "`python -m worker.settings_doc` and tested to match the code.", "",
              "| variable | TOML key | default | meaning |", "| --- | --- | --- | --- |"]
     for r in rows():

@@ -4,6 +4,7 @@ to the page it came from with what was done."""
 from __future__ import annotations
 
 import hmac
+import re
 from typing import TYPE_CHECKING
 
 import greenstalk
@@ -11,26 +12,42 @@ import greenstalk
 from producer.client import connect, parse_recipient
 
 from .. import ops
-from .pages import _addr
+from .pages import MAX_JOB_ID, _addr
 
 if TYPE_CHECKING:
     from .app import Console, Request, Response
+
+
+# beanstalkd's tube names (its protocol: up to 200 bytes of these, not starting with '-')
+_TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()\-]{0,199}")
+
+
+def _bad_form(f: dict[str, str]) -> str:
+    """Why the form's job or tube cannot be one ("" when they can, or are not given)."""
+    job, tube = f.get("job", ""), f.get("tube", "")
+    if job and not (job.isascii() and job.isdigit() and 0 < int(job) <= MAX_JOB_ID):
+        return f"not a job id: {job[:40]!r} (1 to {MAX_JOB_ID})"
+    if tube and not _TUBE.fullmatch(tube):
+        return f"not a tube name: {tube[:40]!r}"
+    return ""
 
 
 def kick(console: "Console", req: "Request") -> "Response":
     from .app import Response
 
     f = req.form
+    if bad := _bad_form(f):
+        return Response.text(400, f"nothing kicked: {bad}\n")
     try:
-        if f.get("job", "").isdigit():
+        if f.get("job"):
             ops.kick(console.settings, job=int(f["job"]))
             return Response.redirect(req, "/buried", done=f"kicked job {f['job']}")
         if f.get("all") == "1":
             kicked = ops.kick(console.settings, tube=f.get("tube") or None, every=True)
             said = ", ".join(f"{t}: {n}" for t, n in kicked.items()) or "nothing was buried"
             return Response.redirect(req, "/buried", done=f"kicked {said}")
-    except ops.OpsError as exc:
-        return Response.redirect(req, "/buried", done=f"not kicked: {exc}")
+    except (ops.OpsError, greenstalk.Error) as exc:
+        return Response.redirect(req, "/buried", done=f"not kicked: {exc or type(exc).__name__}")
     return Response.text(400, "say which: job=ID, or all=1 (with tube=T for one tube)\n")
 
 
@@ -39,8 +56,10 @@ def delete(console: "Console", req: "Request") -> "Response":
     from .app import Response
 
     f = req.form
+    if bad := _bad_form(f):
+        return Response.text(400, f"nothing deleted: {bad}\n")
     try:
-        if f.get("job", "").isdigit():
+        if f.get("job"):
             job = int(f["job"])
             if _state(console, job) != "buried":  # kicked or taken meanwhile: not what was shown
                 return Response.redirect(req, "/buried", done=f"job {job} is no longer buried; nothing deleted")
@@ -50,8 +69,8 @@ def delete(console: "Console", req: "Request") -> "Response":
             deleted = ops.delete(console.settings, tube=f["tube"])
             return Response.redirect(req, "/buried", done=f"deleted {deleted.get(f['tube'], 0)} buried job(s)"
                                                            f" of {f['tube']}")
-    except ops.OpsError as exc:
-        return Response.redirect(req, "/buried", done=f"not deleted: {exc}")
+    except (ops.OpsError, greenstalk.Error) as exc:
+        return Response.redirect(req, "/buried", done=f"not deleted: {exc or type(exc).__name__}")
     return Response.text(400, "say which: job=ID, or all=1 with tube=T\n")
 
 

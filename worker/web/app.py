@@ -12,12 +12,14 @@ import threading
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, unquote_plus, urlencode
 
-from ..logs import get_logger
+from .. import redact
+from ..logs import get_logger, mask_text
 from ..ops import open_store
 from ..settings import Settings
 from ..store import Store, StoreCorrupt, StoreUnavailable
+from .guard import LoginThrottle
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
@@ -29,7 +31,7 @@ CSRF_COOKIE = "beanmail_csrf"
 MAX_FORM = 64 * 1024
 STATUS = {200: "200 OK", 303: "303 See Other", 400: "400 Bad Request", 401: "401 Unauthorized",
           403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Payload Too Large",
-          503: "503 Service Unavailable"}
+          429: "429 Too Many Requests", 500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Request:
 
     @classmethod
     def from_environ(cls, environ: dict[str, Any]) -> "Request":
-        query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
+        query = _fields(environ.get("QUERY_STRING", ""))
         cookie = SimpleCookie()
         try:
             cookie.load(environ.get("HTTP_COOKIE", ""))
@@ -63,8 +65,15 @@ class Request:
         if length > MAX_FORM:
             return False
         raw = self.environ["wsgi.input"].read(length) if length else b""
-        self.form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        self.form = _fields(raw.decode("utf-8", "replace"))
         return True
+
+
+def _fields(encoded: str) -> dict[str, str]:
+    """A query string's or form's fields, the first of each name; NUL characters, which no
+    field of the console means and PostgreSQL's text refuses, dropped."""
+    return {k.replace("\x00", ""): v[0].replace("\x00", "")
+            for k, v in parse_qs(encoded, keep_blank_values=True).items()}
 
 
 @dataclass
@@ -93,6 +102,7 @@ class Console:
         self.password = settings.web_password if password is None else password
         self.masked = settings.mask_addresses
         self.secret = secrets.token_bytes(32)  # CSRF tokens and opaque references; new at every start
+        self.logins = LoginThrottle()
         self._store: Store | None = None
         self._store_lock = threading.RLock()
         from . import pages  # the routes, which need this module's types
@@ -114,6 +124,31 @@ class Console:
                 self._store = None
 
     # -- security ---------------------------------------------------------------------------------
+    def login_refusal(self, req: Request) -> Response | None:
+        """None when the request may go on; else 401 (no or a wrong password: each wrong one
+        logged, and its client made to wait) or 429 (a password given while its client is still
+        waiting: not looked at)."""
+        if not self.password:
+            return None
+        client = str(req.environ.get("REMOTE_ADDR", ""))
+        given = req.environ.get("HTTP_AUTHORIZATION")
+        wait = self.logins.wait(client) if given is not None else 0.0
+        if wait > 0:
+            resp = Response.text(429, f"refused: too many failed logins from {client}; try again in"
+                                      f" {wait:.0f} s\n")
+            resp.headers.append(("Retry-After", str(max(1, round(wait + 0.5)))))
+            return resp
+        if given is not None and self.authorized(req):
+            self.logins.succeeded(client)
+            return None
+        if given is not None:
+            failures, delay = self.logins.failed(client)
+            get_logger().warning("console login failed", client=client, path=req.path[:200], failures=failures,
+                                 wait=delay)
+        resp = Response.text(401, "authentication required\n")
+        resp.headers.append(("WWW-Authenticate", 'Basic realm="beanmail", charset="UTF-8"'))
+        return resp
+
     def authorized(self, req: Request) -> bool:
         if not self.password:
             return True
@@ -153,12 +188,13 @@ class Console:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         req = Request.from_environ(environ)
         new_cookie: str | None = None
-        if req.path != "/healthz" and not self.authorized(req):
-            resp = Response.text(401, "authentication required\n")
-            resp.headers.append(("WWW-Authenticate", 'Basic realm="beanmail", charset="UTF-8"'))
+        refusal = None if req.path == "/healthz" else self.login_refusal(req)
+        if refusal is not None:
+            resp = refusal
         else:
             resp, new_cookie = self.dispatch(req)
-        body = resp.body.encode("utf-8") if isinstance(resp.body, str) else resp.body
+        # no page shows a password from a URL or a secret setting, whatever a message repeated
+        body = redact.text(resp.body).encode("utf-8") if isinstance(resp.body, str) else resp.body
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(body))), *SECURITY_HEADERS,
                    *resp.headers]
         if new_cookie:
@@ -166,6 +202,10 @@ class Console:
             secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""  # behind TLS
             headers.append(("Set-Cookie", f"{CSRF_COOKIE}={new_cookie}; Path={path}; HttpOnly; SameSite=Strict{secure}"))
         start_response(STATUS.get(resp.status, f"{resp.status} Status"), headers)
+        line = req.path + ("?" + unquote_plus(environ["QUERY_STRING"]) if environ.get("QUERY_STRING") else "")
+        line = "".join(c if c.isprintable() else "?" for c in line[:300])  # one log line, however encoded
+        get_logger().info("web request", client=environ.get("REMOTE_ADDR", ""), method=req.method[:16],
+                          path=mask_text(line) if self.masked else line, status=resp.status)
         return [b"" if req.method == "HEAD" else body]
 
     def dispatch(self, req: Request) -> tuple[Response, str | None]:

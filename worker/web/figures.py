@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,7 @@ import greenstalk
 
 from producer.client import connect
 
+from .. import redact
 from ..logs import mask, mask_text
 from ..ops import TUBES
 from ..settings import Settings
@@ -215,50 +215,53 @@ def fmt_seconds(value: float | None) -> str:
 
 
 # -- job bodies -------------------------------------------------------------------------------------
-_SECRET = re.compile(r"sig|secret|password|passwd|token|auth|api[_-]?key", re.I)
+SHOWN_BODY = 16_384  # characters of a body a page shows; the rest is cut, saying how much
 
 
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: ("(hidden)" if _SECRET.search(str(k)) else _redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
-
-
-def envelope_of(body: str) -> dict[str, Any] | None:
-    """The job's envelope as an object: a signed v2 job's inner text is parsed, its signature
-    dropped. None when the body is not a JSON object."""
+def envelope_of(body: str | bytes) -> dict[str, Any] | None:
+    """The job's envelope as an object: a signed v2 job's inner envelope (its ``signed`` value,
+    or the text it holds in the deprecated string form), its signature dropped. None when the
+    body is not a JSON object (not JSON, not UTF-8, a list, nested too deep for the parser)."""
     try:
         obj = json.loads(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
-    if isinstance(obj.get("signed"), str):
+    signed = obj.get("signed")
+    if isinstance(signed, str):
         try:
-            inner = json.loads(obj["signed"])
-        except ValueError:
-            return {k: v for k, v in obj.items() if k != "sig"}
-        if isinstance(inner, dict):
-            return inner
-    return obj
+            signed = json.loads(signed)
+        except (ValueError, RecursionError):
+            signed = None
+    if isinstance(signed, dict):
+        return signed
+    return {k: v for k, v in obj.items() if k != "sig"}
 
 
-def shown_body(body: str, masked: bool) -> str:
-    """A job body for a page: pretty-printed, signatures and secrets hidden, addresses masked."""
+def shown_body(body: str | bytes, masked: bool) -> str:
+    """A job body for a page: pretty-printed, signatures and secrets hidden, addresses masked;
+    a body that is not a JSON object as text (undecodable bytes replaced), cut at SHOWN_BODY."""
     obj = envelope_of(body)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
     if obj is None:
-        text = body if len(body) <= 4096 else body[:4096] + "…"
+        text = body
     else:
-        text = json.dumps(_redact(obj), indent=2, ensure_ascii=False)
+        try:
+            text = json.dumps(redact.redact_fields(obj), indent=2, ensure_ascii=False)
+        except (ValueError, RecursionError):  # nested past the encoder's depth
+            text = body
+    if len(text) > SHOWN_BODY:
+        text = text[:SHOWN_BODY] + f"\n… ({len(text) - SHOWN_BODY:,} more characters not shown)"
+    text = redact.text(text)
     return mask_text(text) if masked else text
 
 
 def summary(body: str, masked: bool) -> tuple[str, str]:
     """(template, recipient) of a job body, as far as it can be read."""
     obj = envelope_of(body) or {}
-    template = str(obj.get("template") or obj.get("kind") or "")
+    template = str(obj.get("template") or obj.get("kind") or "")[:100]
     to = obj.get("to")
     if isinstance(to, list):
         first = to[0] if to else ""
@@ -267,7 +270,7 @@ def summary(body: str, masked: bool) -> tuple[str, str]:
         first, more = to, ""
     if isinstance(first, dict):
         first = first.get("address") or first.get("email") or ""
-    address = str(first or "")
+    address = str(first or "")[:320]
     if address and masked:
         address = mask(address) if "@" in address and "<" not in address else mask_text(address)
     return template, address + more

@@ -140,8 +140,16 @@ def buried(console: "Console", req: "Request") -> "Response":
 
 
 # -- one job ----------------------------------------------------------------------------------------
+MAX_JOB_ID = 2**63 - 1  # beanstalkd's ids and the store's integers end here
+
+
 def job(console: "Console", req: "Request", job_id: str) -> "Response":
-    jid = int(job_id)
+    from .app import Response
+
+    jid = int(job_id) if len(job_id) <= 20 else MAX_JOB_ID + 1
+    if not 0 < jid <= MAX_JOB_ID:
+        return Response.text(404, f"no such job: {job_id[:40]}{'…' if len(job_id) > 40 else ''} is not a job id"
+                                  f" (1 to {MAX_JOB_ID})\n")
     settings = console.settings
     view, error = None, ""
     try:
@@ -153,7 +161,7 @@ def job(console: "Console", req: "Request", job_id: str) -> "Response":
     deliveries = []
     if body is not None:
         key = (figures.envelope_of(body) or {}).get("id")
-        if isinstance(key, str) and key:
+        if isinstance(key, str) and key and "\x00" not in key:  # (no store's text holds a NUL)
             deliveries = _deliveries(console, console.with_store(lambda s: s.deliveries(key=key, limit=5)))
     if view and view.get("reason"):
         view["reason"] = _text(console, view["reason"])

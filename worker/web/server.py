@@ -1,19 +1,24 @@
-"""`beanmail web`: the console on a threaded WSGI server from the standard library. An operator
-console serves a few people, not the internet: put a reverse proxy (TLS) in front of it for
-anything beyond the host."""
+"""`beanmail web`: the console on waitress, behind its Host check, with bounded connections and
+per-connection timeouts. An operator console serves a few people, not the internet: put a
+reverse proxy (TLS) in front of it for anything beyond the host."""
 
 from __future__ import annotations
 
 import ipaddress
+import resource
 import signal
 import socket
-import socketserver
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+import time
+from typing import Any, Callable, Iterable
+
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from ..logs import get_logger
 from ..settings import Settings, SettingsError
 from .app import Console
+from .guard import HostGuard, host_rules
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -40,41 +45,118 @@ def check_listen(settings: Settings) -> tuple[str, int]:
     return host, port
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: Any) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
+THREADS = 8  # requests served at once; a connection holds none while its request arrives
+CONNECTIONS = 500  # open connections; at the limit, the longest-waiting half-sent half are closed
+SPARE_FILES = 64  # file descriptors kept for the store, beanstalkd and the logs
+MAX_BODY = 1024 * 1024 + 1  # the largest body read (a provider webhook's, 1 MiB) + 1; a longer one is 400 at once
+MAX_HEADERS = 64 * 1024
 
 
-class _Handler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        get_logger().info("web request", client=self.client_address[0], line=format % args)
+class _TimedParser(HTTPRequestParser):
+    """A request being received, with when its first byte came; a Content-Length above the
+    largest body read is refused as malformed (400) as soon as the headers are in."""
+
+    def __init__(self, adj: Any) -> None:
+        super().__init__(adj)
+        self.started = time.monotonic()
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.content_length >= self.adj.max_request_body_size:
+            raise ParsingError(f"Content-Length {self.content_length} is above the largest body this console reads"
+                               f" ({self.adj.max_request_body_size - 1} bytes)")
+
+
+class _Channel(HTTPChannel):
+    parser_class = _TimedParser
+
+
+def _close_slow_requests(server: Any, timeout: float) -> None:
+    """waitress closes a connection silent for ``channel_timeout``; this closes, as well, one
+    whose request has not all come within ``timeout`` however it trickles in, and, when the
+    connections reach the limit, the longest-waiting half of those still sending their request
+    (or nothing), so that connections waiting in the listen queue get in within a second."""
+    idle = server.maintenance
+
+    def maintenance(now: float) -> None:
+        idle(now)
+        clock, wall = time.monotonic(), time.time()
+        waiting = []  # (when its request began, channel): channels not being served
+        for channel in list(server.active_channels.values()):
+            request = channel.request
+            if channel.requests or channel.total_outbufs_len or (request is not None and request.completed):
+                continue
+            began = request.started if request is not None else clock - (wall - channel.creation_time)
+            if request is not None and clock - began > timeout:
+                channel.will_close = True
+            else:
+                waiting.append((began, id(channel), channel))
+        excess = len(server.active_channels) - server.adj.connection_limit // 2
+        if len(server._map) >= server.adj.connection_limit and excess > 0:  # as waitress counts (its own sockets too)
+            for _, _, channel in sorted(waiting)[:excess]:
+                channel.will_close = True
+
+    server.channel_class = _Channel
+    server.maintenance = maintenance
+
+
+def connection_limit(wanted: int = CONNECTIONS) -> int:
+    """``wanted`` connections, the soft limit on open files raised for them as far as the hard
+    one allows (a bare supervisord program may start with 1024); fewer if it cannot be."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - SPARE_FILES))
+
+
+def make_server(settings: Settings, app: Callable[..., Iterable[bytes]], host: str, port: int) -> Any:
+    """waitress (a maintained WSGI server made for this): its main thread reads every connection
+    without blocking and hands a request to one of THREADS only once it has all come, so a
+    half-sent request holds a socket, never a thread; a connection silent for, or a request
+    slower than, BEANMAIL_WEB_TIMEOUT is closed; a bad Content-Length (negative, not a number,
+    above MAX_BODY) is 400 at once (a chunked body that grows past MAX_BODY: 413)."""
+    server = create_server(app, host=host, port=port, threads=THREADS, connection_limit=connection_limit(),
+                           channel_timeout=settings.web_timeout, cleanup_interval=1,
+                           max_request_body_size=MAX_BODY, max_request_header_size=MAX_HEADERS,
+                           ident="beanmail", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
+                           asyncore_use_poll=True)  # select() stops at descriptor 1024
+    for one in getattr(server, "map", {}).values() if isinstance(server, MultiSocketServer) else [server]:
+        if isinstance(one, BaseWSGIServer):
+            _close_slow_requests(one, settings.web_timeout)
+    return server
 
 
 def serve(settings: Settings) -> int:
     host, port = check_listen(settings)
+    rules = host_rules(settings, host, port)
     from ..feedback.webhooks import with_webhooks
 
     console = Console(settings)
-    # provider webhooks (docs/feedback.md) under /webhooks, ahead of the console's basic auth:
-    # each provider proves itself with its own signature
-    server = make_server(host, port, with_webhooks(console, settings), server_class=_Server, handler_class=_Handler)
+    # the Host check first of all; then provider webhooks (docs/feedback.md) under /webhooks, ahead
+    # of the console's basic auth: each provider proves itself with its own signature
+    server = make_server(settings, HostGuard(with_webhooks(console, settings), rules), host, port)
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    get_logger().info("console listening", url=f"http://{settings.web_listen}/", auth=bool(settings.web_password))
+    get_logger().info("console listening", url=f"http://{settings.web_listen}/", auth=bool(settings.web_password),
+                      hosts=sorted(f"{n}:{p}" if p else n for n, p in rules), timeout=settings.web_timeout)
+    if host in ("0.0.0.0", "::") and not settings.web_hosts:
+        get_logger().warning("console answers to loopback names only", listen=settings.web_listen,
+                             hint="set BEANMAIL_WEB_HOSTS to the names and addresses other hosts use to reach it")
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.close()
         console.close()
     get_logger().info("console stopped")
     return 0
