@@ -9,7 +9,7 @@ suppresses nobody. A matched hard bounce suppresses at once; soft bounces after
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..logs import get_logger, mask
 from ..settings import Settings
@@ -26,6 +26,7 @@ class Handled:
     address: str = ""
     key: str = ""
     suppressed: bool = False
+    detail: str = ""  # for an ignored report: why
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,18 @@ class Intake:
         report = parse(raw)
         addresses = [recipient] if recipient else []
         match, why = self.match([*addresses, *report.return_paths])
-        text = raw.decode("utf-8", "replace")
+        text = raw.decode("utf-8", "replace").replace("\x00", "")  # PostgreSQL text holds no NUL
         return self.apply(report, match, why, source=source, raw=text)
 
     def apply(self, report: Report, match: Match | None, why: str, *, source: str, raw: str) -> list[Handled]:
         log = get_logger()
         if report.kind == "unknown" or (report.kind == "arf" and not report.complaint):
             bid = self.store.record_bounce(source=source, kind=report.kind, classification="ignored",
-                                           address=report.complained, detail=report.feedback_type or "not a bounce",
+                                           address=report.complained,
+                                           detail=report.feedback_type or report.note or "not a bounce",
                                            raw=raw)
             log.info("feedback ignored", source=source, kind=report.kind, feedback_type=report.feedback_type or None)
-            return [Handled(bid, "ignored")]
+            return [Handled(bid, "ignored", detail=report.feedback_type or report.note or "not a bounce")]
         if match is None:
             address = report.complained or (report.failures[0].address if report.failures else "")
             bid = self.store.record_bounce(source=source, kind=report.kind, classification="unmatched",
@@ -98,7 +100,7 @@ class Intake:
         if report.complaint:
             return [self._complaint(report, match, source, raw)]
         handled = [self._bounce(f, match, source, raw, report.kind) for f in self._failures(report, match)]
-        if match.bulk and any(h.classification in ("hard", "soft") for h in handled):
+        if match.bulk and any(h.classification in ("hard", "soft", "refused") for h in handled):
             self.brake.check()
         return handled
 
@@ -112,9 +114,8 @@ class Intake:
         for f in failures:
             address = f.address if f.address in ours else ours[0] if len(ours) == 1 else ""
             if address:
-                out.append(Failure(address, f.action, f.status, f.diagnostic, f.detected, f.permanent))
-        return out[:len(ours)] or [Failure(ours[0], failures[0].action, failures[0].status, failures[0].diagnostic,
-                                           failures[0].detected, failures[0].permanent)]
+                out.append(replace(f, address=address))
+        return out[:len(ours)] or [replace(failures[0], address=ours[0])]
 
     def _bounce(self, f: Failure, match: Match, source: str, raw: str, kind: str) -> Handled:
         s = self.settings
@@ -123,7 +124,7 @@ class Intake:
                                        classification=classification, address=f.address, key=match.key,
                                        status=f.status, detail=f.diagnostic, raw=raw)
         suppressed = False
-        if classification in ("hard", "soft"):
+        if classification in ("hard", "soft", "refused"):  # refused: the address is fine, never suppressed
             self.store.note_bounce(match.key, f"bounced after it was accepted ({classification}): {f.status}".strip(),
                                    f.diagnostic)
         if classification == "hard":
