@@ -89,7 +89,8 @@ class Intake:
                                            address=report.complained,
                                            detail=report.feedback_type or report.note or "not a bounce",
                                            raw=raw)
-            log.info("feedback ignored", source=source, kind=report.kind, feedback_type=report.feedback_type or None)
+            log.info("feedback ignored", source=source, kind=report.kind, feedback_type=report.feedback_type or None,
+                     reason=report.note or None)
             return [Handled(bid, "ignored", detail=report.feedback_type or report.note or "not a bounce")]
         if match is None:
             address = report.complained or (report.failures[0].address if report.failures else "")
