@@ -11,7 +11,8 @@ packages=(beanstalkd)
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$what" = test ] || [ "$what" = bench ]; then
   packages+=(dnsmasq-base postfix postgresql php-cli php-pda-pheanstalk ruby ruby-beaneater openssl curl dovecot-imapd dovecot-lmtpd
-            chromium chromium-driver)  # the console's browser tests (selenium drives Debian's build)
+            chromium chromium-driver  # the console's browser tests (selenium drives Debian's build)
+            libsisimai-perl)  # the bounce conformance tier's reference verdicts (Sisimai 4.x, BSD-2)
 fi
 
 missing=()
@@ -34,6 +35,19 @@ if [ ! -f .venv/.installed ] || [ setup.py -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install -q -e '.[worker,test,postgresql]'
   touch .venv/.installed
+fi
+
+# the bounce conformance tier's corpus: flufl.bounce's test messages (Apache-2.0), from its sdist on PyPI
+if [ "$what" = test ] && [ ! -f var/corpora/flufl-bounce/.complete ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --no-binary :all: flufl.bounce==6.0.0 -d "$tmp" >/dev/null
+  tar -xzf "$tmp"/flufl_bounce-6.0.0.tar.gz -C "$tmp"
+  rm -rf var/corpora/flufl-bounce && mkdir -p var/corpora/flufl-bounce
+  cp "$tmp"/flufl_bounce-6.0.0/tests/data/*.txt var/corpora/flufl-bounce/
+  cp "$tmp"/flufl_bounce-6.0.0/tests/test_detectors.py var/corpora/flufl-bounce/.expected.py  # its own verdicts
+  cp "$tmp"/flufl_bounce-6.0.0/LICENSE var/corpora/flufl-bounce/.LICENSE
+  touch var/corpora/flufl-bounce/.complete
+  rm -rf "$tmp"
 fi
 
 # the development catcher (MailCatcher's ports: SMTP 1025, web 1080), from the npm registry

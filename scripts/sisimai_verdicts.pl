@@ -12,7 +12,7 @@ use Sisimai;
 
 my $folder = shift or die "usage: $0 FOLDER\n";
 opendir(my $dh, $folder) or die "$folder: $!\n";
-my @files = sort grep { -f "$folder/$_" } readdir($dh);
+my @files = sort grep { !/^\./ && -f "$folder/$_" } readdir($dh);
 sub hard {  # 5.x says hardbounce; 4.x says softbounce (1 soft, 0 hard, -1 neither)
     my $f = shift;
     return $f->hardbounce ? 1 : 0 if $f->can('hardbounce');

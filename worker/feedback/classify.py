@@ -94,6 +94,9 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                    r"(attachment|file type|extension)s? .{0,40}(not allowed|blocked|prohibited|forbidden)",
                    r"content (not allowed|prohibited)", r"message refused", r"not allowed to send", r"forged",
                    r"8-?bit (data|mime)", r"illegal (character|content)", r"line too long")),
+    ("system-error", _rx(r"command output:", r"pipe to \|", r"procmail:", r"mailbox_command", r"mail ?drop")),
+    ("network-error", _rx(r"not found, try again", r"temporary (dns|lookup) failure", r"name server reply")),
+    ("filtered", _rx(r"\b[45]\d\d:? ?: ?:? ?user unknown")),  # au/ezweb's domain filter speaks so: no address
     ("has-moved", _rx(r"has moved", r"no longer (valid|available|at|with)", r"moved (to|permanently)",
                       r"address (has )?changed", r"new address")),
     ("mailbox-full", _rx(r"(mailbox|mail box|mailfolder|inbox|account|user|disk|quota|storage)[^.;]{0,40}"
@@ -127,7 +130,7 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                          r"(domain|host) (name )?(is )?(not found|unknown|invalid)", r"unrouteable (mail )?domain",
                          r"domain not (found|exist)", r"no (mx|dns|a|mail exchanger) (record|host)",
                          r"could not be resolved", r"does not accept mail", r"unknown host",
-                         r"all relevant mx records point to non-existent hosts", r"non-existent (host|domain)",
+                         r"all relevant mx records point to non-existent hosts", r"domain is not reachable", r"non-existent (host|domain)",
                          r"hostname (not found|unknown)", r"domain .{0,30}(invalid|not valid)", r"nxdomain")),
     ("expired", _rx(r"expired", r"did not accept our requests to connect", r"too long in (the )?queue", r"retry time", r"(gave up|giving up|could not be "
                     r"delivered) .{0,40}(days|hours|attempts|retry|period)", r"delivery time", r"queue",
@@ -154,10 +157,12 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
 _STATUS_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^[45]\.1\.[78]$"), "sender-side"),
     (re.compile(r"^5\.1\.(1|3|0)$"), "user-unknown"),
-    (re.compile(r"^5\.1\.(2|10)$"), "host-unknown"),
+    (re.compile(r"^5\.1\.2$"), "host-unknown"),
+    (re.compile(r"^5\.1\.10$"), "user-unknown"),  # RFC 7505's null MX, which Microsoft uses for "recipient not found"
     (re.compile(r"^[45]\.1\.6$"), "has-moved"),
     (re.compile(r"^5\.1\.4$"), "filtered"),
     (re.compile(r"^[45]\.1\.9$"), "system-error"),
+    (re.compile(r"^5\.1\.\d+$"), "user-unknown"),  # 5.1.351 (Exchange) and kin
     (re.compile(r"^4\.1\.\d+$"), "system-error"),
     (re.compile(r"^4\.2\.1$"), "suspended"),
     (re.compile(r"^[45]\.2\.2$"), "mailbox-full"),
@@ -170,7 +175,8 @@ _STATUS_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^4\.4\.[17]$"), "expired"),
     (re.compile(r"^[45]\.4\.\d+$"), "network-error"),
     (re.compile(r"^[45]\.5\.3$"), "throttled"),
-    (re.compile(r"^[45]\.5\.\d+$"), "sender-side"),
+    (re.compile(r"^[45]\.5\.[26]$"), "sender-side"),
+    (re.compile(r"^[45]\.5\.[45]$"), "system-error"),
     (re.compile(r"^[45]\.6\.\d+$"), "policy"),
     (re.compile(r"^[45]\.7\.1$"), "blocked"),
     (re.compile(r"^[45]\.7\.2[5-9]$"), "blocked"),
@@ -181,8 +187,15 @@ _STATUS_RULES: list[tuple[re.Pattern[str], str]] = [
 _DECISIVE = ("mailbox-full", "message-too-big", "suspended", "filtered", "has-moved", "sender-side", "throttled")
 _DATA_STAGE = re.compile(r"(in reply to|after) (the )?(end of )?data\b|smtp command:? ?data\b|>>> DATA|"
                          r"after end of data|\[DATA\]|-+smtp command data", re.I)
+_RCPT_STAGE = re.compile(r"(in reply to|after|did not like our) (the )?RCPT( TO)?\b|>>> RCPT|\[RCPT_TO\]|"
+                         r"RCPT TO:?\s*<[^>]+>:?\s*(<<<\s*)?[45]\d\d|smtp command:? ?rcpt|does not like recipient|"
+                         r"after RCPT command", re.I)
+# a server's own unambiguous words that the mailbox does not exist, needing no SMTP command to back them
+_DEFINITE = re.compile(r"recipient name is not recognized|not listed in (the )?(domino directory|public name)|"
+                       r"address couldn'?t be found|recipientnotfound|invalid final delivery userid|"
+                       r"user not exist|no valid recipients|email address wasn.t found", re.I)
 _TEMPORARY_OF = {"user-unknown": "filtered", "host-unknown": "network-error", "has-moved": "filtered"}
-_SENDER_COMMANDS = re.compile(r"in reply to (MAIL|HELO|EHLO|STARTTLS|AUTH)\b|>>> (MAIL|HELO|EHLO) ", re.I)
+_SENDER_COMMANDS = re.compile(r"(in reply to|after) (MAIL|HELO|EHLO|STARTTLS|AUTH)\b|>>> (MAIL|HELO|EHLO) ", re.I)
 _ADDRESS_IN_TEXT = re.compile(r"[\w.+'=-]+@[\w-]+(\.[\w-]+)+")
 
 
@@ -208,8 +221,14 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
         reason = next((name for name, rule in _TEXT_RULES if rule.search(words)), "") or by_status
     if not reason:
         reason = "expired" if status.startswith("4.") and action == "failed" else "undefined"
-    if reason == "user-unknown" and (_DATA_STAGE.search(text) or _DATA_STAGE.search(context)):
-        reason = "filtered"  # accepted at RCPT, refused after the content: the address exists
+    at_rcpt = bool(_RCPT_STAGE.search(text) or _RCPT_STAGE.search(context))
+    if reason == "filtered" and by_status == "filtered" and at_rcpt and _rule("user-unknown").search(words):
+        reason = "user-unknown"  # 5.2.1 "User Unknown" in reply to RCPT TO: the address is gone
+    if reason == "user-unknown" and by_status != "user-unknown" and not _DEFINITE.search(words) and (
+            _DATA_STAGE.search(text) or _DATA_STAGE.search(context) or not at_rcpt):
+        # words alone do not prove the address gone: a refusal after the content (DATA) says the
+        # address exists; one at no known command may be a filter speaking loosely
+        reason = "filtered"
     temporary = status.startswith("4.") or (not status and re.search(r"(?<![\d.])4\d\d[ -]", text) is not None
                                             and not re.search(r"(?<![\d.])5\d\d[ -]", text))
     if temporary and effect_of(reason) == "hard":

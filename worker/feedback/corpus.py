@@ -11,6 +11,7 @@ its reason (through ``SISIMAI_REASONS``). ``python scripts/bounce_corpus.py FOLD
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -27,8 +28,8 @@ NOT_BOUNCES = ("feedback", "delivered", "vacation")  # Sisimai's reasons for rep
 @dataclass(frozen=True)
 class Verdict:
     recipient: str
-    reason: str
-    hard: bool
+    reason: str  # Sisimai's name; "" when the reference names recipients only
+    hard: bool | None  # None when the reference names recipients only
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,24 @@ def read_verdicts(lines: list[str]) -> dict[str, list[Verdict] | None]:
     return out
 
 
+def flufl_verdicts(folder: Path) -> dict[str, list[Verdict] | None]:
+    """flufl.bounce's own table of what its detectors find in its test messages (its sdist's
+    tests/test_detectors.py, which ``scripts/setup.sh test`` keeps beside them as .expected.py):
+    recipients only; a file it lists with no address is no bounce it can read."""
+    tree = ast.parse((folder / ".expected.py").read_text())
+    table = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], "id", "") == "DETECTORS")
+    out: dict[str, list[Verdict] | None] = {}
+    for _detector, name, addresses, _temporary in table:
+        verdicts = out.setdefault(name, []) or []
+        for a in addresses:
+            a = (a.decode() if isinstance(a, bytes) else a).lower()
+            if all(v.recipient != a for v in verdicts):
+                verdicts.append(Verdict(a, "", None))
+        out[name] = verdicts
+    return out
+
+
 def ours(raw: bytes) -> list[Found]:
     """What the parser says of one message: each recipient it reports as bounced or delayed."""
     report = parse(raw)
@@ -117,7 +136,7 @@ def ours(raw: bytes) -> list[Found]:
 
 def measure(folder: Path, verdicts: dict[str, list[Verdict] | None], name: str = "") -> Figures:
     figures = Figures(name or folder.name)
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         figures.files += 1
         expected = verdicts.get(path.name)
         if expected is None:
@@ -133,6 +152,10 @@ def measure(folder: Path, verdicts: dict[str, list[Verdict] | None], name: str =
                 figures.misses.append(f"{path.name}: missed {address} ({v.reason})")
                 continue
             figures.matched += 1
+            if v.hard is None:  # a reference of recipients only
+                figures.agree += 1
+                figures.same_reason += 1
+                continue
             figures.agree += f.hard == v.hard
             figures.same_reason += SISIMAI_REASONS.get(v.reason, v.reason) == f.reason
             if f.hard and not v.hard:

@@ -308,6 +308,7 @@ def _dsn(report: Report, status_parts: list[Message], body: str) -> bool:
         blocks = _field_blocks(body[re.search(r"^(Reporting-MTA|Final-Recipient|Original-Recipient|Arrival-Date):",
                                                body, re.I | re.M).start():])  # type: ignore[union-attr]
     for block in blocks:
+        # where it failed (RFC 3464 requires it; Sisimai reads it too); the intake ties it to our recipient
         address = _addr(_header(block, "Final-Recipient")) or _addr(_header(block, "Original-Recipient")) \
             or _addr(_header(block, "X-Actual-Recipient"))
         if not address:
@@ -360,7 +361,7 @@ def _ses(report: Report, body: str) -> bool:
     if start < 0 or "notificationType" not in body and "eventType" not in body:
         return False
     try:
-        data, _ = json.JSONDecoder().raw_decode(body[start:])
+        data, _ = json.JSONDecoder(strict=False).raw_decode(body[start:])
     except ValueError:
         return False
     if not isinstance(data, dict):
@@ -434,7 +435,7 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
         if _NOT_RECIPIENT_LINE.search(line):
             continue
         for m in _ADDRESS.finditer(line):
-            address = m.group(0).strip(".'=").lower()
+            address = re.sub(r"^(smtp|rfc822|x400|mailto)[=:]", "", m.group(0).strip(".'="), flags=re.I).lower()
             local = address.split("@")[0]
             if address in theirs or _DAEMON.match(local) or address in candidates:
                 continue
@@ -454,9 +455,9 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
     if not candidates and original is not None:
         candidates = [a for a in (_addr(x[1]) for x in getaddresses([_header(original, "To")])) if a][:1]
     for address in candidates:
-        said = _about(address, body) if len(candidates) > 1 else _text(body)
-        if len(candidates) > 1 and not _STATUS_IN_TEXT.search(said) and not _REPLY_IN_TEXT.search(said):
-            said = f"{said} {_text(body)[:600]}"
+        said = _about(address, body)
+        if not _STATUS_IN_TEXT.search(said) and not _REPLY_IN_TEXT.search(said):
+            said = f"{said} {_text(body)[:1000] if len(candidates) == 1 else _text(body)[:600]}".strip()
         status = _status_of(said)
         action = "delayed" if re.search(r"\b(deferred|delayed|will (continue|keep) (trying|to try)|"
                                         r"not yet been delivered|still trying)", said, re.I) and \
