@@ -60,6 +60,12 @@ def _rx(*alternatives: str) -> re.Pattern[str]:
     return re.compile("|".join(alternatives), re.I)
 
 
+# a server's own unambiguous words that the mailbox does not exist, needing no SMTP command to back them
+_DEFINITE = re.compile(r"recipient name is not recognized|not listed in (the )?(domino directory|public name)|"
+                       r"address couldn'?t be found(?!, or is unable)|recipientnotfound|invalid final delivery userid|"
+                       r"user not exist|no valid recipients|email address wasn.t found|\binvalid recipient\b|"
+                       r"recipient address rejected: access denied", re.I)  # the last: Exchange Online's unknown
+
 # Most specific first: the first reason whose words appear wins over the status code.
 _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
     ("sender-side", _rx(r"sender (address|domain) (rejected|refused|unknown|invalid|not)", r"sender verify failed",
@@ -72,12 +78,14 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                         r"must (be authenticated|authenticate)", r"authentication required",
                         r"sender.{0,40}(blacklisted|blocked|denied)", r"mail from .{0,60}(rejected|refused|denied)",
                         r"return path .{0,30}(invalid|rejected)", r"null sender", r"\bsender rejected")),
+    ("filtered", _rx(r"\b[45]\d\d:? ?: ?:? ?user unknown")),  # au/ezweb's domain filter speaks so: no address
+    ("user-unknown", _DEFINITE),
     ("virus", _rx(r"virus", r"malware", r"infected", r"trojan", r"worm detected")),
     ("spam-detected", _rx(r"\bspam\b", r"spam(my|like)", r"junk ?mail", r"bulk mail", r"unsolicited", r"\bUCE\b",
                           r"content (filter|rejected)", r"message (content )?(rejected|refused) (as|due|by)",
                           r"scored? (too high|as)", r"spamassassin", r"x-spam", r"phish", r"suspicious")),
     ("blocked", _rx(r"block(ed|list|ing)", r"black ?list(ed)?", r"\bRBL\b", r"\bDNSBL\b", r"spamhaus", r"spamcop",
-                    r"sorbs", r"barracuda ?(central|reputation)", r"reputation", r"\blisted (at|on|in|by)\b",
+                    r"sorbs", r"barracuda ?(central|reputation)", r"reputation", r"(?<!not )\blisted (at|on|in|by)\b",
                     r"your (ip|host|server|network)", r"(client|connecting) (host|ip)", r"reverse (dns|lookup)",
                     r"\bPTR\b", r"rdns", r"no (reverse|ptr)", r"ip address .{0,40}(not allowed|denied|rejected)",
                     r"access denied", r"banned", r"poor reputation", r"not accepting mail from",
@@ -96,7 +104,6 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                    r"8-?bit (data|mime)", r"illegal (character|content)", r"line too long")),
     ("system-error", _rx(r"command output:", r"pipe to \|", r"procmail:", r"mailbox_command", r"mail ?drop")),
     ("network-error", _rx(r"not found, try again", r"temporary (dns|lookup) failure", r"name server reply")),
-    ("filtered", _rx(r"\b[45]\d\d:? ?: ?:? ?user unknown")),  # au/ezweb's domain filter speaks so: no address
     ("has-moved", _rx(r"has moved", r"no longer (valid|available|at|with)", r"moved (to|permanently)",
                       r"address (has )?changed", r"new address")),
     ("mailbox-full", _rx(r"(mailbox|mail box|mailfolder|inbox|account|user|disk|quota|storage)[^.;]{0,40}"
@@ -119,13 +126,14 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                          r"no (such|valid) (user|recipient|mailbox|address|account|local ?part|person)",
                          r"(unknown|invalid|non-?existent) (user|recipient|mailbox|e-?mail address|account|addressee|"
                          r"local ?part|alias)", r"user doesn'?t have", r"no mailbox (here|by that name)",
-                         r"not our customer", r"unrouteable address", r"unknown local", r"doesn'?t have an? .{0,20}"
+                         r"not our customer", r"unknown local", r"recipient address rejected(\.|$| \(in reply)", r"doesn'?t have an? .{0,20}"
                          r"account", r"no account", r"not a (valid|known) (user|recipient|mailbox)",
                          r"no one (here )?by that name", r"does not have an? (account|mailbox)",
                          r"mailbox (does not|doesn'?t) exist", r"account (that you tried to reach )?does not exist",
                          r"is not a valid mailbox", r"user not found", r"recipient not found", r"unknown or illegal "
                          r"(alias|user)", r"address (is )?(unknown|invalid)", r"mailbox not found")),
-    ("host-unknown", _rx(r"host or domain name not found", r"host not found", r"no such domain", r"unknown domain",
+    ("host-unknown", _rx(r"host or domain name not found", r"host (\S+ )?not found", r"unrouteable address",
+                         r"indicated no smtp service", r"not accepting network messages", r"no such domain", r"unknown domain",
                          r"domain (does not|doesn'?t) exist", r"nxdomain", r"null mx",
                          r"(domain|host) (name )?(is )?(not found|unknown|invalid)", r"unrouteable (mail )?domain",
                          r"domain not (found|exist)", r"no (mx|dns|a|mail exchanger) (record|host)",
@@ -170,6 +178,7 @@ _STATUS_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^[45]\.2\.\d+$"), "filtered"),
     (re.compile(r"^[45]\.3\.1$"), "system-error"),
     (re.compile(r"^[45]\.3\.4$"), "message-too-big"),
+    (re.compile(r"^5\.3\.2$"), "host-unknown"),  # the system accepts no mail at all
     (re.compile(r"^[45]\.3\.\d+$"), "system-error"),
     (re.compile(r"^5\.4\.4$"), "host-unknown"),
     (re.compile(r"^4\.4\.[17]$"), "expired"),
@@ -189,11 +198,7 @@ _DATA_STAGE = re.compile(r"(in reply to|after) (the )?(end of )?data\b|smtp comm
                          r"after end of data|\[DATA\]|-+smtp command data", re.I)
 _RCPT_STAGE = re.compile(r"(in reply to|after|did not like our) (the )?RCPT( TO)?\b|>>> RCPT|\[RCPT_TO\]|"
                          r"RCPT TO:?\s*<[^>]+>:?\s*(<<<\s*)?[45]\d\d|smtp command:? ?rcpt|does not like recipient|"
-                         r"after RCPT command", re.I)
-# a server's own unambiguous words that the mailbox does not exist, needing no SMTP command to back them
-_DEFINITE = re.compile(r"recipient name is not recognized|not listed in (the )?(domino directory|public name)|"
-                       r"address couldn'?t be found|recipientnotfound|invalid final delivery userid|"
-                       r"user not exist|no valid recipients|email address wasn.t found", re.I)
+                         r"after RCPT command|most progress was RCPT", re.I)
 _TEMPORARY_OF = {"user-unknown": "filtered", "host-unknown": "network-error", "has-moved": "filtered"}
 _SENDER_COMMANDS = re.compile(r"(in reply to|after) (MAIL|HELO|EHLO|STARTTLS|AUTH)\b|>>> (MAIL|HELO|EHLO) ", re.I)
 _ADDRESS_IN_TEXT = re.compile(r"[\w.+'=-]+@[\w-]+(\.[\w-]+)+")

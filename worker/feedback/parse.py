@@ -256,7 +256,9 @@ class _Notification:
 
 def _notification(texts: list[str]) -> _Notification:
     body = "\n\n".join(t for t in texts if t.strip())
-    m = _ORIGINAL_STARTS.search(body)
+    starts = (m for m in _ORIGINAL_STARTS.finditer(body)  # "The original message was received at" is no copy
+              if not re.match(r".{0,60}(was received at|was sent at)", body[m.start():m.start() + 120], re.I | re.S))
+    m = next(starts, None)
     cut = m.start() if m else len(body)
     lines = body[:cut].split("\n")  # a header block after a blank line is the original inline
     for i in range(1, len(lines)):
@@ -343,8 +345,8 @@ def _about(address: str, body: str) -> str:
             while j < len(lines) and (lines[j].strip() or len(out) == 1) and len(out) < 8:
                 if lines[j].strip():
                     if _ADDRESS.search(lines[j]) and _looks_like_recipient_line(lines[j]) and \
-                            low not in lines[j].lower() and len(out) > 1:
-                        break
+                            low not in lines[j].lower():
+                        break  # the next recipient's own lines
                     out.append(lines[j])
                 j += 1
             return _text(" ".join(out))
