@@ -134,6 +134,11 @@ def ours(raw: bytes) -> list[Found]:
     return list(found.values())
 
 
+def _same(address: str) -> str:
+    """``"a.."@example.org`` and ``a..@example.org`` are one address."""
+    return address.replace('"', "").lower()
+
+
 def measure(folder: Path, verdicts: dict[str, list[Verdict] | None], name: str = "") -> Figures:
     figures = Figures(name or folder.name)
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
@@ -142,8 +147,8 @@ def measure(folder: Path, verdicts: dict[str, list[Verdict] | None], name: str =
         if expected is None:
             continue
         figures.judged += 1
-        found = {f.recipient: f for f in ours(path.read_bytes())}
-        theirs = {v.recipient: v for v in expected}
+        found = {_same(f.recipient): f for f in ours(path.read_bytes())}
+        theirs = {_same(v.recipient): v for v in expected}
         figures.expected += len(theirs)
         figures.found += len(found)
         for address, v in theirs.items():

@@ -32,6 +32,7 @@ MAX_PARTS = 500
 _STATUS_IN_TEXT = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 _REPLY_IN_TEXT = re.compile(r"(?<![\d.-])([245]\d\d)[ -]")
 _ADDRESS = re.compile(r"(?:\"[^\"\n@]+\"|(?<![\w/&=%.+'-])[\w.+'=%-]+)@[\w-]+(?:\.[\w-]+)+", re.A)
+_VALID = re.compile(r'("[^"\n]+"|[^@\s"<>(),;:]+)@[\w-]+(\.[\w-]+)+')
 _ORIGINAL_STARTS = re.compile(
     r"^\s*(?:-+ ?)?(?:[\w ]*original message|returned message|unsent message|this is a copy|below (?:this line )?is a"
     r" copy|[\w ]*copy of (?:the|your) (?:original )?message|the original message|message headers follow|"
@@ -42,6 +43,7 @@ _HEADER_LINE = re.compile(r"^(Received|Return-Path|DKIM-Signature|Message-ID|X-[
 _NOT_RECIPIENT_LINE = re.compile(r"^\s*(from|sender|return-path|reply-to|message-id|envelope-from|errors-to|"
                                  r"in-reply-to|references|reporting-mta|received|x-[\w-]+|by|id|for)\b\s*:?|"
                                  r"message-id|\bsent by\b|\bfrom:", re.I)
+_QUOTED_HEADER = re.compile(r"^\s*(to|cc|bcc|subject|date)\s*:", re.I)
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|maildaemon|mailer_daemon|nobody|noreply|no-reply"
                      r"|root|bounce[s]?|double-bounce)$", re.I)
 _BOUNCE_SENDER = re.compile(r"mailer-daemon|postmaster|mail delivery|mailer_daemon|maildaemon|mail administrator"
@@ -116,7 +118,7 @@ def _parse(raw: bytes) -> Report:
     if boundaries > MAX_BOUNDARIES:
         return Report("unknown", note=f"not read: {boundaries} multipart boundaries (at most {MAX_BOUNDARIES}),"
                                       " a MIME bomb")
-    msg = message_from_bytes(raw, policy=policy.compat32)
+    msg = _repaired(message_from_bytes(raw, policy=policy.compat32), raw)
     parts = _parts(msg)
     if parts is None:
         return Report("unknown", note=f"not read: more than {MAX_PARTS} MIME parts, a MIME bomb")
@@ -143,6 +145,9 @@ def _parse(raw: bytes) -> Report:
             texts.append(_decoded(part, html=ctype == "text/html"))
         if original is None and part is not msg:
             original = _headers_of(part)
+    if not texts and not status_parts:  # a report whose boundary never comes: its text is all preamble
+        payload = msg.get_payload()
+        texts.append(msg.preamble or "" if isinstance(payload, list) else str(payload))
     text = _notification(texts)
     if original is None and text.original:
         original = HeaderParser().parsestr(text.original)
@@ -161,6 +166,21 @@ def _parse(raw: bytes) -> Report:
             report.kind = "auto-reply"
     report.return_paths = [a for a in dict.fromkeys([*top, *report.return_paths]) if a]
     return report
+
+
+def _repaired(msg: Message, raw: bytes) -> Message:
+    """A multipart whose declared boundary never occurs but whose body has another (an edited
+    copy, a broken relay): read again with the boundary the body uses."""
+    boundary = msg.get_boundary() if msg.get_content_maintype() == "multipart" else None
+    if not boundary or (msg.is_multipart() and msg.get_payload()):
+        return msg
+    head, sep, body = raw.partition(b"\r\n\r\n") if b"\r\n\r\n" in raw[:raw.find(b"\n\n") + 2 or len(raw)] \
+        else raw.partition(b"\n\n")
+    found = re.search(rb"^--([^\s\x00]{1,70}?)\r?$", body, re.M)
+    if not found or not sep or boundary.encode("utf-8", "replace") not in head:
+        return msg
+    fixed = head.replace(boundary.encode("utf-8", "replace"), found.group(1), 1) + sep + body
+    return message_from_bytes(fixed, policy=policy.compat32)
 
 
 def _parts(msg: Message) -> list[tuple[Message, bool]] | None:
@@ -194,8 +214,8 @@ def _addr(value: str | None) -> str:
         value = value.split(";", 1)[1]
     found = getaddresses([value.strip()])
     address = found[0][1] if found and found[0][1] else value.strip()
-    address = address.strip().strip("<>").strip("'\"").lower()
-    return address if "@" in address and " " not in address else ""
+    address = re.sub(r"^@[^:@]+:", "", address.strip().strip("<>").strip("'")).lower()  # an RFC 821 source route
+    return address if _VALID.fullmatch(address) else ""
 
 
 def _text(value: object) -> str:
@@ -262,13 +282,25 @@ def _notification(texts: list[str]) -> _Notification:
     cut = m.start() if m else len(body)
     lines = body[:cut].split("\n")  # a header block after a blank line is the original inline
     for i in range(1, len(lines)):
-        if not lines[i - 1].strip() and _HEADER_LINE.match(lines[i]) and i + 1 < len(lines) \
-                and (_HEADER_LINE.match(lines[i + 1]) or lines[i + 1][:1] in (" ", "\t")):
+        if not lines[i - 1].strip() and _HEADER_LINE.match(lines[i]) and _is_header_block(lines[i:i + 40]):
             cut = sum(len(x) + 1 for x in lines[:i])
             break
     rest = body[cut:]
     start = re.search(r"^[\w-]+: ", rest, re.M)
     return _Notification(body[:cut], rest[start.start():] if start else "")
+
+
+def _is_header_block(lines: list[str]) -> bool:
+    """A message's header block, not a notification quoting a Subject and a Date: Received,
+    Return-Path or Message-ID among its fields, or four fields at least."""
+    names = []
+    for line in lines:
+        m = re.match(r"^([\w-]+):", line)
+        if m:
+            names.append(m.group(1).lower())
+        elif not line[:1] in (" ", "\t") or not line.strip():
+            break
+    return len(names) >= 4 or bool({"received", "return-path", "message-id", "dkim-signature"} & set(names))
 
 
 def _action(value: str, status: str) -> str:
@@ -432,18 +464,7 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
     if original is not None:
         theirs |= {_addr(_header(original, h)) for h in ("From", "Return-Path", "Sender", "Reply-To")}
         theirs |= {a.lower() for a in _ADDRESS.findall(_header(original, "Message-ID"))}
-    candidates: list[str] = []
-    for line in body.split("\n"):
-        if _NOT_RECIPIENT_LINE.search(line):
-            continue
-        for m in _ADDRESS.finditer(line):
-            address = re.sub(r"^(smtp|rfc822|x400|mailto)[=:]", "", m.group(0).strip(".'="), flags=re.I).lower()
-            local = address.split("@")[0]
-            if address in theirs or _DAEMON.match(local) or address in candidates:
-                continue
-            if re.search(r"(message-id|\bid\b|helo)[^@]{0,20}$", line[:m.start()], re.I):
-                continue
-            candidates.append(address)
+    candidates = _named(body, theirs, quoted_headers=False) or _named(body, theirs, quoted_headers=True)
     if not candidates:
         try:
             _, permanent = all_failures(msg)
@@ -467,6 +488,24 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
         report.failures.append(_failure(address, action, status, said[:1000], True))
     if report.failures:
         report.kind = "detector"
+
+
+def _named(body: str, theirs: set[str], *, quoted_headers: bool) -> list[str]:
+    """The addresses the notification's words name as recipients, in order; a quoted header of
+    the original (``To: x``) counts only when nothing else names one."""
+    candidates: list[str] = []
+    for line in body.split("\n"):
+        if _NOT_RECIPIENT_LINE.search(line) or (not quoted_headers and _QUOTED_HEADER.match(line)):
+            continue
+        for m in _ADDRESS.finditer(line):
+            address = re.sub(r"^(smtp|rfc822|x400|mailto)[=:]", "", m.group(0).strip(".'="), flags=re.I).lower()
+            local = address.split("@")[0]
+            if address in theirs or _DAEMON.match(local) or address in candidates:
+                continue
+            if re.search(r"(message-id|\bid\b|helo)[^@]{0,20}$", line[:m.start()], re.I):
+                continue
+            candidates.append(address)
+    return candidates
 
 
 def _dedupe(report: Report) -> None:
