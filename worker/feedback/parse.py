@@ -43,6 +43,7 @@ _HEADER_LINE = re.compile(r"^(Received|Return-Path|DKIM-Signature|Message-ID|X-[
 _NOT_RECIPIENT_LINE = re.compile(r"^\s*(from|sender|return-path|reply-to|message-id|envelope-from|errors-to|"
                                  r"in-reply-to|references|reporting-mta|received|x-[\w-]+|by|id|for)\b\s*:?|"
                                  r"message-id|\bsent by\b|\bfrom:", re.I)
+_SENDER_INTRO = re.compile(r"(sent by|message from|sender)\s*:?\s*$", re.I)
 _QUOTED_HEADER = re.compile(r"^\s*(to|cc|bcc|subject|date)\s*:", re.I)
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|maildaemon|mailer_daemon|nobody|noreply|no-reply"
                      r"|root|bounce[s]?|double-bounce)$", re.I)
@@ -398,6 +399,11 @@ def _ses(report: Report, body: str) -> bool:
         data, _ = json.JSONDecoder(strict=False).raw_decode(body[start:])
     except ValueError:
         return False
+    if isinstance(data, dict) and data.get("Type") == "Notification" and isinstance(data.get("Message"), str):
+        try:  # the SNS envelope around it, as an email subscription delivers it
+            data = json.loads(data["Message"], strict=False)
+        except ValueError:
+            return False
     if not isinstance(data, dict):
         return False
     kind = str(data.get("notificationType") or data.get("eventType") or "")
@@ -494,15 +500,24 @@ def _named(body: str, theirs: set[str], *, quoted_headers: bool) -> list[str]:
     """The addresses the notification's words name as recipients, in order; a quoted header of
     the original (``To: x``) counts only when nothing else names one."""
     candidates: list[str] = []
+    previous = ""  # the last line with words before this one
     for line in body.split("\n"):
+        after_intro = bool(_SENDER_INTRO.search(previous))
+        if line.strip():
+            previous = line
         if _NOT_RECIPIENT_LINE.search(line) or (not quoted_headers and _QUOTED_HEADER.match(line)):
             continue
+        if after_intro and _looks_like_recipient_line(line):
+            continue  # "A message sent by\n  <sender@...>": the sender, not a recipient
         for m in _ADDRESS.finditer(line):
             address = re.sub(r"^(smtp|rfc822|x400|mailto)[=:]", "", m.group(0).strip(".'="), flags=re.I).lower()
             local = address.split("@")[0]
-            if address in theirs or _DAEMON.match(local) or address in candidates:
+            if _DAEMON.match(local) or address in candidates:
                 continue
-            if re.search(r"(message-id|\bid\b|helo)[^@]{0,20}$", line[:m.start()], re.I):
+            if address in theirs and not _looks_like_recipient_line(line):
+                continue  # the sender's own address, unless a line names it as a failed recipient
+            if re.search(r"(message-id|\bid\b|helo|generated from|expanded from|forwarded from|sent by|contact|"
+                         r"send mail to|mailto:?)[^@]{0,20}$", line[:m.start()], re.I):
                 continue
             candidates.append(address)
     return candidates
