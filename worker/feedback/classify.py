@@ -64,7 +64,8 @@ def _rx(*alternatives: str) -> re.Pattern[str]:
 _DEFINITE = re.compile(r"recipient name is not recognized|not listed in (the )?(domino directory|public name)|"
                        r"address couldn'?t be found(?!, or is unable)|recipientnotfound|invalid final delivery userid|"
                        r"user not exist|no valid recipients|email address wasn.t found|\binvalid recipient\b|"
-                       r"recipient address rejected: access denied", re.I)  # the last: Exchange Online's unknown
+                       r"recipient address rejected: access denied|mail\.local: unknown user|"
+                       r"ディレクトリのリストにありません|\[bounce category: bad-mailbox\]", re.I)  # the last: Exchange Online's unknown
 
 # Most specific first: the first reason whose words appear wins over the status code.
 _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
@@ -132,7 +133,7 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                          r"mailbox (does not|doesn'?t) exist", r"account (that you tried to reach )?does not exist",
                          r"is not a valid mailbox", r"user not found", r"recipient not found", r"unknown or illegal "
                          r"(alias|user)", r"address (is )?(unknown|invalid)", r"mailbox not found")),
-    ("host-unknown", _rx(r"host or domain name not found", r"host (\S+ )?not found", r"unrouteable address",
+    ("host-unknown", _rx(r"\[bounce category: bad-domain\]", r"host or domain name not found", r"host (\S+ )?not found", r"unrouteable address",
                          r"indicated no smtp service", r"not accepting network messages", r"no such domain", r"unknown domain",
                          r"domain (does not|doesn'?t) exist", r"nxdomain", r"null mx",
                          r"(domain|host) (name )?(is )?(not found|unknown|invalid)", r"unrouteable (mail )?domain",
@@ -198,7 +199,7 @@ _DATA_STAGE = re.compile(r"(in reply to|after) (the )?(end of )?data\b|smtp comm
                          r"after end of data|\[DATA\]|-+smtp command data", re.I)
 _RCPT_STAGE = re.compile(r"(in reply to|after|did not like our) (the )?RCPT( TO)?\b|>>> RCPT|\[RCPT_TO\]|"
                          r"RCPT TO:?\s*<[^>]+>:?\s*(<<<\s*)?[45]\d\d|smtp command:? ?rcpt|does not like recipient|"
-                         r"after RCPT command|most progress was RCPT", re.I)
+                         r"after RCPT command|most progress was RCPT|SMTP:RCPT\b", re.I)
 _TEMPORARY_OF = {"user-unknown": "filtered", "host-unknown": "network-error", "has-moved": "filtered"}
 _SENDER_COMMANDS = re.compile(r"(in reply to|after) (MAIL|HELO|EHLO|STARTTLS|AUTH)\b|>>> (MAIL|HELO|EHLO) ", re.I)
 _ADDRESS_IN_TEXT = re.compile(r"[\w.+'=-]+@[\w-]+(\.[\w-]+)+")
@@ -227,7 +228,7 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
     if not reason:
         reason = "expired" if status.startswith("4.") and action == "failed" else "undefined"
     at_rcpt = bool(_RCPT_STAGE.search(text) or _RCPT_STAGE.search(context))
-    if reason == "filtered" and by_status == "filtered" and at_rcpt and _rule("user-unknown").search(words):
+    if reason == "filtered" and by_status == "filtered" and at_rcpt and _says("user-unknown", words):
         reason = "user-unknown"  # 5.2.1 "User Unknown" in reply to RCPT TO: the address is gone
     if reason == "user-unknown" and by_status != "user-unknown" and not _DEFINITE.search(words) and (
             _DATA_STAGE.search(text) or _DATA_STAGE.search(context) or not at_rcpt):
@@ -243,3 +244,7 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
 
 def _rule(reason: str) -> re.Pattern[str]:
     return next(rule for name, rule in _TEXT_RULES if name == reason)
+
+
+def _says(reason: str, words: str) -> bool:
+    return any(rule.search(words) for name, rule in _TEXT_RULES if name == reason)

@@ -356,6 +356,9 @@ def _dsn(report: Report, status_parts: list[Message], body: str) -> bool:
             status = _status_of(said) or status
         action = _action(_text(_header(block, "Action")), status)
         words = " ".join(x for x in (diagnostic, said if said not in diagnostic else "") if x) or said
+        category = _text(_header(block, "X-PowerMTA-BounceCategory"))  # PowerMTA's own verdict: bad-mailbox, ...
+        if category:
+            words = f"{words} [bounce category: {category}]"
         if not words:
             words = _text(body)[:600]
         report.failures.append(_failure(address, action, status, words, False, _about(address, body)))
@@ -490,8 +493,9 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
         status = _status_of(said)
         action = "delayed" if re.search(r"\b(deferred|delayed|will (continue|keep) (trying|to try)|"
                                         r"not yet been delivered|still trying)", said, re.I) and \
-            not re.search(r"giv(e|ing) up|gave up|permanent", said, re.I) else "failed"
-        report.failures.append(_failure(address, action, status, said[:1000], True))
+            not re.search(r"giv(e|ing) up|gave up|permanent|(?<![\d.])5\d\d(?![\d.])", said, re.I) else "failed"
+        report.failures.append(_failure(address, action, status, said[:1000], True,
+                                        _text(body)[:2000] if len(candidates) == 1 else ""))
     if report.failures:
         report.kind = "detector"
 
