@@ -163,3 +163,108 @@ def test_bounces_fetch_sets_hostile_mail_aside_and_drains_the_mailbox(tmp_path: 
         store.close()
     finally:
         dovecot.stop()
+
+
+def _report(parts: str) -> bytes:
+    return ("From: MAILER-DAEMON@mx.example\r\nTo: bounces@returns.beanmail.example\r\nSubject: failure notice\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="r"\r\n\r\n'
+            f"{parts}--r--\r\n").encode()
+
+
+def test_free_text_recipients_each_get_the_status_written_beside_them() -> None:
+    """A qmail-style report, two recipients, two different troubles: neither takes the other's."""
+    raw = (b"From: MAILER-DAEMON@mx.example\r\nTo: bounces@returns.beanmail.example\r\nSubject: failure notice\r\n\r\n"
+           b"Hi. This is the qmail-send program at mx.example.\r\nI'm afraid I wasn't able to deliver your message"
+           b" to the following addresses.\r\nThis is a permanent error; I've given up.\r\n\r\n<gone@example.com>:\r\n"
+           b"192.0.2.1 does not like recipient.\r\nRemote host said: 550 5.1.1 <gone@example.com>: Recipient address"
+           b" rejected: User unknown in local recipient table\r\nGiving up on 192.0.2.1.\r\n\r\n<full@example.net>:\r\n"
+           b"192.0.2.2 does not like recipient.\r\nRemote host said: 552 5.2.2 <full@example.net>: Mailbox full\r\n"
+           b"Giving up on 192.0.2.2.\r\n\r\n--- Below this line is a copy of the message.\r\n\r\n"
+           b"Return-Path: <bounces+x@returns.beanmail.example>\r\nTo: gone@example.com, full@example.net\r\n\r\nhi\r\n")
+    report = parse(raw)
+    got = {f.address: (f.status, f.reason, f.classification) for f in report.failures}
+    assert got == {"gone@example.com": ("5.1.1", "user-unknown", "hard"),
+                   "full@example.net": ("5.2.2", "mailbox-full", "soft")}
+
+
+def test_a_status_part_without_recipient_blocks_leaves_the_text_to_read() -> None:
+    raw = _report("--r\r\nContent-Type: text/plain\r\n\r\nDelivery to the following recipient failed permanently:\r\n\r\n"
+                  "  gone@example.com\r\n\r\nRemote server said: 550 5.1.1 <gone@example.com>: user unknown (in reply"
+                  " to RCPT TO command)\r\n\r\n--r\r\nContent-Type: message/delivery-status\r\n\r\n"
+                  "Reporting-MTA: dns; mx.example\r\n\r\n")
+    [failure] = parse(raw).failures
+    assert (failure.address, failure.classification, failure.reason) == ("gone@example.com", "hard", "user-unknown")
+
+
+@pytest.mark.parametrize("action", ["failed (bad destination mailbox address)", "failure", "error", "Failed"])
+def test_every_spelling_of_a_failed_action_is_a_failure(action: str) -> None:
+    raw = _report(f"--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+                  f"Final-Recipient: rfc822; gone@example.com\r\nAction: {action}\r\nStatus: 5.1.1\r\n"
+                  f"Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n")
+    [failure] = parse(raw).failures
+    assert (failure.action, failure.classification) == ("failed", "hard")
+
+
+@pytest.mark.parametrize("status, diagnostic, reason, classification", [
+    ("5.1.7", "553 5.1.7 The sender address <noreply@beanmail.example> is not a valid RFC-5321 address", "sender-side",
+     "refused"),
+    ("5.1.8", "553 5.1.8 <noreply@beanmail.example>: Sender address rejected: Domain not found", "sender-side",
+     "refused"),
+    ("5.1.0", "550 5.1.0 <noreply@beanmail.example> sender rejected", "sender-side", "refused"),
+    ("5.7.1", "550 5.7.1 Service unavailable; client host [192.0.2.9] blocked using zen.spamhaus.org", "blocked",
+     "refused"),
+    ("5.7.1", "550 5.7.1 Message rejected as spam by Content Filtering", "spam-detected", "refused"),
+    ("5.7.26", "550 5.7.26 Unauthenticated email from beanmail.example is not accepted due to its DMARC policy",
+     "policy", "refused"),
+    ("4.4.7", "Delivery expired (message too old): 451 4.4.1 connection timed out", "expired", "soft"),
+    ("5.3.4", "552 5.3.4 Message size exceeds fixed limit", "message-too-big", "soft"),
+    ("5.2.2", "552 5.2.2 The email account that you tried to reach is over quota", "mailbox-full", "soft"),
+    ("5.0.0", "550 Unknown user gone@example.com (in reply to end of DATA command)", "filtered", "soft"),
+    ("5.1.1", "550 5.1.1 The email account that you tried to reach does not exist", "user-unknown", "hard"),
+    ("5.4.4", "Host or domain name not found. Name service error for name=nx.example type=A: Host not found",
+     "host-unknown", "hard"),
+])
+def test_reasons_and_what_they_do(status: str, diagnostic: str, reason: str, classification: str) -> None:
+    raw = _report(f"--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+                  f"Final-Recipient: rfc822; someone@example.com\r\nAction: failed\r\nStatus: {status}\r\n"
+                  f"Diagnostic-Code: smtp; {diagnostic}\r\n\r\n")
+    [failure] = parse(raw).failures
+    assert (failure.reason, failure.classification) == (reason, classification)
+
+
+def _ses_mail(message: dict[str, object]) -> bytes:
+    return (b"From: no-reply@sns.amazonaws.com\r\nTo: bounces@returns.beanmail.example\r\n"
+            b"Subject: AWS Notification Message\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n"
+            + json.dumps({"Type": "Notification", "Message": json.dumps(message)}, indent=2).encode() + b"\r\n")
+
+
+def test_ses_notifications_arriving_as_mail_are_read_for_what_they_are() -> None:
+    mail = {"source": "bounces+tok@returns.beanmail.example", "messageId": "m1"}
+    delivery = parse(_ses_mail({"notificationType": "Delivery", "mail": mail,
+                                "delivery": {"recipients": ["fine@example.com"]}}))
+    assert (delivery.kind, delivery.failures) == ("delivery", [])
+    complaint = parse(_ses_mail({"notificationType": "Complaint", "mail": mail, "complaint": {
+        "complainedRecipients": [{"emailAddress": "angry@example.com"}], "complaintFeedbackType": "abuse"}}))
+    assert complaint.complaint and complaint.complained == "angry@example.com" and complaint.failures == []
+    assert "bounces+tok@returns.beanmail.example" in complaint.return_paths
+    full = parse(_ses_mail({"notificationType": "Bounce", "mail": mail, "bounce": {
+        "bounceType": "Transient", "bounceSubType": "MailboxFull",
+        "bouncedRecipients": [{"emailAddress": "full@example.com", "status": "5.2.2",
+                               "diagnosticCode": "smtp; 552 5.2.2 mailbox full"}]}}))
+    assert [(f.address, f.reason, f.classification) for f in full.failures] == [
+        ("full@example.com", "mailbox-full", "soft")]
+    gone = parse(_ses_mail({"notificationType": "Bounce", "mail": mail, "bounce": {
+        "bounceType": "Permanent", "bounceSubType": "General",
+        "bouncedRecipients": [{"emailAddress": "gone@example.com", "status": "5.1.1",
+                               "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]}}))
+    assert [(f.reason, f.classification) for f in gone.failures] == [("user-unknown", "hard")]
+
+
+def test_a_providers_permanent_verdict_yields_to_words_of_a_passing_trouble() -> None:
+    from worker.feedback.parse import Failure
+
+    assert Failure("a@example.com", "failed", "", "552 mailbox full", permanent=True).classification == "soft"
+    assert Failure("a@example.com", "failed", "", "unknown user, mailbox not found",
+                   permanent=True).classification == "hard"
+    assert Failure("a@example.com", "failed", "5.1.1", "550 5.1.1 user unknown",
+                   permanent=False).classification == "soft"

@@ -58,6 +58,9 @@ _AUTO_REPLY = re.compile(r"out of (the )?office|auto(matic|matische)? ?(reply|re
                          r"|away from|autoreply|^auto:", re.I)
 
 
+_PASSING = ("mailbox-full", "message-too-big", "expired", "suspended", "system-error", "network-error")
+
+
 @dataclass(frozen=True)
 class Failure:
     address: str
@@ -79,9 +82,11 @@ class Failure:
             return "delayed"
         if self.action != "failed":
             return "ignored"
-        effect = effect_of(self.why)
+        reason = self.why
+        effect = effect_of(reason)
         if self.permanent is not None and effect in ("hard", "soft"):
-            return "hard" if self.permanent else "soft"
+            # a provider's verdict stands unless the words name a passing trouble ("mailbox full")
+            return "hard" if self.permanent and reason not in _PASSING else "soft"
         return effect
 
 
