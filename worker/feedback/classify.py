@@ -26,8 +26,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "filtered": ("soft", "the recipient's own settings refused it (a filter, a closed list)"),
     "system-error": ("soft", "the recipient's server failed or is misconfigured"),
     "network-error": ("soft", "no route or connection to the recipient's server"),
-    "on-hold": ("soft", "the server could not say what failed"),
-    "undefined": ("soft", "a failure no rule recognises"),
+    "on-hold": ("soft", "neither a status code nor words we know say what failed"),
+    "undefined": ("soft", "a status code no rule knows, and no words we know"),
     "blocked": ("refused", "our IP address or host is blocked (blocklist, reputation, reverse DNS)"),
     "throttled": ("refused", "too many connections or messages: a rate limit"),
     "spam-detected": ("refused", "the message was judged spam"),
@@ -225,8 +225,8 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
         reason = by_status
     else:
         reason = next((name for name, rule in _TEXT_RULES if rule.search(words)), "") or by_status
-    if not reason:
-        reason = "expired" if status.startswith("4.") and action == "failed" else "undefined"
+    if not reason:  # no words we know: a status says something failed, none says nothing at all
+        reason = "expired" if status.startswith("4.") and action == "failed" else "undefined" if status else "on-hold"
     at_rcpt = bool(_RCPT_STAGE.search(text) or _RCPT_STAGE.search(context))
     if reason == "filtered" and by_status == "filtered" and at_rcpt and _says("user-unknown", words):
         reason = "user-unknown"  # 5.2.1 "User Unknown" in reply to RCPT TO: the address is gone
