@@ -221,12 +221,14 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
         return "sender-side"
     words = _ADDRESS_IN_TEXT.sub("ADDRESS", text)  # an address's letters are no words ("spam@", "block.example")
     by_status = next((reason for pattern, reason in _STATUS_RULES if pattern.match(status)), "")
-    if by_status in _DECISIVE:
+    if by_status in _DECISIVE and not (by_status == "filtered" and _DEFINITE.search(words)):
         reason = by_status
     else:
         reason = next((name for name, rule in _TEXT_RULES if rule.search(words)), "") or by_status
     if not reason:  # no words we know: a status says something failed, none says nothing at all
         reason = "expired" if status.startswith("4.") and action == "failed" else "undefined" if status else "on-hold"
+    if reason == "suspended" and by_status == "user-unknown":
+        reason = "user-unknown"  # "5.1.1 inactive email address": with a bad-mailbox status, gone for good
     at_rcpt = bool(_RCPT_STAGE.search(text) or _RCPT_STAGE.search(context))
     if reason == "filtered" and by_status == "filtered" and at_rcpt and _says("user-unknown", words):
         reason = "user-unknown"  # 5.2.1 "User Unknown" in reply to RCPT TO: the address is gone

@@ -478,17 +478,12 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
     if original is not None:
         theirs |= {_addr(_header(original, h)) for h in ("From", "Return-Path", "Sender", "Reply-To")}
         theirs |= {a.lower() for a in _ADDRESS.findall(_header(original, "Message-ID"))}
-    candidates = _named(body, theirs, quoted_headers=False) or _named(body, theirs, quoted_headers=True)
-    if not candidates:
-        try:
-            _, permanent = all_failures(msg)
-            temporary = set()
-        except Exception:  # noqa: BLE001 - a detector choking on odd mail leaves the rest to try
-            temporary, permanent = set(), set()
-        for a in [*permanent, *temporary]:
-            a = (a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)).strip("<>").lower()
-            if "@" in a and a not in theirs and a not in candidates:
-                candidates.append(a)
+    detected = _detected(msg, theirs)
+    named = _named(body, theirs, quoted_headers=False) or _named(body, theirs, quoted_headers=True)
+    listed = [a for a in named if any(a in line.lower() and _looks_like_recipient_line(line)
+                                      for line in body.split("\n"))]
+    # both agree; else the addresses the report lists as failed; else the detectors'; else any named
+    candidates = [a for a in named if a in detected] or listed or detected or named
     if not candidates and original is not None:
         candidates = [a for a in (_addr(x[1]) for x in getaddresses([_header(original, "To")])) if a][:1]
     for address in candidates:
@@ -503,6 +498,20 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
                                         _text(body)[:2000] if len(candidates) == 1 else ""))
     if report.failures:
         report.kind = "detector"
+
+
+def _detected(msg: Message, theirs: set[str]) -> list[str]:
+    """What flufl.bounce's detectors find (each knows one MTA's format)."""
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # noqa: BLE001 - a detector choking on odd mail leaves the rest to try
+        return []
+    out: list[str] = []
+    for a in [*permanent, *temporary]:
+        a = (a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)).strip().strip("<>").lower()
+        if _VALID.fullmatch(a) and a not in theirs and a not in out:
+            out.append(a)
+    return out
 
 
 def _named(body: str, theirs: set[str], *, quoted_headers: bool) -> list[str]:
