@@ -27,7 +27,7 @@ References = Callable[[Path], "dict[str, list[Verdict] | None]"]
 # suppressed at once
 FLOORS: dict[tuple[str, str], tuple[float, float, float, int]] = {
     ("flufl.bounce", "its own table"): (0.96, 0.96, 1.0, 0),
-    ("flufl.bounce", "Sisimai (Debian)"): (0.95, 0.95, 0.95, 1),
+    ("flufl.bounce", "Sisimai (Debian)"): (0.95, 0.95, 0.96, 0),
     ("sisimai set-of-emails", "Sisimai (Debian)"): (0.98, 0.99, 0.95, 8),
 }
 

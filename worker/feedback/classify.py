@@ -105,7 +105,7 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                    r"8-?bit (data|mime)", r"illegal (character|content)", r"line too long")),
     ("system-error", _rx(r"command output:", r"pipe to \|", r"procmail:", r"mailbox_command", r"mail ?drop")),
     ("network-error", _rx(r"not found, try again", r"temporary (dns|lookup) failure", r"name server reply")),
-    ("has-moved", _rx(r"has moved", r"no longer (valid|available|at|with)", r"moved (to|permanently)",
+    ("has-moved", _rx(r"has moved", r"no longer (at|with)\b", r"moved (to|permanently)",
                       r"address (has )?changed", r"new address")),
     ("mailbox-full", _rx(r"(mailbox|mail box|mailfolder|inbox|account|user|disk|quota|storage)[^.;]{0,40}"
                          r"(full|exceeded|over|limit)", r"over ?quota", r"quota (exceeded|exceed|full|violation)",
@@ -127,7 +127,8 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                          r"no (such|valid) (user|recipient|mailbox|address|account|local ?part|person)",
                          r"(unknown|invalid|non-?existent) (user|recipient|mailbox|e-?mail address|account|addressee|"
                          r"local ?part|alias)", r"user doesn'?t have", r"no mailbox (here|by that name)",
-                         r"not our customer", r"unknown local", r"recipient address rejected(\.|$| \(in reply)", r"doesn'?t have an? .{0,20}"
+                         r"not our customer", r"unknown local", r"recipient address rejected(\.|$| \(in reply)", r"(address|mailbox|account) is (wrong or )?no longer "
+                         r"(valid|available|in use)", r"doesn'?t have an? .{0,20}"
                          r"account", r"no account", r"not a (valid|known) (user|recipient|mailbox)",
                          r"no one (here )?by that name", r"does not have an? (account|mailbox)",
                          r"mailbox (does not|doesn'?t) exist", r"account (that you tried to reach )?does not exist",
