@@ -268,3 +268,28 @@ def test_a_providers_permanent_verdict_yields_to_words_of_a_passing_trouble() ->
                    permanent=True).classification == "hard"
     assert Failure("a@example.com", "failed", "5.1.1", "550 5.1.1 user unknown",
                    permanent=False).classification == "soft"
+
+
+@pytest.mark.parametrize("shape", ["30000 named in text", "10000 DSN blocks"])
+def test_a_report_naming_thousands_of_recipients_is_read_for_its_first_hundred_quickly(shape: str) -> None:
+    """A MiB of report (the most read) takes a second, not minutes."""
+    if shape == "30000 named in text":
+        raw = (b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered\r\n\r\n"
+               + b"".join(b"<u%d@example.com>: 550 5.1.1 user unknown\r\n" % i for i in range(30000)))
+    else:
+        raw = _report("--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n" + "".join(
+            f"Final-Recipient: rfc822; u{i}@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n" for i in range(10000)))
+    started = time.monotonic()
+    report = parse(raw)
+    assert time.monotonic() - started < 5
+    assert len(report.failures) == 100 and report.failures[0].address == "u0@example.com"
+    assert {f.classification for f in report.failures} == {"hard"}
+
+
+def test_a_mebibyte_of_short_lines_after_a_bounce_is_read_in_seconds() -> None:
+    raw = (b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\n\r\n<gone@example.com>: 550 5.1.1 user"
+           b" unknown (in reply to RCPT TO command)\r\n\r\n" + b"x\n" * 500000)
+    started = time.monotonic()
+    [failure] = parse(raw).failures
+    assert time.monotonic() - started < 5
+    assert (failure.address, failure.classification) == ("gone@example.com", "hard")

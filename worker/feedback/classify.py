@@ -210,7 +210,8 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
     """A reason from REASONS for one recipient's failure; ``context``, the report's lines about
     the recipient, may tell the SMTP command it failed at."""
     status = status or ""
-    text = " ".join(diagnostic.split())
+    text = " ".join(diagnostic[:4000].split())
+    context = context[:4000]
     if action == "delivered" or status.startswith("2."):
         return "delivered"
     if _SENDER_COMMANDS.search(text) and not re.search(r"user|mailbox|recipient", text, re.I):

@@ -28,6 +28,8 @@ COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")  # not-spam and auth-fail
 MAX_PARSE = 1024 * 1024  # a bounce's head: what carries the report (the original message may follow whole)
 MAX_BOUNDARIES = 64  # multipart boundaries declared: each can nest one level; real reports have a few
 MAX_PARTS = 500
+MAX_DETECT = 64 * 1024  # what flufl.bounce's detectors read
+MAX_RECIPIENTS = 100  # per report: a bounce naming more is read for its first hundred
 
 _STATUS_IN_TEXT = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 _REPLY_IN_TEXT = re.compile(r"(?<![\d.-])([245]\d\d)[ -]")
@@ -165,7 +167,7 @@ def _parse(raw: bytes) -> Report:
             report.complained = _addr(_header(original, "To"))
     if report.kind != "arf":
         _ses(report, text.body) or _dsn(report, status_parts, text.body) or _free_form(report, msg, text.body,
-                                                                                     original)
+                                                                                     original, raw)
     if report.kind == "unknown" and not report.note:
         report.note = "auto-reply" if _is_auto_reply(msg) else "not a bounce"
         if report.note == "auto-reply":
@@ -200,7 +202,7 @@ def _parts(msg: Message) -> list[tuple[Message, bool]] | None:
         if len(out) > MAX_PARTS:
             return None
         payload = part.get_payload()
-        if isinstance(payload, list):
+        if isinstance(payload, list) and not part.get_content_type().endswith("delivery-status"):  # its blocks
             enclosed = inside or part.get_content_type() in ("message/rfc822", "message/global")
             stack.extend((p, enclosed) for p in reversed(payload) if isinstance(p, Message))
     return out
@@ -347,7 +349,7 @@ def _dsn(report: Report, status_parts: list[Message], body: str) -> bool:
             re.search(r"^(Final|Original)-Recipient:", body, re.I | re.M):
         blocks = _field_blocks(body[re.search(r"^(Reporting-MTA|Final-Recipient|Original-Recipient|Arrival-Date):",
                                                body, re.I | re.M).start():])  # type: ignore[union-attr]
-    for block in blocks:
+    for block in blocks[:MAX_RECIPIENTS + 1]:  # the first is the per-message block
         # where it failed (RFC 3464 requires it; Sisimai reads it too); the intake ties it to our recipient
         address = _addr(_header(block, "Final-Recipient")) or _addr(_header(block, "Original-Recipient")) \
             or _addr(_header(block, "X-Actual-Recipient"))
@@ -466,7 +468,7 @@ def _is_auto_reply(msg: Message) -> bool:
         bool(_AUTO_REPLY.search(_header(msg, "Subject")))
 
 
-def _free_form(report: Report, msg: Message, body: str, original: Message | None) -> None:
+def _free_form(report: Report, msg: Message, body: str, original: Message | None, raw: bytes) -> None:
     """Bounces that are no DSN: the recipients the notification's own words name, each with the
     lines about it; flufl.bounce's detectors when the words name none; the enclosed original's
     To when nothing else does."""
@@ -478,7 +480,7 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
     if original is not None:
         theirs |= {_addr(_header(original, h)) for h in ("From", "Return-Path", "Sender", "Reply-To")}
         theirs |= {a.lower() for a in _ADDRESS.findall(_header(original, "Message-ID"))}
-    detected = _detected(msg, theirs)
+    detected = _detected(raw, theirs)
     named = _named(body, theirs, quoted_headers=False) or _named(body, theirs, quoted_headers=True)
     listed = [a for a in named if any(a in line.lower() and _looks_like_recipient_line(line)
                                       for line in body.split("\n"))]
@@ -500,10 +502,12 @@ def _free_form(report: Report, msg: Message, body: str, original: Message | None
         report.kind = "detector"
 
 
-def _detected(msg: Message, theirs: set[str]) -> list[str]:
-    """What flufl.bounce's detectors find (each knows one MTA's format)."""
+def _detected(raw: bytes, theirs: set[str]) -> list[str]:
+    """What flufl.bounce's detectors find (each knows one MTA's format) in the report's head:
+    they read every line, slowly, and the failed addresses come first."""
     try:
-        temporary, permanent = all_failures(msg)
+        temporary, permanent = all_failures(_repaired(message_from_bytes(raw[:MAX_DETECT], policy=policy.compat32),
+                                                      raw[:MAX_DETECT]))
     except Exception:  # noqa: BLE001 - a detector choking on odd mail leaves the rest to try
         return []
     out: list[str] = []
@@ -538,6 +542,8 @@ def _named(body: str, theirs: set[str], *, quoted_headers: bool) -> list[str]:
                          r"send mail to|mailto:?)[^@]{0,20}$", line[:m.start()], re.I):
                 continue
             candidates.append(address)
+            if len(candidates) >= MAX_RECIPIENTS:
+                return candidates
     return candidates
 
 
