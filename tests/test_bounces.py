@@ -36,6 +36,13 @@ def nested(depth: int) -> bytes:
     return head + body + b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
 
 
+def rfc822_nested(depth: int) -> bytes:
+    raw = b"From: someone@example.com\r\nSubject: x\r\n\r\nx\r\n"
+    for _ in range(depth):
+        raw = b"From: MAILER-DAEMON@mx.example\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n" + raw
+    return raw
+
+
 def many_parts(count: int) -> bytes:
     parts = b"".join(b"--p\r\nContent-Type: text/plain\r\n\r\nx%d\r\n" % i for i in range(count))
     return (b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n"
@@ -65,6 +72,7 @@ def hostile() -> dict[str, bytes]:
              "nothing about anybody\n").encode("latin-1")
     return {
         "nested 2000 deep": nested(2000),
+        "message/rfc822 5000 deep": rfc822_nested(5000),
         "20000 parts": many_parts(20000),
         "latin-1 with NULs": latin,
         "truncated report": dsn(RETURN_PATH, {"cut@example.com": ("5.1.1", "550 5.1.1 no such user")})[:260],
@@ -126,6 +134,18 @@ def test_beanmail_bounce_records_hostile_mail_as_ignored_and_exits_0(store_locat
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().strip().splitlines()[-1].split() == ["hard", "ze@example.com", "latin:1", "suppressed"]
     assert store.suppressed("ze@example.com")[0] == "bounce"
+    # an auto-reply and an SES delivery notice to a return path of ours: ignored, nobody suppressed
+    away = _remember(store, "away:1", "away@example.com")
+    auto = (f"From: away@example.com\r\nTo: {away}\r\nSubject: Out of Office: Welcome\r\n"
+            "Auto-Submitted: auto-replied\r\n\r\nI am away until Monday.\r\n").encode()
+    delivered = _ses_mail({"notificationType": "Delivery", "mail": {"source": away, "messageId": "m2"},
+                           "delivery": {"recipients": ["away@example.com"]}})
+    for raw, why in ((auto, "ignored: auto-reply"), (delivered, "ignored: a delivery notification")):
+        proc = subprocess.run([str(VENV_BIN / "beanmail"), "bounce"], env=env, input=raw, capture_output=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.decode().strip().splitlines()[-1] == why
+    assert store.suppressed("away@example.com") is None
     store.close()
 
 

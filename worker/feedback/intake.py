@@ -84,7 +84,7 @@ class Intake:
 
     def apply(self, report: Report, match: Match | None, why: str, *, source: str, raw: str) -> list[Handled]:
         log = get_logger()
-        if report.kind == "unknown" or (report.kind == "arf" and not report.complaint):
+        if report.ignored:  # nothing a bounce (auto-replies, delivery notices, unreadable mail, ARF not-spam)
             bid = self.store.record_bounce(source=source, kind=report.kind, classification="ignored",
                                            address=report.complained,
                                            detail=report.feedback_type or report.note or "not a bounce",

@@ -107,6 +107,12 @@ class Report:
     def complaint(self) -> bool:
         return self.kind in ("arf", "webhook", "ses") and self.feedback_type in COMPLAINT_TYPES
 
+    @property
+    def ignored(self) -> bool:
+        """No bounce and no complaint: recorded only, with ``note`` (or the feedback type) saying why."""
+        return self.kind in ("unknown", "auto-reply", "delivery") or (self.kind == "arf" and not self.complaint) \
+            or (self.kind == "ses" and not self.complaint and not self.failures)
+
 
 def parse(raw: bytes) -> Report:
     """Never raises: a message that cannot be read is an ``unknown`` report saying why."""
@@ -182,12 +188,15 @@ def _repaired(msg: Message, raw: bytes) -> Message:
     boundary = msg.get_boundary() if msg.get_content_maintype() == "multipart" else None
     if not boundary or (msg.is_multipart() and msg.get_payload()):
         return msg
-    head, sep, body = raw.partition(b"\r\n\r\n") if b"\r\n\r\n" in raw[:raw.find(b"\n\n") + 2 or len(raw)] \
-        else raw.partition(b"\n\n")
-    found = re.search(rb"^--([^\s\x00]{1,70}?)\r?$", body, re.M)
-    if not found or not sep or boundary.encode("utf-8", "replace") not in head:
+    blank = re.search(rb"\r?\n\r?\n", raw)
+    if blank is None:
         return msg
-    fixed = head.replace(boundary.encode("utf-8", "replace"), found.group(1), 1) + sep + body
+    head, body = raw[:blank.start()], raw[blank.start():]
+    found = re.search(rb"^--([^\s\x00]{1,70}?)\r?$", body, re.M)
+    declared = boundary.encode("utf-8", "replace")
+    if not found or declared not in head:
+        return msg
+    fixed = head.replace(declared, found.group(1), 1) + body
     return message_from_bytes(fixed, policy=policy.compat32)
 
 
