@@ -65,7 +65,9 @@ _DEFINITE = re.compile(r"recipient name is not recognized|not listed in (the )?(
                        r"address couldn'?t be found(?!, or is unable)|recipientnotfound|invalid final delivery userid|"
                        r"user not exist|no valid recipients|email address wasn.t found|\binvalid recipient\b|"
                        r"recipient address rejected: access denied|mail\.local: unknown user|"
-                       r"ディレクトリのリストにありません|\[bounce category: bad-mailbox\]", re.I)  # the last: Exchange Online's unknown
+                       r"ディレクトリのリストにありません|\[bounce category: bad-mailbox\]", re.I)
+# ("access denied" after "recipient address rejected" is Exchange Online's unknown recipient; the
+# Japanese is Lotus Notes' "not in the directory"; the category is PowerMTA's own verdict)
 
 # Most specific first: the first reason whose words appear wins over the status code.
 _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
@@ -166,7 +168,8 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
 
 _STATUS_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^[45]\.1\.[78]$"), "sender-side"),
-    (re.compile(r"^5\.1\.(1|3|0)$"), "user-unknown"),
+    # 5.1.0, "other address status", is the recipient's unless the words speak of the sender (above)
+    (re.compile(r"^5\.1\.[013]$"), "user-unknown"),
     (re.compile(r"^5\.1\.2$"), "host-unknown"),
     (re.compile(r"^5\.1\.10$"), "user-unknown"),  # RFC 7505's null MX, which Microsoft uses for "recipient not found"
     (re.compile(r"^[45]\.1\.6$"), "has-moved"),
@@ -216,13 +219,13 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
         return "delivered"
     if _SENDER_COMMANDS.search(text) and not re.search(r"user|mailbox|recipient", text, re.I):
         for reason in ("blocked", "spam-detected", "policy"):
-            if _rule(reason).search(text):
+            if _says(reason, text):
                 return reason
         return "sender-side"
     if re.match(r"^[45]\.1\.[78]$", status):
         return "sender-side"
     words = _ADDRESS_IN_TEXT.sub("ADDRESS", text)  # an address's letters are no words ("spam@", "block.example")
-    by_status = next((reason for pattern, reason in _STATUS_RULES if pattern.match(status)), "")
+    by_status = next((reason for pattern, reason in _STATUS_RULES if pattern.match(status)), "")  # "" for none
     if by_status in _DECISIVE and not (by_status == "filtered" and _DEFINITE.search(words)):
         reason = by_status
     else:
@@ -244,10 +247,6 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
     if temporary and effect_of(reason) == "hard":
         reason = _TEMPORARY_OF[reason]
     return reason
-
-
-def _rule(reason: str) -> re.Pattern[str]:
-    return next(rule for name, rule in _TEXT_RULES if name == reason)
 
 
 def _says(reason: str, words: str) -> bool:
