@@ -32,7 +32,7 @@ MAX_DETECT = 64 * 1024  # what flufl.bounce's detectors read
 MAX_RECIPIENTS = 100  # per report: a bounce naming more is read for its first hundred
 
 _STATUS_IN_TEXT = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
-_REPLY_IN_TEXT = re.compile(r"(?<![\d.-])([245]\d\d)[ -]")
+_REPLY_IN_TEXT = re.compile(r"(?<![\d.-])([45]\d\d)[ -]")  # a failure's reply code
 _ADDRESS = re.compile(r"(?:\"[^\"\n@]+\"|(?<![\w/&=%.+'-])[\w.+'=%-]+)@[\w-]+(?:\.[\w-]+)+", re.A)
 _VALID = re.compile(r'("[^"\n]+"|[^@\s"<>(),;:]+)@[\w-]+(\.[\w-]+)+')
 _ORIGINAL_STARTS = re.compile(
@@ -49,7 +49,7 @@ _SENDER_INTRO = re.compile(r"(sent by|message from|sender)\s*:?\s*$", re.I)
 _QUOTED_HEADER = re.compile(r"^\s*(to|cc|bcc|subject|date)\s*:", re.I)
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|maildaemon|mailer_daemon|nobody|noreply|no-reply"
                      r"|root|bounce[s]?|double-bounce)$", re.I)
-_BOUNCE_SENDER = re.compile(r"mailer-daemon|postmaster|mail delivery|mailer_daemon|maildaemon|mail administrator"
+_BOUNCE_SENDER = re.compile(r"mailer-daemon|post_?master|mail delivery|mailer_daemon|maildaemon|mail administrator"
                             r"|delivery subsystem|nobody@|bounce", re.I)
 _BOUNCE_SUBJECT = re.compile(r"undeliver|undelivered|not (be )?delivered|delivery (status|fail|notification|problem"
                              r"|has failed|report)|returned mail|failure notice|mail (system )?error|non[- ]?deliver|"
@@ -159,9 +159,10 @@ def _parse(raw: bytes) -> Report:
             texts.append(_decoded(part, html=ctype == "text/html"))
         if original is None and part is not msg:
             original = _headers_of(part)
-    if not texts and not status_parts:  # a report whose boundary never comes: its text is all preamble
-        payload = msg.get_payload()
-        texts.append(msg.preamble or "" if isinstance(payload, list) else str(payload))
+    if not texts and not status_parts:  # a multipart whose boundary never comes is all text (or preamble)
+        texts = [str(part.get_payload()) for part, inside in parts if not inside
+                 and part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), str)]
+        texts = texts or [msg.preamble or ""]
     text = _notification(texts)
     if original is None and text.original:
         original = HeaderParser().parsestr(text.original)
