@@ -14,7 +14,8 @@ if [ "$what" = test ] || [ "$what" = bench ]; then
   packages+=(dnsmasq-base postfix postgresql php-cli php-pda-pheanstalk ruby ruby-beaneater openssl curl dovecot-imapd dovecot-lmtpd
             chromium chromium-driver  # the console's browser tests (selenium drives Debian's build)
             prometheus  # promtool tests docs/alerts
-            opendkim-tools)  # opendkim-testmsg: the second DKIM verifier in tests/test_dkim.py
+            opendkim-tools  # opendkim-testmsg: the second DKIM verifier in tests/test_dkim.py
+            libsisimai-perl)  # the bounce conformance tier's reference verdicts (Sisimai 4.x, BSD-2)
 fi
 
 missing=()
@@ -51,6 +52,19 @@ if [ "$what" = test ]; then
     tar -xzf var/conformance/sdist/*.tar.gz -C "$django_tests" --strip-components=1 --wildcards '*/tests/mail/*' "*-$django_version/LICENSE"
     rm -rf var/conformance/sdist
   fi
+fi
+
+# the bounce conformance tier's corpus: flufl.bounce's test messages (Apache-2.0), from its sdist on PyPI
+if [ "$what" = test ] && [ ! -f var/corpora/flufl-bounce/.complete ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --no-binary :all: flufl.bounce==6.0.0 -d "$tmp" >/dev/null
+  tar -xzf "$tmp"/flufl_bounce-6.0.0.tar.gz -C "$tmp"
+  rm -rf var/corpora/flufl-bounce && mkdir -p var/corpora/flufl-bounce
+  cp "$tmp"/flufl_bounce-6.0.0/tests/data/*.txt var/corpora/flufl-bounce/
+  cp "$tmp"/flufl_bounce-6.0.0/tests/test_detectors.py var/corpora/flufl-bounce/.expected.py  # its own verdicts
+  cp "$tmp"/flufl_bounce-6.0.0/LICENSE var/corpora/flufl-bounce/.LICENSE
+  touch var/corpora/flufl-bounce/.complete
+  rm -rf "$tmp"
 fi
 
 # the development catcher (MailCatcher's ports: SMTP 1025, web 1080), from the npm registry

@@ -86,6 +86,9 @@ def cmd_bounce(settings: Settings, args: argparse.Namespace) -> int:
     except StoreCorrupt:
         raise
     for h in handled:
+        if h.classification == "ignored":
+            print(f"ignored: {h.detail}")
+            continue
         print(f"{h.classification} {h.address} {h.key}".rstrip() + (" suppressed" if h.suppressed else ""))
     return 0
 

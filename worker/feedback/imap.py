@@ -4,8 +4,9 @@ the same intake as the pipe, and mark it handled so the next run skips it.
 
 ``BEANMAIL_BOUNCE_MAILBOX=imaps://user:pass@host[:port]/INBOX`` (``imap://`` for STARTTLS;
 ``?cafile=PATH`` to trust a private CA; ``?move=Folder`` to move handled messages there, each
-flagged ``$BeanmailHandled`` first, so a failed move never brings one back). Run it from cron or a supervisord program;
-one fetcher at a time per mailbox.
+flagged ``$BeanmailHandled`` first, so a failed move never brings one back). A message the intake
+cannot handle is flagged ``$BeanmailFailed`` as well and set aside like the rest: the mailbox
+drains. Run it from cron or a supervisord program; one fetcher at a time per mailbox.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..store import StoreUnavailable
 from .intake import Intake
 
 HANDLED = "$BeanmailHandled"
+UNHANDLED = "$BeanmailFailed"  # with HANDLED: an operator can SEARCH KEYWORD $BeanmailFailed and look
 BATCH = 200  # messages per run: a flood is drained over several runs, never all in memory
 
 
@@ -96,6 +98,14 @@ def fetch(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
             except StoreUnavailable:
                 get_logger().error("store unavailable: bounce left in the mailbox for the next run", uid=uid.decode())
                 raise
+            except Exception as exc:  # noqa: BLE001 - one message we cannot handle must not stop the mailbox draining
+                get_logger().error("bounce could not be handled: flagged and set aside", uid=uid.decode(),
+                                   error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                imap.uid("STORE", uid, "+FLAGS.SILENT", f"({UNHANDLED})")
+                counts["failed"] = counts.get("failed", 0) + 1
+                counts["messages"] += 1
+                _mark(imap, uid, box, can_move)
+                continue
             for h in handled:
                 counts[h.classification] = counts.get(h.classification, 0) + 1
             counts["messages"] += 1

@@ -32,6 +32,7 @@ class Handled:
     address: str = ""
     key: str = ""
     suppressed: bool = False
+    detail: str = ""  # for an ignored report: why
 
 
 @dataclass(frozen=True)
@@ -94,17 +95,19 @@ class Intake:
         report = parse(raw)
         addresses = [recipient] if recipient else []
         match, why = self.match([*addresses, *report.return_paths])
-        text = raw.decode("utf-8", "replace")
+        text = raw.decode("utf-8", "replace").replace("\x00", "")  # PostgreSQL text holds no NUL
         return self.apply(report, match, why, source=source, raw=text)
 
     def apply(self, report: Report, match: Match | None, why: str, *, source: str, raw: str) -> list[Handled]:
         log = get_logger()
-        if report.kind == "unknown" or (report.kind == "arf" and not report.complaint):
+        if report.ignored:  # nothing a bounce (auto-replies, delivery notices, unreadable mail, ARF not-spam)
             bid = self.store.record_bounce(source=source, kind=report.kind, classification="ignored",
-                                           address=report.complained, detail=report.feedback_type or "not a bounce",
+                                           address=report.complained,
+                                           detail=report.feedback_type or report.note or "not a bounce",
                                            raw=raw)
-            log.info("feedback ignored", source=source, kind=report.kind, feedback_type=report.feedback_type or None)
-            return [Handled(bid, "ignored")]
+            log.info("feedback ignored", source=source, kind=report.kind, feedback_type=report.feedback_type or None,
+                     reason=report.note or None)
+            return [Handled(bid, "ignored", detail=report.feedback_type or report.note or "not a bounce")]
         if match is None:
             address = report.complained or (report.failures[0].address if report.failures else "")
             bid = self.store.record_bounce(source=source, kind=report.kind, classification="unmatched",
@@ -122,7 +125,7 @@ class Intake:
         if report.complaint:
             return [self._complaint(report, match, source, raw)]
         handled = [self._bounce(self._failure(report, match), match, source, raw, report.kind)]
-        if match.bulk and any(h.classification in ("hard", "soft") for h in handled):
+        if match.bulk and any(h.classification in ("hard", "soft", "refused") for h in handled):
             self.brake.check()
         return handled
 
@@ -135,7 +138,7 @@ class Intake:
         failures = report.failures or [Failure(ours, "failed", "", "no recipient in the report")]
         f = next((f for f in failures if f.address == ours), None) \
             or next((f for f in failures if f.action == "failed"), failures[0])
-        return Failure(ours, f.action, f.status, f.diagnostic, f.detected, f.permanent)
+        return replace(f, address=ours)  # its status, diagnostic and reason kept
 
     def _bounce(self, f: Failure, match: Match, source: str, raw: str, kind: str) -> Handled:
         s = self.settings
@@ -144,7 +147,7 @@ class Intake:
                                        classification=classification, address=f.address, key=match.key,
                                        status=f.status, detail=f.diagnostic, raw=raw)
         suppressed = False
-        if classification in ("hard", "soft"):
+        if classification in ("hard", "soft", "refused"):  # refused: the address is fine, never suppressed
             self.store.note_bounce(match.key, f"bounced after it was accepted ({classification}): {f.status}".strip(),
                                    f.diagnostic)
         if classification == "hard":
