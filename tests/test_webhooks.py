@@ -64,10 +64,15 @@ class Hooks:
         return verp.make_token(key, joined, SECRET)
 
     def ses_bounce(self, token: str, address: str, bounce_type: str = "Transient", **sns: Any) -> bytes:
+        # a permanent bounce for an address that is gone; a transient one for a full mailbox (a
+        # "Permanent" whose words say the mailbox is full is soft: the classifier reads the words)
+        gone = bounce_type == "Permanent"
         message = {"notificationType": "Bounce",
-                   "bounce": {"bounceType": bounce_type, "bounceSubType": "MailboxFull",
-                              "bouncedRecipients": [{"emailAddress": address, "status": "4.2.2", "action": "failed",
-                                                     "diagnosticCode": "smtp; 452 4.2.2 Mailbox full"}]},
+                   "bounce": {"bounceType": bounce_type, "bounceSubType": "NoEmail" if gone else "MailboxFull",
+                              "bouncedRecipients": [{
+                                  "emailAddress": address, "status": "5.1.1" if gone else "4.2.2", "action": "failed",
+                                  "diagnosticCode": "smtp; 550 5.1.1 user unknown" if gone
+                                  else "smtp; 452 4.2.2 Mailbox full"}]},
                    "mail": {"source": verp.return_path(RETURN_PATH, token), "destination": [address]}}
         return self.signers.sns(message, **sns)
 
@@ -345,7 +350,7 @@ REASONS = [
     ("mailgun", {"event": "failed", "severity": "permanent", "reason": "generic",
                  "delivery-status": {"enhanced-code": "5.1.1"}}, "hard", "bounce"),
     ("mailgun", {"event": "failed", "severity": "permanent", "reason": "generic",
-                 "delivery-status": {"enhanced-code": "5.7.1"}}, "soft", None),
+                 "delivery-status": {"enhanced-code": "5.7.1"}}, "refused", None),  # policy: the address is fine
     ("sendgrid", {"event": "dropped", "reason": "Unsubscribed Address"}, "unsubscribe", "unsubscribe"),
     ("sendgrid", {"event": "dropped", "reason": "Spam Reporting Address"}, "complaint", "complaint"),
     ("sendgrid", {"event": "dropped", "reason": "Invalid"}, "hard", "bounce"),
