@@ -76,8 +76,10 @@ def _server(url: str, timeout: float) -> Beanstalk:
         with client:
             stats = client.stats()
             out.version, out.workers = str(stats.get("version", "")), int(stats["current-workers"])
-            for tube in sorted(set(client.tubes()) - {"default"}):
+            for tube in sorted(client.tubes()):
                 s = client.stats_tube(tube)
+                if tube == "default" and not any(int(s[f"current-jobs-{state}"]) for state in STATES):
+                    continue  # every connection's tube until it says `use`: shown when a job landed there
                 client.use(tube)
                 oldest = 0
                 for peek in (client.peek_ready, client.peek_delayed, client.peek_buried):
@@ -88,7 +90,8 @@ def _server(url: str, timeout: float) -> Beanstalk:
                 out.tubes.append({
                     "tube": tube, "ready": int(s["current-jobs-ready"]), "reserved": int(s["current-jobs-reserved"]),
                     "delayed": int(s["current-jobs-delayed"]), "buried": int(s["current-jobs-buried"]),
-                    "watching": int(s["current-watching"]), "paused": int(s["pause-time-left"]),
+                    # this connection watches `default` too (every connection does): not a worker
+                    "watching": int(s["current-watching"]) - (tube == "default"), "paused": int(s["pause-time-left"]),
                     "oldest": oldest,
                 })
     except (OSError, greenstalk.Error) as exc:

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client import exposition as _exposition
 
 from ..store import LATENCY_BUCKETS, StoreCorrupt, StoreUnavailable
-from . import figures
+from . import figures, health
 
 if TYPE_CHECKING:
     from .app import Console
@@ -22,6 +22,9 @@ class PoolCollector:
         self.console = console
 
     def collect(self) -> Iterator[Metric]:
+        problems = health.check(self.console)
+        yield GaugeMetricFamily("beanmail_healthy", "1 when mail can go out, as /healthz judges (0: see /healthz"
+                                " for why)", value=0 if problems else 1)
         up = GaugeMetricFamily("beanmail_up", "1 when the console could read the component at this scrape",
                                labels=["component"])
         bs = figures.beanstalk(self.console.settings)
@@ -39,6 +42,11 @@ class PoolCollector:
             yield jobs
             yield GaugeMetricFamily("beanmail_workers", "connections reserving jobs from beanstalkd"
                                     " (worker loops and fan-out)", value=bs.workers)
+            watchers = GaugeMetricFamily("beanmail_tube_watchers", "connections watching each tube (workers)",
+                                         labels=["tube"])
+            for t in bs.tubes:
+                watchers.add_metric([t["tube"]], t["watching"])
+            yield watchers
             oldest = GaugeMetricFamily("beanmail_tube_oldest_job_seconds", "age of the oldest job beanstalkd"
                                        " shows in each tube (next ready, next delayed, first buried)", labels=["tube"])
             for t in bs.tubes:
