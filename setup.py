@@ -17,6 +17,7 @@ WORKER = [
     "cryptography>=41",  # reads any PEM key for dkimpy, writes new ones
     "flufl.bounce>=4.0",  # detectors for bounces that are not RFC 3464 DSNs
     "prometheus_client>=0.17",  # the console's /metrics
+    "standardwebhooks>=1.0",  # signs delivery events (worker/events/deliver.py), MIT
 ]
 
 setup(

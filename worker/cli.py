@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .digest.commands import add_parser as add_digest_parser
 
     add_digest_parser(sub)  # beanmail digest run | flush [--all] | prefs ... | status
+    from .events import commands as events_commands
+
+    events_commands.register(sub)  # beanmail events run [--burst], inbound
     return p
 
 

@@ -1,0 +1,265 @@
+"""Delivery events out (docs/events.md): queued on a real beanstalkd, POSTed by the events runner
+to a real local HTTP endpoint, signed as Standard Webhooks say (checked with the
+``standardwebhooks`` package), retried while the endpoint is down, buried with a reason when it
+refuses, spooled when beanstalkd is away; and received in Python (``producer.events.verify``,
+the Django view and signals)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from producer.events import EventVerificationError, verify
+from worker import ops
+from worker.events.deliver import Endpoint as Signer
+from worker.events.deliver import Runner
+from worker.events.emit import Emitter
+from worker.events.model import BOUNCED, SENT, Event, Queued, event_id
+from worker.settings import Settings, SettingsError, validate
+
+from .conftest import bare_env, beanmail
+from .endpoint import Endpoint
+from .servers import Beanstalkd, free_port, wait_until
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+OTHER = "whsec_" + base64.b64encode(b"o" * 32).decode()
+
+
+def sent(n: int, **extra: Any) -> Event:
+    return Event(SENT, f"comment:{n}", f"user{n}@example.com", "comment", {"issue": {"id": n}},
+                 {"reply": "250 2.0.0 Ok: queued"}, **extra)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    e = Endpoint().start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def events_settings(beanstalkd: Beanstalkd, endpoint: Endpoint, tmp_path: Path) -> Settings:
+    return Settings(beanstalk_url=beanstalkd.url, store=str(tmp_path / "store.sqlite3"), events_url=endpoint.url,
+                    events_secret=SECRET, events_backoff_base=1, events_backoff_max=2, events_connections=2,
+                    events_spool=str(tmp_path / "events.spool"), reserve_timeout=1)
+
+
+class Running:
+    """``beanmail events run`` in this process, stopped (as SIGTERM would) when the block ends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.runner = Runner(settings)
+        self.thread = threading.Thread(target=self.runner.run, daemon=True)
+
+    def __enter__(self) -> Runner:
+        self.thread.start()
+        return self.runner
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.stopping = True
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        self.runner.close()
+
+
+# -- the event itself ---------------------------------------------------------------------------
+
+def test_an_event_id_names_what_happened_not_when_so_a_second_emission_has_the_same_id() -> None:
+    first, again = sent(1), sent(1, at=time.time() + 60)
+    assert first.id == again.id and first.id.startswith("evt_")
+    assert sent(2).id != first.id
+    assert Event(BOUNCED, "comment:1", "user1@example.com", discriminator="hard").id != first.id
+    assert event_id(SENT, "k", "Zoe@Example.com") == event_id(SENT, "k", "zoe@example.com")
+    payload = json.loads(Queued.from_job(first.job()).body)
+    assert payload["type"] == "message.sent" and payload["timestamp"].endswith("Z")
+    assert payload["data"] == {"key": "comment:1", "recipient": "user1@example.com", "template": "comment",
+                               "entities": {"issue": {"id": 1}}, "reply": "250 2.0.0 Ok: queued"}
+
+
+def test_a_long_reply_text_is_cut_so_the_event_fits_a_beanstalkd_job() -> None:
+    big = Event("message.replied", "k", "a@example.com", details={"text": "é" * 50_000, "html": "<p>" + "x" * 50_000})
+    body = big.job()
+    assert len(body) <= 60_000
+    data = json.loads(Queued.from_job(body).body)["data"]
+    assert data["truncated"] is True and data["text"].startswith("éé")
+
+
+def test_the_worker_signature_verifies_with_standardwebhooks_and_producer_events_verify() -> None:
+    body = Queued.from_job(sent(7).job()).body
+    now = int(time.time())
+    signer = Signer(Settings(events_url="http://127.0.0.1:9/hook", events_secret=f"{SECRET},{OTHER}"))
+    headers = {"webhook-id": sent(7).id, "webhook-timestamp": str(now),
+               "webhook-signature": signer.signature(sent(7).id, now, body)}
+    assert Webhook(SECRET).verify(body, headers)["data"]["key"] == "comment:7"
+    assert Webhook(OTHER).verify(body, headers)["type"] == "message.sent"  # a rotation: either secret verifies
+    event = verify(body, headers, SECRET)
+    assert (event.id, event.type, event.data["entities"]) == (sent(7).id, "message.sent", {"issue": {"id": 7}})
+    assert verify(body, {"HTTP_WEBHOOK_ID": headers["webhook-id"],  # a WSGI environ works as well
+                         "HTTP_WEBHOOK_TIMESTAMP": headers["webhook-timestamp"],
+                         "HTTP_WEBHOOK_SIGNATURE": headers["webhook-signature"]}, OTHER).id == event.id
+
+
+def test_producer_events_verify_accepts_what_standardwebhooks_signs_and_refuses_forgeries() -> None:
+    body = b'{"data":{"key":"k","recipient":"a@example.com"},"timestamp":"2026-01-01T00:00:00.000Z","type":"message.bounced"}'
+    now = datetime.now(tz=timezone.utc)
+    headers = {"Webhook-Id": "evt_1", "Webhook-Timestamp": str(int(now.timestamp())),
+               "Webhook-Signature": Webhook(SECRET).sign("evt_1", now, body)}
+    assert verify(body, headers, SECRET).type == "message.bounced"
+    assert verify(body, headers, [OTHER, SECRET]).id == "evt_1"
+    refusals = {
+        "changed body": (body.replace(b"a@", b"b@"), headers, SECRET),
+        "wrong secret": (body, headers, OTHER),
+        "other id": (body, {**headers, "Webhook-Id": "evt_2"}, SECRET),
+        "no signature": (body, {k: v for k, v in headers.items() if k != "Webhook-Signature"}, SECRET),
+    }
+    for what, (b, h, s) in refusals.items():
+        with pytest.raises(EventVerificationError):
+            verify(b, h, s)
+        with pytest.raises(WebhookVerificationError):  # the reference implementation agrees
+            Webhook(s if isinstance(s, str) else s[0]).verify(b, h)
+    with pytest.raises(EventVerificationError, match="too far"):
+        verify(body, headers, SECRET, now=now.timestamp() + 600)  # a replay ten minutes later
+
+
+def test_events_settings_are_checked_at_start() -> None:
+    ok = Settings(events_url="https://app.example/hooks", events_secret=SECRET, events_types="message.bounced")
+    assert validate(ok) is ok
+    for bad, match in [({"events_secret": ""}, "EVENTS_SECRET: needed"),
+                       ({"events_secret": "abc"}, "whsec_"),
+                       ({"events_secret": "whsec_!!"}, "base64"),
+                       ({"events_url": "ftp://x"}, "EVENTS_URL"),
+                       ({"events_types": "message.sent,message.opened"}, "message.opened"),
+                       ({"reply_domain": "replies.example.org"}, "REPLY_SECRET")]:
+        with pytest.raises(SettingsError, match=match):
+            validate(Settings(**{**{"events_url": ok.events_url, "events_secret": SECRET}, **bad}))
+
+
+# -- delivered over HTTP from a real beanstalkd ---------------------------------------------------
+
+def test_events_reach_an_endpoint_that_answers_503_for_a_while_each_once_and_signed(
+        events_settings: Settings, endpoint: Endpoint) -> None:
+    endpoint.answer = lambda n: 503 if n < 45 else 200  # down for the first 45 requests
+    Emitter(events_settings).emit_many([sent(n) for n in range(30)])
+    with Running(events_settings) as runner:
+        wait_until(lambda: len(endpoint.delivered()) >= 30, 30, "every event delivered")
+    delivered = endpoint.delivered()
+    assert sorted(r.id for r in delivered) == sorted(sent(n).id for n in range(30))  # each once
+    assert runner.retried >= 30 and sum(1 for r in endpoint.received if r.status == 503) == 45
+    for r in delivered:
+        event = Webhook(SECRET).verify(r.body, r.headers)
+        assert event["data"]["key"].startswith("comment:") and r.headers["webhook-id"] == r.id
+    assert endpoint.connections <= 2 + 2  # kept alive (a reconnect after each refusal burst at most)
+
+
+def test_an_endpoint_answering_404_buries_the_event_at_once_with_its_reason(
+        events_settings: Settings, endpoint: Endpoint) -> None:
+    endpoint.answer = lambda n: 404
+    Emitter(events_settings).emit(sent(1))
+    runner = Runner(events_settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    assert len(endpoint.received) == 1 and runner.buried == 1
+    [job] = ops.buried(events_settings)
+    assert job["tube"] == "events" and job["outcome"] == "refused"
+    assert "HTTP 404 Not Found: no such hook" in job["reason"] and sent(1).id in job["reason"]
+
+
+@pytest.mark.parametrize("status", [429, 500, 408])
+def test_an_endpoint_that_never_takes_it_gets_it_until_the_max_age_then_it_is_buried(
+        events_settings: Settings, endpoint: Endpoint, status: int) -> None:
+    endpoint.answer = lambda n: status
+    s = events_settings.replace(events_max_age=2)
+    Emitter(s).emit(sent(1))
+    with Running(s):
+        found = wait_until(lambda: ops.buried(s), 20, "the event buried")
+    assert len(endpoint.received) >= 2  # retried, not buried at the first refusal
+    [job] = found  # type: ignore[misc]
+    assert job["outcome"] == "exhausted" and f"last: HTTP {status}" in job["reason"]
+
+
+def test_events_emitted_while_beanstalkd_is_down_are_spooled_then_delivered(
+        events_settings: Settings, endpoint: Endpoint, beanstalkd: Beanstalkd) -> None:
+    down = events_settings.replace(beanstalk_url=f"beanstalk://127.0.0.1:{free_port()}")
+    Emitter(down).emit_many([sent(1), sent(2)])  # no exception: a delivery never fails for its event
+    assert Path(events_settings.events_spool).read_bytes().count(b"\n") == 2
+    runner = Runner(events_settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    assert sorted(r.id for r in endpoint.delivered()) == sorted([sent(1).id, sent(2).id])
+
+
+def test_only_the_chosen_types_are_queued(events_settings: Settings, endpoint: Endpoint) -> None:
+    s = events_settings.replace(events_types="message.bounced")
+    Emitter(s).emit_many([sent(1), Event(BOUNCED, "comment:1", "user1@example.com", discriminator="hard")])
+    runner = Runner(s)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    assert [json.loads(r.body)["type"] for r in endpoint.delivered()] == ["message.bounced"]
+
+
+def test_beanmail_events_run_burst_delivers_as_supervisord_would_run_it(
+        events_settings: Settings, endpoint: Endpoint) -> None:
+    Emitter(events_settings).emit_many([sent(n) for n in range(5)])
+    env = bare_env(events_settings, BEANMAIL_EVENTS_URL=endpoint.url, BEANMAIL_EVENTS_SECRET=SECRET,
+                   BEANMAIL_EVENTS_SPOOL=events_settings.events_spool)
+    beanmail("events", "run", "--burst", env=env)
+    assert len({r.id for r in endpoint.delivered()}) == 5
+    env.pop("BEANMAIL_EVENTS_URL")
+    refused = beanmail("events", "run", "--burst", env=env, check=False)
+    assert refused.returncode == 78 and "BEANMAIL_EVENTS_URL" in refused.stdout + refused.stderr
+
+
+# -- received in Django ---------------------------------------------------------------------------
+
+def test_the_django_view_sends_the_signal_and_refuses_a_forgery() -> None:
+    import django
+    from django.conf import settings as dj
+
+    if not dj.configured:
+        dj.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+                     INSTALLED_APPS=[], USE_TZ=True, ALLOWED_HOSTS=["testserver"])
+        django.setup()
+    from django.test import RequestFactory
+
+    from producer import django_events
+
+    saved = getattr(dj, "BEANMAIL", None)
+    dj.BEANMAIL = {**(saved or {}), "EVENTS_SECRET": SECRET}
+    got: list[Any] = []
+
+    def on_bounce(sender: Any, event: Any, **kwargs: Any) -> None:
+        got.append(event)
+    django_events.message_bounced.connect(on_bounce)
+    try:
+        bounce = Event(BOUNCED, "comment:9", "zoe@example.com", "comment", {"issue": {"id": 9}},
+                       {"bounce": "hard", "status": "5.1.1", "reason": "user unknown"}, discriminator="hard")
+        body = Queued.from_job(bounce.job()).body
+        now = datetime.now(tz=timezone.utc)
+        headers = {"HTTP_WEBHOOK_ID": bounce.id, "HTTP_WEBHOOK_TIMESTAMP": str(int(now.timestamp())),
+                   "HTTP_WEBHOOK_SIGNATURE": Webhook(SECRET).sign(bounce.id, now, body)}
+        factory = RequestFactory()
+        ok = django_events.events_view(factory.post("/beanmail/events", body, content_type="application/json", **headers))
+        assert ok.status_code == 200 and [e.id for e in got] == [bounce.id]
+        assert got[0].data["status"] == "5.1.1" and got[0].data["entities"] == {"issue": {"id": 9}}
+        forged = django_events.events_view(factory.post("/beanmail/events", body.replace(b"zoe", b"eve"),
+                                                        content_type="application/json", **headers))
+        assert forged.status_code == 401 and len(got) == 1
+
+        def broken(sender: Any, event: Any, **kwargs: Any) -> None:
+            raise RuntimeError("database down")
+        django_events.message_bounced.connect(broken)
+        with pytest.raises(RuntimeError):  # Django turns it into a 500: beanmail delivers it again later
+            django_events.events_view(factory.post("/beanmail/events", body, content_type="application/json", **headers))
+        django_events.message_bounced.disconnect(broken)
+    finally:
+        django_events.message_bounced.disconnect(on_bounce)
+        dj.BEANMAIL = saved if saved is not None else {}
