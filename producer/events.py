@@ -16,9 +16,13 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+log = logging.getLogger("beanmail.producer")
 
 TOLERANCE = 300  # seconds a signature's timestamp may be away from now (replayed requests)
 TYPES = ("message.sent", "message.bounced", "message.complained", "message.unsubscribed", "message.failed",
@@ -86,3 +90,49 @@ def verify(body: bytes | str, headers: Mapping[str, str], secret: str | Sequence
         return Event(msg_id, str(payload["type"]), str(payload["timestamp"]), dict(payload.get("data") or {}))
     except (ValueError, KeyError, TypeError) as exc:
         raise EventVerificationError(f"signed, but not an event: {exc}") from None
+
+
+# -- the events tube's job format (the worker's worker/events/model.py writes the same) ------------
+
+def event_id(type_: str, key: str, recipient: str, discriminator: str = "") -> str:
+    """``evt_`` + 26 base32 characters of a hash over what the event is about (never when it was
+    emitted: an emission repeated gives the same id)."""
+    digest = hashlib.sha256("\0".join((type_, key, recipient.lower(), discriminator)).encode()).digest()
+    return "evt_" + base64.b32encode(digest[:16]).decode("ascii").rstrip("=").lower()
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_body(id_: str, at: float, payload: Mapping[str, Any]) -> bytes:
+    """An event's job on the events tube: its id, when it happened, the webhook body."""
+    return json.dumps({"id": id_, "at": at, "payload": payload}, ensure_ascii=False, separators=(",", ":"),
+                      sort_keys=True).encode()
+
+
+def emitting(record: Callable[[str, str], None], beanstalk_url: str, *, spool: str = "",
+             tube: str = "events") -> Callable[[str, str], None]:
+    """An unsubscribe ``record`` callback (``producer.unsubscribe.UnsubscribeApp``) that also
+    queues a ``message.unsubscribed`` event once ``record`` returned. beanstalkd unreachable: the
+    event goes to ``spool`` (``beanmail spool flush`` moves it on), or is logged at error."""
+    from . import spool as spool_mod
+    from .beanstalk import connect
+
+    def record_and_emit(address: str, list_id: str) -> None:
+        record(address, list_id)
+        at = time.time()
+        address = address.lower()
+        payload = {"type": "message.unsubscribed", "timestamp": iso(at),
+                   "data": {"key": "", "recipient": address, "template": "", "entities": {}, "list_id": list_id}}
+        body = job_body(event_id("message.unsubscribed", "", address, list_id), at, payload)
+        try:
+            with connect(beanstalk_url.split(",")[0].strip(), timeout=5, encoding=None, use=tube) as client:
+                client.put(body, priority=1024, ttr=300)
+        except Exception as exc:  # noqa: BLE001 - the unsubscribe is recorded; its event must not vanish
+            if spool:
+                spool_mod.append(spool, tube, 1024, 0, 300, body)
+                log.error("events tube unreachable (%s); unsubscribe event spooled to %s", exc, spool)
+            else:
+                log.error("events tube unreachable (%s); unsubscribe event not queued: %s", exc, body.decode())
+    return record_and_emit

@@ -8,13 +8,12 @@ second copy (delivery is at least once).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Mapping
+
+from producer.events import event_id, iso, job_body
 
 SENT, BOUNCED, COMPLAINED = "message.sent", "message.bounced", "message.complained"
 UNSUBSCRIBED, FAILED, REPLIED = "message.unsubscribed", "message.failed", "message.replied"
@@ -25,16 +24,6 @@ MAX_JOB_BYTES = 60_000  # beanstalkd's default job size is 65,535 bytes; long re
 
 class EventError(ValueError):
     """A job on the events tube that is no event (damaged, or put by another program)."""
-
-
-def event_id(type_: str, key: str, recipient: str, discriminator: str = "") -> str:
-    """``evt_`` + 26 base32 characters of a hash over what the event is about."""
-    digest = hashlib.sha256("\0".join((type_, key, recipient.lower(), discriminator)).encode()).digest()
-    return "evt_" + base64.b32encode(digest[:16]).decode("ascii").rstrip("=").lower()
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -66,9 +55,9 @@ class Event:
 
     def job(self) -> bytes:
         """The body of its job on the events tube: the id, the time it happened, the payload."""
-        body = _dump({"id": self.id, "at": self.at, "payload": self.payload()})
+        body = job_body(self.id, self.at, self.payload())
         if len(body) > MAX_JOB_BYTES:
-            body = _dump({"id": self.id, "at": self.at, "payload": _shorten(self.payload(), len(body))})
+            body = job_body(self.id, self.at, _shorten(self.payload(), len(body)))
         return body
 
 
