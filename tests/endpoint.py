@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -17,6 +18,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int  # what the endpoint answered
+    at: float = 0.0  # time.monotonic() when it came
 
 
 class Endpoint:
@@ -45,7 +47,8 @@ class Endpoint:
                 with endpoint._lock:
                     status = endpoint.answer(len(endpoint.received))
                     endpoint.received.append(Received(self.headers.get("webhook-id", ""),
-                                                      {k.lower(): v for k, v in self.headers.items()}, body, status))
+                                                      {k.lower(): v for k, v in self.headers.items()}, body, status,
+                                                      time.monotonic()))
                 reply = b"ok" if status < 300 else b"not now" if status >= 500 else b"no such hook"
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(reply)))
