@@ -218,6 +218,30 @@ def test_beanmail_events_run_burst_delivers_as_supervisord_would_run_it(
     assert refused.returncode == 78 and "BEANMAIL_EVENTS_URL" in refused.stdout + refused.stderr
 
 
+# -- received in PHP and Ruby (the snippets of docs/events.md) -------------------------------------
+
+@pytest.mark.parametrize("command", [["php", "examples/php/verify_event.php"], ["ruby", "examples/ruby/verify_event.rb"]])
+def test_the_php_and_ruby_snippets_of_docs_events_md_verify_a_signed_event_and_refuse_a_forged_one(
+        command: list[str]) -> None:
+    import subprocess
+
+    from .conftest import ROOT
+
+    event = Event(BOUNCED, "k:1", "zoë@example.com", "welcome", details={"status": "5.1.1"}, discriminator="hard")
+    body = Queued.from_job(event.job()).body  # UTF-8, as sent
+    now = int(time.time())
+    signer = Signer(Settings(events_url="http://127.0.0.1:9/hook", events_secret=SECRET))
+    headers = {"Webhook-Id": event.id, "Webhook-Timestamp": str(now),
+               "Webhook-Signature": signer.signature(event.id, now, body)}
+    run = [*command[:1], str(ROOT / command[1]), json.dumps(headers)]
+    ok = subprocess.run([*run, SECRET], input=body, capture_output=True, timeout=30)
+    assert ok.returncode == 0 and ok.stdout.decode().strip() == "message.bounced zoë@example.com", ok.stderr
+    forged = subprocess.run([*run, SECRET], input=body.replace(b"5.1.1", b"2.0.0"), capture_output=True, timeout=30)
+    assert forged.returncode == 1 and b"no signature matches" in forged.stderr
+    wrong = subprocess.run([*run, OTHER], input=body, capture_output=True, timeout=30)
+    assert wrong.returncode == 1
+
+
 # -- received in Django ---------------------------------------------------------------------------
 
 def test_the_django_view_sends_the_signal_and_refuses_a_forgery() -> None:
