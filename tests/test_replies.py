@@ -1,0 +1,137 @@
+"""Replies in (docs/events.md): ``notify(..., reply=True)`` mail carries a signed, expiring
+Reply-To; ``beanmail inbound`` turns a reply to it into a ``message.replied`` event with the new
+text only (Gmail, Outlook, Apple Mail and Thunderbird quoting), and refuses, recording why,
+forged and expired addresses, auto-replies, bounces and loops."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from worker.events import replies
+from worker.events.deliver import Runner
+from worker.events.inbound import handle, reply_text
+from worker.settings import Settings
+from worker.store import Store
+
+from .conftest import VENV_BIN, ROOT, bare_env, run_burst
+from .endpoint import Endpoint
+from .servers import SmtpServer
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+DOMAIN = "replies.example.org"
+
+QUOTED = "> Ann commented on issue #42:\n> Can you look at this?\n"
+STYLES = {
+    "gmail": ("Sounds good, I'll take it.\n\nThanks,\nZoë\n\nOn Thu, Dec 3, 2026 at 10:49 PM Acme "
+              "<noreply@acme.example> wrote:\n" + QUOTED, "Sounds good, I'll take it."),
+    "outlook": ("Yes, merged.\n\nBest regards\nZoë\n\n________________________________\nFrom: Acme "
+                "<noreply@acme.example>\nSent: Thursday, December 3, 2026 10:49 PM\nTo: Zoë <zoe@example.com>\n"
+                "Subject: New comment on #42\n\nAnn commented on issue #42:\nCan you look at this?\n", "Yes, merged."),
+    "apple": ("Will do tomorrow.\n\nSent from my iPhone\n\n> On 3 Dec 2026, at 22:49, Acme <noreply@acme.example> "
+              "wrote:\n> \n" + QUOTED, "Will do tomorrow."),
+    "thunderbird": ("Looks fine to me.\n\n-- \nZoë Example\nAcme Corp\n\nOn 03.12.26 22:49, Acme wrote:\n" + QUOTED,
+                    "Looks fine to me."),
+}
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_the_new_text_of_a_reply_is_kept_without_the_quote_or_the_signature(style: str) -> None:
+    text, expected = STYLES[style]
+    assert reply_text(text) == expected
+
+
+def test_a_reply_token_names_the_delivery_expires_and_rotates() -> None:
+    token = replies.make_token("comment:1", "Zoe@Example.com", "new,old", ttl=30 * 86400)
+    assert len(replies.address(token, DOMAIN).split("@")[0]) <= 64  # RFC 5321 local part
+    assert replies.verify_token(token.upper(), "new") == replies.token_id("comment:1", "zoe@example.com")
+    assert replies.verify_token(token, "newer,new")  # still accepted after a rotation while "new" is listed
+    with pytest.raises(replies.ReplyTokenError, match="forged"):
+        replies.verify_token(token, "old")  # only the first key signs
+    with pytest.raises(replies.ReplyTokenError, match="expired"):
+        replies.verify_token(token, "new", now=time.time() + 31 * 86400)
+    with pytest.raises(replies.ReplyTokenError, match="malformed"):
+        replies.verify_token("1" + token[1:], "new")  # 1 is no base32 digit
+
+
+def reply(to: str, body: str, *, sender: str = "Zoë <zoe@example.com>", extra: str = "",
+          subject: str = "Re: New comment on #42", message_id: str = "<r1@mail.example.com>") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n{extra}"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            + body.replace("\n", "\r\n")).encode()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    e = Endpoint().start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def reply_settings(settings: Settings, endpoint: Endpoint, tmp_path: Path) -> Settings:
+    return settings.replace(reply_domain=DOMAIN, reply_secret="r3ply", events_url=endpoint.url, events_secret=SECRET,
+                            events_spool=str(tmp_path / "events.spool"),
+                            entities={"issue": {"callable": "tests.test_events:issue_by_id"}})
+
+
+def delivered(settings: Settings, endpoint: Endpoint) -> list[dict[str, Any]]:
+    runner = Runner(settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    return [json.loads(r.body) for r in endpoint.delivered()]
+
+
+def test_forged_expired_automatic_bounced_and_looping_mail_is_refused_recorded_and_not_passed_on(
+        reply_settings: Settings, endpoint: Endpoint) -> None:
+    store = Store(reply_settings.store)
+    store.remember_reply(replies.token_id("k:1", "zoe@example.com"), "k:1", "zoe@example.com", "welcome", "{}")
+    good = replies.address(replies.make_token("k:1", "zoe@example.com", "r3ply", 86400), DOMAIN)
+    stale = replies.address(replies.make_token("k:1", "zoe@example.com", "r3ply", 86400, now=time.time() - 3 * 86400),
+                            DOMAIN)
+    forged = replies.address(replies.make_token("k:1", "zoe@example.com", "guess", 86400), DOMAIN)
+    unknown = replies.address(replies.make_token("k:2", "zoe@example.com", "r3ply", 86400), DOMAIN)
+    cases = {
+        "forged": (reply(forged, "hi"), "forged reply token"),
+        "expired": (reply(stale, "hi"), "expired reply token"),
+        "never sent": (reply(unknown, "hi"), "names no message we sent"),
+        "not ours": (reply("someone@example.org", "hi"), "no reply address of ours"),
+        "auto-submitted": (reply(good, "I am away", extra="Auto-Submitted: auto-replied\r\n"), "Auto-Submitted"),
+        "precedence": (reply(good, "Thanks for your mail", extra="Precedence: bulk\r\n"), "Precedence: bulk"),
+        "out of office": (reply(good, "Back on Monday", subject="Out of Office: New comment"), "out-of-office"),
+        "x-autoreply": (reply(good, "Back on Monday", extra="X-Autoreply: yes\r\n"), "x-autoreply"),
+        "bounce": (reply(good, "Delivery failed", sender="MAILER-DAEMON@mx.example.com"), "a bounce"),
+        "null return path": (reply(good, "Delivery failed", extra="Return-Path: <>\r\n"), "a bounce"),
+        "loop": (reply(good, "hello", sender="beanmail <noreply@beanmail.example>"), "a loop"),
+    }
+    loop_settings = reply_settings.replace(from_addr="beanmail <noreply@beanmail.example>")
+    for what, (raw, reason) in cases.items():
+        result = handle(loop_settings, store, raw)
+        assert result.outcome == "refused" and reason in result.reason, (what, result)
+    assert handle(loop_settings, store, reply(good, STYLES["outlook"][0], sender="eve@example.net")).outcome == "replied"
+    rows = store.inbound(limit=100)
+    store.close()
+    assert sum(r["outcome"] == "refused" for r in rows) == len(cases)
+    [event] = delivered(reply_settings, endpoint)  # only the genuine reply, from someone else than the recipient
+    assert event["data"]["sender_verified"] is False and event["data"]["text"] == "Yes, merged."
+
+
+def test_an_html_only_reply_loses_its_blockquote_and_keeps_its_html(reply_settings: Settings, endpoint: Endpoint) -> None:
+    store = Store(reply_settings.store)
+    store.remember_reply(replies.token_id("k:1", "zoe@example.com"), "k:1", "zoe@example.com", "welcome", "{}")
+    to = replies.address(replies.make_token("k:1", "zoe@example.com", "r3ply", 86400), DOMAIN)
+    html = ("<div>Agreed &amp; done.</div><br><div class=gmail_quote>On Thu, Acme wrote:<blockquote>"
+            "Ann commented</blockquote></div>")
+    raw = (f"From: zoe@example.com\r\nTo: {to}\r\nSubject: Re: x\r\nMessage-ID: <h1@x>\r\nMIME-Version: 1.0\r\n"
+           f"Content-Type: text/html; charset=utf-8\r\n\r\n{html}").encode()
+    assert handle(reply_settings, store, raw).outcome == "replied"
+    store.close()
+    [event] = delivered(reply_settings, endpoint)
+    assert event["data"]["text"].startswith("Agreed & done.") and "Ann commented" not in event["data"]["text"]
+    assert event["data"]["html"] == html
