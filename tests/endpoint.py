@@ -24,7 +24,7 @@ class Received:
 class Endpoint:
     """``answer(request_number) -> status`` decides each reply (200 by default)."""
 
-    def __init__(self, answer: Callable[[int], int] = lambda n: 200) -> None:
+    def __init__(self, answer: Callable[[int], int] = lambda n: 200, port: int = 0) -> None:
         self.answer = answer
         self.received: list[Received] = []
         self.connections = 0
@@ -58,7 +58,7 @@ class Endpoint:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/beanmail"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -218,6 +218,21 @@ def test_beanmail_events_run_burst_delivers_as_supervisord_would_run_it(
     assert refused.returncode == 78 and "BEANMAIL_EVENTS_URL" in refused.stdout + refused.stderr
 
 
+def test_an_endpoint_that_is_down_gets_every_event_once_it_is_back(events_settings: Settings) -> None:
+    port = free_port()
+    s = events_settings.replace(events_url=f"http://127.0.0.1:{port}/hooks")
+    Emitter(s).emit_many([sent(n) for n in range(20)])
+    with Running(s) as runner:
+        wait_until(lambda: runner.retried >= 20, 20, "every event tried and put back")
+        assert runner.buried == 0
+        back = Endpoint(port=port).start()  # the application's server comes back on its port
+        try:
+            wait_until(lambda: len(back.delivered()) >= 20, 30, "every event delivered")
+        finally:
+            back.stop()
+    assert sorted(r.id for r in back.delivered()) == sorted(sent(n).id for n in range(20))
+
+
 # -- received in PHP and Ruby (the snippets of docs/events.md) -------------------------------------
 
 @pytest.mark.parametrize("command", [["php", "examples/php/verify_event.php"], ["ruby", "examples/ruby/verify_event.rb"]])

@@ -47,6 +47,7 @@ class Verdict:
     retry: bool = False  # False with delivered False: refused for good
     reason: str = ""
     delay: float = 0.0  # the endpoint's Retry-After, if it said
+    unreachable: bool = False  # no HTTP answer at all (refused, timed out): the rest of a lane is not tried
 
 
 class Endpoint:
@@ -98,7 +99,8 @@ class Endpoint:
                 if attempt == 1 and reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
                                                                 ConnectionResetError)):
                     continue
-                return Verdict(False, True, f"{self.host}:{self.port}: {type(exc).__name__}: {exc}".rstrip(": "))
+                return Verdict(False, True, f"{self.host}:{self.port}: {type(exc).__name__}: {exc}".rstrip(": "),
+                               unreachable=True)
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -239,10 +241,22 @@ class Runner:
             events.append((job, q))
         lanes = [events[i::len(self.endpoints)] for i in range(len(self.endpoints))]
         busy = [(e, lane) for e, lane in zip(self.endpoints, lanes) if lane]
-        results = self.pool.map(lambda pair: [pair[0].post(q) for _, q in pair[1]], busy)
+        results = self.pool.map(lambda pair: self._post_lane(pair[0], [q for _, q in pair[1]]), busy)
         for (_, lane), verdicts in zip(busy, results):
             for (job, q), verdict in zip(lane, verdicts):
                 self._dispose(job, q, verdict)
+
+    @staticmethod
+    def _post_lane(endpoint: Endpoint, events: list[Queued]) -> list[Verdict]:
+        """One connection's share of a batch, in order; once the endpoint cannot be reached at
+        all, the rest of the share is retried later without waiting a timeout each."""
+        verdicts: list[Verdict] = []
+        for q in events:
+            if verdicts and verdicts[-1].unreachable:
+                verdicts.append(verdicts[-1])
+                continue
+            verdicts.append(endpoint.post(q))
+        return verdicts
 
     def _dispose(self, job: greenstalk.Job, q: Queued, verdict: Verdict) -> None:
         if verdict.delivered:
