@@ -135,3 +135,17 @@ def test_an_html_only_reply_loses_its_blockquote_and_keeps_its_html(reply_settin
     [event] = delivered(reply_settings, endpoint)
     assert event["data"]["text"].startswith("Agreed & done.") and "Ann commented" not in event["data"]["text"]
     assert event["data"]["html"] == html
+
+
+def test_the_stores_tables_of_events_and_replies_work_on_sqlite_and_postgresql(store_location: str) -> None:
+    store = Store(store_location)
+    try:
+        store.remember_refs([("k:1", "welcome", '{"issue": {"id": 1}}'), ("k:1", "welcome", "{}")])  # a second copy: kept once
+        assert store.refs_for("k:1") == ("welcome", '{"issue": {"id": 1}}') and store.refs_for("k:2") is None
+        store.remember_reply("tid", "k:1", "Zoe@Example.com", "welcome", "{}")
+        assert store.reply_for("tid") == ("k:1", "zoe@example.com", "welcome", "{}")
+        store.record_inbound(outcome="refused", reason="an automatic reply\0", address="Eve@Example.net", raw="x\0y")
+        [row] = store.inbound()
+        assert (row["outcome"], row["address"], row["reason"]) == ("refused", "eve@example.net", "an automatic reply\ufffd")
+    finally:
+        store.close()
