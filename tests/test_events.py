@@ -263,9 +263,10 @@ def test_the_django_view_sends_the_signal_and_refuses_a_forgery() -> None:
     import django
     from django.conf import settings as dj
 
-    if not dj.configured:
+    if not dj.configured:  # the project tests/test_webapps.py and test_hooks.py configure, whichever runs first
         dj.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-                     INSTALLED_APPS=[], USE_TZ=True, ALLOWED_HOSTS=["testserver"])
+                     EMAIL_BACKEND="producer.django.EmailBackend", DEFAULT_FROM_EMAIL="app@beanmail.example",
+                     INSTALLED_APPS=[], USE_TZ=True)
         django.setup()
     from django.test import RequestFactory
 
