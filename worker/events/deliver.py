@@ -90,8 +90,8 @@ class Endpoint:
                 response = conn.getresponse()
                 text = response.read(2048)
                 if not response.isclosed():
-                    response.read()  # the rest, so the connection can carry the next request
-                if response.getheader("Connection", "").lower() == "close" or response.will_close:
+                    response.read(65536)  # the rest, so the connection can carry the next request
+                if not response.isclosed() or response.will_close:  # a long answer, or the server's wish
                     self.close()
                 return self._verdict(response.status, response.reason, text, response.getheader("Retry-After"))
             except (OSError, http.client.HTTPException) as exc:
