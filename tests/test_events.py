@@ -171,6 +171,8 @@ def test_an_endpoint_answering_404_buries_the_event_at_once_with_its_reason(
     [job] = ops.buried(events_settings)
     assert job["tube"] == "events" and job["outcome"] == "refused"
     assert "HTTP 404 Not Found: no such hook" in job["reason"] and sent(1).id in job["reason"]
+    shown = beanmail("buried", env=bare_env(events_settings)).stdout  # what the operator sees
+    assert "events" in shown and "refused" in shown and "HTTP 404 Not Found: no such hook" in shown
 
 
 @pytest.mark.parametrize("status", [429, 500, 408])
