@@ -305,3 +305,109 @@ def test_the_django_view_sends_the_signal_and_refuses_a_forgery() -> None:
     finally:
         django_events.message_bounced.disconnect(on_bounce)
         dj.BEANMAIL = saved if saved is not None else {}
+
+
+# -- the emission points: the pipeline, the loop's burials, the feedback intake, unsubscribes ------
+
+def issue_by_id(entity_id: Any) -> dict[str, Any]:
+    """The entity resolver of the emission tests (``[beanmail.entities.issue]``)."""
+    return {"id": entity_id, "title": f"Issue {entity_id}"}
+
+
+def payloads(endpoint: Endpoint) -> dict[tuple[str, str], dict[str, Any]]:
+    """Delivered events by (type, recipient)."""
+    out = {}
+    for r in endpoint.delivered():
+        p = json.loads(r.body)
+        out[(p["type"], p["data"]["recipient"])] = p["data"]
+    return out
+
+
+@pytest.fixture
+def emitting_settings(settings: Settings, endpoint: Endpoint, tmp_path: Path) -> Settings:
+    return settings.replace(events_url=endpoint.url, events_secret=SECRET, events_spool=str(tmp_path / "events.spool"),
+                            entities={"issue": {"callable": "tests.test_events:issue_by_id"}})
+
+
+def test_a_worker_run_emits_sent_bounced_and_failed_with_key_recipient_template_and_entities(
+        emitting_settings: Settings, endpoint: Endpoint, smtp: Any) -> None:
+    from producer import Notifier
+
+    from .conftest import run_burst
+
+    issue = {"issue": {"type": "issue", "id": 42}}
+    n = Notifier(emitting_settings.beanstalk_url)
+    n.notify("welcome", "zoe@example.com", {"name": "Zoë"}, entities=issue, key="welcome:zoe")
+    n.notify("welcome", "reject@example.com", {"name": "R"}, entities=issue, key="welcome:reject")
+    n.notify("no_such_template", "ann@example.com", {}, entities=issue, key="broken:ann")
+    n.close()
+    run_burst(emitting_settings)
+    runner = Runner(emitting_settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    got = payloads(endpoint)
+    assert set(got) == {("message.sent", "zoe@example.com"), ("message.bounced", "reject@example.com"),
+                        ("message.failed", "ann@example.com")}
+    sent_ = got[("message.sent", "zoe@example.com")]
+    assert (sent_["key"], sent_["template"], sent_["entities"]) == ("welcome:zoe", "welcome", issue)
+    assert sent_["reply"].startswith("250")
+    bounced = got[("message.bounced", "reject@example.com")]
+    assert (bounced["bounce"], bounced["status"], bounced["source"]) == ("hard", "5.1.1", "smtp")
+    failed = got[("message.failed", "ann@example.com")]
+    assert failed["outcome"] == "poison" and "unknown template 'no_such_template'" in failed["reason"]
+    assert failed["key"] == "broken:ann" and failed["entities"] == issue
+
+
+def test_bounces_and_complaints_after_the_send_emit_events_naming_the_sent_message(
+        emitting_settings: Settings, endpoint: Endpoint) -> None:
+    from worker.feedback.intake import Intake, Match
+    from worker.feedback.parse import Failure, Report
+    from worker.store import Store
+
+    store = Store(emitting_settings.store)
+    store.remember_refs([("digest:1", "digest", json.dumps({"issue": {"type": "issue", "id": 7}}))])
+    intake = Intake(emitting_settings, store)
+    intake.apply(Report("dsn", [Failure("zoe@example.com", "failed", "5.2.2", "mailbox full")]),
+                 Match("t1", "digest:1", "zoe@example.com", True), "", source="pipe", raw="(a DSN)")
+    intake.apply(Report("arf", feedback_type="abuse"), Match("t2", "digest:1", "ann@example.com", True), "",
+                 source="webhook:ses", raw="(an ARF report)")
+    store.close()
+    runner = Runner(emitting_settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    got = payloads(endpoint)
+    bounced, complained = got[("message.bounced", "zoe@example.com")], got[("message.complained", "ann@example.com")]
+    assert (bounced["key"], bounced["template"], bounced["entities"]) == ("digest:1", "digest", {"issue": {"type": "issue", "id": 7}})
+    assert (bounced["bounce"], bounced["status"], bounced["source"]) == ("soft", "5.2.2", "pipe")
+    assert (complained["feedback_type"], complained["source"], complained["suppressed"]) == ("abuse", "webhook:ses", True)
+
+
+def test_an_unsubscribe_recorded_through_emitting_queues_message_unsubscribed(
+        events_settings: Settings, endpoint: Endpoint, tmp_path: Path) -> None:
+    from producer.events import emitting
+    from producer.unsubscribe import UnsubscribeApp, make_token
+
+    recorded: list[tuple[str, str]] = []
+    app = UnsubscribeApp("s3cret", emitting(lambda a, l: recorded.append((a, l)), events_settings.beanstalk_url))
+    token = make_token("Zoe@Example.com", "s3cret", list_id="<news.example.org>")
+    body = f"token={token}".encode()
+    import io
+    status: list[str] = []
+    app({"REQUEST_METHOD": "POST", "QUERY_STRING": "", "CONTENT_LENGTH": str(len(body)),
+         "wsgi.input": io.BytesIO(body)}, lambda s, h: status.append(s))
+    assert status == ["200 OK"] and recorded == [("zoe@example.com", "<news.example.org>")]
+    runner = Runner(events_settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    [r] = endpoint.delivered()
+    assert verify(r.body, r.headers, SECRET).data == {"key": "", "recipient": "zoe@example.com", "template": "",
+                                                      "entities": {}, "list_id": "<news.example.org>"}
+    down = emitting(lambda a, l: None, f"beanstalk://127.0.0.1:{free_port()}", spool=str(tmp_path / "spool"))
+    down("ann@example.com", "")  # beanstalkd away: spooled, not raised into the request
+    from producer import Notifier, spool
+
+    assert spool.flush(str(tmp_path / "spool"), Notifier(events_settings.beanstalk_url, spool="", blobs="").put_body) == 1
+    runner = Runner(events_settings)  # what `beanmail spool flush` moved on is delivered like any event
+    assert runner.run(burst=True) == 0
+    runner.close()
+    assert ("message.unsubscribed", "ann@example.com") in payloads(endpoint)

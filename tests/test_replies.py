@@ -88,6 +88,41 @@ def delivered(settings: Settings, endpoint: Endpoint) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in endpoint.delivered()]
 
 
+def test_a_reply_to_a_notify_reply_true_mail_becomes_a_verified_message_replied_event(
+        reply_settings: Settings, endpoint: Endpoint, smtp: SmtpServer) -> None:
+    from producer import Notifier
+
+    n = Notifier(reply_settings.beanstalk_url)
+    n.notify("welcome", "Zoë <zoe@example.com>", {"name": "Zoë"}, entities={"issue": {"type": "issue", "id": 42}},
+             key="comment:91:zoe", reply=True)
+    n.notify("welcome", "ann@example.com", {"name": "Ann"}, key="welcome:ann")  # no reply asked: no Reply-To
+    n.close()
+    run_burst(reply_settings)
+    by_rcpt = {m.rcpt_tos[0]: m.message for m in smtp.wait_for(2)}
+    assert by_rcpt["ann@example.com"]["Reply-To"] is None and "X-Beanmail-Reply" not in by_rcpt["ann@example.com"]
+    reply_to = str(by_rcpt["zoe@example.com"]["Reply-To"])
+    assert reply_to.startswith("reply+") and reply_to.endswith("@" + DOMAIN)
+    assert "X-Beanmail-Reply" not in by_rcpt["zoe@example.com"]
+    env = bare_env(reply_settings, BEANMAIL_REPLY_DOMAIN=DOMAIN, BEANMAIL_REPLY_SECRET="r3ply",
+                   BEANMAIL_EVENTS_URL=endpoint.url, BEANMAIL_EVENTS_SECRET=SECRET,
+                   BEANMAIL_EVENTS_SPOOL=reply_settings.events_spool)
+    gmail, _ = STYLES["gmail"]
+    proc = subprocess.run([str(VENV_BIN / "beanmail"), "inbound", "--recipient", reply_to], env=env, cwd=ROOT,
+                          input=reply(f"Acme <{reply_to}>", gmail), capture_output=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1].startswith(b"replied"), proc.stdout + proc.stderr
+    events = delivered(reply_settings, endpoint)
+    assert sorted(e["type"] for e in events) == ["message.replied", "message.sent", "message.sent"]
+    [event] = [e for e in events if e["type"] == "message.replied"]
+    data = event["data"]
+    assert (data["key"], data["recipient"], data["template"]) == ("comment:91:zoe", "zoe@example.com", "welcome")
+    assert data["entities"] == {"issue": {"type": "issue", "id": 42}}
+    assert data["text"] == "Sounds good, I'll take it." and data["sender_verified"] is True
+    assert (data["from"], data["message_id"]) == ("zoe@example.com", "<r1@mail.example.com>")
+    listing = subprocess.run([str(VENV_BIN / "beanmail"), "inbound", "--list", "--json"], env=env, cwd=ROOT,
+                             capture_output=True, timeout=60)
+    assert [(r["outcome"], r["key"]) for r in json.loads(listing.stdout)] == [("replied", "comment:91:zoe")]
+
+
 def test_forged_expired_automatic_bounced_and_looping_mail_is_refused_recorded_and_not_passed_on(
         reply_settings: Settings, endpoint: Endpoint) -> None:
     store = Store(reply_settings.store)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..logs import get_logger, mask
 from ..settings import Settings
+from ..events import hooks as events
 from ..store import Store
 from . import verp
 from .brake import Brake
@@ -96,11 +97,11 @@ class Intake:
             log.warning("feedback unmatched: nobody suppressed", source=source, kind=report.kind, reason=why)
             return [Handled(bid, "unmatched", address)]
         if report.complaint:
-            return [self._complaint(report, match, source, raw)]
+            return events.feedback(self.settings, self.store, [self._complaint(report, match, source, raw)])
         handled = [self._bounce(f, match, source, raw, report.kind) for f in self._failures(report, match)]
         if match.bulk and any(h.classification in ("hard", "soft") for h in handled):
             self.brake.check()
-        return handled
+        return events.feedback(self.settings, self.store, handled)  # message.bounced/.complained (worker/events)
 
     @staticmethod
     def _failures(report: Report, match: Match) -> list[Failure]:
