@@ -17,6 +17,8 @@ WORKER = [
     "flufl.bounce>=4.0",  # detectors for bounces that are not RFC 3464 DSNs
     "prometheus_client>=0.17",  # the console's /metrics
     "waitress>=3.0",  # serves the console: no thread held by a half-sent request, bounded connections
+    "standardwebhooks>=1.0",  # signs delivery events (worker/events/deliver.py), MIT
+    "mail-parser-reply>=1.30",  # the new text of a reply, quote and signature removed (worker/events/inbound.py), MIT
 ]
 
 setup(

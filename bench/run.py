@@ -681,6 +681,55 @@ def outbox(tmp: Path, n: int, backlog: int, rate: float = 200.0) -> None:
          backlog=backlog, backlog_rows_per_s=round(backlog / drain_s))
 
 
+def events(tmp: Path, n: int, w: int) -> None:
+    """Delivery events for n sends: n mails sent by W mail workers with BEANMAIL_EVENTS_URL set
+    (each recorded batch queues its message.sent events), then one `beanmail events run` (as
+    supervisord runs it) POSTs them, signed, to a local keep-alive HTTP endpoint; timed from its
+    first request to its last."""
+    import base64 as b64
+
+    from standardwebhooks import Webhook
+
+    from tests.endpoint import Endpoint
+
+    b = stack(tmp)
+    endpoint = Endpoint().start()
+    secret = "whsec_" + b64.b64encode(os.urandom(32)).decode()
+    events_env = {"BEANMAIL_EVENTS_URL": endpoint.url, "BEANMAIL_EVENTS_SECRET": secret,
+                  "BEANMAIL_EVENTS_SPOOL": str(tmp / "events.spool")}
+    notifier = Notifier(b.url)
+    for i in range(n):
+        notifier.notify("bench", f"user{i}@example.com", CONTEXT, priority="bulk", key=f"bench:{i}")
+    sink = SmtpSink(expect=n)
+    workers = Workers(tmp, b.url, sink.port, w, extra=events_env)
+    sink.wait(timeout=3600)
+    send_seconds = time.time() - workers.first_connected
+    workers.stop()
+    queued = ready_jobs(b.url, "events")
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C", "BEANMAIL_BEANSTALK_URL": b.url,
+           "BEANMAIL_STORE": str(tmp / "store.sqlite3"), **events_env}
+    log = tmp / "events-run.log"
+    proc = subprocess.Popen([str(BIN / "beanmail"), "events", "run"], env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        # smtp-sink -M leaves after n messages, so the last one or two end in doubt: no event for those
+        wait_until(lambda: len(endpoint.received) >= queued or proc.poll() is not None, 600, "every event delivered")
+        rss, cpu = proc_stat(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    endpoint.stop()
+    if len(endpoint.received) < queued:
+        raise RuntimeError(f"events run exited {proc.returncode}:\n{log.read_text()[-2000:]}")
+    seconds = endpoint.received[-1].at - endpoint.received[0].at  # first request to last: the runner's pace
+    for r in endpoint.received[:: max(1, n // 100)]:  # a sample of signatures, checked by the reference library
+        Webhook(secret).verify(r.body, r.headers)
+    ids = [r.id for r in endpoint.received]
+    emit("events", sends=n, workers=w, sends_per_s=round(n / send_seconds), events_queued=queued,
+         seconds=round(seconds, 2), events_per_s=round(queued / seconds), unique=len(set(ids)), requests=len(ids),
+         connections=endpoint.connections, runner_rss_mb=round(rss, 1), runner_cpu_s=round(cpu, 2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
@@ -689,7 +738,7 @@ def main() -> int:
     parser.add_argument("--only", default="relay,django-mailer,enqueue,slow-receivers,urgent-under-load,fanout,raw-limit,"
                                            "rss-over-a-run,"
                                            "mailout-memory,mx-one-domain,mx-internet,relay-aiosmtpd,outbox,"
-                                           "relay-dkim,dkim-cpu")
+                                           "relay-dkim,dkim-cpu,events")
     args = parser.parse_args()
     s, w = args.scale, args.workers
 
@@ -713,6 +762,7 @@ def main() -> int:
         "outbox": lambda t: outbox(t, n(4_000, 200), n(20_000, 500)),
         "relay-dkim": lambda t: relay_dkim(t, n(10_000), w, args.threads),
         "dkim-cpu": lambda t: dkim_cpu(t, n(2_000)),
+        "events": lambda t: events(t, n(10_000, 200), w),
     }
     for name in args.only.split(","):
         tmp = Path(tempfile.mkdtemp(prefix=f"beanmail-bench-{name}-"))

@@ -156,16 +156,17 @@ class Notifier:
     def notify(self, template: str, to: Any, context: Mapping[str, Any] | None = None, *,
                entities: Mapping[str, Mapping[str, Any]] | None = None, priority: str = "normal",
                delay: int = 0, not_after: float | None = None, key: str | None = None,
-               headers: Mapping[str, str] | None = None, digest: str | None = None) -> int:
+               headers: Mapping[str, str] | None = None, digest: str | None = None, reply: bool = False) -> int:
         """Queue one templated message; returns the beanstalkd job id. ``digest`` ("hourly",
         "daily", "weekly") collects it into the recipient's digest instead (docs/digests.md);
-        the recipient's own preference, when set, decides over it."""
+        the recipient's own preference, when set, decides over it. ``reply``: the message gets a
+        signed Reply-To whose replies come back as ``message.replied`` events (docs/events.md)."""
         _check_priority(priority)
         envelope = Envelope(
             kind="mail", id=key or env.new_id(), to=(parse_recipient(to),), template=template,
             context=dict(context or {}), entities={k: dict(v) for k, v in (entities or {}).items()},
             priority=priority, not_after=_int(not_after), created_at=env.now(),
-            headers=dict(headers or {}), digest=_check_digest(digest),
+            headers={**(headers or {}), **({"X-Beanmail-Reply": "1"} if reply else {})}, digest=_check_digest(digest),
         )
         return self.put(envelope, delay=delay)
 

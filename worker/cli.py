@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .outbox import register as register_outbox
 
     register_outbox(sub)  # beanmail outbox run | init | status | retry --db URL
+    from .events import commands as events_commands
+
+    events_commands.register(sub)  # beanmail events run [--burst], inbound
     return p
 
 

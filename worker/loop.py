@@ -17,6 +17,7 @@ import greenstalk
 from producer.client import connect
 
 from .beanstalk import CONNECTION_ERRORS, delete_many, reserve_batch
+from .events import hooks as events
 from .job import Reserved, Stage
 from .logs import get_logger
 from .outcomes import Action, Backoff, Disposition, disposition
@@ -276,6 +277,7 @@ class Worker:
                         self.store.record_failure(self.url, reserved.id, tube, d.outcome, d.reason, reserved.body)
                     except StoreUnavailable as exc:  # bury all the same: the reason is in the log
                         self.log.error("failure not recorded", job=reserved.id, reason=d.reason, error=exc.reason)
+                    events.buried(self.settings, self.store, reserved.body, d.outcome, d.reason)  # message.failed
                     reserved.client.bury(reserved.job, priority=pri)
             except greenstalk.NotFoundError:
                 # the TTR ran out meanwhile and someone else holds it; the store's claim decides

@@ -17,6 +17,8 @@ from producer.unsubscribe import list_unsubscribe_headers
 
 from . import logs, mime
 from .entities import Registry
+from .events import hooks as events
+from .events.replies import reply_headers
 from .job import Reserved
 from .logs import get_logger, mask, mask_text
 from .outcomes import Action, Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Fate, Skipped, disposition
@@ -337,6 +339,7 @@ class Pipeline:
                     get_logger().error("delivery not recorded", outcome=result.disposition.outcome,
                                        error=exc.reason,
                                        key=mask_text(key) if self.settings.mask_addresses else key)
+        events.deliveries(self.settings, self.store, batch, results)  # message.sent/.bounced (worker/events)
         return results
 
     def _decode(self, body: bytes) -> Envelope:
@@ -455,6 +458,7 @@ class Pipeline:
         headers = mime.merge_headers(self._list_headers(envelope) if envelope.priority == "bulk" else {},
                                      self.outbound.headers(envelope),
                                      envelope.headers)  # an application's own headers win
+        headers = reply_headers(self.settings, self.store, envelope, headers)  # notify(reply=True): Reply-To
         message = mime.build(rendered, self.sender, envelope.recipient, headers)
         return message, [envelope.recipient.address]
 

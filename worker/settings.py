@@ -117,6 +117,20 @@ class Settings:
     digest_interval: float = 60.0  # seconds between `beanmail digest run`'s looks for due periods
     quiet_hours: str = ""  # e.g. 22:00-07:00 for recipients whose preferences set none
     quiet_recheck: int = 3600  # a held job comes back at least this often (a changed preference)
+    # delivery events for the application (docs/events.md, worker/events)
+    events_url: str = ""  # where `beanmail events run` POSTs them; none: no event is queued
+    events_secret: str = ""  # whsec_<base64>; a comma-separated list rotates: each signs, the header carries all
+    events_types: str = ""  # comma-separated event types to deliver; none: every type
+    events_tube: str = "events"
+    events_max_age: float = 86400.0  # an event the endpoint did not take for this long is buried
+    events_backoff_base: float = 5.0  # retry delay: base x 2^(attempt-1) seconds, to events_backoff_max
+    events_backoff_max: float = 1800.0
+    events_timeout: float = 10.0  # seconds one webhook request may take
+    events_connections: int = 4  # kept-alive HTTP connections of one `beanmail events run`
+    events_spool: str = "var/events.spool"  # events beanstalkd could not take; `events run` moves them on
+    reply_domain: str = ""  # replies.example.org: notify(reply=True) sets Reply-To reply+TOKEN@ there
+    reply_secret: str = ""  # signs reply tokens; defaults to BEANMAIL_SECRET; a comma-separated list rotates
+    reply_ttl: float = 30 * 86400.0  # how long a reply address is accepted
 
     @property
     def dkim_signing_domain(self) -> str:
@@ -226,6 +240,8 @@ def _absolute(s: Settings) -> Settings:
     changes: dict[str, str] = {"templates": os.path.abspath(s.templates)}
     if s.dkim_key:
         changes["dkim_key"] = ",".join(os.path.abspath(k.strip()) for k in s.dkim_key.split(",") if k.strip())
+    if s.events_spool:
+        changes["events_spool"] = os.path.abspath(s.events_spool)
     if "://" not in s.store and s.store != ":memory:":
         changes["store"] = os.path.abspath(s.store)
     if s.supervisor_url.startswith("unix://") and not s.supervisor_url.startswith("unix:///"):
@@ -261,7 +277,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return value
         if name in ("dkim_key", "dkim_selector") and not isinstance(value, str):  # a TOML list
             return ",".join(str(item).strip() for item in value)
-        if name in ("secret", "unsubscribe_secret"):
+        if name in ("secret", "unsubscribe_secret", "events_secret", "reply_secret"):
             keys = value.split(",") if isinstance(value, str) else [str(k) for k in value]
             if value and not any(k.strip() for k in keys):
                 raise SettingsError(f"{label}: names no key (a comma-separated list: the first signs, all verify)")
@@ -347,6 +363,9 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("BEANMAIL_LOG_FORMAT: must be json or console")
     _validate_feedback(s)
     _validate_digest(s)
+    from .events.config import validate_events
+
+    validate_events(s)
     return s
 
 

@@ -85,6 +85,19 @@ HELP: dict[str, str] = {
     "digest_interval": "seconds between `beanmail digest run`'s looks for due periods",
     "quiet_hours": "`22:00-07:00`: normal and bulk mail held in the recipient's time zone (urgent never)",
     "quiet_recheck": "a held job comes back at least this often (a changed preference)",
+    "events_url": "where `beanmail events run` POSTs delivery events (docs/events.md); unset: no event is queued",
+    "events_secret": "`whsec_` + base64 of 24-64 random bytes: signs events (Standard Webhooks); a comma-separated list rotates: each signs, the header carries every signature",
+    "events_types": "comma-separated event types to deliver (`message.sent`, `message.bounced`, `message.complained`, `message.unsubscribed`, `message.failed`, `message.replied`); unset: all",
+    "events_tube": "the beanstalkd tube events wait on",
+    "events_max_age": "seconds an event is retried while the endpoint is down or answers 5xx/408/429, then it is buried with the last reason",
+    "events_backoff_base": "event retry delay: base × 2^(attempt−1) seconds, jittered to [d/2, d] (or the endpoint's Retry-After)",
+    "events_backoff_max": "the longest event retry delay, seconds",
+    "events_timeout": "seconds one event's HTTP request may take",
+    "events_connections": "kept-alive HTTP connections (requests in flight) of one `beanmail events run`",
+    "events_spool": "events beanstalkd could not take are appended here; `beanmail events run` moves them to the tube",
+    "reply_domain": "`replies.example.org`: `notify(..., reply=True)` mail gets `Reply-To: reply+TOKEN@` there; `beanmail inbound` reads the replies",
+    "reply_secret": "signs reply addresses (default: the secret); a comma-separated list rotates: the first signs, all verify",
+    "reply_ttl": "seconds a reply address is accepted (30 days)",
 }
 
 

@@ -197,12 +197,41 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (domain, holder)
     )
     """,
+    60: """
+    CREATE TABLE event_refs (
+        key TEXT PRIMARY KEY,           -- a sent message's key: its events after the send (bounces, complaints) name these
+        template TEXT NOT NULL,
+        entities TEXT NOT NULL,         -- the job's entity references, JSON
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX event_refs_created ON event_refs (created_at)
+    """,
+    61: """
+    CREATE TABLE reply_messages (
+        token TEXT PRIMARY KEY,         -- the id part of a reply address's token (worker/events/replies.py)
+        key TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        template TEXT NOT NULL,
+        entities TEXT NOT NULL,         -- JSON
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE inbound (
+        id TEXT PRIMARY KEY,
+        received_at DOUBLE PRECISION NOT NULL,
+        outcome TEXT NOT NULL,          -- replied | refused
+        reason TEXT NOT NULL DEFAULT '',
+        key TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '', -- the reply's From
+        raw TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX inbound_received ON inbound (received_at)
+    """,
 }
 # Upper bounds (seconds) of the enqueue-to-accepted latency buckets, columns l0.. of
 # console_counts (counts per bucket, not cumulative); the last column counts what is above.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)
 # Numbers by owner: 1-9 the core, 10-19 feedback (bounces, DKIM), 20-29 the console and
-# metrics, 30-39 digests, 40-49 the worker registry. Gaps are fine; each runs once.
+# metrics, 30-39 digests, 40-49 the worker registry, 60-69 delivery events. Gaps are fine; each runs once.
 FINAL = ("sent", "skipped", "bounced")
 
 
@@ -1005,6 +1034,47 @@ class Store:
             "INSERT INTO brake (name, engaged, reason, changed_at) VALUES (?, ?, ?, ?) ON CONFLICT (name)"
             " DO UPDATE SET engaged = excluded.engaged, reason = excluded.reason, changed_at = excluded.changed_at"
             " WHERE brake.engaged <> excluded.engaged", (name, int(engaged), reason, time.time())) > 0
+
+    # -- delivery events (worker/events) ---------------------------------------------------------
+    def remember_refs(self, rows: Sequence[tuple[str, str, str]], keep: float = 90 * 86400) -> None:
+        """(key, template, entities JSON) of sent messages, for the events that come after the
+        send; rows older than ``keep`` seconds go in the same transaction, now and then."""
+        now = time.time()
+        with self._transaction():
+            for key, template, entities in rows:
+                self._db.execute("INSERT INTO event_refs (key, template, entities, created_at) VALUES (?, ?, ?, ?)"
+                                 " ON CONFLICT (key) DO NOTHING", (key, template, entities, now))
+            if rows and hash(rows[0][0]) % 1000 == 0:
+                self._db.execute("DELETE FROM event_refs WHERE created_at < ?", (now - keep,))
+
+    def refs_for(self, key: str) -> tuple[str, str] | None:
+        """(template, entities JSON) remembered for ``key``."""
+        row = self._one("SELECT template, entities FROM event_refs WHERE key = ?", (key,))
+        return (row[0], row[1]) if row else None
+
+    def remember_reply(self, token: str, key: str, recipient: str, template: str, entities: str) -> None:
+        """What a reply address's token names, written before the message goes."""
+        self._run("INSERT INTO reply_messages (token, key, recipient, template, entities, created_at)"
+                  " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (token) DO NOTHING",
+                  (token, key, recipient.lower(), template, entities, time.time()))
+
+    def reply_for(self, token: str) -> tuple[str, str, str, str] | None:
+        """(key, recipient, template, entities JSON) of a reply token's message."""
+        row = self._one("SELECT key, recipient, template, entities FROM reply_messages WHERE token = ?", (token,))
+        return (row[0], row[1], row[2], row[3]) if row else None
+
+    def record_inbound(self, *, outcome: str, reason: str = "", key: str = "", address: str = "", raw: str = "") -> str:
+        """A message `beanmail inbound` read: passed on as an event, or refused and why."""
+        inbound_id = f"{time.time_ns():x}{os.urandom(3).hex()}"
+        self._run("INSERT INTO inbound (id, received_at, outcome, reason, key, address, raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (inbound_id, time.time(), outcome, reason[:2000].replace("\0", "\ufffd"), key, address.lower(),
+                   raw[:262144].replace("\0", "\ufffd")))
+        return inbound_id
+
+    def inbound(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._all("SELECT id, received_at, outcome, reason, key, address FROM inbound"
+                         " ORDER BY received_at DESC LIMIT ?", (limit,))
+        return [dict(zip(("id", "received_at", "outcome", "reason", "key", "address"), r)) for r in rows]
 
     def close(self) -> None:
         self.journal.close()

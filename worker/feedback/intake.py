@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from ..logs import get_logger, mask
 from ..settings import Settings
+from ..events import hooks as events
 from ..store import Store
 from . import verp
 from .brake import Brake
@@ -123,11 +124,11 @@ class Intake:
             log.warning("feedback unmatched: nobody suppressed", source=source, kind=report.kind, reason=detail)
             return [Handled(bid, "unmatched", address, match.key)]
         if report.complaint:
-            return [self._complaint(report, match, source, raw)]
+            return events.feedback(self.settings, self.store, [self._complaint(report, match, source, raw)])
         handled = [self._bounce(self._failure(report, match), match, source, raw, report.kind)]
         if match.bulk and any(h.classification in ("hard", "soft", "refused") for h in handled):
             self.brake.check()
-        return handled
+        return events.feedback(self.settings, self.store, handled)  # message.bounced/.complained (worker/events)
 
     @staticmethod
     def _failure(report: Report, match: Match) -> Failure:
