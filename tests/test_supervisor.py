@@ -216,7 +216,7 @@ def test_operator_cli_status_kick_pause_peek(stack: Supervisor, beanstalkd: Bean
     procs = {p["name"]: p["state"] for p in status["supervisor"]["processes"]}
     assert procs == {"beanmail:fanout_00": "RUNNING", "beanmail:mail_00": "RUNNING", "beanmail:digest_00": "RUNNING",
                      "beanmail:mail_01": "RUNNING", "beanmail:urgent_00": "RUNNING", "beanmail:web_00": "RUNNING",
-                     "beanmail:outbox_00": "RUNNING"}
+                     "beanmail:outbox_00": "RUNNING", "beanmail:events_00": "RUNNING"}
     tubes = {t["tube"]: t for t in status["tubes"]}
     assert tubes["mail.bulk"]["buried"] == 1 and tubes["mail.urgent"]["watching"] == 3
     human = beanmail("status", env=stack.env).stdout
