@@ -58,10 +58,11 @@ class ProducerConfig:
 
 def load(framework: Mapping[str, Any] | None = None, *, label: str = "BEANMAIL",
          framework_keys: Iterable[str] = (), environ: Mapping[str, str] | None = None,
-         path: str | None = None) -> ProducerConfig:
+         path: str | None = None, check_store: bool = True) -> ProducerConfig:
     """``framework``: the framework's settings, with the keys of KEYS' last column (``URL``,
     ``SECRET``, ...) and ``framework_keys`` (its own, such as ``ON_COMMIT``); ``label`` names them
-    in errors (``BEANMAIL['SECRET']`` for Django, ``app.config['BEANMAIL_SECRET']`` for Flask)."""
+    in errors (``BEANMAIL['SECRET']`` for Django, ``BEANMAIL_SECRET`` for Flask). ``check_store``
+    False: the store path need not exist (the test backend queues nothing)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {name: "default" for name in KEYS}
@@ -84,7 +85,7 @@ def load(framework: Mapping[str, Any] | None = None, *, label: str = "BEANMAIL",
             extra[key] = value
         elif value is not None:
             values[name], sources[name] = value, _name(label, key)
-    return _checked(values, sources, extra)
+    return _checked(values, sources, extra, check_store)
 
 
 def _name(label: str, key: str) -> str:
@@ -110,7 +111,8 @@ def _file(environ: Mapping[str, str], path: str | None) -> tuple[dict[str, Any],
     return table, path
 
 
-def _checked(values: dict[str, Any], sources: dict[str, str], extra: dict[str, Any]) -> ProducerConfig:
+def _checked(values: dict[str, Any], sources: dict[str, str], extra: dict[str, Any],
+             check_store: bool = True) -> ProducerConfig:
     def fail(name: str, why: str) -> ConfigError:
         return ConfigError(f"{sources[name]}: {why}")
 
@@ -134,7 +136,7 @@ def _checked(values: dict[str, Any], sources: dict[str, str], extra: dict[str, A
     store = str(values["store"]) if values.get("store") else None
     if store and "://" not in store and store != ":memory:":
         store = os.path.abspath(store)
-        if not os.path.isfile(store):
+        if check_store and not os.path.isfile(store):
             raise fail("store", f"{store} does not exist: point it at the store the workers use (their"
                                 f" BEANMAIL_STORE, created at a worker's first start); a web app never creates one")
     spool = os.path.abspath(str(values["spool"])) if values.get("spool") else None

@@ -39,11 +39,31 @@ class Beanmail:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        self.notifier = Notifier(app.config.get("BEANMAIL_URL"), secret=app.config.get("BEANMAIL_SECRET"),
-                                 spool=app.config.get("BEANMAIL_SPOOL"), blobs=app.config.get("BEANMAIL_STORE"))
-        self.outbox = bool(app.config.get("BEANMAIL_OUTBOX"))
+        """Reads ``BEANMAIL_*`` of ``app.config`` over the workers' beanmail.toml and environment
+        (producer.config); a misspelt key, a bad value or a missing store raises ConfigError here.
+        ``BEANMAIL_TEST = True``: the test backend (producer.testing), ``beanmail.captured``."""
+        from .config import load
+
+        given = {k[len("BEANMAIL_"):]: v for k, v in app.config.items() if k.startswith("BEANMAIL_")}
+        config = load(given, label="BEANMAIL_", framework_keys={"OUTBOX", "TEST"},
+                      check_store=not given.get("TEST"))
+        if config.extra.get("TEST"):
+            from .testing import TestNotifier
+
+            self.notifier = TestNotifier(secret=config.secret or "")
+        else:
+            self.notifier = config.notifier()
+        self.outbox = bool(config.extra.get("OUTBOX")) and not config.extra.get("TEST")
         app.extensions["beanmail"] = self
         app.teardown_request(self._teardown)
+
+    @property
+    def captured(self) -> Any:
+        """The test backend's outbox (``BEANMAIL_TEST = True``): ``.assert_sent(...)``, ``.clear()``."""
+        outbox = getattr(self.notifier, "outbox", None)
+        if outbox is None:
+            raise RuntimeError("beanmail.captured needs BEANMAIL_TEST = True")
+        return outbox
 
     @property
     def pending(self) -> AfterCommit:

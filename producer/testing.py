@@ -145,11 +145,16 @@ class Outbox:
         if self.jobs:
             self.assert_sent(count=0)
 
-    def render(self, delivery: Captured, templates: str = "templates") -> Any:
-        """The delivery's subject, text and HTML through the real templates (needs the worker
-        installed: ``pip install 'beanmail[worker]'``), as a worker would render them, entities
-        aside (a test gives their values in the context)."""
+    def render(self, delivery: Captured, templates: str | None = None) -> Any:
+        """The delivery's subject, text and HTML through the real templates (``templates``, else
+        BEANMAIL_TEMPLATES, else ./templates, as the workers find them; needs the worker installed:
+        ``pip install 'beanmail[worker]'``), as a worker would render them, entities aside (a test
+        gives their values in the context)."""
+        import os
+
         from worker.render import Renderer
+
+        templates = templates or os.environ.get("BEANMAIL_TEMPLATES") or "templates"
 
         context = delivery.context
         recipient = delivery.recipient or delivery.envelope.to[0]

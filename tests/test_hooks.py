@@ -26,6 +26,7 @@ from producer.blobs import BlobStore
 from producer.client import connect, message_key
 from producer.hooks import transaction
 from worker.settings import Settings
+from worker.store import Store
 
 from .conftest import ROOT, run_burst
 from .servers import Beanstalkd, SmtpServer
@@ -116,11 +117,18 @@ def key(n: int) -> str | None:
     return message_key("django", f"<m{n}@test>", [f"u{n}@example.com"])
 
 
+def worker_store(location: str) -> None:
+    """The store a worker creates at its first start: a web app uses it, never creates one."""
+    if location and "://" not in location:
+        Store(location).close()
+
+
 def configure(**beanmail: str) -> None:
     from django.conf import settings as dj
 
     import producer.django
 
+    worker_store(beanmail.get("STORE", ""))
     dj.BEANMAIL = {**dj.BEANMAIL, **beanmail}
     producer.django._notifier = None
 
@@ -297,6 +305,7 @@ def flask_app(settings: Settings, **config: str) -> Any:
     from producer.flask import Beanmail
 
     app = Flask(__name__)
+    worker_store(config.get("BEANMAIL_STORE", ""))
     app.config.update({"BEANMAIL_URL": settings.beanstalk_url, "BEANMAIL_STORE": "", **config})
     beanmail = Beanmail(app)
 

@@ -3,6 +3,8 @@ queued, never touches beanstalkd, refuses what the real Notifier refuses, render
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from producer import EnvelopeError
@@ -64,3 +66,52 @@ def test_raw_messages_are_captured_with_their_parsed_message() -> None:
     assert decode(d.body, "s3cret").id == "raw:1"  # signed as the real Notifier signs
     with pytest.raises(EnvelopeError):
         decode(d.body, "another")
+
+
+def test_a_django_projects_own_tests_run_against_the_test_backend_without_beanstalkd(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "tests" / "testing_site", site)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8",
+           "BEANMAIL_BEANSTALK_URL": "beanstalk://127.0.0.1:1",  # nothing may reach it
+           "BEANMAIL_TEMPLATES": str(ROOT / "templates")}
+    out = subprocess.run([sys.executable, "manage.py", "test", "shop", "-v", "2",
+                          "--settings", "settings"], cwd=site, env=env, capture_output=True, text=True, timeout=120)
+    report = out.stdout + out.stderr
+    assert out.returncode == 0 and "Ran 4 tests" in report and "OK" in report, report
+
+
+def test_flask_captures_in_test_mode_and_refuses_a_misspelt_key() -> None:
+    from flask import Flask
+
+    from producer.config import ConfigError
+    from producer.flask import Beanmail
+
+    app = Flask("shop")
+    app.config.update(BEANMAIL_TEST=True, BEANMAIL_URL="beanstalk://127.0.0.1:1")
+    beanmail = Beanmail(app)
+
+    @app.post("/signup")
+    def signup() -> str:
+        beanmail.notify("welcome", "zoe@example.com", {"name": "Zoë"}, key="welcome:1")
+        return "ok"
+
+    @app.post("/broken")
+    def broken() -> str:
+        beanmail.notify("welcome", "bo@example.com", {"name": "Bo"}, key="welcome:2")
+        raise RuntimeError("declined")
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    client = app.test_client()
+    assert client.post("/signup").status_code == 200
+    assert client.post("/broken").status_code == 500
+    beanmail.captured.assert_sent(template="welcome", to="zoe@example.com", count=1)
+    assert beanmail.captured.sent(to="bo@example.com") == []  # the failed request queued nothing
+    typo = Flask("typo")
+    typo.config.update(BEANMAIL_SECERT="x")
+    with pytest.raises(ConfigError, match="BEANMAIL_SECERT is not a beanmail setting; did you mean BEANMAIL_SECRET"):
+        Beanmail(typo)

@@ -3,7 +3,12 @@
     # settings.py
     EMAIL_BACKEND = "producer.django.EmailBackend"
     BEANMAIL = {"URL": "beanstalk://127.0.0.1:11300", "SECRET": "", "SPOOL": "", "STORE": "",
-                "PRIORITY": "normal", "ON_COMMIT": True, "OUTBOX": False}
+                "PRIORITY": "normal", "ON_COMMIT": True, "OUTBOX": False, "TEST": False}
+
+Unset keys come from the workers' ``beanmail.toml`` (or ``BEANMAIL_CONFIG``) and ``BEANMAIL_*``
+variables (producer.config); a misspelt key or a bad value raises ImproperlyConfigured, at start
+with ``"producer.django"`` in ``INSTALLED_APPS``, else at the first send. ``"TEST": True`` (or
+``override_settings``) captures every job in memory instead (``test_outbox()``, producer.testing).
 
 Every ``send_mail()`` / ``EmailMessage.send()`` then becomes a ``raw`` job carrying the built
 message with its attachments, enqueued when the surrounding transaction commits (at once outside
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from django.conf import settings as django_settings
 from django.core.mail.backends.base import BaseEmailBackend
@@ -39,28 +44,73 @@ from ..addresses import AddressError, mailbox_address
 from ..client import Notifier, check_call, message_key
 from ..hooks import call_after_commit
 
+if TYPE_CHECKING:
+    from ..testing import Outbox
+
 PRIORITY_HEADER = "X-Beanmail-Priority"
 
 _notifier: Notifier | None = None
+_test_notifier: Notifier | None = None
 _outboxes: dict[str, Notifier] = {}
 _priority: contextvars.ContextVar[str | None] = contextvars.ContextVar("beanmail_priority", default=None)
 
 
+FRAMEWORK_KEYS = {"PRIORITY": "normal", "ON_COMMIT": True, "OUTBOX": False, "TEST": False}
+_configs: dict[str, dict[str, Any]] = {}
+
+
 def config() -> dict[str, Any]:
-    return {"URL": None, "SECRET": None, "SPOOL": None, "STORE": None, "PRIORITY": "normal", "ON_COMMIT": True,
-            "OUTBOX": False, **getattr(django_settings, "BEANMAIL", {})}
+    """settings.BEANMAIL over the workers' beanmail.toml and BEANMAIL_* variables
+    (producer.config), checked once per distinct dict: a misspelt key, a bad value or a store
+    that does not exist raises ImproperlyConfigured, naming it."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from ..config import ConfigError, load
+
+    raw = dict(getattr(django_settings, "BEANMAIL", {}) or {})
+    seen = repr(sorted(raw.items(), key=lambda kv: str(kv[0])))
+    cached = _configs.get(seen)
+    if cached is not None:
+        return cached
+    try:
+        loaded = load(raw, label="BEANMAIL", framework_keys=FRAMEWORK_KEYS, check_store=not raw.get("TEST"))
+    except ConfigError as exc:
+        raise ImproperlyConfigured(f"beanmail: {exc}") from None
+    c = {"URL": loaded.url, "SECRET": loaded.secret, "SPOOL": loaded.spool, "STORE": loaded.store,
+         "TTR": loaded.ttr, **FRAMEWORK_KEYS, **loaded.extra}
+    if c["PRIORITY"] not in env.PRIORITIES:
+        raise ImproperlyConfigured(f"beanmail: BEANMAIL['PRIORITY'] must be one of {', '.join(env.PRIORITIES)},"
+                                   f" got {c['PRIORITY']!r}")
+    _configs[seen] = c
+    return c
 
 
 def notifier(using: str | None = None) -> Notifier:
     """One Notifier per process (it is thread-safe), built from settings.BEANMAIL; with
-    ``OUTBOX``, the outbox writer of database ``using`` (default: "default")."""
-    global _notifier
-    if config()["OUTBOX"]:
+    ``TEST``, the test backend's (producer.testing: nothing reaches beanstalkd); with ``OUTBOX``,
+    the outbox writer of database ``using`` (default: "default")."""
+    global _notifier, _test_notifier
+    c = config()
+    if c["TEST"]:
+        if _test_notifier is None:
+            from ..testing import TestNotifier
+
+            _test_notifier = TestNotifier(secret=c["SECRET"] or "")
+        return _test_notifier
+    if c["OUTBOX"]:
         return outbox_notifier(using)
     if _notifier is None:
-        c = config()
-        _notifier = Notifier(c["URL"], secret=c["SECRET"], spool=c["SPOOL"], blobs=c["STORE"])
+        _notifier = Notifier(c["URL"], secret=c["SECRET"], ttr=c["TTR"], spool=c["SPOOL"] or "",
+                             blobs=c["STORE"] or "")
     return _notifier
+
+
+def test_outbox() -> "Outbox":
+    """What the test backend (``BEANMAIL = {"TEST": True}``) captured: ``.assert_sent(...)``,
+    ``.clear()`` (in a TestCase's setUp), ``.render(delivery)``."""
+    if not config()["TEST"]:
+        raise RuntimeError('test_outbox() needs BEANMAIL = {"TEST": True} (or override_settings in the test)')
+    return notifier().outbox  # type: ignore[attr-defined, no-any-return]
 
 
 @contextlib.contextmanager
@@ -96,7 +146,7 @@ def _after_commit(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, u
     """Enqueue when the transaction commits, never raising then; at once, raising, when there is
     no transaction (the caller still can tell its user). With OUTBOX: a row, now, in the transaction."""
     args, kwargs = check_call(name, args, kwargs)  # a bad address raises now, not after the commit
-    if config()["OUTBOX"]:
+    if config()["OUTBOX"] and not config()["TEST"]:
         getattr(outbox_notifier(using), name)(*args, **kwargs)
     elif _in_transaction(using):
         transaction.on_commit(lambda: call_after_commit(notifier(), name, args, kwargs), using=using)

@@ -10,3 +10,8 @@ class BeanmailConfig(AppConfig):
     name = "producer.django"
     label = "beanmail"  # "django" would read as Django's own
     verbose_name = "beanmail"
+
+    def ready(self) -> None:
+        from . import config
+
+        config()  # settings.BEANMAIL checked at start: a misspelt key or a missing store raises now
