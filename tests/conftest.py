@@ -152,14 +152,16 @@ def beanmail(*args: str, env: dict[str, str], timeout: float = 60, check: bool =
 # The fast tier: `make test-unit` (pytest -m unit) runs, in seconds, every test that needs none of
 # the server fixtures, so a change to a stage can be checked before the whole suite.
 SERVER_FIXTURES = {"beanstalkd", "smtp", "postgres", "store_location", "settings", "notifier", "tmpfs",
-                   "stack", "env", "django_app", "maildev", "relay", "dnsmasq", "browser", "console"}
+                   "stack", "env", "django_app", "maildev", "relay", "dnsmasq", "browser", "console",
+                   "fleet", "dns"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: needs no server; run alone with `make test-unit`")
+    config.addinivalue_line("markers", "server: starts a server (or installs, or runs a pool) itself: not in the unit tier")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("server"):
             item.add_marker(pytest.mark.unit)

@@ -149,6 +149,7 @@ def test_beanmail_bounce_records_hostile_mail_as_ignored_and_exits_0(store_locat
     store.close()
 
 
+@pytest.mark.server
 def test_bounces_fetch_sets_hostile_mail_aside_and_drains_the_mailbox(tmp_path: Path) -> None:
     dovecot = Dovecot().start()
     try:

@@ -425,7 +425,7 @@ def test_provider_webhooks_tie_signed_events_to_deliveries_and_refuse_forged_one
     app = with_webhooks(other_app, s, store=store, certificates=lambda url: signers.sns_cert)
     server = make_server("127.0.0.1", 0, app,
                          handler_class=type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_port}/webhooks"
     now = str(int(time.time()))

@@ -164,7 +164,7 @@ def unsubscribe_server(settings: Settings) -> Iterator[tuple[str, Store]]:
         def log_message(self, *args: object) -> None:
             pass
     server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/unsubscribe", store
     server.shutdown()

@@ -261,6 +261,7 @@ def other_local_addresses() -> list[str]:
     return ["127.0.0.2", *[a for a in found if not a.startswith("127.")]]
 
 
+@pytest.mark.server
 def test_the_catcher_listens_on_loopback_only(tmp_path: Path) -> None:
     server = Maildev(tmp_path).start()
     try:

@@ -125,6 +125,7 @@ def _open(location: str, barrier: "multiprocessing.synchronize.Barrier", queue: 
         queue.put(repr(exc))
 
 
+@pytest.mark.server
 def test_many_workers_starting_at_once_on_a_new_store(tmp_path: Path) -> None:
     """supervisord starts a whole pool at once; none of it may fail creating the SQLite store.
     (Switching a new file to WAL races in a way SQLite's busy timeout does not cover: before

@@ -218,7 +218,7 @@ def tracker(beanstalkd: Beanstalkd, tmp_path: Path) -> Iterator[str]:
             pass
     server = make_server("127.0.0.1", 0, Tracker(str(tmp_path / "tracker.sqlite3"), Notifier(beanstalkd.url)),
                          handler_class=Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
@@ -277,7 +277,7 @@ class _MailCatcherAPI(BaseHTTPRequestHandler):
 
 def test_the_catcher_helper_speaks_mailcatcher_too() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _MailCatcherAPI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         catcher = Catcher(f"http://127.0.0.1:{server.server_port}")
         messages: list[EmailMessage] = catcher.wait_for(2, timeout=5)

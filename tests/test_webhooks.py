@@ -52,7 +52,7 @@ class Hooks:
         self.app = WebhookApp(self.settings, self.store, certificates=certificates)
         self.server = make_server("127.0.0.1", 0, self.app,
                                   handler_class=type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None}))
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def message(self, key: str, *recipients: str) -> str:
