@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -62,6 +63,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         raise SettingsError(f"the worker cannot send {MAILOUT_TUBE} chunks (it would bury every one as poison):"
                             f" run `beanmail fanout` for the {MAILOUT_TUBE} tube; it puts one mail.bulk job per"
                             " recipient for the workers")
+    # a job's text the terminal's encoding cannot show (a lone surrogate) is escaped, never a crash
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     logs.configure(settings.log_format)
     if "mail.bulk" in settings.tubes and not (settings.unsubscribe_url or settings.unsubscribe_mailto):
         logs.get_logger().warning(

@@ -7,6 +7,7 @@ second copy is skipped as a duplicate by the sending stage's claim.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Callable, Iterator
 
@@ -19,10 +20,18 @@ from .logs import get_logger, mask_text
 from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
 from .validate import check_envelope
 from .settings import Settings
+from .store import KEY_LIMIT
 
 
 def recipient_key(mailout_key: str, address: str) -> str:
-    return f"{mailout_key}:{address.lower()}"
+    """``<mailout key>:<address>``; when that is longer than a key may be (KEY_LIMIT), the
+    mailout key's start and a digest of the whole (``<start>:~<sha256 hex, 32>``): still one
+    key per mailout and recipient, the same on every run, and short enough to be claimed."""
+    key = f"{mailout_key}:{address.lower()}"
+    if len(key) <= KEY_LIMIT:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{mailout_key[:KEY_LIMIT - len(digest) - 2]}:~{digest}"
 
 
 class Fanout:

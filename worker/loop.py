@@ -276,6 +276,8 @@ class Worker:
                         self.store.record_failure(self.url, reserved.id, tube, d.outcome, d.reason, reserved.body)
                     except StoreUnavailable as exc:  # bury all the same: the reason is in the log
                         self.log.error("failure not recorded", job=reserved.id, reason=d.reason, error=exc.reason)
+                    except Exception as exc:  # noqa: BLE001 - a body the store refuses never ends the worker
+                        self.log.error("failure not recorded", job=reserved.id, reason=d.reason, error=repr(exc))
                     reserved.client.bury(reserved.job, priority=pri)
             except greenstalk.NotFoundError:
                 # the TTR ran out meanwhile and someone else holds it; the store's claim decides

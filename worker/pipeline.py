@@ -22,7 +22,7 @@ from .logs import get_logger, mask, mask_text
 from .outcomes import Action, Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Fate, Skipped, disposition
 from .render import Renderer
 from .settings import Settings
-from .store import FINAL, Finish, Store, StoreUnavailable
+from .store import FINAL, Finish, Store, StoreUnavailable, unstorable
 from .transports.smtp import Reply
 from .validate import check_envelope
 from .digest.collect import Digests
@@ -220,9 +220,21 @@ class Pipeline:
                 d.ref = envelope.ref
                 envelope = d.envelope = self._dereference(envelope)
             d.envelope = check_envelope(envelope)
+            self._check_storable(d.envelope)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             d.error = exc
         return d
+
+    @staticmethod
+    def _check_storable(envelope: Envelope) -> None:
+        """Poison, for this job alone, when what the store keys its rows by (the key, the
+        template, the recipients) cannot be stored: a NUL, a lone surrogate, an overlong key."""
+        values = [("key", envelope.id), ("template", envelope.template)]
+        values += [("recipient", r.address) for r in envelope.to]
+        for what, value in values:
+            why = unstorable(what, value)
+            if why is not None:
+                raise Poison(f"unstorable job: {why}")
 
     def check(self, d: Delivery, suppressed: Mapping[str, tuple[str, str]], prefs: Mapping[str, Any]) -> Delivery:
         """Everything else that needs no claim; ``suppressed`` and ``prefs`` are the batch's,
@@ -320,14 +332,13 @@ class Pipeline:
         try:
             self.store.finish_many(finishes)
             for d, result in zip(batch, results):
-                envelope, error = d.envelope, d.error
-                if envelope is None:
-                    continue
-                if isinstance(error, Bounced) and error.hard and envelope.kind == "mail":
-                    self.store.suppress(envelope.recipient.address, error.reason, "bounce")
-                self.outbound.finished(envelope, result.disposition.outcome)
-                if d.ref and result.disposition.action is Action.DELETE:
-                    self.store.delete_blob(d.ref)  # a final outcome: the body is needed no more
+                try:
+                    self._after(d, result)
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one job's follow-up never costs the batch
+                    get_logger().exception("follow-up of a job failed", outcome=result.disposition.outcome,
+                                           error=repr(exc))
         except StoreUnavailable as exc:
             # what happened stands (the mail went, or not); only its record is missing. An outage
             # the job already met is logged once by the store, not again for every job.
@@ -338,6 +349,18 @@ class Pipeline:
                                        error=exc.reason,
                                        key=mask_text(key) if self.settings.mask_addresses else key)
         return results
+
+    def _after(self, d: Delivery, result: Result) -> None:
+        """What follows a recorded outcome: a hard bounce's suppression, the feedback brake's
+        count, a blob no longer needed."""
+        envelope, error = d.envelope, d.error
+        if envelope is None:
+            return
+        if isinstance(error, Bounced) and error.hard and envelope.kind == "mail":
+            self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+        self.outbound.finished(envelope, result.disposition.outcome)
+        if d.ref and result.disposition.action is Action.DELETE:
+            self.store.delete_blob(d.ref)  # a final outcome: the body is needed no more
 
     def _decode(self, body: bytes) -> Envelope:
         try:

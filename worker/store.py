@@ -24,7 +24,7 @@ from producer.blobs import switch_to_wal
 from .identity import host_name
 from .journal import Journal
 from .logs import get_logger
-from .outcomes import Deferred, Outcome, Skipped
+from .outcomes import Deferred, Outcome, Poison, Skipped
 
 # Types are spelled so that both engines read them right: DOUBLE PRECISION is a float8 in
 # PostgreSQL (its REAL would lose the sub-second part of a timestamp) and REAL-affine in SQLite.
@@ -252,6 +252,37 @@ def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     """``values`` in slices small enough for any database's limit on query parameters."""
     for i in range(0, len(values), size):
         yield values[i:i + size]
+
+
+KEY_LIMIT = 200  # the longest idempotency key a job may carry (producer/envelope.py refuses longer)
+
+
+def unstorable(what: str, value: str) -> str | None:
+    """Why ``value`` (a key, an address, a template name: text the store keys rows by) cannot go
+    into either store as it is, or None. PostgreSQL's text holds no NUL; neither database takes
+    a lone surrogate (JSON's ``"\\ud800"`` decodes to one); a key has a length limit."""
+    if not isinstance(value, str):
+        return f"{what} is a {type(value).__name__}, not text"
+    if "\0" in value:
+        return f"{what} holds a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} holds a lone surrogate (not UTF-8)"
+    if what == "key" and len(value) > KEY_LIMIT:
+        return f"key is longer than {KEY_LIMIT} characters"
+    return None
+
+
+def storable_text(value: str) -> str:
+    """Free text (a reason, a reply, a buried body) as both stores hold it: NUL and lone
+    surrogates replaced, so a record never fails for what a job or a server said."""
+    value = value.replace("\0", "\ufffd")
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _safe_location(location: str) -> str:
@@ -573,6 +604,17 @@ class Store:
     def claim_many(self, items: Sequence[tuple[str, str, str]], lease: float) -> list[int | Outcome]:
         """``claim`` for a batch of ``(key, recipient, template)`` in one transaction: for each,
         how often it was taken, or the Skipped/Deferred that says why not."""
+        try:
+            return self._claim_batch(items, lease)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job's data failed the batch's statement
+            if len(items) == 1:
+                return [Poison(f"the store refused this job's claim: {storable_text(f'{type(exc).__name__}: {exc}')}")]
+        # each job on its own, so the one the store refuses is buried alone and the others go on
+        return [taken for item in items for taken in self.claim_many([item], lease)]
+
+    def _claim_batch(self, items: Sequence[tuple[str, str, str]], lease: float) -> list[int | Outcome]:
         now = time.time()
         out: list[int | Outcome] = []
         with self._transaction():
@@ -642,15 +684,28 @@ class Store:
         once it is committed."""
         if not rows:
             return
+        try:
+            self._finish_batch(rows)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one row's data failed the batch: each row alone
+            if len(rows) == 1:
+                get_logger().error("delivery not recorded: the store refused the row", key=storable_text(rows[0].key),
+                                   outcome=rows[0].outcome, error=storable_text(f"{type(exc).__name__}: {exc}"))
+            else:
+                for f in rows:
+                    self.finish_many([f])
+        self.journal.recorded(f.key for f in rows)
+
+    def _finish_batch(self, rows: Sequence[Finish]) -> None:
         now = time.time()
         with self._transaction():
             for f in rows:
                 self._db.execute(
                     _FINISH if f.overwrite_final else _FINISH_UNCLAIMED,
-                    (f.key, f.recipient, f.template, f.outcome, f.reason, f.reply,
+                    (f.key, f.recipient, f.template, f.outcome, storable_text(f.reason), storable_text(f.reply),
                      now + f.hold if f.hold else 0, int(f.free), now),
                 )
-        self.journal.recorded(f.key for f in rows)
 
     def recover_journals(self) -> int:
         """Record as sent what dead processes of this host sent and never recorded (their
@@ -783,7 +838,8 @@ class Store:
         self._run(
             "INSERT INTO failures (server, job_id, tube, outcome, reason, body, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (server, job_id, tube, outcome, reason, body[:65536].decode("utf-8", "replace"), time.time()),
+            (server, job_id, storable_text(tube), outcome, storable_text(reason),
+             storable_text(body[:65536].decode("utf-8", "replace")), time.time()),
         )
 
     def failure(self, server: str, job_id: int) -> tuple[str, str, float] | None:
