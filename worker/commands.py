@@ -82,6 +82,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     per_server = 1 if flights else settings.in_flight
     servers = [url for url in settings.beanstalk_urls for _ in range(per_server)]
     stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in servers]
+    start_journals(stores)
     try:
         if recovered := stores[0].recover_journals():
             logs.get_logger().warning("recorded as sent what a killed worker sent and never recorded",
@@ -117,8 +118,25 @@ def _register(settings: Settings, loops: list[Worker], *, burst: bool) -> "Regis
 
     store = open_store(settings) if burst else wait_for_store(settings)
     registry = Registry(store, settings.tubes, heartbeat=settings.heartbeat, lost_after=settings.lost_after,
-                        progress=progress, stop=stop).start()
-    if registry.is_disabled() and not burst:
+                        progress=progress, stop=stop)
+    delay, logged = 0.5, False
+    while True:  # a store that opens but cannot be written yet (a full disk): waited for, not exited on
+        try:
+            registry.start()
+            disabled = registry.is_disabled()
+            break
+        except StoreUnavailable as exc:
+            if burst:
+                raise
+            if not logged:
+                logs.get_logger().error("cannot register in the store; retrying until it can be written",
+                                        error=exc.reason)
+                logged = True
+            loops[0]._sleep(delay)
+            if loops[0].stopping:
+                return None
+            delay = min(delay * 2, 30.0)
+    if disabled and not burst:
         logs.get_logger().warning("this host is disabled: waiting for `beanmail workers enable`",
                                   worker=registry.id)
         while registry.is_disabled() and not loops[0].stopping:
@@ -128,6 +146,30 @@ def _register(settings: Settings, loops: list[Worker], *, burst: bool) -> "Regis
             registry.close()
             return None
     return registry
+
+
+def start_journals(stores: list[Store]) -> None:
+    """Each loop's journal opened and locked before any job is taken (worker/journal.py): a
+    folder that cannot be written stops the worker (exit 78, naming it); a full disk is waited
+    out like any store outage."""
+    from .journal import JournalUnwritable
+
+    delay, logged = 0.5, False
+    while True:
+        try:
+            for store in stores:
+                store.journal.start()
+            return
+        except JournalUnwritable as exc:
+            logs.get_logger().error("journal folder cannot be written: the worker does not run without it",
+                                    journal=str(exc.path), error=str(exc))
+            raise SettingsError(f"{exc} (a worker killed mid-batch would send its batch again without it)") from None
+        except OSError as exc:
+            if not logged:
+                logs.get_logger().error("journal cannot be written yet; waiting", error=str(exc))
+                logged = True
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def wait_for_store(settings: Settings) -> Store:

@@ -135,6 +135,7 @@ class Worker:
                             continue
                         return EX_OK if self.stopping else EX_UNAVAILABLE
                 self._maybe_reload()
+                self._record_pending()
                 waiting = self.in_flight
                 room = 0 if self.stopping else capacity - waiting
                 jobs: list[greenstalk.Job] = []
@@ -167,6 +168,18 @@ class Worker:
             self.stage.close()
             self.log.info("worker stopped", processed=self.processed)
         return EX_OK
+
+    def _record_pending(self) -> None:
+        """What the stage could not record during a store outage, recorded as soon as the store
+        is back, before new work (other workers hold those keys back meanwhile)."""
+        record = getattr(self.stage, "record_pending", None)
+        if record is not None:
+            try:
+                record()
+            except StoreUnavailable:
+                pass  # still away: logged once by the store; the next round tries again
+            except Exception as exc:  # noqa: BLE001 - never ends the worker
+                self.log.exception("recording pending outcomes failed", error=repr(exc))
 
     def _maybe_reload(self) -> None:
         if self._reload:

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 
 from producer.blobs import switch_to_wal
 
-from .identity import host_name
+from .identity import process_id, process_of
 from .journal import Journal
 from .logs import get_logger
-from .outcomes import Deferred, Outcome, Poison, Skipped
+from .outcomes import Deferred, Outage, Outcome, Poison, Skipped
 
 # Types are spelled so that both engines read them right: DOUBLE PRECISION is a float8 in
 # PostgreSQL (its REAL would lose the sub-second part of a timestamp) and REAL-affine in SQLite.
@@ -246,6 +246,10 @@ _JOURNALED = "recorded from the journal of a worker that died before its store w
 _JOURNALED_SENT = ("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
                    " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 _FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
+_JOURNALED_DOUBT = ("in doubt: the worker holding it died after writing the end of data, before the reply"
+                    " (its journal); retried after the in-doubt delay")
+_JOURNALED_IN_DOUBT = ("UPDATE deliveries SET outcome = 'in_doubt', reason = ?, claimed_by = '', claim_expires = ?,"
+                       " updated_at = ? WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 
 
 def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
@@ -297,28 +301,13 @@ _connections = itertools.count(1)
 
 
 def worker_id() -> str:
-    """``host:pid:n``: each store connection claims for itself, so two loops of one process
-    (BEANMAIL_THREADS) never take each other's claim for their own."""
-    return f"{host_name()}:{os.getpid()}:{next(_connections)}"
+    """``host:pid:instance:n``: each store connection claims for itself, so two loops of one
+    process (BEANMAIL_THREADS) never take each other's claim for their own; the instance
+    (worker/identity.py) tells this run of the process from any other with the same pid."""
+    return f"{process_id()}:{next(_connections)}"
 
 
-def holder_is_dead(holder: str) -> bool:
-    """A claim held by a process of this host that no longer exists (killed, then restarted by
-    supervisord) need not wait for its lease to run out."""
-    parts = holder.split(":")
-    host, pid = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-    if host != host_name() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class StoreUnavailable(Deferred):
+class StoreUnavailable(Outage):
     """The store cannot be reached or is locked past its timeout: retry the job later."""
 
 
@@ -516,6 +505,10 @@ class Store:
             self._db = _Sqlite(location, timeout)
         self.me = worker_id()
         self.journal = Journal(location, self.me)  # keys sent, not yet recorded (worker/journal.py)
+        # set by the pipeline from its settings: how long a key found in doubt is held, and how
+        # long a silent worker's registry row still says it lives
+        self.in_doubt_delay: float = 3600.0
+        self.lost_after: float = 60.0
         self._outage_since: float | None = None
         self._migrate()
 
@@ -642,12 +635,23 @@ class Store:
         if outcome == "in_doubt" and expires > now:
             raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
                            delay=max(1, round(expires - now)))
-        dead = outcome == "claimed" and holder != self.me and holder_is_dead(holder)
-        if outcome == "claimed" and holder != self.me and expires > now and not dead:
-            raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
-        if dead and key in self.journal.of(holder):  # it went; its worker died before recording it
-            self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder))
-            raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
+        if outcome == "claimed" and holder != self.me:
+            if self.journal.is_dead(holder):  # its journal says how far it got
+                sent, ending = self.journal.read(holder)
+                if key in sent:  # it went; its worker died before recording it
+                    self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder))
+                    raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
+                if key in ending:  # killed between the end of data and the reply: maybe delivered
+                    self._db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay, now, key,
+                                                           holder))
+                    raise Deferred(_JOURNALED_DOUBT, delay=max(1, round(self.in_doubt_delay)))
+            elif expires > now:
+                raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
+            elif self._lives(process_of(holder), now):
+                # its lease ran out while it lives: it sent, and could not record it yet (a store
+                # outage), or it is stalled; it records it, or is found lost, before anyone else sends
+                raise Deferred(f"duplicate: key claimed by {holder}, a live worker whose record of it is pending",
+                               delay=max(1, round(self.lost_after / 4)))
         taken = self._db.execute(
             "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
             " claim_expires = ?, updated_at = ? WHERE key = ? AND outcome = ? AND claimed_by = ?",
@@ -657,6 +661,11 @@ class Store:
             raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
         return int(attempts) + 1
 
+    def _lives(self, process: str, now: float) -> bool:
+        """The registry (worker/registry.py) heard from this process within ``lost_after``."""
+        row = self._db.execute("SELECT state, last_seen FROM workers WHERE id = ?", (process,)).fetchone()
+        return row is not None and row[0] in ("running", "disabled") and row[1] >= now - self.lost_after
+
     def renew(self, key: str, lease: float) -> bool:
         """Extend this process's claim on ``key`` (called through a long send); False if the
         claim is no longer ours."""
@@ -664,12 +673,18 @@ class Store:
 
     def renew_many(self, keys: Sequence[str], lease: float) -> int:
         """``renew`` for several keys in one statement; how many claims were still ours."""
-        now, renewed = time.time(), 0
-        for part in chunks(list(keys)):
-            renewed += self._run(f"UPDATE deliveries SET claim_expires = ?, updated_at = ?"
-                                 f" WHERE key IN ({', '.join('?' * len(part))}) AND outcome = 'claimed'"
-                                 f" AND claimed_by = ?", (now + lease, now, *part, self.me))
-        return renewed
+        return len(self.confirm_many(keys, lease))
+
+    def confirm_many(self, keys: Iterable[str], lease: float) -> set[str]:
+        """Renew this process's claims on ``keys``; the keys whose claim was still its own. The
+        holder id is the fencing token: a claim another worker took over (or that ended) is not
+        renewed, and its key is not in the answer."""
+        now, mine = time.time(), set()
+        for part in chunks(sorted(set(keys))):
+            mine |= {r[0] for r in self._all(f"UPDATE deliveries SET claim_expires = ?, updated_at = ?"
+                                             f" WHERE key IN ({', '.join('?' * len(part))}) AND outcome = 'claimed'"
+                                             f" AND claimed_by = ? RETURNING key", (now + lease, now, *part, self.me))}
+        return mine
 
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
                reply: str = "", *, overwrite_final: bool = True, hold: float = 0.0, free: bool = False) -> None:
@@ -707,17 +722,54 @@ class Store:
                      now + f.hold if f.hold else 0, int(f.free), now),
                 )
 
+    def replay_many(self, rows: Sequence[Finish]) -> None:
+        """Outcomes this worker could not record during an outage, recorded now (one
+        transaction): what it sent is recorded sent unless the key ended meanwhile; any other
+        outcome only while the claim is still this worker's (a key another worker took over
+        since is that worker's to record)."""
+        if not rows:
+            return
+        now = time.time()
+        with self._transaction():
+            for f in rows:
+                args = [f.key, f.recipient, f.template, f.outcome, storable_text(f.reason), storable_text(f.reply),
+                        now + f.hold if f.hold else 0, int(f.free), now]
+                if f.outcome == "sent":
+                    self._db.execute(_FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')", args)
+                else:
+                    self._db.execute(_FINISH + " WHERE deliveries.outcome = 'claimed' AND deliveries.claimed_by = ?",
+                                     [*args, self.me])
+        self.journal.recorded(f.key for f in rows)
+
+    def add_free_releases(self, rows: Sequence[tuple[str, str, str, int]]) -> None:
+        """Releases an outage caused, ``(key, recipient, template, count)``: they cost no retry.
+        A key with no row yet gets a ``deferred`` one to hold the count."""
+        if not rows:
+            return
+        now = time.time()
+        with self._transaction():
+            for key, recipient, template, n in rows:
+                self._db.execute(
+                    "INSERT INTO deliveries (key, recipient, template, outcome, free_releases, updated_at)"
+                    " VALUES (?, ?, ?, 'deferred', ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                    " free_releases = deliveries.free_releases + excluded.free_releases",
+                    (key, recipient, template, n, now))
+
     def recover_journals(self) -> int:
         """Record as sent what dead processes of this host sent and never recorded (their
         journals), and remove those journals; how many keys were recorded."""
         recorded = 0
         for holder in self.journal.others():
-            if not holder_is_dead(holder):
+            if not self.journal.is_dead(holder):
                 continue
-            keys = sorted(self.journal.of(holder))
+            sent, ending = self.journal.read(holder)
+            now = time.time()
             with self._transaction():
-                for key in keys:
-                    recorded += self._db.execute(_JOURNALED_SENT, (_JOURNALED, time.time(), key, holder)).rowcount
+                for key in sorted(sent):
+                    recorded += self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder)).rowcount
+                for key in sorted(ending):  # maybe delivered: held back for the in-doubt delay
+                    recorded += self._db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay,
+                                                                       now, key, holder)).rowcount
             self.journal.remove(holder)
         return recorded
 
