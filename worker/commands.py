@@ -82,10 +82,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     per_server = 1 if flights else settings.in_flight
     servers = [url for url in settings.beanstalk_urls for _ in range(per_server)]
     stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in servers]
+    for s in stores:
+        s.in_doubt_delay, s.lost_after = settings.in_doubt_delay, settings.lost_after
     start_journals(stores)
     try:
         if recovered := stores[0].recover_journals():
-            logs.get_logger().warning("recorded as sent what a killed worker sent and never recorded",
+            logs.get_logger().warning("recorded what killed workers sent (or left in doubt) and never recorded",
                                       keys=recovered)
     except StoreUnavailable:
         pass  # claimed keys wait; the next start, or a worker meeting their claims, reads the journals

@@ -230,8 +230,8 @@ _CLAIM = (
     " updated_at = excluded.updated_at"
     " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
     " AND (deliveries.outcome NOT IN ('claimed', 'in_doubt')"
-    "      OR deliveries.claim_expires <= excluded.updated_at"
-    "      OR deliveries.claimed_by = excluded.claimed_by)"
+    "      OR (deliveries.outcome = 'in_doubt' AND deliveries.claim_expires <= excluded.updated_at)"
+    "      OR deliveries.claimed_by = excluded.claimed_by)"  # another's claim, even expired: _claim_contested
     " RETURNING attempts"
 )
 _FINISH = (
@@ -242,11 +242,11 @@ _FINISH = (
     " free_releases = deliveries.free_releases + excluded.free_releases,"
     " updated_at = excluded.updated_at"
 )
-_JOURNALED = "recorded from the journal of a worker that died before its store write"
+_JOURNALED = "recorded from the journal of a worker that died or stalled before its store write"
 _JOURNALED_SENT = ("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
                    " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 _FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
-_JOURNALED_DOUBT = ("in doubt: the worker holding it died after writing the end of data, before the reply"
+_JOURNALED_DOUBT = ("in doubt: the worker holding it died or stalled after writing the end of data, before the reply"
                     " (its journal); retried after the in-doubt delay")
 _JOURNALED_IN_DOUBT = ("UPDATE deliveries SET outcome = 'in_doubt', reason = ?, claimed_by = '', claim_expires = ?,"
                        " updated_at = ? WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
@@ -636,22 +636,23 @@ class Store:
             raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
                            delay=max(1, round(expires - now)))
         if outcome == "claimed" and holder != self.me:
-            if self.journal.is_dead(holder):  # its journal says how far it got
-                sent, ending = self.journal.read(holder)
-                if key in sent:  # it went; its worker died before recording it
-                    self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder))
-                    raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
-                if key in ending:  # killed between the end of data and the reply: maybe delivered
-                    self._db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay, now, key,
-                                                           holder))
-                    raise Deferred(_JOURNALED_DOUBT, delay=max(1, round(self.in_doubt_delay)))
-            elif expires > now:
-                raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
-            elif self._lives(process_of(holder), now):
-                # its lease ran out while it lives: it sent, and could not record it yet (a store
-                # outage), or it is stalled; it records it, or is found lost, before anyone else sends
-                raise Deferred(f"duplicate: key claimed by {holder}, a live worker whose record of it is pending",
-                               delay=max(1, round(self.lost_after / 4)))
+            if not self.journal.is_dead(holder):
+                if expires > now:
+                    raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
+                if self._lives(process_of(holder), now):
+                    # its lease ran out while it lives: it sent and could not record it yet (a
+                    # store outage), or it stalls; it records it, or is found lost, before anyone sends
+                    raise Deferred(f"duplicate: key claimed by {holder}, a live worker whose record of it is pending",
+                                   delay=max(1, round(self.lost_after / 4)))
+            # taken over from a dead holder, or one silent past its lease and lost: its journal,
+            # where this host can read it, says how far it got
+            sent, ending = self.journal.read(holder)
+            if key in sent:  # it went; its worker never recorded it
+                self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder))
+                raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
+            if key in ending:  # its end of data went, the reply did not come back: maybe delivered
+                self._db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay, now, key, holder))
+                raise Deferred(_JOURNALED_DOUBT, delay=max(1, round(self.in_doubt_delay)))
         taken = self._db.execute(
             "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
             " claim_expires = ?, updated_at = ? WHERE key = ? AND outcome = ? AND claimed_by = ?",
@@ -756,8 +757,9 @@ class Store:
                     (key, recipient, template, n, now))
 
     def recover_journals(self) -> int:
-        """Record as sent what dead processes of this host sent and never recorded (their
-        journals), and remove those journals; how many keys were recorded."""
+        """Record what dead processes sent and never recorded (their journals, where this host
+        sees them): sent, or in doubt for a lone ``?key``; release their other claims at once
+        and remove those journals. How many keys were recorded."""
         recorded = 0
         for holder in self.journal.others():
             if not self.journal.is_dead(holder):
@@ -770,6 +772,9 @@ class Store:
                 for key in sorted(ending):  # maybe delivered: held back for the in-doubt delay
                     recorded += self._db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay,
                                                                        now, key, holder)).rowcount
+                # what else it held never reached its end of data: free for the next worker now
+                self._db.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed'"
+                                 " AND claimed_by = ?", (holder,))
             self.journal.remove(holder)
         return recorded
 
