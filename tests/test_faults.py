@@ -304,3 +304,36 @@ def test_a_thousand_copies_of_one_key_drain_at_once_with_one_delivery(settings: 
     print(f"{n} copies of one key: drained in {took:.2f}s, {len(smtp.messages)} delivered, tube {dict(counts)}")
     assert len(smtp.messages) == 1 and sum(counts.values()) == 0
     assert took <= 5, took  # 2 s on an idle machine; the suite shares its cores
+
+
+# -- the pieces, without servers (the unit tier) --------------------------------------------------------
+
+def test_an_outage_deferral_costs_no_attempt_and_never_exhausts() -> None:
+    from worker.outcomes import Action, Backoff, Deferred, Outage, disposition
+    from worker.store import StoreUnavailable
+
+    backoff = Backoff(base=1, cap=4, max_attempts=2)
+    for exc in (Outage("relay unreachable"), StoreUnavailable("store unavailable: disk full")):
+        d = disposition(exc, 50, backoff)
+        assert (d.action, d.free) == (Action.RELEASE, True) and 1 <= d.delay <= 4
+    assert disposition(Deferred("451 try later"), 2, backoff).outcome == "exhausted"  # a real failure still does
+
+
+def test_a_journal_tells_a_live_holder_from_a_dead_one_by_its_lock_not_its_pid(tmp_path: Path) -> None:
+    from worker.journal import Journal
+
+    location = str(tmp_path / "store.sqlite3")
+    # two holders with the same host and pid (two containers' pid 1), different runs
+    live, gone = Journal(location, "ctr:1:aaaa:1"), Journal(location, "ctr:1:bbbb:1")
+    live.start()
+    gone.ending("k:1")
+    gone.sent("k:1")
+    gone.ending("k:2")  # killed before its reply
+    observer = Journal(location, "ctr:1:cccc:1")
+    assert not observer.is_dead("ctr:1:aaaa:1") and not observer.is_dead("ctr:1:bbbb:1")
+    os.close(gone._fd)  # noqa: SLF001 - what a kill does: the file stays, the lock goes
+    gone._fd = None  # noqa: SLF001
+    assert observer.is_dead("ctr:1:bbbb:1") and not observer.is_dead("ctr:1:aaaa:1")
+    assert observer.read("ctr:1:bbbb:1") == ({"k:1"}, {"k:2"})
+    assert not observer.is_dead("ctr:1:nobody:1")  # no journal here: nothing to tell
+    live.close()
