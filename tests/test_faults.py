@@ -219,7 +219,7 @@ def test_store_connections_killed_mid_run_leave_nothing_claimed_and_nothing_sent
     with started(env, tmp_path / "a.log") as a, started(env, tmp_path / "b.log") as b:
         for k in range(kills):
             wait_until(lambda: len(smtp.messages) >= (k + 1) * n // (kills + 1), 60, "progress")
-            assert _terminate_backends(postgres, dsn) > 0
+            wait_until(lambda: _terminate_backends(postgres, dsn) > 0, 10, "a worker's connection to kill")
         wait_until(lambda: figures(smtp, n, "pg")[0] == n and drained(settings), 60, "every key delivered")
         claimed = Store(dsn).outcome_counts().get("claimed", 0)
         enqueue(settings, n, "pg")  # every key put again

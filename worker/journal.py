@@ -72,6 +72,7 @@ class Journal:
         self._failed = False
         self._pending: set[str] = set()  # sent, not recorded
         self._ending: set[str] = set()  # the end of data written (or about to be), not recorded
+        self._dirty = False  # the file holds lines
         self._lock = threading.Lock()
 
     def _path(self, holder: str) -> Path:
@@ -109,6 +110,7 @@ class Journal:
             fd = self._open()
             os.write(fd, _line(key, ending=True))
             self._ending.add(key)
+            self._dirty = True
 
     def sent(self, key: str) -> None:
         """Called after the final 250. The message went; a journal that cannot take the line
@@ -117,6 +119,7 @@ class Journal:
             with self._lock:  # the event loop's thread writes here too (worker/flight.py)
                 fd = self._open()
                 self._pending.add(key)
+                self._dirty = True
                 os.write(fd, _line(key))
         except (OSError, JournalUnwritable) as exc:
             if not self._failed:
@@ -133,16 +136,16 @@ class Journal:
         """The store committed these keys' outcomes: they leave the journal (the file is emptied,
         or rewritten with what is still unrecorded after a failed commit)."""
         with self._lock:
-            written = bool(self._pending or self._ending)
             keys = set(keys)
             self._pending -= keys
             self._ending -= keys
-            if written and self._fd is not None:
+            if self._dirty and self._fd is not None:
                 try:
                     os.ftruncate(self._fd, 0)
                     lines = [_line(k, ending=True) for k in self._ending] + [_line(k) for k in self._pending]
                     if lines:
                         os.write(self._fd, b"".join(lines))
+                    self._dirty = bool(lines)
                 except OSError:
                     pass
 

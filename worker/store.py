@@ -246,6 +246,8 @@ _JOURNALED = "recorded from the journal of a worker that died or stalled before 
 _JOURNALED_SENT = ("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
                    " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 _FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
+# a process found dead by its journal's lock: the registry need not wait for its heartbeat to stop
+_DEAD = "UPDATE workers SET state = 'lost' WHERE id = ? AND state IN ('running', 'disabled')"
 _JOURNALED_DOUBT = ("in doubt: the worker holding it died or stalled after writing the end of data, before the reply"
                     " (its journal); retried after the in-doubt delay")
 _JOURNALED_IN_DOUBT = ("UPDATE deliveries SET outcome = 'in_doubt', reason = ?, claimed_by = '', claim_expires = ?,"
@@ -636,7 +638,9 @@ class Store:
             raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
                            delay=max(1, round(expires - now)))
         if outcome == "claimed" and holder != self.me:
-            if not self.journal.is_dead(holder):
+            if self.journal.is_dead(holder):
+                self._db.execute(_DEAD, (process_of(holder),))
+            else:
                 if expires > now:
                     raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
                 if self._lives(process_of(holder), now):
@@ -775,6 +779,7 @@ class Store:
                 # what else it held never reached its end of data: free for the next worker now
                 self._db.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed'"
                                  " AND claimed_by = ?", (holder,))
+                self._db.execute(_DEAD, (process_of(holder),))
             self.journal.remove(holder)
         return recorded
 
