@@ -104,6 +104,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         return worker.run(burst=args.burst)
     finally:
         registry.close()
+        for s in stores:  # an empty journal goes with a clean exit; one still holding keys stays
+            s.journal.close()
 
 
 def _register(settings: Settings, loops: list[Worker], *, burst: bool) -> "Registry | None":

@@ -247,7 +247,7 @@ _JOURNALED_SENT = ("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_
                    " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 _FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
 # a process found dead by its journal's lock: the registry need not wait for its heartbeat to stop
-_DEAD = "UPDATE workers SET state = 'lost' WHERE id = ? AND state IN ('running', 'disabled')"
+_DEAD = "UPDATE workers SET state = 'lost' WHERE id = ? AND state = 'running'"
 _JOURNALED_DOUBT = ("in doubt: the worker holding it died or stalled after writing the end of data, before the reply"
                     " (its journal); retried after the in-doubt delay")
 _JOURNALED_IN_DOUBT = ("UPDATE deliveries SET outcome = 'in_doubt', reason = ?, claimed_by = '', claim_expires = ?,"
