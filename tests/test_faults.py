@@ -289,10 +289,45 @@ def test_a_worker_started_on_a_full_disk_waits_and_delivers_once_it_is_freed(
     assert (duplicates, lost) == (0, 0)
 
 
+def test_a_live_workers_expired_claim_is_not_taken_until_it_is_lost(store_location: str) -> None:
+    """A worker on another host (its journal out of sight) sent a key and could not record it: its
+    lease ran out, its heartbeat goes on. Nobody takes the key until the registry loses it."""
+    store = Store(store_location)
+    store.lost_after = 60
+    other = "elsewhere:1:cafe0001"
+    store.execute("INSERT INTO workers (id, host, pid, tubes, version, state, started_at, last_seen)"
+                  " VALUES (?, 'elsewhere', 1, 'mail.normal', 'x', 'running', ?, ?)", (other, time.time(), time.time()))
+    me = store.me
+    store.me = f"{other}:1"
+    store.claim("pending:1", "x@example.com", "welcome", lease=-1)  # its lease already over
+    store.me = me
+    [held] = store.claim_many([("pending:1", "x@example.com", "welcome")], lease=60)
+    assert isinstance(held, Exception) and "live worker whose record of it is pending" in held.reason
+    store.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (time.time() - 120, other))  # silent: lost
+    assert store.claim_many([("pending:1", "x@example.com", "welcome")], lease=60) == [2]
+
+
+def test_an_unreachable_relay_is_waited_out_without_spending_the_retry_budget(settings: Settings,
+                                                                              tmp_path: Path) -> None:
+    """MAX_ATTEMPTS=1: a relay that refuses connections defers the job (free), never buries it."""
+    from .servers import free_port
+
+    settings = settings.replace(smtp_url=f"smtp://127.0.0.1:{free_port()}?starttls=off", max_attempts=1)
+    [job] = enqueue(settings, 1, "relay")
+    run_burst(settings)
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        assert c.stats_job(job)["state"] == "delayed"
+    [row] = Store(settings.store).deliveries(key="relay:0")
+    assert row.outcome == "deferred" and "cannot connect" in row.reason
+
+
 # -- a flood of one key ------------------------------------------------------------------------------------
 
-def test_a_thousand_copies_of_one_key_drain_at_once_with_one_delivery(settings: Settings, smtp: SmtpServer) -> None:
+@pytest.mark.parametrize("concurrency", [1, 8], ids=["blocking", "in-flight"])
+def test_a_thousand_copies_of_one_key_drain_at_once_with_one_delivery(settings: Settings, smtp: SmtpServer,
+                                                                      concurrency: int) -> None:
     """Measured before: drained only after 120+ s, 4,527 "key in hand" deferrals churning the tube."""
+    settings = settings.replace(concurrency=concurrency)
     n = 1000
     body_notifier = Notifier(settings.beanstalk_url)
     for _ in range(n):
@@ -301,7 +336,8 @@ def test_a_thousand_copies_of_one_key_drain_at_once_with_one_delivery(settings: 
     run_burst(settings)
     took = time.monotonic() - started_at
     counts = tube_counts(settings)
-    print(f"{n} copies of one key: drained in {took:.2f}s, {len(smtp.messages)} delivered, tube {dict(counts)}")
+    print(f"{n} copies of one key (concurrency {concurrency}): drained in {took:.2f}s, {len(smtp.messages)} delivered,"
+          f" tube {dict(counts)}")
     assert len(smtp.messages) == 1 and sum(counts.values()) == 0
     assert took <= 5, took  # 2 s on an idle machine; the suite shares its cores
 
