@@ -39,6 +39,7 @@ BAD_BODIES = {
     "a recipient that is a number": _body("bad:to", to=[12]),
     "a key longer than a key may be": _body("x", id="k" * (KEY_LIMIT + 1)),
     "context that is a list": _body("bad:ctx", context=[1, 2]),
+    "a template name of 60,000 characters": _body("bad:long", template="t" * 60_000),
 }
 
 

@@ -192,7 +192,10 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - beanstalkd gone for the job's stats: log what is known
                 lines.append(("warning", {"job": d.job.id if d.job else None, "outcome": result.disposition.outcome,
                                           "action": result.disposition.action, "stats": f"unavailable: {exc}"}))
-        logs.events("job", lines)
+        try:
+            logs.events("job", lines)
+        except UnicodeError:  # a job's text its output cannot encode (a lone surrogate): escaped, never lost
+            logs.events("job", [(level, _escaped(fields)) for level, fields in lines])
         return [r.disposition for r in results]
 
     def _report(self, d: Delivery, result: Result) -> tuple[str, dict[str, object]]:
@@ -584,6 +587,17 @@ class Pipeline:
                                      envelope.headers)  # an application's own headers win
         message = mime.build(rendered, self.sender, envelope.recipient, headers)
         return message, [envelope.recipient.address]
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every string made encodable (lone surrogates as backslash escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
 
 
 _HEADER_END = re.compile(rb"\r\n\r\n")

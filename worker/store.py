@@ -275,8 +275,8 @@ def unstorable(what: str, value: str) -> str | None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return f"{what} holds a lone surrogate (not UTF-8)"
-    if what == "key" and len(value) > KEY_LIMIT:
-        return f"key is longer than {KEY_LIMIT} characters"
+    if what in ("key", "template") and len(value) > KEY_LIMIT:  # a row's name, never a payload
+        return f"{what} is longer than {KEY_LIMIT} characters"
     return None
 
 
