@@ -175,6 +175,7 @@ class Worker:
         record = getattr(self.stage, "record_pending", None)
         if record is not None:
             try:
+                self.store.check()  # a store file deleted meanwhile is restored while its handle is open
                 record()
             except StoreUnavailable:
                 pass  # still away: logged once by the store; the next round tries again

@@ -582,6 +582,12 @@ class Store:
         with self._guard():
             return int(self._db.execute(sql, args).rowcount)
 
+    def check(self) -> None:
+        """Notice a store file deleted (restored from the open handle) or replaced (reopened)
+        without a statement: a worker asks between batches, so an idle worker restores it too."""
+        with self._guard():
+            pass
+
     # for the modules that keep their own tables here (the registry, feedback, digests): one
     # statement each, with the store's outage handling
     one, all, execute = _one, _all, _run
