@@ -17,7 +17,7 @@ from producer.envelope import Envelope
 
 from .job import Reserved
 from .logs import get_logger, mask_text
-from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
+from .outcomes import Backoff, Disposition, Outage, Poison, disposition
 from .validate import check_envelope
 from .settings import Settings
 from .store import KEY_LIMIT
@@ -76,7 +76,8 @@ class Fanout:
             queued = self.expand(chunk, touch)
             d = disposition(None, attempt, self.backoff)
         except EnqueueError as exc:  # re-running the chunk is safe: keys are deterministic
-            d = disposition(Deferred(f"fan-out put failed: {exc}"), attempt, self.backoff)
+            # beanstalkd away is an outage: waited out, never spent
+            d = disposition(Outage(f"fan-out put failed: {exc}"), attempt, self.backoff)
         except Exception as exc:  # noqa: BLE001 - classified, never escapes
             d = disposition(exc, attempt, self.backoff)
         self.log.info("mailout chunk", job=job.id, tube="mailout", outcome=d.outcome,
