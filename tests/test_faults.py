@@ -157,7 +157,8 @@ def test_a_lost_worker_releases_exactly_its_own_claims(store_location: str) -> N
     now = time.time()
     for worker, seen in (("mail_1:7:aa", now - 600), ("mail-1:7:aa", now)):
         store.execute("INSERT INTO workers (id, host, pid, tubes, version, state, started_at, last_seen)"
-                      " VALUES (?, ?, 7, 'mail.normal', 'x', 'running', ?, ?)", (worker, worker.split(":")[0], seen, seen))
+                      " VALUES (?, ?, 7, 'mail.normal', 'x', 'running', ?, ?)",
+                      (worker, worker.split(":")[0], seen, seen))
         key = f"held-by-{worker}"
         store.claim(key, "x@example.com", "welcome", lease=3600)
         store.execute("UPDATE deliveries SET claimed_by = ? WHERE key = ?", (f"{worker}:1", key))
