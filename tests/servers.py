@@ -95,6 +95,7 @@ class Received:
     data: bytes
     tls: bool = False
     login: object = None
+    at: float = field(default_factory=time.monotonic)  # when the server took it
 
     @property
     def message(self) -> EmailMessage:
@@ -112,6 +113,9 @@ class _Handler:
     })
     data_reply: str | None = None
     data_delay: float = 0.0  # seconds before answering DATA: a slow receiver
+    # seconds between taking the message (it counts as received) and its 250: the window where a
+    # sender killed has a message delivered and no reply
+    reply_delay: float = 0.0
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -138,6 +142,8 @@ class _Handler:
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
                                           tls=server.transport.get_extra_info("ssl_object") is not None,
                                           login=getattr(session.auth_data, "login", None)))
+        if self.reply_delay:
+            await asyncio.sleep(self.reply_delay)
         return "250 2.0.0 Ok: queued"
 
 

@@ -171,7 +171,12 @@ def test_a_closer_that_stops_midway_and_a_worker_killed_after_the_claim_send_the
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     smtp.handler.data_delay = 0
-    run_burst(settings)  # beanstalkd gave the job back with the dead worker's connection
+    settings = settings.replace(in_doubt_delay=1)
+    run_burst(settings)  # beanstalkd gave the job back with the dead worker's connection...
+    # ...whose journal says the end of its data went: in doubt, sent again only after the delay
+    assert store.deliveries(key=keys[0])[0].outcome == "in_doubt" and not smtp.messages
+    wait_until(lambda: tube_counts(settings, "mail.normal")["delayed"] == 0, 10, "the in-doubt delay to pass")
+    run_burst(settings)
     sent = [m for m in smtp.messages if m.rcpt_tos == ["zoe@example.com"]]
     record = store.deliveries(key=keys[0])[0]
     assert record.outcome == "sent" and record.attempts == 2

@@ -132,6 +132,8 @@ def test_a_store_deleted_under_the_worker_is_restored_and_keeps_every_record(set
         for i in more:
             notify(i)
         smtp.wait_for(n, timeout=60)
+        # opened only once the workers restored it (a store opened first would be a new, empty file)
+        wait_until(lambda: Path(settings.store).exists(), 30, "the workers to restore the store")
         wait_until(lambda: Store(settings.store).outcome_counts().get("sent") == n, 30, "every record")
         for i in range(n):  # the same keys again: the restored ledger knows them all
             notifier.notify("welcome", f"user{i}@example.com", {"name": f"k{i}"}, key=f"gone:{i}")

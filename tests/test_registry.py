@@ -77,10 +77,10 @@ def test_a_silent_worker_is_lost_and_its_claims_released(fast_env: dict[str, str
     log = open(tmp_path / "w.log", "w")
     proc = subprocess.Popen([str(ROOT / ".venv/bin/beanmail"), "worker"], env=fast_env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
-    wait_until(lambda: any(w["pid"] == proc.pid for w in workers(fast_env)), 20, "the worker to register")
+    [me] = wait_until(lambda: [w for w in workers(fast_env) if w["pid"] == proc.pid], 20, "the worker to register")
     store = Store(fast_env["BEANMAIL_STORE"])
     store.claim("held:1", "x@example.com", "welcome", lease=3600)
-    store.execute("UPDATE deliveries SET claimed_by = ? WHERE key = 'held:1'", (f"{HOST}:{proc.pid}:1",))
+    store.execute("UPDATE deliveries SET claimed_by = ? WHERE key = 'held:1'", (f"{me['id']}:1",))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     lost = wait_until(lambda: [w for w in workers(fast_env) if w["pid"] == proc.pid and w["state"] == "lost"],

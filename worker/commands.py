@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -65,6 +66,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         raise SettingsError(f"the worker cannot send {MAILOUT_TUBE} chunks (it would bury every one as poison):"
                             f" run `beanmail fanout` for the {MAILOUT_TUBE} tube; it puts one mail.bulk job per"
                             " recipient for the workers")
+    # a job's text the terminal's encoding cannot show (a lone surrogate) is escaped, never a crash
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     logs.configure(settings.log_format)
     if "mail.bulk" in settings.tubes and not (settings.unsubscribe_url or settings.unsubscribe_mailto):
         logs.get_logger().warning(
@@ -80,9 +84,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     per_server = 1 if flies(settings) else settings.in_flight
     servers = [url for url in settings.beanstalk_urls for _ in range(per_server)]
     stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in servers]
+    for s in stores:
+        s.in_doubt_delay, s.lost_after = settings.in_doubt_delay, settings.lost_after
+    start_journals(stores)
     try:
         if recovered := stores[0].recover_journals():
-            logs.get_logger().warning("recorded as sent what a killed worker sent and never recorded",
+            logs.get_logger().warning("recorded what killed workers sent (or left in doubt) and never recorded",
                                       keys=recovered)
     except StoreUnavailable:
         pass  # claimed keys wait; the next start, or a worker meeting their claims, reads the journals
@@ -99,6 +106,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         return worker.run(burst=args.burst)
     finally:
         registry.close()
+        for s in stores:  # an empty journal goes with a clean exit; one still holding keys stays
+            s.journal.close()
 
 
 def _register(settings: Settings, loops: list[Worker], *, burst: bool) -> "Registry | None":
@@ -115,8 +124,25 @@ def _register(settings: Settings, loops: list[Worker], *, burst: bool) -> "Regis
 
     store = open_store(settings) if burst else wait_for_store(settings)
     registry = Registry(store, settings.tubes, heartbeat=settings.heartbeat, lost_after=settings.lost_after,
-                        progress=progress, stop=stop).start()
-    if registry.is_disabled() and not burst:
+                        progress=progress, stop=stop)
+    delay, logged = 0.5, False
+    while True:  # a store that opens but cannot be written yet (a full disk): waited for, not exited on
+        try:
+            registry.start()
+            disabled = registry.is_disabled()
+            break
+        except StoreUnavailable as exc:
+            if burst:
+                raise
+            if not logged:
+                logs.get_logger().error("cannot register in the store; retrying until it can be written",
+                                        error=exc.reason)
+                logged = True
+            loops[0]._sleep(delay)
+            if loops[0].stopping:
+                return None
+            delay = min(delay * 2, 30.0)
+    if disabled and not burst:
         logs.get_logger().warning("this host is disabled: waiting for `beanmail workers enable`",
                                   worker=registry.id)
         while registry.is_disabled() and not loops[0].stopping:
@@ -126,6 +152,30 @@ def _register(settings: Settings, loops: list[Worker], *, burst: bool) -> "Regis
             registry.close()
             return None
     return registry
+
+
+def start_journals(stores: list[Store]) -> None:
+    """Each loop's journal opened and locked before any job is taken (worker/journal.py): a
+    folder that cannot be written stops the worker (exit 78, naming it); a full disk is waited
+    out like any store outage."""
+    from .journal import JournalUnwritable
+
+    delay, logged = 0.5, False
+    while True:
+        try:
+            for store in stores:
+                store.journal.start()
+            return
+        except JournalUnwritable as exc:
+            logs.get_logger().error("journal folder cannot be written: the worker does not run without it",
+                                    journal=str(exc.path), error=str(exc))
+            raise SettingsError(f"{exc} (a worker killed mid-batch would send its batch again without it)") from None
+        except OSError as exc:
+            if not logged:
+                logs.get_logger().error("journal cannot be written yet; waiting", error=str(exc))
+                logged = True
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def wait_for_store(settings: Settings) -> Store:

@@ -7,6 +7,7 @@ second copy is skipped as a duplicate by the sending stage's claim.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Callable, Iterator
 
@@ -16,13 +17,21 @@ from producer.envelope import Envelope
 
 from .job import Reserved
 from .logs import get_logger, mask_text
-from .outcomes import Backoff, Deferred, Disposition, Poison, disposition
+from .outcomes import Backoff, Disposition, Outage, Poison, disposition
 from .validate import check_envelope
 from .settings import Settings
+from .store import KEY_LIMIT
 
 
 def recipient_key(mailout_key: str, address: str) -> str:
-    return f"{mailout_key}:{address.lower()}"
+    """``<mailout key>:<address>``; when that is longer than a key may be (KEY_LIMIT), the
+    mailout key's start and a digest of the whole (``<start>:~<sha256 hex, 32>``): still one
+    key per mailout and recipient, the same on every run, and short enough to be claimed."""
+    key = f"{mailout_key}:{address.lower()}"
+    if len(key) <= KEY_LIMIT:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{mailout_key[:KEY_LIMIT - len(digest) - 2]}:~{digest}"
 
 
 class Fanout:
@@ -67,7 +76,8 @@ class Fanout:
             queued = self.expand(chunk, touch)
             d = disposition(None, attempt, self.backoff)
         except EnqueueError as exc:  # re-running the chunk is safe: keys are deterministic
-            d = disposition(Deferred(f"fan-out put failed: {exc}"), attempt, self.backoff)
+            # beanstalkd away is an outage: waited out, never spent
+            d = disposition(Outage(f"fan-out put failed: {exc}"), attempt, self.backoff)
         except Exception as exc:  # noqa: BLE001 - classified, never escapes
             d = disposition(exc, attempt, self.backoff)
         self.log.info("mailout chunk", job=job.id, tube="mailout", outcome=d.outcome,

@@ -40,13 +40,14 @@ class Flight:
         self._thread.start()
         self._done: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self._flying: dict[int, Delivery] = {}
+        self._followers: dict[int, list[Delivery]] = {}  # copies of a key in flight, by the flying one
         # every job in flight stays reserved and its claim renewed, however long its server takes
         self._keep = pipeline.keeper(lambda: [d.envelope.id for d in self._flying.values() if d.envelope is not None],
                                      self._touch)
 
     @property
     def in_flight(self) -> int:
-        return len(self._flying)
+        return len(self._flying) + sum(len(f) for f in self._followers.values())
 
     # -- the loop's side ------------------------------------------------------------------------
     def submit(self, jobs: Sequence[Reserved]) -> list[tuple[Reserved, Disposition]]:
@@ -56,7 +57,15 @@ class Flight:
             if d.ready:
                 self._flying[id(d)] = d
                 asyncio.run_coroutine_threadsafe(self._send(d), self._loop)
-        return self._end([d for d in batch if not d.ready and id(d) not in self._flying])
+        waiting = []
+        for d in batch:
+            if d.ready or id(d) in self._flying:
+                continue
+            if d.error is None and d.leader is not None and id(d.leader) in self._flying:
+                self._followers.setdefault(id(d.leader), []).append(d)  # ends when the flying copy does
+            else:
+                waiting.append(d)
+        return self._end(waiting)
 
     def collect(self, wait: float) -> list[tuple[Reserved, Disposition]]:
         """The sends that ended (waiting up to ``wait`` seconds for the first), recorded."""
@@ -67,9 +76,10 @@ class Flight:
                 ended.append(self._done.get_nowait())
         except queue.Empty:
             pass
-        for d in ended:
+        for d in list(ended):
             del self._flying[id(d)]
             self.pipeline.sent(d, journal=False)
+            ended += self._followers.pop(id(d), [])
         self._keep()
         return self._end(ended)
 
@@ -81,11 +91,15 @@ class Flight:
     def _touch(self) -> None:
         for d in self._flying.values():
             d.touch()  # at a third of each job's TTR
+        for copies in self._followers.values():
+            for d in copies:
+                d.touch()
 
     # -- the event loop's side ------------------------------------------------------------------
     async def _send(self, d: Delivery) -> None:
         try:
-            d.reply = str(await self.pool.send(d.sender, d.recipients, d.message))
+            d.reply = str(await self.pool.send(d.sender, d.recipients, d.message,
+                                               before_end=self.pipeline.gate(d, may_ask_store=False)))
             if d.envelope is not None:  # journaled at the reply, not when the loop's thread collects it
                 self.pipeline.store.journal.sent(d.envelope.id)
         except Exception as exc:  # noqa: BLE001 - classified by the pipeline when recorded
@@ -101,6 +115,9 @@ class Flight:
 
     def reload(self) -> None:
         self.pipeline.reload()
+
+    def record_pending(self) -> None:
+        self.pipeline.record_pending()
 
     def close(self) -> None:
         try:

@@ -136,6 +136,7 @@ class Worker:
                             continue
                         return EX_OK if self.stopping else EX_UNAVAILABLE
                 self._maybe_reload()
+                self._record_pending()
                 waiting = self.in_flight
                 room = 0 if self.stopping else capacity - waiting
                 jobs: list[greenstalk.Job] = []
@@ -168,6 +169,19 @@ class Worker:
             self.stage.close()
             self.log.info("worker stopped", processed=self.processed)
         return EX_OK
+
+    def _record_pending(self) -> None:
+        """What the stage could not record during a store outage, recorded as soon as the store
+        is back, before new work (other workers hold those keys back meanwhile)."""
+        record = getattr(self.stage, "record_pending", None)
+        if record is not None:
+            try:
+                self.store.check()  # a store file deleted meanwhile is restored while its handle is open
+                record()
+            except StoreUnavailable:
+                pass  # still away: logged once by the store; the next round tries again
+            except Exception as exc:  # noqa: BLE001 - never ends the worker
+                self.log.exception("recording pending outcomes failed", error=repr(exc))
 
     def _maybe_reload(self) -> None:
         if self._reload:
@@ -277,6 +291,8 @@ class Worker:
                         self.store.record_failure(self.url, reserved.id, tube, d.outcome, d.reason, reserved.body)
                     except StoreUnavailable as exc:  # bury all the same: the reason is in the log
                         self.log.error("failure not recorded", job=reserved.id, reason=d.reason, error=exc.reason)
+                    except Exception as exc:  # noqa: BLE001 - a body the store refuses never ends the worker
+                        self.log.error("failure not recorded", job=reserved.id, reason=d.reason, error=repr(exc))
                     events.buried(self.settings, self.store, reserved.body, d.outcome, d.reason)  # message.failed
                     reserved.client.bury(reserved.job, priority=pri)
             except greenstalk.NotFoundError:

@@ -66,6 +66,21 @@ class Deferred(Outcome):
         self.delay = delay
 
 
+class Outage(Deferred):
+    """The store, DNS, the relay or the journal is down: nothing is wrong with the job. Released
+    with the backoff, but never counted against the retry budget (an outage is waited out,
+    never spent), and never exhausted."""
+
+
+class Withheld(Deferred):
+    """The worker stopped a message just before the end of its data: its claim was no longer its
+    own (another worker took the key over while it stalled), or its journal could not record the
+    send. Nothing went; released at once, no retry spent."""
+
+    def __init__(self, reason: str, *, delay: int = 1) -> None:
+        super().__init__(reason, delay=delay)
+
+
 class InDoubt(Outcome):
     """The message went out but its final reply never came: the server may have taken it.
     Retried only after a long delay (``BEANMAIL_IN_DOUBT_DELAY``), so a slow server gets at most
@@ -110,6 +125,10 @@ def disposition(exc: BaseException | None, attempt: int | Callable[[], int], bac
         return Disposition(Action.DELETE, Fate.SENT)
     if isinstance(exc, (Skipped, Bounced)):
         return Disposition(Action.DELETE, Fate(exc.name), exc.reason)
+    if isinstance(exc, Outage) and exc.delay is None:
+        if callable(attempt):
+            attempt = attempt()
+        return Disposition(Action.RELEASE, Fate.DEFERRED, exc.reason, backoff.delay(attempt), free=True)
     if isinstance(exc, Deferred):
         if exc.delay is not None:
             return Disposition(Action.RELEASE, Fate.DEFERRED, exc.reason, exc.delay, free=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import math
 import re
 import time
@@ -21,10 +22,11 @@ from .events import hooks as events
 from .events.replies import reply_headers
 from .job import Reserved
 from .logs import get_logger, mask, mask_text
-from .outcomes import Action, Backoff, Bounced, Deferred, Disposition, Outcome, Poison, Fate, Skipped, disposition
+from .outcomes import (Action, Backoff, Bounced, Deferred, Disposition, Fate, InDoubt, Outage, Outcome, Poison, Skipped,
+                       Withheld, disposition)
 from .render import Renderer
 from .settings import Settings
-from .store import FINAL, Finish, Store, StoreUnavailable
+from .store import FINAL, Finish, Store, StoreUnavailable, unstorable
 from .transports.smtp import Reply
 from .validate import check_envelope
 from .digest.collect import Digests
@@ -81,6 +83,7 @@ class Delivery:
     job: Reserved | None = None
     started: float = 0.0
     already_sent: bool = False  # this process sent it before and could not record it then
+    leader: "Delivery | None" = None  # a copy of a key this process has in hand: it ends as that one does
 
     @property
     def ready(self) -> bool:
@@ -102,7 +105,12 @@ class Pipeline:
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
                                settings.in_doubt_delay)
         self.tally = tally_for(store.location)  # the console's counts, written every few seconds
-        self._holding: set[str] = set()  # keys claimed and not yet concluded
+        self._holding: dict[str, Delivery] = {}  # keys claimed and not yet concluded
+        self._confirmed: dict[str, float] = {}  # key -> when (monotonic) its claim was last known ours
+        self._unrecorded: list[Finish] = []  # outcomes the store could not take (an outage): recorded first
+        self._owed: dict[str, tuple[str, str, int]] = {}  # outage releases of unclaimed keys, to give back
+        self._gated = "before_end" in inspect.signature(self.transport.send).parameters
+        store.in_doubt_delay, store.lost_after = settings.in_doubt_delay, settings.lost_after
 
     # -- the loop's Stage interface -------------------------------------------------------------
     def handle(self, job: Reserved) -> Disposition:
@@ -132,7 +140,8 @@ class Pipeline:
                     d.reply = str(outcome)
                 self.sent(d)
             try:
-                send_many([(d.sender, d.recipients, d.message) for d in ready], keeper, done)
+                send_many([(d.sender, d.recipients, d.message) for d in ready], keeper, done,
+                          lambda i: self.gate(ready[i])())
             except Exception as exc:  # noqa: BLE001 - a bug: what has no outcome yet is poison
                 for d in ready:
                     if d.message:
@@ -153,6 +162,12 @@ class Pipeline:
         claim (one transaction) and build."""
         for d in batch:
             self.decode(d)
+        try:
+            self.record_pending()  # what this worker sent and could not record goes first
+        except StoreUnavailable as exc:
+            for d in batch:
+                d.error = d.error or exc
+            return batch
         addresses = [r.address for d in batch if d.error is None and d.envelope is not None for r in d.envelope.to]
         try:
             suppressed = self.store.suppressed_many(addresses)
@@ -179,7 +194,10 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - beanstalkd gone for the job's stats: log what is known
                 lines.append(("warning", {"job": d.job.id if d.job else None, "outcome": result.disposition.outcome,
                                           "action": result.disposition.action, "stats": f"unavailable: {exc}"}))
-        logs.events("job", lines)
+        try:
+            logs.events("job", lines)
+        except UnicodeError:  # a job's text its output cannot encode (a lone surrogate): escaped, never lost
+            logs.events("job", [(level, _escaped(fields)) for level, fields in lines])
         return [r.disposition for r in results]
 
     def _report(self, d: Delivery, result: Result) -> tuple[str, dict[str, object]]:
@@ -222,9 +240,21 @@ class Pipeline:
                 d.ref = envelope.ref
                 envelope = d.envelope = self._dereference(envelope)
             d.envelope = check_envelope(envelope)
+            self._check_storable(d.envelope)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             d.error = exc
         return d
+
+    @staticmethod
+    def _check_storable(envelope: Envelope) -> None:
+        """Poison, for this job alone, when what the store keys its rows by (the key, the
+        template, the recipients) cannot be stored: a NUL, a lone surrogate, an overlong key."""
+        values = [("key", envelope.id), ("template", envelope.template)]
+        values += [("recipient", r.address) for r in envelope.to]
+        for what, value in values:
+            why = unstorable(what, value)
+            if why is not None:
+                raise Poison(f"unstorable job: {why}")
 
     def check(self, d: Delivery, suppressed: Mapping[str, tuple[str, str]], prefs: Mapping[str, Any]) -> Delivery:
         """Everything else that needs no claim; ``suppressed`` and ``prefs`` are the batch's,
@@ -241,38 +271,97 @@ class Pipeline:
         return d
 
     def claim(self, batch: Sequence[Delivery]) -> None:
-        """Claim the checked deliveries' keys in one store transaction."""
+        """Claim the checked deliveries' keys in one store transaction. A copy of a key this
+        process has in hand claims nothing: it follows that delivery and ends as it does."""
         todo = []
         for d in batch:
             if d.error is not None or d.envelope is None:
                 continue
-            if d.envelope.id in self._holding:  # a second copy of a key this process has in hand
+            key = d.envelope.id
+            if key in self._holding:  # a second copy of a key this process has in hand
                 d.claiming = True  # its row is the first copy's to write
-                d.error = Deferred("duplicate: key in hand in this worker", delay=1)
+                d.leader = self._holding[key]
                 continue
-            if d.envelope.id in self.store.journal.pending:  # sent by us; its record failed (an outage)
+            if key in self.store.journal.pending:  # sent by us; its record failed (an outage)
                 d.claiming = d.claimed = d.already_sent = True
                 d.error = Skipped("duplicate: key already sent by this worker (recorded now)")
+                self._holding[key] = d
                 continue
-            self._holding.add(d.envelope.id)
+            self._holding[key] = d
             d.claiming = True
             todo.append(d)
         if not todo:
             return
+        asked = time.monotonic()
         try:
             taken = self.store.claim_many([(d.envelope.id, self._recipient(d.envelope), d.envelope.template)
                                            for d in todo], lease=self.settings.ttr)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - the store's outage defers the whole batch
-            for d in todo:
-                d.error = exc
-                self._holding.discard(d.envelope.id)  # type: ignore[union-attr]
-            return
+            taken = [exc] * len(todo)
         for d, t in zip(todo, taken):
             if isinstance(t, BaseException):
                 d.error = t
-                self._holding.discard(d.envelope.id)  # type: ignore[union-attr]
+                self._holding.pop(d.envelope.id, None)  # type: ignore[union-attr]
             else:
                 d.claimed, d.claims = True, t
+                self._confirmed[d.envelope.id] = asked  # type: ignore[union-attr]
+
+    def gate(self, d: Delivery, may_ask_store: bool = True) -> Callable[[], None]:
+        """What runs just before a message's end of data goes (the transports call it after the
+        354): the claim must still be this worker's (a worker that stalled past its lease and
+        lost the key to another sends nothing), and the journal takes its ``?key`` line (a kill
+        from here on leaves the key in doubt, never sent again at once). Raises Withheld."""
+        def before_end() -> None:
+            assert d.envelope is not None
+            key, lease = d.envelope.id, self.settings.ttr
+            age = time.monotonic() - self._confirmed.get(key, -math.inf)
+            if age > lease / 3:  # a stall, or a long session, since the claim was last known ours
+                if not may_ask_store:  # the event loop's thread: the loop's keeper renews claims
+                    if age > lease * 2 / 3:
+                        raise Withheld(f"claim not renewed for {age:.1f}s: the key may be another worker's now")
+                else:
+                    asked = time.monotonic()
+                    try:
+                        mine = key in self.store.confirm_many([key], lease)
+                    except StoreUnavailable as exc:
+                        if age > lease * 2 / 3:
+                            raise Withheld(f"claim not confirmed ({exc.reason})", delay=5) from None
+                        mine = True  # its lease still runs
+                    else:
+                        if mine:
+                            self._confirmed[key] = asked
+                    if not mine:
+                        raise Withheld("claim lost: another worker took the key over while this one stalled")
+            try:
+                self.store.journal.ending(key)
+            except Exception as exc:  # noqa: BLE001 - OSError, JournalUnwritable: the send must not happen
+                raise Withheld(f"journal cannot record the send: {exc}", delay=30) from None
+        return before_end
+
+    def record_pending(self) -> None:
+        """Record what this worker could not record during a store outage (what it sent first:
+        other workers hold those keys back meanwhile), and give back the outage's releases.
+        Raises StoreUnavailable while the store is still away."""
+        if self._unrecorded:
+            rows, self._unrecorded = self._unrecorded, []
+            try:
+                self.store.replay_many(rows)
+            except StoreUnavailable:
+                self._unrecorded = rows + self._unrecorded
+                raise
+            get_logger().warning("recorded what the store could not take during its outage", outcomes=len(rows))
+        if self._owed:
+            owed, self._owed = self._owed, {}
+            try:
+                self.store.add_free_releases([(k, r, t, n) for k, (r, t, n) in owed.items()])
+            except StoreUnavailable:
+                for k, (r, t, n) in owed.items():
+                    self._owe(k, r, t, n)
+                raise
+
+    def _owe(self, key: str, recipient: str, template: str, n: int = 1) -> None:
+        _, _, had = self._owed.get(key, ("", "", 0))
+        self._owed[key] = (recipient, template, had + n)
 
     def build(self, d: Delivery) -> None:
         """Render and sign the message of a claimed delivery."""
@@ -286,7 +375,12 @@ class Pipeline:
 
     def send(self, d: Delivery, keep: Callable[[], None]) -> None:
         try:
-            d.reply = str(self.transport.send(d.sender, d.recipients, d.message, keep))
+            if self._gated:
+                d.reply = str(self.transport.send(d.sender, d.recipients, d.message, keep,
+                                                  before_end=self.gate(d)))
+            else:  # a transport that cannot say when its end of data goes: the gate before it all
+                self.gate(d)()
+                d.reply = str(self.transport.send(d.sender, d.recipients, d.message, keep))
         except Exception as exc:  # noqa: BLE001
             d.error = exc
         self.sent(d)
@@ -296,51 +390,86 @@ class Pipeline:
         recorded (a kill before that does not send it again). ``journal=False``: the caller
         journaled it already, at the reply."""
         d.message = b""  # sent or not, its bytes are not needed again
+        if isinstance(d.error, Withheld):
+            d.claimed = False  # not ours (or not sent): its row is not this delivery's to write
         if journal and d.error is None and d.envelope is not None:
             self.store.journal.sent(d.envelope.id)
+        elif d.envelope is not None and d.error is not None and not isinstance(d.error, InDoubt):
+            self.store.journal.settled(d.envelope.id)  # refused or never ended: not in doubt
 
     def conclude(self, batch: Sequence[Delivery]) -> list[Result]:
-        """Each delivery's disposition, recorded in the store in one transaction."""
-        results: list[Result] = []
+        """Each delivery's disposition, recorded in the store in one transaction. A copy that
+        followed another delivery of its key ends as that one did: skipped once it went (or
+        ended for good), released with its delay otherwise."""
+        results: dict[int, Result] = {}
         finishes: list[Finish] = []
-        for d in batch:
+        for d in sorted(batch, key=lambda d: d.leader is not None):  # the copies after what they follow
             error = d.error
+            if d.leader is not None and error is None:
+                error = d.error = self._follow(d.leader, results.get(id(d.leader)))
             if d.reply == "" and error is not None:
                 d.reply = getattr(error, "reply", "")
             envelope = d.envelope
             attempt = self._attempt(envelope.id if envelope is not None else "", d.attempt)
             result = disposition(error, attempt, self.backoff)
-            if envelope is not None and (d.claimed or not d.claiming):
+            if envelope is not None and isinstance(error, Outage) and not d.claimed:
+                # nothing to record but that this release costs no retry (given back once the store is back)
+                self._owe(envelope.id, self._recipient(envelope), envelope.template)
+            elif envelope is not None and (d.claimed or not d.claiming):
                 # before the claim nothing may overwrite another delivery's row of the same key
                 hold = self.backoff.in_doubt_delay if result.outcome is Fate.IN_DOUBT else 0.0
                 finishes.append(Finish(envelope.id, self._recipient(envelope), envelope.template,
                                        Fate.SENT if d.already_sent else result.outcome, result.reason, d.reply,
                                        d.claimed, hold, result.free))
-            results.append(Result(result, envelope, d.reply, d.claims))
-            if d.claimed and envelope is not None:
-                self._holding.discard(envelope.id)
+            results[id(d)] = Result(result, envelope, d.reply, d.claims)
+            if envelope is not None and d.leader is None and self._holding.get(envelope.id) is d:
+                del self._holding[envelope.id]
+                self._confirmed.pop(envelope.id, None)
+        ordered = [results[id(d)] for d in batch]
         try:
             self.store.finish_many(finishes)
-            for d, result in zip(batch, results):
-                envelope, error = d.envelope, d.error
-                if envelope is None:
-                    continue
-                if isinstance(error, Bounced) and error.hard and envelope.kind == "mail":
-                    self.store.suppress(envelope.recipient.address, error.reason, "bounce")
-                self.outbound.finished(envelope, result.disposition.outcome)
-                if d.ref and result.disposition.action is Action.DELETE:
-                    self.store.delete_blob(d.ref)  # a final outcome: the body is needed no more
+            for d, result in zip(batch, ordered):
+                try:
+                    self._after(d, result)
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one job's follow-up never costs the batch
+                    get_logger().exception("follow-up of a job failed", outcome=result.disposition.outcome,
+                                           error=repr(exc))
         except StoreUnavailable as exc:
-            # what happened stands (the mail went, or not); only its record is missing. An outage
-            # the job already met is logged once by the store, not again for every job.
-            for d, result in zip(batch, results):
+            # what happened stands (the mail went, or not); only its record is missing: it is
+            # recorded before this worker takes new work, and meanwhile no other worker sends
+            # the keys it holds. An outage the job already met is logged once by the store.
+            self._unrecorded += [f for f in finishes if f.overwrite_final]
+            for d, result in zip(batch, ordered):
                 if d.envelope is not None and not isinstance(d.error, StoreUnavailable):
                     key = d.envelope.id
-                    get_logger().error("delivery not recorded", outcome=result.disposition.outcome,
+                    get_logger().error("delivery not recorded yet", outcome=result.disposition.outcome,
                                        error=exc.reason,
                                        key=mask_text(key) if self.settings.mask_addresses else key)
-        events.deliveries(self.settings, self.store, batch, results)  # message.sent/.bounced (worker/events)
-        return results
+        events.deliveries(self.settings, self.store, batch, ordered)  # message.sent/.bounced (worker/events)
+        return ordered
+
+    def _follow(self, leader: Delivery, ended: Result | None) -> Outcome:
+        """How a copy of a key in hand ends: as its leader did, when that ended in this batch."""
+        if ended is None:  # the leader is still on its way (sends in flight): come back with its lease
+            return Deferred("duplicate: key in hand in this worker", delay=max(1, round(self.settings.ttr / 3)))
+        d = ended.disposition
+        if d.action is Action.DELETE:
+            return Skipped(f"duplicate: a copy of this key ended {d.outcome} in this worker")
+        return Deferred(f"duplicate: a copy of this key was {d.outcome} in this worker", delay=max(1, d.delay))
+
+    def _after(self, d: Delivery, result: Result) -> None:
+        """What follows a recorded outcome: a hard bounce's suppression, the feedback brake's
+        count, a blob no longer needed."""
+        envelope, error = d.envelope, d.error
+        if envelope is None:
+            return
+        if isinstance(error, Bounced) and error.hard and envelope.kind == "mail":
+            self.store.suppress(envelope.recipient.address, error.reason, "bounce")
+        self.outbound.finished(envelope, result.disposition.outcome)
+        if d.ref and result.disposition.action is Action.DELETE:
+            self.store.delete_blob(d.ref)  # a final outcome: the body is needed no more
 
     def _decode(self, body: bytes) -> Envelope:
         try:
@@ -390,7 +519,8 @@ class Pipeline:
             if time.monotonic() - renewed >= max(1.0, lease / 3):  # the claims: at a third of their lease
                 renewed = time.monotonic()
                 try:
-                    self.store.renew_many(keys(), lease)
+                    for key in self.store.confirm_many(keys(), lease):
+                        self._confirmed[key] = renewed
                 except StoreUnavailable:
                     pass  # the claim's lease still runs; the outage is logged by the store
         return keep
@@ -461,6 +591,17 @@ class Pipeline:
         headers = reply_headers(self.settings, self.store, envelope, headers)  # notify(reply=True): Reply-To
         message = mime.build(rendered, self.sender, envelope.recipient, headers)
         return message, [envelope.recipient.address]
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every string made encodable (lone surrogates as backslash escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
 
 
 _HEADER_END = re.compile(rb"\r\n\r\n")

@@ -17,7 +17,7 @@ from typing import Callable
 
 from producer import __version__ as VERSION
 
-from .identity import host_name
+from .identity import host_name, process_id
 from .logs import get_logger
 from .store import Store, StoreUnavailable
 
@@ -40,8 +40,10 @@ class WorkerRow:
 
 
 def this_worker() -> tuple[str, str, int]:
+    """(``host:pid:instance``, host, pid): the id is this run's (worker/identity.py), so two
+    containers' pid 1 and a restarted worker never share a row or each other's claims."""
     host, pid = host_name(), os.getpid()
-    return f"{host}:{pid}", host, pid
+    return process_id(), host, pid
 
 
 class Registry:
@@ -72,12 +74,14 @@ class Registry:
             " version = excluded.version, state = 'running', started_at = excluded.started_at,"
             " last_seen = excluded.last_seen, jobs_done = 0, current_job = ''",
             (self.id, self.host, self.pid, self.tubes, VERSION, now, now))
-        self._thread = threading.Thread(target=self._beat, name="registry", daemon=True)
-        self._thread.start()
+        if self._thread is None:  # a start retried after a store outage beats with one thread
+            self._thread = threading.Thread(target=self._beat, name="registry", daemon=True)
+            self._thread.start()
         return self
 
     def is_disabled(self) -> bool:
-        row = self.store.one("SELECT count(*) FROM disabled WHERE target IN (?, ?)", (self.host, self.id))
+        row = self.store.one("SELECT count(*) FROM disabled WHERE target IN (?, ?, ?)",
+                             (self.host, f"{self.host}:{self.pid}", self.id))
         return bool(row and row[0])
 
     def beat(self) -> None:
@@ -124,8 +128,11 @@ def mark_lost(store: Store, lost_after: float) -> list[str]:
                                     " AND current_job != '')) AND last_seen < ?", (cutoff,))]
     for worker in lost:
         store.execute("UPDATE workers SET state = 'lost' WHERE id = ? AND last_seen < ?", (worker, cutoff))
-        store.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed' AND claimed_by LIKE ?",
-                      (f"{worker}:%",))
+        # its claims are ``<worker id>:n``: compared exactly up to the last colon, never with
+        # LIKE (whose ``_`` would match ``mail-1`` for ``mail_1``)
+        prefix = f"{worker}:"
+        store.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed'"
+                      " AND substr(claimed_by, 1, ?) = ?", (len(prefix), prefix))
     return lost
 
 
@@ -137,7 +144,7 @@ def workers(store: Store, lost_after: float) -> list[WorkerRow]:
 
 
 def disable(store: Store, target: str) -> None:
-    """``target``: a host name (all its workers) or ``host:pid`` (one process)."""
+    """``target``: a host name (all its workers), ``host:pid`` or a worker id (one process)."""
     store.execute("INSERT INTO disabled (target, created_at) VALUES (?, ?) ON CONFLICT (target) DO NOTHING",
                   (target, time.time()))
 

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 
 from producer.blobs import switch_to_wal
 
-from .identity import host_name
+from .identity import process_id, process_of
 from .journal import Journal
 from .logs import get_logger
-from .outcomes import Deferred, Outcome, Skipped
+from .outcomes import Deferred, Outage, Outcome, Poison, Skipped
 
 # Types are spelled so that both engines read them right: DOUBLE PRECISION is a float8 in
 # PostgreSQL (its REAL would lose the sub-second part of a timestamp) and REAL-affine in SQLite.
@@ -269,8 +269,8 @@ _CLAIM = (
     " updated_at = excluded.updated_at"
     " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')"
     " AND (deliveries.outcome NOT IN ('claimed', 'in_doubt')"
-    "      OR deliveries.claim_expires <= excluded.updated_at"
-    "      OR deliveries.claimed_by = excluded.claimed_by)"
+    "      OR (deliveries.outcome = 'in_doubt' AND deliveries.claim_expires <= excluded.updated_at)"
+    "      OR deliveries.claimed_by = excluded.claimed_by)"  # another's claim, even expired: _claim_contested
     " RETURNING attempts"
 )
 _FINISH = (
@@ -281,16 +281,53 @@ _FINISH = (
     " free_releases = deliveries.free_releases + excluded.free_releases,"
     " updated_at = excluded.updated_at"
 )
-_JOURNALED = "recorded from the journal of a worker that died before its store write"
+_JOURNALED = "recorded from the journal of a worker that died or stalled before its store write"
 _JOURNALED_SENT = ("UPDATE deliveries SET outcome = 'sent', reason = ?, claimed_by = '', updated_at = ?"
                    " WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 _FINISH_UNCLAIMED = _FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced', 'claimed')"
+# a process found dead by its journal's lock: the registry need not wait for its heartbeat to stop
+_DEAD = "UPDATE workers SET state = 'lost' WHERE id = ? AND state = 'running'"
+_JOURNALED_DOUBT = ("in doubt: the worker holding it died or stalled after writing the end of data, before the reply"
+                    " (its journal); retried after the in-doubt delay")
+_JOURNALED_IN_DOUBT = ("UPDATE deliveries SET outcome = 'in_doubt', reason = ?, claimed_by = '', claim_expires = ?,"
+                       " updated_at = ? WHERE key = ? AND outcome = 'claimed' AND claimed_by = ?")
 
 
 def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     """``values`` in slices small enough for any database's limit on query parameters."""
     for i in range(0, len(values), size):
         yield values[i:i + size]
+
+
+KEY_LIMIT = 200  # the longest idempotency key a job may carry (producer/envelope.py refuses longer)
+
+
+def unstorable(what: str, value: str) -> str | None:
+    """Why ``value`` (a key, an address, a template name: text the store keys rows by) cannot go
+    into either store as it is, or None. PostgreSQL's text holds no NUL; neither database takes
+    a lone surrogate (JSON's ``"\\ud800"`` decodes to one); a key has a length limit."""
+    if not isinstance(value, str):
+        return f"{what} is a {type(value).__name__}, not text"
+    if "\0" in value:
+        return f"{what} holds a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} holds a lone surrogate (not UTF-8)"
+    if what in ("key", "template") and len(value) > KEY_LIMIT:  # a row's name, never a payload
+        return f"{what} is longer than {KEY_LIMIT} characters"
+    return None
+
+
+def storable_text(value: str) -> str:
+    """Free text (a reason, a reply, a buried body) as both stores hold it: NUL and lone
+    surrogates replaced, so a record never fails for what a job or a server said."""
+    value = value.replace("\0", "\ufffd")
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _safe_location(location: str) -> str:
@@ -305,28 +342,13 @@ _connections = itertools.count(1)
 
 
 def worker_id() -> str:
-    """``host:pid:n``: each store connection claims for itself, so two loops of one process
-    (BEANMAIL_THREADS) never take each other's claim for their own."""
-    return f"{host_name()}:{os.getpid()}:{next(_connections)}"
+    """``host:pid:instance:n``: each store connection claims for itself, so two loops of one
+    process (BEANMAIL_THREADS) never take each other's claim for their own; the instance
+    (worker/identity.py) tells this run of the process from any other with the same pid."""
+    return f"{process_id()}:{next(_connections)}"
 
 
-def holder_is_dead(holder: str) -> bool:
-    """A claim held by a process of this host that no longer exists (killed, then restarted by
-    supervisord) need not wait for its lease to run out."""
-    parts = holder.split(":")
-    host, pid = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-    if host != host_name() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class StoreUnavailable(Deferred):
+class StoreUnavailable(Outage):
     """The store cannot be reached or is locked past its timeout: retry the job later."""
 
 
@@ -524,6 +546,10 @@ class Store:
             self._db = _Sqlite(location, timeout)
         self.me = worker_id()
         self.journal = Journal(location, self.me)  # keys sent, not yet recorded (worker/journal.py)
+        # set by the pipeline from its settings: how long a key found in doubt is held, and how
+        # long a silent worker's registry row still says it lives
+        self.in_doubt_delay: float = 3600.0
+        self.lost_after: float = 60.0
         self._outage_since: float | None = None
         self._migrate()
 
@@ -595,6 +621,12 @@ class Store:
         with self._guard():
             return int(self._db.execute(sql, args).rowcount)
 
+    def check(self) -> None:
+        """Notice a store file deleted (restored from the open handle) or replaced (reopened)
+        without a statement: a worker asks between batches, so an idle worker restores it too."""
+        with self._guard():
+            pass
+
     # for the modules that keep their own tables here (the registry, feedback, digests): one
     # statement each, with the store's outage handling
     one, all, execute = _one, _all, _run
@@ -612,6 +644,17 @@ class Store:
     def claim_many(self, items: Sequence[tuple[str, str, str]], lease: float) -> list[int | Outcome]:
         """``claim`` for a batch of ``(key, recipient, template)`` in one transaction: for each,
         how often it was taken, or the Skipped/Deferred that says why not."""
+        try:
+            return self._claim_batch(items, lease)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job's data failed the batch's statement
+            if len(items) == 1:
+                return [Poison(f"the store refused this job's claim: {storable_text(f'{type(exc).__name__}: {exc}')}")]
+        # each job on its own, so the one the store refuses is buried alone and the others go on
+        return [taken for item in items for taken in self.claim_many([item], lease)]
+
+    def _claim_batch(self, items: Sequence[tuple[str, str, str]], lease: float) -> list[int | Outcome]:
         now = time.time()
         out: list[int | Outcome] = []
         with self._transaction():
@@ -639,12 +682,26 @@ class Store:
         if outcome == "in_doubt" and expires > now:
             raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
                            delay=max(1, round(expires - now)))
-        dead = outcome == "claimed" and holder != self.me and holder_is_dead(holder)
-        if outcome == "claimed" and holder != self.me and expires > now and not dead:
-            raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
-        if dead and key in self.journal.of(holder):  # it went; its worker died before recording it
-            self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder))
-            raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
+        if outcome == "claimed" and holder != self.me:
+            if self.journal.is_dead(holder):
+                self._db.execute(_DEAD, (process_of(holder),))
+            else:
+                if expires > now:
+                    raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
+                if self._lives(process_of(holder), now):
+                    # its lease ran out while it lives: it sent and could not record it yet (a
+                    # store outage), or it stalls; it records it, or is found lost, before anyone sends
+                    raise Deferred(f"duplicate: key claimed by {holder}, a live worker whose record of it is pending",
+                                   delay=max(1, round(self.lost_after / 4)))
+            # taken over from a dead holder, or one silent past its lease and lost: its journal,
+            # where this host can read it, says how far it got
+            sent, ending = self.journal.read(holder)
+            if key in sent:  # it went; its worker never recorded it
+                self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder))
+                raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
+            if key in ending:  # its end of data went, the reply did not come back: maybe delivered
+                self._db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay, now, key, holder))
+                raise Deferred(_JOURNALED_DOUBT, delay=max(1, round(self.in_doubt_delay)))
         taken = self._db.execute(
             "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
             " claim_expires = ?, updated_at = ? WHERE key = ? AND outcome = ? AND claimed_by = ?",
@@ -654,6 +711,11 @@ class Store:
             raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
         return int(attempts) + 1
 
+    def _lives(self, process: str, now: float) -> bool:
+        """The registry (worker/registry.py) heard from this process within ``lost_after``."""
+        row = self._db.execute("SELECT state, last_seen FROM workers WHERE id = ?", (process,)).fetchone()
+        return row is not None and row[0] in ("running", "disabled") and row[1] >= now - self.lost_after
+
     def renew(self, key: str, lease: float) -> bool:
         """Extend this process's claim on ``key`` (called through a long send); False if the
         claim is no longer ours."""
@@ -661,12 +723,18 @@ class Store:
 
     def renew_many(self, keys: Sequence[str], lease: float) -> int:
         """``renew`` for several keys in one statement; how many claims were still ours."""
-        now, renewed = time.time(), 0
-        for part in chunks(list(keys)):
-            renewed += self._run(f"UPDATE deliveries SET claim_expires = ?, updated_at = ?"
-                                 f" WHERE key IN ({', '.join('?' * len(part))}) AND outcome = 'claimed'"
-                                 f" AND claimed_by = ?", (now + lease, now, *part, self.me))
-        return renewed
+        return len(self.confirm_many(keys, lease))
+
+    def confirm_many(self, keys: Iterable[str], lease: float) -> set[str]:
+        """Renew this process's claims on ``keys``; the keys whose claim was still its own. The
+        holder id is the fencing token: a claim another worker took over (or that ended) is not
+        renewed, and its key is not in the answer."""
+        now, mine = time.time(), set()
+        for part in chunks(sorted(set(keys))):
+            mine |= {r[0] for r in self._all(f"UPDATE deliveries SET claim_expires = ?, updated_at = ?"
+                                             f" WHERE key IN ({', '.join('?' * len(part))}) AND outcome = 'claimed'"
+                                             f" AND claimed_by = ? RETURNING key", (now + lease, now, *part, self.me))}
+        return mine
 
     def finish(self, key: str, recipient: str, template: str, outcome: str, reason: str = "",
                reply: str = "", *, overwrite_final: bool = True, hold: float = 0.0, free: bool = False) -> None:
@@ -681,27 +749,82 @@ class Store:
         once it is committed."""
         if not rows:
             return
+        try:
+            self._finish_batch(rows)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one row's data failed the batch: each row alone
+            if len(rows) == 1:
+                get_logger().error("delivery not recorded: the store refused the row", key=storable_text(rows[0].key),
+                                   outcome=rows[0].outcome, error=storable_text(f"{type(exc).__name__}: {exc}"))
+            else:
+                for f in rows:
+                    self.finish_many([f])
+        self.journal.recorded(f.key for f in rows)
+
+    def _finish_batch(self, rows: Sequence[Finish]) -> None:
         now = time.time()
         with self._transaction():
             for f in rows:
                 self._db.execute(
                     _FINISH if f.overwrite_final else _FINISH_UNCLAIMED,
-                    (f.key, f.recipient, f.template, f.outcome, f.reason, f.reply,
+                    (f.key, f.recipient, f.template, f.outcome, storable_text(f.reason), storable_text(f.reply),
                      now + f.hold if f.hold else 0, int(f.free), now),
                 )
+
+    def replay_many(self, rows: Sequence[Finish]) -> None:
+        """Outcomes this worker could not record during an outage, recorded now (one
+        transaction): what it sent is recorded sent unless the key ended meanwhile; any other
+        outcome only while the claim is still this worker's (a key another worker took over
+        since is that worker's to record)."""
+        if not rows:
+            return
+        now = time.time()
+        with self._transaction():
+            for f in rows:
+                args = [f.key, f.recipient, f.template, f.outcome, storable_text(f.reason), storable_text(f.reply),
+                        now + f.hold if f.hold else 0, int(f.free), now]
+                if f.outcome == "sent":
+                    self._db.execute(_FINISH + " WHERE deliveries.outcome NOT IN ('sent', 'skipped', 'bounced')", args)
+                else:
+                    self._db.execute(_FINISH + " WHERE deliveries.outcome = 'claimed' AND deliveries.claimed_by = ?",
+                                     [*args, self.me])
         self.journal.recorded(f.key for f in rows)
 
+    def add_free_releases(self, rows: Sequence[tuple[str, str, str, int]]) -> None:
+        """Releases an outage caused, ``(key, recipient, template, count)``: they cost no retry.
+        A key with no row yet gets a ``deferred`` one to hold the count."""
+        if not rows:
+            return
+        now = time.time()
+        with self._transaction():
+            for key, recipient, template, n in rows:
+                self._db.execute(
+                    "INSERT INTO deliveries (key, recipient, template, outcome, free_releases, updated_at)"
+                    " VALUES (?, ?, ?, 'deferred', ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                    " free_releases = deliveries.free_releases + excluded.free_releases",
+                    (key, recipient, template, n, now))
+
     def recover_journals(self) -> int:
-        """Record as sent what dead processes of this host sent and never recorded (their
-        journals), and remove those journals; how many keys were recorded."""
+        """Record what dead processes sent and never recorded (their journals, where this host
+        sees them): sent, or in doubt for a lone ``?key``; release their other claims at once
+        and remove those journals. How many keys were recorded."""
         recorded = 0
         for holder in self.journal.others():
-            if not holder_is_dead(holder):
+            if not self.journal.is_dead(holder):
                 continue
-            keys = sorted(self.journal.of(holder))
+            sent, ending = self.journal.read(holder)
+            now = time.time()
             with self._transaction():
-                for key in keys:
-                    recorded += self._db.execute(_JOURNALED_SENT, (_JOURNALED, time.time(), key, holder)).rowcount
+                for key in sorted(sent):
+                    recorded += self._db.execute(_JOURNALED_SENT, (_JOURNALED, now, key, holder)).rowcount
+                for key in sorted(ending):  # maybe delivered: held back for the in-doubt delay
+                    recorded += self._db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay,
+                                                                       now, key, holder)).rowcount
+                # what else it held never reached its end of data: free for the next worker now
+                self._db.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed'"
+                                 " AND claimed_by = ?", (holder,))
+                self._db.execute(_DEAD, (process_of(holder),))
             self.journal.remove(holder)
         return recorded
 
@@ -845,7 +968,8 @@ class Store:
         self._run(
             "INSERT INTO failures (server, job_id, tube, outcome, reason, body, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (server, job_id, tube, outcome, reason, body[:65536].decode("utf-8", "replace"), time.time()),
+            (server, job_id, storable_text(tube), outcome, storable_text(reason),
+             storable_text(body[:65536].decode("utf-8", "replace")), time.time()),
         )
 
     def failure(self, server: str, job_id: int) -> tuple[str, str, float] | None:

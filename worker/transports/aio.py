@@ -18,9 +18,9 @@ import asyncio
 import base64
 import socket
 import ssl
-from typing import Sequence
+from typing import Callable, Sequence
 
-from ..outcomes import Deferred, Outcome
+from ..outcomes import Deferred, Outage, Outcome
 from ..settings import SmtpTarget
 from .smtp import (Reply, _classify, _reply, content, envelope_refusal, no_final_reply, smtputf8_parameter,
                    smtputf8_refusal)
@@ -102,7 +102,7 @@ class RelayPool:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 t.host, t.port, ssl=context, limit=1 << 16), self.timeout)
         except (*_LOST, ssl.SSLError) as exc:
-            raise Deferred(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from None
+            raise Outage(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from None
         session = Session(reader, writer, self.timeout)
         try:
             greeting = await session.reply()
@@ -148,19 +148,22 @@ class RelayPool:
         session.extensions = {ln[4:].split(b" ")[0].strip().decode("ascii", "replace").upper() for ln in lines[1:]}
         return _reply(code, lines[0][4:])
 
-    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
+    async def send(self, sender: str, recipients: Sequence[str], message: bytes,
+                   before_end: Callable[[], None] | None = None) -> Reply:
+        """``before_end``: called after the 354, before the content goes; what it raises (an
+        Outcome) abandons the transaction with its connection, nothing of the content sent."""
         reused = bool(self.idle)
         session = self.idle.pop() if reused else await self._connect()
         try:
             try:
-                reply = await self._transaction(session, sender, recipients, message)
+                reply = await self._transaction(session, sender, recipients, message, before_end)
             except _Stale:
                 session.close()
                 if not reused:
                     raise Deferred(f"{self._where()} dropped the connection") from None
                 session = await self._connect()  # the server closed a kept-alive one: one fresh try
                 try:
-                    reply = await self._transaction(session, sender, recipients, message)
+                    reply = await self._transaction(session, sender, recipients, message, before_end)
                 except _Stale as exc:
                     session.close()
                     raise Deferred(f"{self._where()} dropped the connection: {exc}") from None
@@ -175,7 +178,7 @@ class RelayPool:
         return reply
 
     async def _transaction(self, session: Session, sender: str, recipients: Sequence[str],
-                           message: bytes) -> Reply:
+                           message: bytes, before_end: Callable[[], None] | None = None) -> Reply:
         refusal = smtputf8_refusal(self._where(), "SMTPUTF8" in session.extensions, sender, recipients)
         if refusal is not None:
             raise refusal
@@ -203,6 +206,12 @@ class RelayPool:
                 else:
                     await self._reset(session)
                 raise refusal
+            if before_end is not None:
+                try:
+                    before_end()
+                except Outcome:
+                    session.close()  # it waits for content that may not go
+                    raise
             session.writer.write(content(message))
         except _LOST as exc:
             raise _Stale(f"{type(exc).__name__}: {exc}") from None

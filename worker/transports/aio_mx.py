@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Sequence
+from typing import Callable, Sequence
 
-from ..outcomes import Deferred
+from ..outcomes import Deferred, Withheld
 from ..settings import Settings, SmtpTarget
 from .aio import RelayPool
 from .mx import MxResolver
@@ -47,7 +47,9 @@ class MxPool:
                                                     helo=self.helo, verify=False)
         return pool
 
-    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
+    async def send(self, sender: str, recipients: Sequence[str], message: bytes,
+                   before_end: Callable[[], None] | None = None) -> Reply:
+        """``before_end``: the pipeline's gate, called before the end of data (RelayPool.send)."""
         domains = {r.rpartition("@")[2].lower() for r in recipients}
         if len(domains) != 1:
             raise Deferred("direct delivery sends one domain per message")  # the pipeline never does
@@ -56,9 +58,10 @@ class MxPool:
         if gate is None:
             gate = self._gates[domain] = asyncio.Semaphore(self.per_domain)
         async with gate:  # the domain's queue: other domains' mail goes on meanwhile
-            return await self._deliver(domain, sender, recipients, message)
+            return await self._deliver(domain, sender, recipients, message, before_end)
 
-    async def _deliver(self, domain: str, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
+    async def _deliver(self, domain: str, sender: str, recipients: Sequence[str], message: bytes,
+                       before_end: Callable[[], None] | None) -> Reply:
         failures: list[str] = []
         for mx in await asyncio.to_thread(self.resolver.exchangers, domain):
             addresses = await asyncio.to_thread(self.resolver.addresses, mx.host)
@@ -66,7 +69,9 @@ class MxPool:
                 failures.append(f"{mx.host}: no address")
             for address in addresses:
                 try:
-                    return await self._host(address).send(sender, recipients, message)
+                    return await self._host(address).send(sender, recipients, message, before_end)
+                except Withheld:
+                    raise  # the worker stopped it (its claim is gone): no other host either
                 except Deferred as exc:  # this host would not take it now: the next one may
                     failures.append(f"{mx.host}[{address}]: {exc.reason}")
         raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))

@@ -17,7 +17,7 @@ import dns.name
 import dns.resolver
 
 from ..identity import host_name
-from ..outcomes import Bounced, Deferred
+from ..outcomes import Bounced, Deferred, Outage, Withheld
 from ..settings import Settings, SmtpTarget
 from .smtp import Reply, SmtpSession
 
@@ -63,9 +63,9 @@ class MxResolver:
         except dns.resolver.NoAnswer as exc:
             records, ttl = [], _negative_ttl(exc)
         except dns.resolver.NoNameservers as exc:
-            raise Deferred(f"DNS {rdtype} {name}: SERVFAIL ({exc})") from None
+            raise Outage(f"DNS {rdtype} {name}: SERVFAIL ({exc})") from None
         except dns.exception.Timeout:
-            raise Deferred(f"DNS {rdtype} {name}: timed out") from None
+            raise Outage(f"DNS {rdtype} {name}: timed out") from None
         except dns.exception.DNSException as exc:
             raise Deferred(f"DNS {rdtype} {name}: {type(exc).__name__}: {exc}") from None
         with self._lock:
@@ -171,7 +171,7 @@ class MxTransport:
             return slot
 
     def send(self, sender: str, recipients: Sequence[str], message: bytes,
-             touch: Callable[[], None] = lambda: None) -> Reply:
+             touch: Callable[[], None] = lambda: None, before_end: Callable[[], None] | None = None) -> Reply:
         domains = {r.rpartition("@")[2].lower() for r in recipients}
         if len(domains) != 1:
             raise Deferred("direct delivery sends one domain per message")  # the pipeline never does
@@ -180,12 +180,12 @@ class MxTransport:
         if not slot.acquire(timeout=self.timeout):
             raise Deferred(f"{domain}: all {self.per_domain} connections busy", delay=1)
         try:
-            return self._deliver(domain, sender, recipients, message, touch)
+            return self._deliver(domain, sender, recipients, message, touch, before_end)
         finally:
             slot.release()
 
     def _deliver(self, domain: str, sender: str, recipients: Sequence[str], message: bytes,
-                 touch: Callable[[], None]) -> Reply:
+                 touch: Callable[[], None], before_end: Callable[[], None] | None = None) -> Reply:
         failures: list[str] = []
         # a kept-alive connection to this domain first: it is to one of its MX hosts already
         while True:
@@ -198,7 +198,8 @@ class MxTransport:
                 session.close()  # idle past its lease, and the fleet's slots are all taken meanwhile
                 continue
             try:
-                reply = self._try(domain, session, session.target.host, failures, sender, recipients, message, touch)
+                reply = self._try(domain, session, session.target.host, failures, sender, recipients, message, touch,
+                                  before_end)
             finally:
                 self._release_unless_kept(domain, holder)
             if reply is not None:
@@ -215,7 +216,7 @@ class MxTransport:
                                           helo=self.helo, verify=False, data_timeout=self.data_timeout)
                     session.holder = holder  # type: ignore[attr-defined]
                     reply = self._try(domain, session, f"{mx.host}[{address}]", failures, sender, recipients,
-                                      message, touch)
+                                      message, touch, before_end)
                     if reply is not None:
                         return reply
             raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
@@ -241,10 +242,14 @@ class MxTransport:
             self.fleet.drop(domain, holder)  # type: ignore[union-attr]
 
     def _try(self, domain: str, session: SmtpSession, label: str, failures: list[str], sender: str,
-             recipients: Sequence[str], message: bytes, touch: Callable[[], None]) -> Reply | None:
-        """One host's answer: its reply, None to move on to the next host, or Bounced."""
+             recipients: Sequence[str], message: bytes, touch: Callable[[], None],
+             before_end: Callable[[], None] | None = None) -> Reply | None:
+        """One host's answer: its reply, None to move on to the next host, or Bounced (or the
+        worker withheld the message: no other host is tried)."""
         try:
-            reply = session.send(sender, recipients, message, touch)
+            reply = session.send(sender, recipients, message, touch, before_end)
+        except Withheld:
+            raise
         except Deferred as exc:
             session.close()
             failures.append(f"{label}: {exc.reason}")

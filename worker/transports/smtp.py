@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from producer.addresses import needs_smtputf8
 
-from ..outcomes import Bounced, Deferred, InDoubt, Outcome
+from ..outcomes import Bounced, Deferred, InDoubt, Outage, Outcome
 from ..settings import SmtpTarget
 
 NETWORK_ERRORS = (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ssl.SSLError)
@@ -63,6 +63,8 @@ class SmtpSession:
         self._smtp: smtplib.SMTP | None = None
         self.connects = 0
 
+    relay = False  # the smarthost every message goes through (RelayTransport): unreachable is an outage
+
     @property
     def connected(self) -> bool:
         return self._smtp is not None
@@ -103,30 +105,36 @@ class SmtpSession:
         except smtplib.SMTPResponseException as exc:
             raise Deferred(f"{t.host}:{t.port} refused the session", reply=str(_reply(exc.smtp_code, exc.smtp_error))) from None
         except NETWORK_ERRORS as exc:
-            raise Deferred(f"cannot connect to {t.host}:{t.port}: {_describe(exc)}") from None
+            # the relay unreachable is an outage (waited out, no retry spent); one MX host of
+            # a recipient's domain unreachable is that delivery's own failure
+            unreachable = Outage if self.relay else Deferred
+            raise unreachable(f"cannot connect to {t.host}:{t.port}: {_describe(exc)}") from None
         self._smtp = smtp
         return smtp
 
     def send(self, sender: str, recipients: Sequence[str], message: bytes,
-             touch: Callable[[], None] = lambda: None) -> Reply:
+             touch: Callable[[], None] = lambda: None, before_end: Callable[[], None] | None = None) -> Reply:
+        """``before_end`` is called once the server said 354, just before the content and its
+        end go; what it raises (an Outcome) abandons the transaction, nothing of it sent."""
         reused = self._smtp is not None
         try:
-            return self._send_once(sender, recipients, message, touch)
+            return self._send_once(sender, recipients, message, touch, before_end)
         except _Stale:
             if not reused:
                 raise Deferred(f"{self.target.host}:{self.target.port} dropped the connection") from None
         # a kept-alive connection the server closed meanwhile: one fresh try is not a retry storm
         try:
-            return self._send_once(sender, recipients, message, touch)
+            return self._send_once(sender, recipients, message, touch, before_end)
         except _Stale as exc:
             raise Deferred(f"{self.target.host}:{self.target.port} dropped the connection: {exc}") from None
 
     def send_many(self, items: Sequence[tuple[str, Sequence[str], bytes]], touch: Callable[[], None],
-                  done: Callable[[int, Reply | Exception], None]) -> None:
+                  done: Callable[[int, Reply | Exception], None],
+                  before_end: Callable[[int], None] | None = None) -> None:
         """Several messages in one session, ``done(i, reply or Outcome)`` told of each as its
         reply comes. With PIPELINING a message's content, its end and the next message's
         envelope go in one write (RFC 2920 section 3.1 lets the content open a group): one
-        round trip a message instead of two."""
+        round trip a message instead of two. ``before_end(i)``: as ``send``'s, per message."""
         smtp = self._smtp
         if smtp is None:
             try:
@@ -136,7 +144,7 @@ class SmtpSession:
                     done(i, exc)
                 return
         if not smtp.has_extn("pipelining") or len(items) < 2 or any(smtputf8_parameter(s, r) for s, r, _ in items):
-            return self._one_by_one(items, 0, touch, done)  # (SMTPUTF8 is judged per message there)
+            return self._one_by_one(items, 0, touch, done, before_end)  # (SMTPUTF8 is judged per message there)
         envelope_sent = False
         for i, (sender, recipients, message) in enumerate(items):
             body_going = False
@@ -152,9 +160,16 @@ class SmtpSession:
                     self._end_transaction(smtp, data)
                     done(i, refusal)
                     if self._smtp is None:
-                        return self._one_by_one(items, i + 1, touch, done)
+                        return self._one_by_one(items, i + 1, touch, done, before_end)
                     continue
                 touch()
+                if before_end is not None:
+                    try:
+                        before_end(i)
+                    except Outcome as exc:  # this one may not go: its transaction is abandoned
+                        self.abandon()
+                        done(i, exc)
+                        return self._one_by_one(items, i + 1, touch, done, before_end)
                 out = content(message)
                 if i + 1 < len(items):
                     out += _envelope_lines(*items[i + 1][:2]).encode()
@@ -166,27 +181,28 @@ class SmtpSession:
                 if body_going:  # the content and its end may have left in part or in whole
                     done(i, InDoubt(f"{self.target.host}:{self.target.port}: connection lost while sending "
                                     f"the message ({_describe(exc)}); it may have been delivered"))
-                    return self._one_by_one(items, i + 1, touch, done)
+                    return self._one_by_one(items, i + 1, touch, done, before_end)
                 # nothing of this message went: it and the rest go on a fresh connection
-                return self._one_by_one(items, i, touch, done)
+                return self._one_by_one(items, i, touch, done, before_end)
             try:
                 final = self._final_reply(smtp, touch)
             except (smtplib.SMTPServerDisconnected, *NETWORK_ERRORS) as exc:
                 self.close()
                 done(i, no_final_reply(f"{self.target.host}:{self.target.port}", _describe(exc)))
-                return self._one_by_one(items, i + 1, touch, done)
+                return self._one_by_one(items, i + 1, touch, done, before_end)
             done(i, final if final.code == 250 else _classify(final, "message refused", recipient=False))
 
     def _one_by_one(self, items: Sequence[tuple[str, Sequence[str], bytes]], start: int,
-                    touch: Callable[[], None], done: Callable[[int, Reply | Exception], None]) -> None:
+                    touch: Callable[[], None], done: Callable[[int, Reply | Exception], None],
+                    before_end: Callable[[int], None] | None = None) -> None:
         for i in range(start, len(items)):
             try:
-                done(i, self.send(*items[i], touch))
+                done(i, self.send(*items[i], touch, None if before_end is None else lambda i=i: before_end(i)))
             except Outcome as exc:
                 done(i, exc)
 
     def _send_once(self, sender: str, recipients: Sequence[str], message: bytes,
-                   touch: Callable[[], None]) -> Reply:
+                   touch: Callable[[], None], before_end: Callable[[], None] | None = None) -> Reply:
         smtp = self._smtp or self.connect()
         refusal = smtputf8_refusal(self.target.host, smtp.has_extn("smtputf8"), sender, recipients)
         if refusal is not None:
@@ -199,6 +215,12 @@ class SmtpSession:
                 self._end_transaction(smtp, data)
                 raise refusal
             touch()
+            if before_end is not None:
+                try:
+                    before_end()
+                except Outcome:  # it may not go: the open DATA is abandoned with the connection
+                    self.abandon()
+                    raise
             smtp.send(content(message))
         except smtplib.SMTPServerDisconnected as exc:
             self.close()
@@ -263,6 +285,15 @@ class SmtpSession:
             smtp.rset()
         except NETWORK_ERRORS:
             self.close()
+
+    def abandon(self) -> None:
+        """Drop the connection without a word: after a 354 anything written would be data."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         smtp, self._smtp = self._smtp, None
@@ -352,14 +383,16 @@ class RelayTransport:
     def __init__(self, target: SmtpTarget, *, timeout: float, helo: str = "", cafile: str = "",
                  data_timeout: float = 600.0) -> None:
         self.session = SmtpSession(target, timeout=timeout, helo=helo, cafile=cafile, data_timeout=data_timeout)
+        self.session.relay = True
 
     def send(self, sender: str, recipients: Sequence[str], message: bytes,
-             touch: Callable[[], None] = lambda: None) -> Reply:
-        return self.session.send(sender, recipients, message, touch)
+             touch: Callable[[], None] = lambda: None, before_end: Callable[[], None] | None = None) -> Reply:
+        return self.session.send(sender, recipients, message, touch, before_end)
 
     def send_many(self, items: Sequence[tuple[str, Sequence[str], bytes]], touch: Callable[[], None],
-                  done: Callable[[int, Reply | Exception], None]) -> None:
-        self.session.send_many(items, touch, done)
+                  done: Callable[[int, Reply | Exception], None],
+                  before_end: Callable[[int], None] | None = None) -> None:
+        self.session.send_many(items, touch, done, before_end)
 
     def close(self) -> None:
         self.session.close()
