@@ -187,16 +187,20 @@ class Notifier:
 
     def mailout(self, template: str, recipients: Iterable[Any], context: Mapping[str, Any] | None = None,
                 *, key: str, priority: str = "bulk", exclude: Iterable[str] = (),
-                not_after: float | None = None, digest: str | None = None) -> list[int]:
+                not_after: float | None = None, digest: str | None = None,
+                entities: Mapping[str, Mapping[str, Any]] | None = None) -> list[int]:
         """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk.
         ``digest``: every recipient's mail is collected into their digest of that period.
+        ``entities``: resolved at send time for each recipient, as notify's (worker/entities.py:
+        a resolver may find one not visible to a recipient, who then gets nothing).
         A recipient that is not a valid address (``producer.addresses``): in a list or tuple it
         raises AddressError before anything is queued; from an iterator (read once) it is left
         out, the others are queued, and RecipientsRefused (an AddressError) then names it."""
         _check_priority(priority)
         excluded = {parse_recipient(a).address.lower() for a in exclude}
         base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
-                    not_after=_int(not_after), exclude=tuple(sorted(excluded)), digest=_check_digest(digest))
+                    not_after=_int(not_after), exclude=tuple(sorted(excluded)), digest=_check_digest(digest),
+                    entities={k: dict(v) for k, v in (entities or {}).items()})
         if isinstance(recipients, (list, tuple)):  # a bad address refuses the mailout before anything is queued
             recipients = [parse_recipient(r) for r in recipients]
         refused: list[AddressError] = []
@@ -226,10 +230,11 @@ class Notifier:
 
     def notify_watchers(self, template: str, watchers: Iterable[Any], actor: Any = None,
                         context: Mapping[str, Any] | None = None, *, key: str, priority: str = "normal",
-                        not_after: float | None = None, digest: str | None = None) -> list[int]:
+                        not_after: float | None = None, digest: str | None = None,
+                        entities: Mapping[str, Mapping[str, Any]] | None = None) -> list[int]:
         """The classic hook: tell everyone watching something, except whoever caused the event."""
         return self.mailout(template, watchers, context, key=key, priority=priority,
-                            exclude=[actor] if actor else (), not_after=not_after, digest=digest)
+                            exclude=[actor] if actor else (), not_after=not_after, digest=digest, entities=entities)
 
     # -- a recipient's delivery preferences (docs/digests.md), written to the store directly ----
     def set_preferences(self, address: str, *, mode: str | None = None, timezone: str | None = None,

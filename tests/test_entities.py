@@ -12,7 +12,10 @@ import pytest
 from worker.entities import NotVisible, Registry
 from worker.outcomes import Deferred, Poison, Skipped
 
-from .servers import Postgres
+from producer import Notifier
+from worker.settings import Settings
+
+from .servers import Postgres, SmtpServer
 
 SCHEMA = [
     "CREATE TABLE issues (id INTEGER PRIMARY KEY, title TEXT, private INTEGER)",
@@ -107,3 +110,31 @@ def test_sql_naming_the_recipient_finds_no_row_for_who_may_not_see(tmp_path: Pat
     assert registry.resolve({"i": {"type": "issue", "id": 2}}, "ANA@example.com")["i"]["title"] == "Private"
     with pytest.raises(Skipped, match="not visible"):
         registry.resolve({"i": {"type": "issue", "id": 2}}, "bo@example.com")
+
+
+def test_a_watcher_removed_after_the_mail_was_queued_gets_nothing(settings: Settings, notifier: Notifier,
+                                                                   smtp: SmtpServer, tmp_path: Path) -> None:
+    """The Elgg case end to end: a comment on a private issue queued for two watchers; one is
+    removed from the issue before the worker sends; only the other gets the mail."""
+    from worker.store import Store
+
+    from .conftest import run_burst
+    from .test_mailout import run_fanout
+
+    path = sqlite_db(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO watchers VALUES (2, 'bo@example.com')")
+    mx = settings.replace(entities={"issue": {"database": path, "sql": "SELECT id, title FROM issues WHERE id = :id",
+                                              "access": ACCESS}})
+    notifier.mailout("comment", ["ana@example.com", "bo@example.com"],
+                     {"comment": {"author": "Cy", "body": "Fixed."}}, key="comment:1",
+                     priority="normal", entities={"issue": {"type": "issue", "id": 2}})
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM watchers WHERE email = 'ana@example.com'")
+    run_fanout(mx)
+    run_burst(mx)
+    assert [m.rcpt_tos for m in smtp.wait_for(1)] == [["bo@example.com"]]
+    store = Store(mx.store)
+    [ana] = store.deliveries(recipient="ana@example.com")
+    store.close()
+    assert ana.outcome == "skipped" and ana.reason.startswith("not visible to a***@example.com: issue 2")

@@ -580,7 +580,7 @@ class Pipeline:
             raise Poison(f"kind {envelope.kind!r} does not belong on a mail tube")
         context = dict(envelope.context)
         context.update(envelope.recipient.context)
-        context.update(self.registry.resolve(envelope.entities))
+        context.update(self.registry.resolve(envelope.entities, envelope.recipient.address))
         context.setdefault("recipient", {"address": envelope.recipient.address,
                                          "name": envelope.recipient.name})
         rendered = (self.digests.render(self.renderer, envelope, context) if envelope.digest == "compiled"
