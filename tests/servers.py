@@ -116,6 +116,7 @@ class _Handler:
     # seconds between taking the message (it counts as received) and its 250: the window where a
     # sender killed has a message delivered and no reply
     reply_delay: float = 0.0
+    data_received: int = 0  # messages whose end of data arrived (counted before any delay)
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -134,6 +135,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        self.data_received += 1
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         if self.data_reply:

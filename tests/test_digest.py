@@ -167,6 +167,8 @@ def test_a_closer_that_stops_midway_and_a_worker_killed_after_the_claim_send_the
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_until(lambda: (d := store.deliveries(key=keys[0])) and d[0].outcome == "claimed", 20, "the claim")
+        # the kill falls in the final-reply window: the content is at the server, no reply yet
+        wait_until(lambda: smtp.handler.data_received >= 1, 20, "the end of data at the server")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
