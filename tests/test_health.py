@@ -95,3 +95,14 @@ def test_a_job_put_on_the_default_tube_is_shown_and_unhealthy(settings: Settings
     code, report = status(env)
     assert code == 1 and [t["ready"] for t in report["tubes"] if t["tube"] == "default"] == [1]
     assert report["problems"] == ["no worker watches default: 1 job(s) ready"]
+
+
+def test_the_brake_says_it_judges_nothing_without_a_return_path(settings: Settings, beanstalkd: Beanstalkd,
+                                                                smtp: SmtpServer) -> None:
+    """No bounce or complaint can come back without a return path (or a provider's webhooks):
+    "0 bulk sent, 0 bounced" would read as healthy when nothing was measured."""
+    text = beanmail("status", env=bare_env(settings)).stdout
+    assert "brake: not judged: no return path" in text and "brake: off" not in text
+    judged = beanmail("status", env=bare_env(settings, BEANMAIL_RETURN_PATH="bounces@beanmail.example",
+                                             BEANMAIL_SECRET="s")).stdout
+    assert "brake: off (0 bulk sent" in judged

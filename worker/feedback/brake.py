@@ -39,7 +39,15 @@ class Brake:
         sent, bounced, complained = self.store.bulk_feedback(self.settings.brake_window, since)
         return {"engaged": engaged, "reason": reason, "since": since, "window": self.settings.brake_window,
                 "sent": sent, "bounced": bounced, "complained": complained,
-                "bounce_rate": bounced / sent if sent else 0.0, "complaint_rate": complained / sent if sent else 0.0}
+                "bounce_rate": bounced / sent if sent else 0.0, "complaint_rate": complained / sent if sent else 0.0,
+                "unjudged": self.unjudged()}
+
+    def unjudged(self) -> str:
+        """Why the rates mean nothing, if they do: no bounce or complaint can come back."""
+        if self.settings.return_path or self.settings.relay_provider:
+            return ""
+        return ("no return path: bounces and complaints are not read back (set BEANMAIL_RETURN_PATH,"
+                " or BEANMAIL_RELAY_PROVIDER with its webhooks)")
 
     def check(self) -> str | None:
         """Trip the brake if the window's rates pass a threshold; the reason when it is on."""

@@ -162,4 +162,6 @@ def brake_line(brake: dict[str, Any]) -> str:
     if brake["engaged"]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(brake["since"]))
         return f"brake: ON since {when}: {brake['reason']}; mail.bulk and mailout held; `beanmail resume` lifts it"
+    if brake.get("unjudged"):
+        return f"brake: not judged: {brake['unjudged']}"
     return f"brake: off ({rates})"

@@ -182,6 +182,8 @@ def brake(store: Store, settings: Settings) -> dict[str, Any]:
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(r["since"])))  # type: ignore[arg-type]
         return {"state": "ENGAGED", "engaged": True,
                 "detail": f"since {since}: {r['reason']}; mail.bulk and mailout hold until `beanmail resume`"}
+    if r["unjudged"]:
+        return {"state": "not judged", "detail": r["unjudged"], "engaged": False}
     return {"state": "released", "detail": judged, "engaged": False}
 
 
