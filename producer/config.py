@@ -66,7 +66,7 @@ def load(framework: Mapping[str, Any] | None = None, *, label: str = "BEANMAIL",
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {name: "default" for name in KEYS}
-    table, where = _file(environ, path)
+    table, where = read_table(environ, path)
     for name, (toml_key, variable, _) in KEYS.items():
         if toml_key in table:
             values[name], sources[name] = table[toml_key], where
@@ -92,7 +92,10 @@ def _name(label: str, key: str) -> str:
     return f"{label}[{key!r}]" if not label.endswith("_") else f"{label}{key}"
 
 
-def _file(environ: Mapping[str, str], path: str | None) -> tuple[dict[str, Any], str]:
+def read_table(environ: Mapping[str, str], path: str | None) -> tuple[dict[str, Any], str]:
+    """The ``[beanmail]`` table of the settings file (``path``, else BEANMAIL_CONFIG, else
+    ./beanmail.toml if there is one) and the file's name; ({}, "") without a file. The workers
+    read it through here too (worker/settings.py)."""
     path = path or environ.get("BEANMAIL_CONFIG")
     if path is None:
         if not os.path.isfile("beanmail.toml"):

@@ -145,33 +145,17 @@ async def _main(spec_path: str) -> None:
     Path(spec["report"]).write_text(json.dumps(internet.report()))
 
 
-def _free_port_on(hosts: list[str]) -> int:
-    import socket
-
-    from .servers import free_port
-
-    while True:
-        port = free_port()
-        try:
-            for host in hosts:
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-
-
 class SimulatedInternet:
     """The server process and a dnsmasq that gives each domain its MX host; ``stop()`` returns
     the server's report."""
 
     def __init__(self, workdir: Path, domains: int, *, delay: float = 1.0, greylist: int = 0,
                  close_after_domains: int = 0, close_after: int = 5) -> None:
-        from .servers import Dnsmasq
+        from .servers import Dnsmasq, common_free_port
 
         workdir.mkdir(parents=True, exist_ok=True)
         self.domains = domains
-        self.port = _free_port_on([address(i) for i in range(domains)])
+        self.port = common_free_port([address(i) for i in range(domains)])
         self.spec = workdir / "internet.json"
         self.ready, self.report_path = workdir / "internet.ready", workdir / "internet.report.json"
         self.spec.write_text(json.dumps({

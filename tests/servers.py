@@ -29,6 +29,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def common_free_port(hosts: list[str]) -> int:
+    """A port free on every one of ``hosts`` (loopback addresses of one test's servers)."""
+    while True:
+        port = free_port()
+        try:
+            for h in hosts:
+                with socket.socket() as s:
+                    s.bind((h, port))
+            return port
+        except OSError:
+            continue
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     delay = 0.005

@@ -18,7 +18,7 @@ from worker.transports.mx import MxResolver
 from worker.transports.smtp import Reply
 
 from .conftest import run_burst, running_worker
-from .servers import Dnsmasq, SmtpServer, free_port, wait_until
+from .servers import Dnsmasq, SmtpServer, common_free_port, free_port, wait_until
 
 ZONE = [
     "mx-host=two.mx.example,mx1.two.mx.example,10",
@@ -41,18 +41,6 @@ def dns(tmp_path: Path) -> Iterator[Dnsmasq]:
     server = Dnsmasq(tmp_path / "dns", ZONE).start()
     yield server
     server.stop()
-
-
-def common_free_port(hosts: list[str]) -> int:
-    while True:
-        port = free_port()
-        try:
-            for h in hosts:
-                with socket.socket() as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ import dataclasses
 import difflib
 import os
 import sys
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from producer.beanstalk import split_urls
 from producer.client import DEFAULT_TTR
+from producer.config import ConfigError, read_table
 from producer.envelope import MAIL_TUBES
 
 
@@ -196,19 +195,11 @@ def load(environ: Mapping[str, str] | None = None, path: str | None = None,
     otherwise be ignored without a word)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    path = path or environ.get("BEANMAIL_CONFIG")
-    if path is None and Path("beanmail.toml").is_file():
-        path = "beanmail.toml"
-    if path:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise SettingsError(f"BEANMAIL_CONFIG: cannot read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"BEANMAIL_CONFIG: {path} is not valid TOML: {exc}") from None
-        table = data.get("beanmail", data)
-        values.update({_ALIASES.get(k.upper(), k): v for k, v in table.items()})
+    try:
+        table, path = read_table(environ, path)  # the same file the producers read
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    values.update({_ALIASES.get(k.upper(), k): v for k, v in table.items()})
     known = {f.name: f for f in fields(Settings)}
     unknown = sorted(set(values) - set(known) - {"from"})
     if unknown:
