@@ -18,7 +18,7 @@ from worker.transports.mx import MxResolver
 from worker.transports.smtp import Reply
 
 from .conftest import run_burst, running_worker
-from .servers import Dnsmasq, SmtpServer, common_free_port, free_port, wait_until
+from .servers import Dnsmasq, SmtpServer, common_free_port, wait_until
 
 ZONE = [
     "mx-host=two.mx.example,mx1.two.mx.example,10",
