@@ -276,7 +276,17 @@ class Postgres:
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}", "-c", "fsync=off"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open("127.0.0.1", self.port), 30, "PostgreSQL to listen")
+        wait_until(self._accepts, 30, "PostgreSQL to accept connections")  # it listens while still starting up
         return self
+
+    def _accepts(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.dsn(), connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
 
     def create_database(self, name: str) -> str:
         import psycopg
