@@ -25,9 +25,11 @@ def test_direct_mx_to_slow_greylisting_hosts_delivers_each_message_once_within_t
     internet = SimulatedInternet(tmp_path / "internet", DOMAINS, delay=0.05, greylist=3,
                                  close_after_domains=3, close_after=2).start()
     try:
+        # a generic deferral would wait 300 s here: greylisting is retried after its own delay, and
+        # a 421 on a kept session moves the message to a fresh one
         mx = settings.replace(transport="mx", dns=internet.dns.address, mx_port=internet.port,
-                              mx_connections_per_domain=2, backoff_base=0.2, backoff_max=0.5, max_attempts=8,
-                              concurrency=concurrency)
+                              mx_connections_per_domain=2, backoff_base=300, backoff_max=600, max_attempts=8,
+                              greylist_delay=1, concurrency=concurrency)
         everyone = [f"u{n}@{domain(i)}" for i in range(DOMAINS) for n in range(PER_DOMAIN)]
         for address in everyone:
             notifier.notify("welcome", address, {"name": "x"}, key=f"net:{address}")

@@ -163,3 +163,18 @@ def test_every_generated_form_parses_back_to_what_was_rendered(i: int) -> None:
     else:
         assert msg.get_content_type() == "multipart/alternative"
         assert msg.get_body(("html",)).get_content().replace("\r\n", "\n") == html
+
+
+def test_greylisting_is_retried_after_its_own_delay_and_still_counts_as_an_attempt() -> None:
+    from worker.outcomes import Action, Backoff, Disposition, Fate, Greylisted, disposition
+    from worker.transports.smtp import Reply, _classify
+
+    backoff = Backoff(base=30, cap=3600, max_attempts=3, greylist_delay=90)
+    for reply in (Reply(451, "4.7.1 greylisted, try again later"), Reply(450, "4.2.0 Recipient address rejected: Greylisted"),
+                  Reply(451, "4.7.1 Graylisting in action, please come back later")):
+        outcome = _classify(reply, "recipient refused", recipient=True)
+        assert isinstance(outcome, Greylisted), reply
+        assert disposition(outcome, 1, backoff) == Disposition(Action.RELEASE, Fate.DEFERRED, outcome.reason, 90)
+        assert disposition(outcome, 3, backoff).outcome is Fate.EXHAUSTED  # a host that greylists for ever
+    other = _classify(Reply(451, "4.3.0 mailbox temporarily unavailable"), "recipient refused", recipient=True)
+    assert not isinstance(other, Greylisted) and disposition(other, 1, backoff).delay <= 30

@@ -72,6 +72,13 @@ class Outage(Deferred):
     never spent), and never exhausted."""
 
 
+class Greylisted(Deferred):
+    """A receiver's greylisting (451 4.7.1 "greylisted, try again later"): it takes the same
+    message from the same sender once a few minutes have passed. Retried after
+    BEANMAIL_GREYLIST_DELAY, not the exponential backoff; it counts as an attempt, so a host that
+    greylists for ever still ends exhausted."""
+
+
 class Withheld(Deferred):
     """The worker stopped a message just before the end of its data: its claim was no longer its
     own (another worker took the key over while it stalled), or its journal could not record the
@@ -101,6 +108,7 @@ class Backoff:
     cap: float = 3600.0
     max_attempts: int = 8
     in_doubt_delay: int = 3600
+    greylist_delay: int = 300
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> int:
         """Exponential with jitter: uniform in [d/2, d], d = base * 2**(attempt-1), capped."""
@@ -129,6 +137,12 @@ def disposition(exc: BaseException | None, attempt: int | Callable[[], int], bac
         if callable(attempt):
             attempt = attempt()
         return Disposition(Action.RELEASE, Fate.DEFERRED, exc.reason, backoff.delay(attempt), free=True)
+    if isinstance(exc, Greylisted):
+        if callable(attempt):
+            attempt = attempt()
+        if attempt >= backoff.max_attempts:
+            return Disposition(Action.BURY, Fate.EXHAUSTED, f"{attempt} attempts: {exc.reason}")
+        return Disposition(Action.RELEASE, Fate.DEFERRED, exc.reason, backoff.greylist_delay)
     if isinstance(exc, Deferred):
         if exc.delay is not None:
             return Disposition(Action.RELEASE, Fate.DEFERRED, exc.reason, exc.delay, free=True)

@@ -103,7 +103,7 @@ class Pipeline:
         self.outbound = Outbound(settings, store)  # Feedback-ID, VERP, DKIM, the bulk brake
         self.sender = mime.sender_address(settings.from_addr)
         self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
-                               settings.in_doubt_delay)
+                               settings.in_doubt_delay, settings.greylist_delay)
         self.tally = tally_for(store.location)  # the console's counts, written every few seconds
         self._holding: dict[str, Delivery] = {}  # keys claimed and not yet concluded
         self._confirmed: dict[str, float] = {}  # key -> when (monotonic) its claim was last known ours

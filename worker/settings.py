@@ -44,6 +44,7 @@ class Settings:
     smtp_timeout: float = 30.0  # seconds per SMTP step
     smtp_data_timeout: float = 600.0  # the reply to the end of data (RFC 5321 4.5.3.2.6: 10 minutes)
     in_doubt_delay: int = 3600  # no reply after the data: retry (maybe a second copy) only this late
+    greylist_delay: int = 300  # a greylisted recipient (451 4.7.1 greylisted) is tried again this late
     smtp_cafile: str = ""
     from_addr: str = "beanmail <noreply@localhost.localdomain>"
     helo_name: str = ""
@@ -327,7 +328,7 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("BEANMAIL_TUBES: no tube to watch")
     for name in ("ttr", "max_attempts", "mx_port", "mx_connections_per_domain", "threads", "smtp_timeout",
                  "smtp_data_timeout", "dns_timeout", "beanstalk_timeout", "backoff_base", "backoff_max",
-                 "in_doubt_delay", "unsubscribe_days", "heartbeat", "lost_after", "urgent_max_age"):
+                 "in_doubt_delay", "greylist_delay", "unsubscribe_days", "heartbeat", "lost_after", "urgent_max_age"):
         value = getattr(s, name)
         if not value > 0 or value != value or value == float("inf"):  # NaN and inf too
             raise SettingsError(f"BEANMAIL_{name.upper()}: must be a positive number, got {value!r}")

@@ -17,6 +17,7 @@ HELP: dict[str, str] = {
     "smtp_timeout": "seconds each SMTP step may take",
     "smtp_data_timeout": "seconds the reply to the end of data may take (RFC 5321: 10 minutes); the job and its claim are kept alive meanwhile",
     "in_doubt_delay": "a message sent without a final reply (or whose worker died after its end of data) is retried only this many seconds later (it may have arrived)",
+    "greylist_delay": "seconds before a greylisted recipient (`451 4.7.1 … greylisted`, `450 4.2.0 Greylisted`) is tried again, instead of the exponential backoff; it counts as an attempt",
     "smtp_cafile": "CA bundle to verify the relay's certificate (default: the system's)",
     "from_addr": "the From header and envelope sender (`Name <address>`)",
     "helo_name": "the EHLO name (default: the host name)",

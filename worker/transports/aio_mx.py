@@ -15,7 +15,7 @@ import asyncio
 import socket
 from typing import Callable, Sequence
 
-from ..outcomes import Deferred, Withheld
+from ..outcomes import Deferred, Greylisted, Withheld
 from ..settings import Settings, SmtpTarget
 from .aio import RelayPool
 from .mx import MxResolver
@@ -63,6 +63,7 @@ class MxPool:
     async def _deliver(self, domain: str, sender: str, recipients: Sequence[str], message: bytes,
                        before_end: Callable[[], None] | None) -> Reply:
         failures: list[str] = []
+        greylisted = False
         for mx in await asyncio.to_thread(self.resolver.exchangers, domain):
             addresses = await asyncio.to_thread(self.resolver.addresses, mx.host)
             if not addresses:
@@ -73,8 +74,11 @@ class MxPool:
                 except Withheld:
                     raise  # the worker stopped it (its claim is gone): no other host either
                 except Deferred as exc:  # this host would not take it now: the next one may
+                    greylisted = greylisted or isinstance(exc, Greylisted)
                     failures.append(f"{mx.host}[{address}]: {exc.reason}")
-        raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
+        # greylisted by a host and refused by the others: retried as greylisting is, not backed off
+        outcome = Greylisted if greylisted else Deferred
+        raise outcome(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
 
     async def close(self) -> None:
         hosts, self._hosts = list(self._hosts.values()), {}

@@ -17,9 +17,9 @@ import dns.name
 import dns.resolver
 
 from ..identity import host_name
-from ..outcomes import Bounced, Deferred, Outage, Withheld
+from ..outcomes import Bounced, Deferred, Greylisted, Outage, Withheld
 from ..settings import Settings, SmtpTarget
-from .smtp import Reply, SmtpSession
+from .smtp import _GREYLIST, Reply, SmtpSession
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,9 @@ class MxTransport:
                                       message, touch, before_end)
                     if reply is not None:
                         return reply
-            raise Deferred(f"every MX host of {domain} failed: " + "; ".join(failures[-4:]))
+            reason = f"every MX host of {domain} failed: " + "; ".join(failures[-4:])
+            # greylisted by a host and refused by the others: retried as greylisting is
+            raise Greylisted(reason) if _GREYLIST.search(reason) else Deferred(reason)
         finally:
             self._release_unless_kept(domain, holder)
 

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from producer.addresses import needs_smtputf8
 
-from ..outcomes import Bounced, Deferred, InDoubt, Outage, Outcome
+from ..outcomes import Bounced, Deferred, Greylisted, InDoubt, Outage, Outcome
 from ..settings import SmtpTarget
 
 NETWORK_ERRORS = (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ssl.SSLError)
@@ -360,8 +360,13 @@ def no_final_reply(where: str, why: str) -> InDoubt:
     return InDoubt(f"{where}: no reply to the end of data ({why}); the message may have been delivered")
 
 
+_GREYLIST = re.compile(r"gr[ae]y-?list", re.I)
+
+
 def _classify(reply: Reply, what: str, *, recipient: bool) -> Outcome:
     if 400 <= reply.code < 500:
+        if _GREYLIST.search(reply.text):  # retried after BEANMAIL_GREYLIST_DELAY, not the backoff
+            return Greylisted(f"{what}: {reply}", reply=str(reply))
         return Deferred(f"{what}: {reply}", reply=str(reply))
     if 500 <= reply.code < 600:
         # a hard bounce suppresses the address: only when the address itself is refused
