@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from producer import Notifier
+from producer.envelope import Envelope
 from worker.loop import Worker
 from worker.flight import sending_stage
 from worker.settings import Settings
@@ -98,6 +99,28 @@ def running_worker(settings: Settings) -> Iterator[Worker]:
         thread.join(settings.reserve_timeout + 10)
         assert not thread.is_alive()
         store.close()
+
+
+def queued(url: str) -> list[tuple[str, "Envelope"]]:
+    """Every ready job of the mail tubes as (tube, envelope), in the order they were put; left ready."""
+    import greenstalk
+
+    from producer import envelope as env
+    from producer.client import connect
+
+    jobs = []
+    with connect(url, encoding=None) as c:
+        for tube in env.MAIL_TUBES:
+            c.watch(tube)
+        while True:
+            try:
+                job = c.reserve(0)
+            except greenstalk.TimedOutError:
+                break
+            jobs.append((job.id, c.stats_job(job)["tube"], job))
+        for _, _, job in jobs:
+            c.release(job, priority=1024)
+    return [(tube, env.decode(job.body)) for _, tube, job in sorted(jobs, key=lambda j: j[0])]
 
 
 def job_state(settings: Settings, job_id: int) -> str | None:

@@ -16,7 +16,6 @@ from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any, Iterator
 
-import greenstalk
 import pytest
 
 from producer import EnqueueError, Notifier
@@ -28,27 +27,12 @@ from producer.hooks import transaction
 from worker.settings import Settings
 from worker.store import Store
 
-from .conftest import ROOT, run_burst
+from .conftest import ROOT, queued, run_burst
 from .servers import Beanstalkd, SmtpServer
 
 BIG = os.urandom(2 * 1024 * 1024)  # a 2 MB attachment: 2.7 MB once base64 in the job
 
 
-def queued(url: str) -> list[tuple[str, env.Envelope]]:
-    """Every ready job as (tube, envelope), in the order they were put; left ready."""
-    jobs = []
-    with connect(url, encoding=None) as c:
-        for tube in env.MAIL_TUBES:
-            c.watch(tube)
-        while True:
-            try:
-                job = c.reserve(0)
-            except greenstalk.TimedOutError:
-                break
-            jobs.append((job.id, c.stats_job(job)["tube"], job))
-        for _, _, job in jobs:
-            c.release(job, priority=1024)
-    return [(tube, env.decode(job.body)) for _, tube, job in sorted(jobs, key=lambda j: j[0])]
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import greenstalk
 import pytest
 
 from producer import Notifier
@@ -28,7 +27,7 @@ from producer.client import connect
 from producer.hooks import transaction
 from worker.settings import Settings
 
-from .conftest import ROOT, VENV_BIN, bare_env, beanmail, run_burst
+from .conftest import ROOT, VENV_BIN, bare_env, beanmail, queued, run_burst
 from .servers import Beanstalkd, Postgres, SmtpServer, wait_until
 
 KILLS = int(os.environ.get("BEANMAIL_OUTBOX_KILLS", "8"))  # the outside trial had 40: set this to measure it
@@ -50,21 +49,6 @@ def rows(conn: Any) -> list[tuple[int, str]]:
     return outbox.pending(conn)
 
 
-def ready(url: str) -> list[tuple[str, env.Envelope]]:
-    """Every ready job of the mail tubes as (tube, envelope), put order; left ready."""
-    jobs = []
-    with connect(url, encoding=None) as c:
-        for tube in env.MAIL_TUBES:
-            c.watch(tube)
-        while True:
-            try:
-                job = c.reserve(0)
-            except greenstalk.TimedOutError:
-                break
-            jobs.append((job.id, c.stats_job(job)["tube"], job))
-        for _, _, job in jobs:
-            c.release(job, priority=1024)
-    return [(tube, env.decode(job.body)) for _, tube, job in sorted(jobs, key=lambda j: j[0])]
 
 
 class RelayProcess:
@@ -203,9 +187,9 @@ def test_postgresql_relay_wakes_on_notify_and_waits_out_a_missing_database(
                 raise ValueError("rolled back")
         except ValueError:
             pass
-        wait_until(lambda: len(ready(settings.beanstalk_url)) == 3, 10, "the NOTIFY to wake the relay")
+        wait_until(lambda: len(queued(settings.beanstalk_url)) == 3, 10, "the NOTIFY to wake the relay")
         wait_until(lambda: not rows(reader), 10, "the relay to delete the rows")
-    assert [e.id for _, e in ready(settings.beanstalk_url)] == [f"welcome:{n}" for n in range(3)]
+    assert [e.id for _, e in queued(settings.beanstalk_url)] == [f"welcome:{n}" for n in range(3)]
     assert relay.stop() == 0
 
 
@@ -224,7 +208,7 @@ def test_two_postgresql_relays_share_the_rows_and_put_each_once(
         relays.append(RelayProcess(settings, url, tmp_path / f"relay{i}.log", "--burst"))
     assert [r.proc.wait(60) for r in relays] == [0, 0]
     moved = [next(e["moved"] for e in r.events() if e["event"] == "outbox relay stopped") for r in relays]
-    keys = collections.Counter(e.id for _, e in ready(settings.beanstalk_url))
+    keys = collections.Counter(e.id for _, e in queued(settings.beanstalk_url))
     assert sum(moved) == 400 and len(keys) == 400 and set(keys.values()) == {1}
 
 
