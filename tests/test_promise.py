@@ -160,7 +160,7 @@ def test_a_server_that_answers_the_end_of_data_after_the_ttr_gets_one_copy(setti
 
 
 def test_no_reply_to_the_end_of_data_is_in_doubt_and_not_resent(settings: Settings, smtp: SmtpServer) -> None:
-    smtp.handler.data_delay = 3
+    smtp.handler.reply_delay = 3  # takes the message at its end of data, answers after the client gave up
     settings = settings.replace(smtp_data_timeout=1, in_doubt_delay=600)
     notifier = Notifier(settings.beanstalk_url)
     job = notifier.notify("welcome", "doubt@example.com", {"name": "doubt"}, key="doubt:1")
