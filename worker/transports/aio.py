@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from ..outcomes import Deferred, Outage, Outcome
 from ..settings import SmtpTarget
@@ -31,6 +31,8 @@ class Session:
         self.reader, self.writer, self.timeout, self.data_timeout = reader, writer, timeout, data_timeout
         self.host, self.tls = host, tls
         self.extensions: set[str] = set()
+        self.holder = ""  # the connection slot it holds (``ConnectionSlots``), if any
+        self.on_close: Callable[[], None] | None = None  # told once, when the connection closes
 
     @property
     def open(self) -> bool:
@@ -84,15 +86,31 @@ class Session:
     def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+
+
+class ConnectionSlots(Protocol):
+    """Who may open a connection: a count kept elsewhere (the fleet's per-domain cap in the
+    store). ``take`` a slot before connecting (Deferred with a delay of its own when none is
+    free), ``renew`` it at each reuse (False: it lapsed and went to another), ``give_back`` at close."""
+
+    async def take(self) -> str: ...
+
+    async def renew(self, holder: str) -> bool: ...
+
+    def give_back(self, holder: str) -> None: ...
 
 
 class RelayPool:
     """Sessions to one relay, opened as deliveries need them and kept for the next."""
 
     def __init__(self, target: SmtpTarget, *, timeout: float = 30.0, data_timeout: float = 600.0,
-                 helo: str = "", cafile: str = "", verify: bool = True) -> None:
+                 helo: str = "", cafile: str = "", verify: bool = True, slots: ConnectionSlots | None = None) -> None:
         """``verify``: check the server's certificate (a relay); False for an MX host, where
-        STARTTLS is opportunistic and a certificate for another name is the rule, not an attack."""
+        STARTTLS is opportunistic and a certificate for another name is the rule, not an attack.
+        ``slots``: each connection holds one while open (none needed without)."""
         self.target = target
         self.timeout = timeout
         self.data_timeout = data_timeout
@@ -102,6 +120,7 @@ class RelayPool:
         self._context: ssl.SSLContext | None = None
         self.idle: list[Session] = []
         self.connects = 0
+        self.slots = slots
 
     def _where(self) -> str:
         return f"{self.target.host}:{self.target.port}"
@@ -120,14 +139,20 @@ class RelayPool:
 
     async def _connect(self) -> Session:
         t = self.target
+        holder = await self.slots.take() if self.slots is not None else ""
         self.connects += 1
         context = self._tls_context() if t.tls == "ssl" else None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 t.host, t.port, ssl=context, limit=1 << 16), self.timeout)
         except _LOST as exc:
+            if holder:
+                self.slots.give_back(holder)  # type: ignore[union-attr]
             raise Outage(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from None
         session = Session(reader, writer, self.timeout, self.data_timeout, t.host, self._tls_context)
+        if holder:
+            session.holder = holder
+            session.on_close = lambda: self.slots.give_back(holder)  # type: ignore[union-attr]
         try:
             session.extensions = await session.run(open_session(t, self.helo, self._where()))  # type: ignore[assignment]
         except Outcome:
@@ -142,8 +167,10 @@ class RelayPool:
                    before_end: Callable[[], None] | None = None) -> Reply:
         """``before_end``: called after the 354, before the content goes; what it raises (an
         Outcome) abandons the transaction with its connection, nothing of the content sent."""
-        reused = bool(self.idle)
-        session = self.idle.pop() if reused else await self._connect()
+        session = await self._idle_session()
+        reused = session is not None
+        if session is None:
+            session = await self._connect()
         try:
             try:
                 reply = await self._transaction(session, sender, recipients, message, before_end)
@@ -166,6 +193,21 @@ class RelayPool:
             raise
         self.idle.append(session)
         return reply
+
+    async def _idle_session(self) -> Session | None:
+        """A kept connection whose slot (if it needs one) is still its own."""
+        while self.idle:
+            session = self.idle.pop()
+            if not session.open:
+                session.close()
+                continue
+            if session.holder and not await self.slots.renew(session.holder):  # type: ignore[union-attr]
+                session.holder = ""
+                session.on_close = None  # lapsed: the slot is another's now, nothing to give back
+                session.close()
+                continue
+            return session
+        return None
 
     async def _transaction(self, session: Session, sender: str, recipients: Sequence[str],
                            message: bytes, before_end: Callable[[], None] | None = None) -> Reply:
