@@ -43,6 +43,7 @@ setup(
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],
         "postgresql": ["psycopg[binary]>=3.1"],
+        "mysql": ["PyMySQL>=1.1"],  # entity resolvers over MySQL/MariaDB (worker/entities.py)
     },
     entry_points={"console_scripts": ["beanmail = worker.cli:main"]},
 )

@@ -1,5 +1,5 @@
 """Access checked at send time: a resolver may take the recipient and say the entity is not
-visible to them, on SQLite, PostgreSQL (read-only sessions) and in Python."""
+visible to them, on SQLite, PostgreSQL and MariaDB (read-only sessions) and in Python."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from worker.outcomes import Deferred, Poison, Skipped
 from producer import Notifier
 from worker.settings import Settings
 
-from .servers import Postgres, SmtpServer
+from .servers import MariaDB, Postgres, SmtpServer
 
 SCHEMA = [
     "CREATE TABLE issues (id INTEGER PRIMARY KEY, title TEXT, private INTEGER)",
@@ -82,6 +82,45 @@ def test_postgresql_access_is_checked_on_read_only_sessions(postgres: Postgres) 
                                              "sql": "SELECT 1 AS one WHERE :id = 1"}})
     with pytest.raises(Deferred, match="entity store unavailable"):
         gone.resolve({"issue": {"type": "issue", "id": 1}}, "ana@example.com")
+
+
+def test_mysql_access_is_checked_on_read_only_pooled_sessions(mariadb: MariaDB) -> None:
+    """The same rules against a real MariaDB server through PyMySQL: one read-only session per
+    thread, reused; a write refused; a database that is not there is an outage (deferred)."""
+    import threading
+
+    import pymysql
+
+    name = f"app{time.monotonic_ns()}"
+    dsn = mariadb.create_database(name, [s.replace("TEXT", "VARCHAR(200)") for s in SCHEMA])
+    check_access(issue(dsn), lambda: mariadb.execute(name, "DELETE FROM watchers"))
+
+    mariadb.execute(name, "INSERT INTO watchers VALUES (2, 'ana@example.com')")
+    registry = issue(dsn)
+    sessions: set[int] = set()
+
+    def session_ids() -> None:
+        for _ in range(3):
+            registry.resolve({"issue": {"type": "issue", "id": 2}}, "ana@example.com")
+            resolver = registry._resolvers["issue"]
+            sessions.add(resolver._one("SELECT CONNECTION_ID() AS s", {"id": 0, "recipient": ""})["s"])
+    threads = [threading.Thread(target=session_ids) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(sessions) == 2  # one session per thread, each kept for its three look-ups
+
+    writer = Registry.from_settings({"issue": {"database": dsn, "sql": "INSERT INTO issues VALUES (:id, 'x', 0)"}})
+    with pytest.raises(pymysql.err.OperationalError, match="READ ONLY"):
+        writer.resolve({"issue": {"type": "issue", "id": 5}}, "ana@example.com")
+    gone = Registry.from_settings({"issue": {"database": mariadb.dsn("nosuchdb"), "sql": "SELECT 1 AS one"}})
+    with pytest.raises(Deferred, match="entity store unavailable for issue 1: mysql mysql://root@127.0.0.1"):
+        gone.resolve({"issue": {"type": "issue", "id": 1}}, "ana@example.com")
+    from worker.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="mysql://user:password@host:port/database"):
+        Registry.from_settings({"issue": {"database": "mysql://ro:secret@127.0.0.1/", "sql": "SELECT 1"}})
 
 
 def test_a_callable_may_take_the_recipient_and_say_not_visible() -> None:
