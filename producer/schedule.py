@@ -134,6 +134,23 @@ class Mailout:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Progress:
+    key: str
+    state: str  # the record's (scheduled, released, queued, cancelled, ...); "" when none was kept
+    total: int | None  # recipients, when the mailout was recorded; None otherwise
+    sent: int
+    bounced: int
+    skipped: int  # suppressed, unsubscribed, not visible, duplicates, collected into a digest
+    failed: int  # exhausted or poison: buried, for an operator to look at
+    pending: int  # being sent or waiting out a retry
+    left: int  # not at an end yet: the total less sent, bounced, skipped, failed (pending without a total)
+    held: int  # recipients of a scheduled mailout still in the store, not yet due
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 _COLUMNS = "key, template, priority, state, recipients, chunks, send_at, last_at, local, created_at, updated_at"
 
 
@@ -219,6 +236,31 @@ class Schedule:
         self._run("UPDATE mailouts SET state = CASE WHEN EXISTS (SELECT 1 FROM mailout_chunks c WHERE c.key = ?)"
                   " THEN state ELSE 'released' END, chunks = (SELECT count(*) FROM mailout_chunks c WHERE c.key = ?),"
                   " updated_at = ? WHERE key = ? AND state = 'scheduled'", (key, key, now, key))
+
+    # -- progress (the Django admin, beanmail mailout progress, the console) -----------------------
+    def progress(self, key: str) -> "Progress":
+        """One mailout's figures from the delivery log (each recipient's key is ``<key>:<address>``,
+        worker/fanout.py) and its record here (the total). A range scan of the log's primary key on
+        SQLite; on PostgreSQL a scan matching ``left(key, n)``, right whatever the collation."""
+        prefix = f"{key}:"
+        if self._db.postgres:
+            rows = self._rows("SELECT outcome, count(*) FROM deliveries WHERE left(key, ?) = ? GROUP BY outcome",
+                              (len(prefix), prefix))
+        else:
+            rows = self._rows("SELECT outcome, count(*) FROM deliveries WHERE key >= ? AND key < ? GROUP BY outcome",
+                              (prefix, f"{key};"))
+        counts = {outcome: int(n) for outcome, n in rows}
+        found = self.get(key)
+        held = int(self._rows("SELECT coalesce(sum(recipients), 0) FROM mailout_chunks WHERE key = ?", (key,))[0][0])
+        sent, bounced, skipped = counts.get("sent", 0), counts.get("bounced", 0), counts.get("skipped", 0)
+        failed = sum(counts.get(o, 0) for o in ("exhausted", "poison"))
+        pending = sum(counts.get(o, 0) for o in ("claimed", "deferred", "in_doubt"))
+        total = found.recipients if found is not None else None
+        if total is not None and found is not None and found.state != "cancelled":
+            left = max(0, total - sent - bounced - skipped - failed)
+        else:  # unknown total, or cancelled: only what is on its way is left
+            left = pending
+        return Progress(key, found.state if found else "", total, sent, bounced, skipped, failed, pending, left, held)
 
     # -- operators (beanmail mailout cancel|list, the console) ------------------------------------
     def cancel(self, key: str, now: float | None = None) -> tuple[Mailout, int]:

@@ -34,11 +34,11 @@ def cmd_mailout(settings: Settings, args: argparse.Namespace) -> int:
     from .commands import print_json
 
     if args.mailout_command == "progress":
-        store = open_store(settings)
+        open_store(settings).close()  # the delivery log exists, and a store that is down says so
         try:
-            p = mailout_progress(store, args.key)
-        finally:
-            store.close()
+            p = mailout_progress(settings.store, args.key)
+        except BlobError as exc:
+            raise OpsError(str(exc)) from None
         if args.json:
             print_json(p.to_json())
         else:
