@@ -177,3 +177,35 @@ def test_a_watcher_removed_after_the_mail_was_queued_gets_nothing(settings: Sett
     [ana] = store.deliveries(recipient="ana@example.com")
     store.close()
     assert ana.outcome == "skipped" and ana.reason.startswith("not visible to a***@example.com: issue 2")
+
+
+def test_the_example_trackers_private_issue_mails_no_watcher_removed_after_the_comment(
+        settings: Settings, smtp: SmtpServer, tmp_path: Path) -> None:
+    """examples/tracker: Bob comments on private issue #3 (Ann and Cat watch it); Cat is removed
+    from the issue before the worker sends; Ann gets the comment, Cat nothing. A public issue's
+    comment still reaches every watcher (its jobs carry no entity to check)."""
+    from examples.tracker.app import Tracker, entities
+    from worker.store import Store
+
+    from .conftest import run_burst
+    from .test_mailout import run_fanout
+
+    db = str(tmp_path / "tracker.sqlite3")
+    notifier = Notifier(settings.beanstalk_url)
+    app = Tracker(db, notifier)
+    workers = settings.replace(entities=entities(db))
+    app.comment(3, "bob@example.com", "Rotated the keys.")
+    app.unwatch(3, "cat@example.com")
+    app.comment(1, "bob@example.com", "Fixed.")
+    run_fanout(workers)
+    run_burst(workers)
+    got = sorted((m.rcpt_tos[0], m.message["Subject"]) for m in smtp.wait_for(3))
+    assert [(to, subject.split(":")[0]) for to, subject in got] == [
+        ("ann@example.com", "[#1] Login fails with a ü in the password"),
+        ("ann@example.com", "[#3] Session tokens in the access log"),
+        ("cat@example.com", "[#1] Login fails with a ü in the password")]
+    store = Store(settings.store)
+    [cat] = [d for d in store.deliveries(recipient="cat@example.com") if d.key.startswith("comment:1:")]
+    store.close()
+    assert cat.outcome == "skipped" and cat.reason.startswith("not visible to c***@example.com: issue 3")
+    notifier.close()
