@@ -134,3 +134,40 @@ def test_a_scheduled_mailout_goes_when_due_and_a_cancelled_one_never(settings: S
     everything = {m["key"]: m["state"] for m in json.loads(beanmail("mailout", "list", "--all", "--json", env=env).stdout)}
     assert everything == {"news:1": "released", "news:cancelled": "cancelled"}
     notifier.close()
+
+
+def test_the_schedule_on_both_store_engines(store_location: str) -> None:
+    """The store's SQL on SQLite and PostgreSQL: held until due, leased once, released with its
+    last chunk, cancelled with what is left; progress counted from the delivery log."""
+    Store(store_location).close()  # the workers' store, with its delivery log
+    notifier = Notifier("beanstalk://127.0.0.1:1", blobs=store_location)
+    now = time.time()
+    notifier.mailout("welcome", [f"r{i}@example.com" for i in range(3)], key="a", send_at=now + 100)
+    notifier.mailout("welcome", ["s@example.com"], key="b", send_at=now + 200)
+    other = sched.Schedule(store_location)  # a second releaser, as on a second host
+    schedule = notifier.schedule_store()
+    assert schedule.due(now) == []
+    [(key, n, priority, body)] = schedule.due(now + 150)
+    assert (key, n, priority) == ("a", 0, "bulk") and other.due(now + 150) == []  # leased: one releaser has it
+    schedule.released(key, n)
+    assert [(m.key, m.state, m.chunks) for m in schedule.list(sched.STATES)] == [("a", "released", 0), ("b", "scheduled", 1)]
+
+    store = Store(store_location)
+    store.finish("a:r0@example.com", "r0@example.com", "welcome", "sent")
+    store.finish("a:r1@example.com", "r1@example.com", "welcome", "bounced", "550 no such user")
+    store.finish("ab:x@example.com", "x@example.com", "welcome", "sent")  # another mailout's key, sharing a prefix
+    store.close()
+    from worker.mailout_progress import mailout_progress
+
+    p = mailout_progress(store_location, "a")
+    assert (p.state, p.total, p.sent, p.bounced, p.left, p.held) == ("released", 3, 1, 1, 1, 0)
+    assert mailout_progress(store_location, "b").held == 1
+
+    with pytest.raises(ScheduleError, match="is released: nothing left to cancel"):
+        schedule.cancel("a")
+    cancelled, unsent = other.cancel("b")
+    assert (cancelled.state, unsent) == ("cancelled", 1) and schedule.due(now + 1000) == []
+    with pytest.raises(ScheduleError, match="no mailout 'c' is scheduled"):
+        schedule.cancel("c")
+    other.close()
+    notifier.close()
