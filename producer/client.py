@@ -275,7 +275,8 @@ class Notifier:
         except BaseException:
             store.abandon(key)  # nothing half-scheduled; the same key may be scheduled again
             raise
-        store.finish(key, count, chunks, first if chunks else 0.0, last)
+        # no recipient at all: nothing to wait for (listed as released, like an empty mailout put now)
+        store.finish(key, count, chunks, first if chunks else 0.0, last, state="scheduled" if chunks else "released")
 
     def schedule_store(self) -> "Schedule":
         from .schedule import Schedule

@@ -199,9 +199,12 @@ class Schedule:
         self._run("DELETE FROM mailout_chunks WHERE key = ?", (key,))
         self._run("DELETE FROM mailouts WHERE key = ? AND state = 'writing'", (key,))
 
-    def record(self, key: str, template: str, priority: str, recipients: int) -> None:
-        """An immediate mailout, recorded for its progress (the Django admin action does)."""
-        self.begin(key, template, priority, state="queued")
+    def record(self, key: str, template: str, priority: str) -> None:
+        """An immediate mailout, recorded for its progress (the Django admin action does): call
+        ``queued`` once it is queued, or ``abandon`` if it could not be."""
+        self.begin(key, template, priority)
+
+    def queued(self, key: str, recipients: int) -> None:
         self.finish(key, recipients, 0, 0.0, 0.0, state="queued")
 
     def zones(self, addresses: Iterable[str], default: str) -> dict[str, str]:

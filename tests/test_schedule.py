@@ -87,6 +87,8 @@ def test_send_at_local_groups_recipients_by_their_own_time_zone(tmp_path: Path, 
     with pytest.raises(ScheduleError, match="must look like 08:00"):
         notifier.mailout("welcome", everyone, key="bad", send_at_local="8am")
     assert [m.key for m in store.list(sched.STATES)] == ["monday"]  # the refused ones left nothing behind
+    notifier.mailout("welcome", [], key="nobody", send_at=NOW + 60)
+    assert store.get("nobody").state == "released"  # nothing to wait for: never listed as scheduled
     notifier.close()
 
 

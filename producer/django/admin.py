@@ -69,17 +69,25 @@ def mailout_action(template: str, *, recipients: Callable[[QuerySet], Iterable[A
             })
         key = f"admin:{modeladmin.model._meta.label_lower}:{time.strftime('%Y%m%d%H%M%S')}:{secrets.token_hex(3)}"
         store = config().get("STORE") or ""
+        schedule: Schedule | None = None
         try:
             if store:
                 schedule = Schedule(store)
-                try:
-                    schedule.record(key, template, priority, len(people))
-                finally:
-                    schedule.close()
-            notifier().mailout(template, people, dict(context(queryset)), key=key, priority=priority)
+                schedule.record(key, template, priority)
+            try:
+                notifier().mailout(template, people, dict(context(queryset)), key=key, priority=priority)
+            except Exception:
+                if schedule is not None:
+                    schedule.abandon(key)  # no record of a mailout that was not queued
+                raise
+            if schedule is not None:
+                schedule.queued(key, len(people))
         except (EnqueueError, BlobError) as exc:
             modeladmin.message_user(request, f"Not sent: {exc}", messages.ERROR)
             return None
+        finally:
+            if schedule is not None:
+                schedule.close()
         modeladmin.message_user(request, f"{description}: queued for {len(people)} recipient(s) as {key}.",
                                 messages.SUCCESS)
         try:

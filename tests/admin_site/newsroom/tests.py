@@ -72,3 +72,21 @@ class SendEmailUpdate(TestCase):
         page = self.client.post(CHANGELIST, self.chosen(beanmail_confirm="yes"), follow=True)
         self.assertEqual((page.status_code, page.redirect_chain), (200, []))  # the list again, no progress page
         # and nothing queued: tests/test_django_admin.py finds one mailout in beanstalkd for these three tests
+
+    def test_beanstalkd_down_says_not_sent_and_records_nothing(self) -> None:
+        import producer.django
+        from producer import Notifier
+        from producer.schedule import STATES, Schedule
+
+        schedule = Schedule(os.environ["BEANMAIL_STORE"])
+        before = schedule.list(STATES)
+        working, producer.django._notifier = producer.django._notifier, Notifier("beanstalk://127.0.0.1:9", timeout=1)
+        try:
+            page = self.client.post(CHANGELIST, self.chosen(beanmail_confirm="yes"), follow=True)
+        finally:
+            producer.django._notifier.close()
+            producer.django._notifier = working
+        self.assertEqual(page.redirect_chain, [(CHANGELIST, 302)])  # back to the list, not to a progress page
+        self.assertContains(page, "Not sent: no beanstalkd server took the job")
+        self.assertEqual(schedule.list(STATES), before)
+        schedule.close()
