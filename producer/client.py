@@ -240,13 +240,13 @@ class Notifier:
         from . import schedule as sched
 
         if (send_at is None) == (send_at_local is None):
-            raise sched.ScheduleError("give send_at or send_at_local, not both")
+            raise sched.ScheduleError("give one of send_at and send_at_local, not both")
         now = sched.clock()
         local = ""
         if send_at is not None:
             when = sched.instant(send_at)
             if when <= now:
-                raise sched.ScheduleError(f"mailout {key!r}: send_at {datetime.fromtimestamp(when).isoformat()} is not"
+                raise sched.ScheduleError(f"mailout {key!r}: send_at {datetime.fromtimestamp(when, sched.zone('UTC')).isoformat()} is not"
                                           " in the future (a mailout for now: leave send_at out)")
             due: Callable[[list[Recipient]], list[float]] = lambda batch: [when] * len(batch)  # noqa: E731
         else:
