@@ -5,8 +5,8 @@ notification is enqueued after the comment is committed (producer.hooks.transact
 chooses "immediately" or "daily digest" (/prefs): the choice is a beanmail preference, so the
 hook itself never changes and a busy issue sends a digest user one mail a day (docs/digests.md).
 A private issue is seen by its watchers only, and its mail is checked again when it goes: a
-watcher removed after the comment was queued gets nothing (the workers need ``ENTITIES``, below,
-as ``[beanmail.entities.issue]``; docs/webapps.md).
+watcher removed after the comment was queued gets nothing (the workers need ``entities()``, below,
+as ``[beanmail.entities.issue]`` in beanmail.toml; README "Settings").
 
     python examples/tracker/app.py            # http://127.0.0.1:8000/ against the dev stack
 """
