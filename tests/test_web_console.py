@@ -1,0 +1,406 @@
+"""The console an operator lives in (docs/console.md): deferred mail with its next attempt and
+last reason, pause/resume a tube, disable/enable a host, kick/delete buried jobs by filter, a
+mailout's progress, the log by key prefix, live refresh, the events and replies pages. Real
+beanstalkd, real store, real workers and SMTP; the console is the real `beanmail web`."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from producer import Notifier
+from producer.client import connect
+from worker import registry
+from worker.events.deliver import Runner
+from worker.events.emit import emit
+from worker.events.inbound import handle
+from worker.events.model import FAILED, SENT, Event
+from worker.fanout import Fanout
+from worker.loop import Worker
+from worker.settings import Settings
+from worker.store import Store
+
+from .conftest import ROOT, job_state, run_burst
+from .endpoint import Endpoint
+from .servers import SmtpServer, wait_until
+from .test_web import Console, browser, bury_by_hand, csrf_of, start_console, stop_console  # noqa: F401
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+HOSTILE = '<script>alert(1)</script><img src=x onerror=alert(2)>'
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    e = Endpoint(answer=lambda n: 503).start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def events_settings(settings: Settings, endpoint: Endpoint) -> Settings:
+    return settings.replace(events_url=endpoint.url, events_secret=SECRET)
+
+
+@pytest.fixture
+def console(events_settings: Settings) -> Iterator[Console]:
+    c = start_console(events_settings, BEANMAIL_EVENTS_URL=events_settings.events_url,
+                      BEANMAIL_EVENTS_SECRET=SECRET)
+    yield c
+    stop_console(c)
+
+
+def tube_stats(settings: Settings, tube: str) -> dict[str, int]:
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        return {k: int(v) for k, v in c.stats_tube(tube).items() if str(v).isdigit()}
+
+
+def flash_of(console: Console, location: str) -> str:
+    status, _, page = console.get(location)
+    assert status == 200
+    found = re.search(r'<div class="flash" id="flash">(.*?)</div>', page, re.S)
+    assert found, page[:300]
+    return found.group(1)
+
+
+def job_body(template: str, to: str, key: str) -> bytes:
+    return (f'{{"v":2,"kind":"mail","id":"{key}","to":{{"address":"{to}"}},"template":"{template}",'
+            f'"context":{{}}}}').encode()
+
+
+# -- deferred mail --------------------------------------------------------------------------------
+
+def test_deferred_mail_shows_when_it_is_tried_next_and_why_it_was_put_off(settings: Settings, notifier: Notifier,
+                                                                          smtp: SmtpServer, console: Console) -> None:
+    tempfail = notifier.notify("welcome", "Tem <tempfail@example.com>", {"name": "T"}, key="def:tempfail")
+    later = notifier.notify("welcome", "Lou <lou@example.com>", {"name": "L"}, key="def:later", delay=900)
+    notifier.notify("welcome", "Ann <ann@example.com>", {"name": "A"}, key="def:ann")
+    before = time.time()
+    run_burst(settings.replace(backoff_base=600, backoff_max=1200))  # a retry ten minutes or more away
+    smtp.wait_for(1)
+    status, _, page = console.get("/deferred")
+    assert status == 200 and 'id="deferred-count">2<' in page
+    rows = dict(re.findall(r'<tr data-job="(\d+)">(.*?)</tr>', page, re.S))
+    assert set(rows) == {str(tempfail), str(later)}
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[str(tempfail)], re.S)
+    # job, tube, next attempt, in, tries, template, recipient, key, last reason
+    next_at = time.mktime(time.strptime(cells[2], "%Y-%m-%d %H:%M:%S"))
+    assert before + 300 - 2 <= next_at <= time.time() + 1200 + 2
+    assert cells[4] == "1" and cells[5] == "welcome" and cells[6] == "t***@example.com" and cells[7] == "def:tempfail"
+    assert "451 4.3.0" in cells[8]
+    later_cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[str(later)], re.S)
+    assert later_cells[4] == "0" and later_cells[8] == "not tried yet: queued with a delay"
+    assert "tempfail@example.com" not in page  # masked, as everywhere
+    assert job_state(settings, tempfail) == "delayed"  # looking changed nothing
+
+
+# -- tubes and hosts ------------------------------------------------------------------------------
+
+def test_a_tube_paused_and_resumed_from_the_page_each_a_csrf_guarded_post(settings: Settings, notifier: Notifier,
+                                                                          console: Console) -> None:
+    notifier.notify("welcome", "ann@example.com", {"name": "A"}, key="pause:1")
+    cookie, token = csrf_of(console, "/")
+    status, _, page = console.get("/")
+    assert 'id="pause-mail.normal"' in page
+    # a GET, no token, a wrong token, a bad tube or duration: nothing paused
+    assert console.get("/tube/pause?" + urlencode({"tube": "mail.normal", "seconds": "300"}))[0] == 405
+    assert console.post("/tube/pause", {"tube": "mail.normal", "seconds": "300"}, Cookie=cookie)[0] == 403
+    assert console.post("/tube/pause", {"tube": "mail.normal", "seconds": "300", "csrf": "0" * 64},
+                        Cookie=cookie)[0] == 403
+    assert console.post("/tube/pause", {"tube": "mail.normal", "seconds": "99999999999999", "csrf": token},
+                        Cookie=cookie)[0] == 400
+    assert console.post("/tube/pause", {"tube": "bad tube\n" + "x" * 5000, "seconds": "300", "csrf": token},
+                        Cookie=cookie)[0] == 400
+    assert tube_stats(settings, "mail.normal")["pause"] == 0
+    status, headers, _ = console.post("/tube/pause", {"tube": "mail.normal", "seconds": "300", "csrf": token},
+                                      Cookie=cookie)
+    assert status == 303
+    assert flash_of(console, headers["location"]) == "paused tube mail.normal for 5 min: 1 tube"
+    assert 290 <= tube_stats(settings, "mail.normal")["pause-time-left"] <= 300
+    with connect(settings.beanstalk_url, encoding=None, watch="mail.normal") as c:  # a worker gets nothing
+        import greenstalk
+        with pytest.raises(greenstalk.TimedOutError):
+            c.reserve(timeout=0)
+    status, _, page = console.get("/")
+    assert 'id="resume-mail.normal"' in page
+    status, headers, _ = console.post("/tube/resume", {"tube": "mail.normal", "csrf": token}, Cookie=cookie)
+    assert status == 303 and flash_of(console, headers["location"]) == "resumed tube mail.normal: 1 tube"
+    assert tube_stats(settings, "mail.normal")["pause"] == 0
+
+
+def test_a_host_disabled_and_enabled_from_the_page_and_the_registry_pruned(settings: Settings,
+                                                                           console: Console) -> None:
+    store = Store(settings.store)
+    stopped: list[str] = []
+    reg = registry.Registry(store, ("mail.normal",), heartbeat=3600, lost_after=60,
+                            stop=lambda: stopped.append("stop")).start()
+    # a stopped worker's row from two days ago, and one from an hour ago
+    for wid, seen in (("old:1:x", time.time() - 2 * 86400), ("recent:2:y", time.time() - 3600)):
+        store.execute("INSERT INTO workers (id, host, pid, tubes, version, state, started_at, last_seen, jobs_done,"
+                      " current_job) VALUES (?, ?, ?, 'mail.normal', '0', 'stopped', ?, ?, 0, '')",
+                      (wid, wid.split(":")[0], int(wid.split(":")[1]), seen, seen))
+    try:
+        cookie, token = csrf_of(console, "/")
+        page = console.get("/")[2]
+        assert f'id="disable-{reg.host}"' in page
+        assert console.get("/host/disable?target=" + reg.host)[0] == 405
+        assert console.post("/host/disable", {"target": reg.host}, Cookie=cookie)[0] == 403
+        assert console.post("/host/disable", {"target": "a b", "csrf": token}, Cookie=cookie)[0] == 400
+        assert console.post("/host/disable", {"target": "h" * 5000, "csrf": token}, Cookie=cookie)[0] == 400
+        assert registry.disabled_targets(store) == []
+        status, headers, _ = console.post("/host/disable", {"target": reg.host, "csrf": token}, Cookie=cookie)
+        assert status == 303
+        assert flash_of(console, headers["location"]) == (f"disabled {reg.host}: 1 running worker(s) will finish the"
+                                                         " job in hand and exit")
+        reg.beat()  # the worker's next heartbeat sees it
+        assert stopped == ["stop"]
+        reg.close()
+        states = {w.id: w.state for w in registry.workers(store, 60)}  # the workers' beat prunes too
+        assert states == {reg.id: "disabled", "recent:2:y": "stopped"}  # the two-day-old row is gone
+        page = console.get("/")[2]
+        assert f'id="enable-{reg.host}"' in page
+        status, headers, _ = console.post("/host/enable", {"target": reg.host, "csrf": token}, Cookie=cookie)
+        assert status == 303 and flash_of(console, headers["location"]) == f"enabled {reg.host}"
+        assert registry.disabled_targets(store) == []
+        assert {w.id: w.state for w in registry.workers(store, 60)}[reg.id] == "stopped"  # no longer "disabled"
+        metrics = console.get("/metrics")[2]
+        assert re.search(r'beanmail_registered_workers\{state="disabled"\} 0', metrics), metrics[:2000]
+        assert console.post("/host/enable", {"target": reg.host, "csrf": token}, Cookie=cookie)[1]["location"] \
+            .endswith("was+not+disabled%3B+nothing+changed")
+    finally:
+        store.close()
+
+
+# -- buried jobs by filter ------------------------------------------------------------------------
+
+def test_buried_jobs_kicked_and_deleted_by_template_domain_and_reason(settings: Settings, console: Console) -> None:
+    ids = {
+        "w-ex-451": bury_by_hand(settings, job_body("welcome", "a@example.com", "f:1"),
+                                 reason="exhausted after 3 attempts: 451 4.3.0 try later"),
+        "w-ex-451b": bury_by_hand(settings, job_body("welcome", "b@Example.COM", "f:2"),
+                                  reason="exhausted after 3 attempts: 451 4.7.1 greylisted"),
+        "w-ex-poison": bury_by_hand(settings, job_body("welcome", "c@example.com", "f:3"),
+                                    reason="poison: template error"),
+        "w-other-451": bury_by_hand(settings, job_body("welcome", "d@other.org", "f:4"),
+                                    reason="exhausted after 3 attempts: 451 4.3.0 try later"),
+        "reset-ex-451": bury_by_hand(settings, job_body("password_reset", "e@example.com", "f:5"), "mail.urgent",
+                                     reason="exhausted after 3 attempts: 451 4.3.0 try later"),
+    }
+    query = {"template": "welcome", "domain": "example.com", "reason": "451"}
+    status, _, page = console.get("/buried?" + urlencode(query))
+    assert status == 200
+    assert re.search(r'id="matching"><b>2</b> buried job\(s\) match template=welcome, domain=example.com, reason=451',
+                     page)
+    assert set(re.findall(r'<tr data-job="(\d+)">', page)) == {str(ids["w-ex-451"]), str(ids["w-ex-451b"])}
+    cookie, token = csrf_of(console)
+    # not without the token, not by GET, not with a huge filter; an empty filter is no filter
+    assert console.post("/buried/kick", {"filter": "1", **query}, Cookie=cookie)[0] == 403
+    assert console.get("/buried/kick?" + urlencode({"filter": "1", **query}))[0] == 405
+    assert console.post("/buried/kick", {"filter": "1", "csrf": token, **query, "reason": "4" * 5000},
+                        Cookie=cookie)[0] == 400
+    assert console.get("/buried?" + urlencode({**query, "reason": "4" * 5000}))[0] == 400
+    assert console.post("/buried/delete", {"filter": "1", "csrf": token}, Cookie=cookie)[0] == 400
+    assert all(job_state(settings, j) == "buried" for j in ids.values())
+
+    status, headers, _ = console.post("/buried/kick", {"filter": "1", "csrf": token, "expected": "2", **query},
+                                      Cookie=cookie)
+    assert status == 303
+    assert flash_of(console, headers["location"]) == ("kicked 2 buried job(s) of 2 matching template=welcome,"
+                                                     " domain=example.com, reason=451")
+    assert {k: job_state(settings, j) for k, j in ids.items()} == {
+        "w-ex-451": "ready", "w-ex-451b": "ready", "w-ex-poison": "buried", "w-other-451": "buried",
+        "reset-ex-451": "buried"}
+    status, headers, _ = console.post("/buried/delete", {"filter": "1", "csrf": token, "domain": "@Other.org",
+                                                         "expected": "3"}, Cookie=cookie)
+    assert flash_of(console, headers["location"]) == ("deleted 1 buried job(s) of 1 matching domain=other.org;"
+                                                     " 3 were shown when you confirmed")
+    assert job_state(settings, ids["w-other-451"]) is None
+    status, headers, _ = console.post("/buried/delete", {"filter": "1", "csrf": token, "template": "password_reset",
+                                                         "tube": "mail.urgent"}, Cookie=cookie)
+    assert job_state(settings, ids["reset-ex-451"]) is None and job_state(settings, ids["w-ex-poison"]) == "buried"
+
+
+# -- a mailout, and the log by key prefix ---------------------------------------------------------
+
+def test_a_mailouts_progress_by_key_and_its_deliveries_by_key_prefix(settings: Settings, notifier: Notifier,
+                                                                     smtp: SmtpServer, console: Console) -> None:
+    people = ["ann@example.com", "bob@example.com", "reject@example.com", "tempfail@example.com"]
+    notifier.mailout("welcome", people, {"name": "you"}, key="news:7")
+    status, _, page = console.get("/mailout?key=news:7")
+    figures = dict(re.findall(r'<b id="(\w+)">(\d+)</b>', page))
+    assert figures == {"sent": "0", "bounced": "0", "left": "4", "buried": "0", "other": "0", "total": "4"}
+    store = Store(settings.store)
+    Worker(settings, Fanout(settings), store, tubes=("mailout",)).run(burst=True)
+    store.close()
+    run_burst(settings.replace(backoff_base=600, backoff_max=1200))
+    smtp.wait_for(1)
+    status, _, page = console.get("/mailout?key=news:7")
+    figures = dict(re.findall(r'<b id="(\w+)">(\d+)</b>', page))
+    assert figures == {"sent": "2", "bounced": "1", "left": "1", "buried": "0", "other": "0", "total": "4"}
+    assert 'id="progress-bar"' in page
+    assert "nothing known" in console.get("/mailout?key=news:")[2]  # a key, not a prefix of one
+    status, _, page = console.get("/log?q=news:7:")
+    assert status == 200 and "by keys starting" in page
+    keys = re.findall(r"<td>(news:7:[^<]*)</td>", page)
+    assert sorted(keys) == sorted(f"news:7:{p.split('@')[0][0]}***@example.com" for p in people) or len(keys) == 4
+    assert "<td>welcome</td>" in page
+    assert console.get("/mailout?key=" + "k" * 5000)[0] == 400
+
+
+# -- events and replies ---------------------------------------------------------------------------
+
+def test_events_pending_retried_and_failed_and_the_replies_page(events_settings: Settings, endpoint: Endpoint,
+                                                                console: Console) -> None:
+    settings = events_settings
+    emit(settings, Event(SENT, "ev:1", "ann@example.com", "welcome"), Event(SENT, "ev:2", "bob@example.com", "welcome"))
+    status, _, page = console.get("/events")
+    assert status == 200 and "pending</b> (2)" in page
+    assert set(re.findall(r"<td>(ev:\d)</td>", page)) == {"ev:1", "ev:2"}
+    assert "a***@example.com" in page and "message.sent" in page
+    runner = Runner(settings)  # the endpoint answers 503: both retried later
+    assert runner.run(burst=True) == 0
+    runner.close()
+    page = console.get("/events?view=retried")[2]
+    assert "retried</b> (2)" in page and "pending</a> (0)" in page
+    rows = re.findall(r'<tr data-job="\d+">(.*?)</tr>', page, re.S)
+    assert len(rows) == 2 and all(re.search(r"<td class=\"n\">1</td><td>[\d-]+ [\d:]+ \(in \d+ s\)</td>", r)
+                                  for r in rows)
+    # one refused for good (a 4xx): buried with its reason
+    endpoint.answer = lambda n: 410
+    emit(settings, Event(FAILED, "ev:3", "cy@example.com", "welcome", details={"reason": "poison"}))
+    runner = Runner(settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    page = console.get("/events?view=failed")[2]
+    assert "failed</b> (1)" in page and "<td>ev:3</td>" in page and "endpoint refused message.failed" in page
+    assert "HTTP 410" in page
+
+    store = Store(settings.store)
+    raw = (b"From: Zed <zed@example.com>\r\nTo: reply+nothing@replies.example.org\r\nSubject: Out of Office\r\n"
+           b"Auto-Submitted: auto-replied\r\n\r\nAway.\r\n")
+    assert handle(settings, store, raw).outcome == "refused"
+    store.record_inbound(outcome="replied", key="k:9", address="amy@example.com", reason="")
+    store.close()
+    page = console.get("/replies")[2]
+    assert "z***@example.com" in page and "refused" in page and "k:9" in page and "replied" in page
+    refused = console.get("/replies?outcome=refused")[2]
+    assert "k:9" not in refused and "z***@example.com" in refused
+
+
+# -- live refresh ---------------------------------------------------------------------------------
+
+def test_the_refresh_interval_is_the_operators_and_a_reload_repeats_the_page_not_the_action(
+        console: Console) -> None:
+    page = console.get("/deferred?refresh=10")[2]
+    assert '<meta http-equiv="refresh" content="10; url=/deferred?refresh=10">' in page
+    assert 'href="/buried?refresh=10"' in page  # the interval follows the links
+    page = console.get("/buried?done=kicked+job+3&tube=mail.bulk&refresh=5")[2]
+    assert '<meta http-equiv="refresh" content="5; url=/buried?tube=mail.bulk&amp;refresh=5">' in page
+    for bad in ("7", "-1", "9" * 50, "abc"):
+        assert 'http-equiv="refresh"' not in console.get("/?refresh=" + bad)[2]
+
+
+def test_in_chromium_a_page_set_to_refresh_shows_new_buried_jobs_by_itself_and_kicks_by_filter(
+        settings: Settings, console: Console, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(console.url + "/buried")  # type: ignore[attr-defined]
+    Select(browser.find_element(By.ID, "refresh")).select_by_value("5")  # type: ignore[attr-defined]
+    browser.find_element(By.ID, "refresh-set").click()  # type: ignore[attr-defined]
+    wait_until(lambda: "refresh=5" in browser.current_url, 10, "the page with its interval")  # type: ignore[attr-defined]
+    job = bury_by_hand(settings, job_body("welcome", "kim@example.com", "r:1"), reason="exhausted: 451 later")
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job}"]'), 20,  # type: ignore[attr-defined]
+               "the page to reload by itself")
+    browser.get(console.url + "/buried?" + urlencode({"domain": "example.com", "reason": "451"}))  # type: ignore[attr-defined]
+    assert browser.find_element(By.ID, "matching").text.startswith("1 buried job(s) match")  # type: ignore[attr-defined]
+    browser.find_element(By.ID, "kick-matching").click()  # type: ignore[attr-defined]
+    flash = wait_until(lambda: browser.find_elements(By.ID, "flash"), 10, "the page after the kick")  # type: ignore[attr-defined]
+    assert flash[0].text == "kicked 1 buried job(s) of 1 matching domain=example.com, reason=451"  # type: ignore[index]
+    assert job_state(settings, job) == "ready"
+
+
+# -- attacks on these pages -----------------------------------------------------------------------
+
+def test_markup_in_a_template_name_key_reason_or_filter_is_shown_as_text_and_nothing_answers_500(
+        events_settings: Settings) -> None:
+    settings = events_settings
+    console = start_console(settings, BEANMAIL_EVENTS_URL=settings.events_url, BEANMAIL_EVENTS_SECRET=SECRET)
+    try:
+        attack(settings, console)
+    finally:
+        console.proc.terminate()
+        log = console.proc.communicate(timeout=10)[0]
+    assert "console page failed" not in log and "Traceback" not in log, log[-3000:]
+
+
+def attack(settings: Settings, console: Console) -> None:
+    key = "k" + HOSTILE
+    bury_by_hand(settings, job_body("t" + HOSTILE.replace('"', ""), "x@example.com", key.replace('"', "")),
+                 reason="poison: " + HOSTILE)
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        c.use("mail.normal")
+        c.put(job_body(HOSTILE.replace('"', ""), "y@example.com", key.replace('"', "")), delay=600)
+    emit(settings, Event(SENT, key, "z@example.com", HOSTILE))
+    store = Store(settings.store)
+    store.finish(key.replace('"', ""), "x@example.com", HOSTILE, "deferred", HOSTILE)
+    store.record_inbound(outcome="refused", reason=HOSTILE, key=key, address="q@example.com")
+    store.close()
+    hostile_q = urlencode({"q": HOSTILE})
+    pages = ["/", "/deferred", "/buried", "/buried?" + urlencode({"template": HOSTILE, "reason": HOSTILE}),
+             "/events", "/events?view=" + quote(HOSTILE), "/events?view=retried", "/events?view=failed", "/replies",
+             "/replies?outcome=" + quote(HOSTILE), "/log", "/log?" + hostile_q, "/mailout?" + urlencode({"key": key}),
+             "/mailout?key=%00%ff", "/deferred?refresh=" + quote(HOSTILE), "/?" + urlencode({"refresh": "5", "x": HOSTILE}),
+             "/buried?" + urlencode({"domain": "\x00" * 10, "tube": HOSTILE})]
+    for path in pages:
+        status, _, page = console.get(path)
+        assert status in (200, 400), (path, status, page[:300])
+        assert "<script>alert" not in page and "<img src=x" not in page, path
+    page = console.get("/deferred")[2]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    cookie, token = csrf_of(console)
+    for path, form in [("/buried/kick", {"filter": "1", "template": HOSTILE}), ("/buried/delete", {"filter": "1",
+                       "reason": "\x00" + HOSTILE}), ("/tube/pause", {"tube": HOSTILE, "seconds": "300"}),
+                       ("/tube/resume", {"tube": ""}), ("/host/enable", {"target": HOSTILE}),
+                       ("/host/disable", {"target": "x\x00y"}), ("/tube/pause", {})]:
+        status, headers, page = console.post(path, {"csrf": token, **form}, Cookie=cookie)
+        assert status in (303, 400), (path, form, status, page[:300])
+        if status == 303:
+            assert "<script>" not in console.get(headers["location"])[2]
+
+
+# -- the pictures in docs/console.md --------------------------------------------------------------
+
+def test_screenshots_of_the_new_pages(settings: Settings, notifier: Notifier, smtp: SmtpServer, console: Console,
+                                      browser: object, tmp_path: Path) -> None:
+    """Taken in the tests' Chromium; BEANMAIL_SCREENSHOTS=docs writes them to docs/console-*.png."""
+    for i in range(3):
+        notifier.notify("welcome", f"tempfail{i}@example.com", {"name": "T"}, key=f"shot:tempfail{i}")
+    notifier.mailout("welcome", ["ann@example.com", "bob@example.com", "reject@example.com", "tempfail@example.net"],
+                     {"name": "you"}, key="newsletter:2026-12")
+    store = Store(settings.store)
+    Worker(settings, Fanout(settings), store, tubes=("mailout",)).run(burst=True)
+    store.close()
+    run_burst(settings.replace(backoff_base=600, backoff_max=1200))
+    bury_by_hand(settings, job_body("welcome", "d@example.org", "shot:b1"), reason="exhausted after 3 attempts: 451 4.3.0")
+    bury_by_hand(settings, job_body("password_reset", "e@example.org", "shot:b2"), reason="poison: no such template")
+    browser.set_window_size(1100, 640)  # type: ignore[attr-defined]
+    out = Path(os.environ.get("BEANMAIL_SCREENSHOTS") == "docs" and ROOT / "docs" or tmp_path)
+    try:
+        for name, path in (("deferred", "/deferred"), ("buried-filter", "/buried?domain=example.org&reason=451"),
+                           ("mailout", "/mailout?key=newsletter:2026-12"), ("events", "/events")):
+            browser.get(console.url + path)  # type: ignore[attr-defined]
+            target = out / f"console-{name}.png"
+            assert browser.get_screenshot_as_file(str(target))  # type: ignore[attr-defined]
+            assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            if shutil.which("optipng") and out != tmp_path:
+                __import__("subprocess").run(["optipng", "-quiet", "-o2", str(target)], check=False)
+    finally:
+        browser.set_window_size(1280, 1100)  # type: ignore[attr-defined]
