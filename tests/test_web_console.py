@@ -249,7 +249,7 @@ def test_a_mailouts_progress_by_key_and_its_deliveries_by_key_prefix(settings: S
     status, _, page = console.get("/log?q=news:7:")
     assert status == 200 and "by keys starting" in page
     keys = re.findall(r"<td>(news:7:[^<]*)</td>", page)
-    assert sorted(keys) == sorted(f"news:7:{p.split('@')[0][0]}***@example.com" for p in people) or len(keys) == 4
+    assert sorted(keys) == sorted(f"news:7:{p[0]}***@example.com" for p in people)
     assert "<td>welcome</td>" in page
     assert console.get("/mailout?key=" + "k" * 5000)[0] == 400
 
@@ -310,11 +310,9 @@ def test_the_refresh_interval_is_the_operators_and_a_reload_repeats_the_page_not
 def test_in_chromium_a_page_set_to_refresh_shows_new_buried_jobs_by_itself_and_kicks_by_filter(
         settings: Settings, console: Console, browser: object) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     browser.get(console.url + "/buried")  # type: ignore[attr-defined]
-    Select(browser.find_element(By.ID, "refresh")).select_by_value("5")  # type: ignore[attr-defined]
-    browser.find_element(By.ID, "refresh-set").click()  # type: ignore[attr-defined]
+    browser.find_element(By.ID, "refresh-5").click()  # type: ignore[attr-defined]
     wait_until(lambda: "refresh=5" in browser.current_url, 10, "the page with its interval")  # type: ignore[attr-defined]
     job = bury_by_hand(settings, job_body("welcome", "kim@example.com", "r:1"), reason="exhausted: 451 later")
     wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job}"]'), 20,  # type: ignore[attr-defined]
@@ -391,7 +389,7 @@ def test_screenshots_of_the_new_pages(settings: Settings, notifier: Notifier, sm
     run_burst(settings.replace(backoff_base=600, backoff_max=1200))
     bury_by_hand(settings, job_body("welcome", "d@example.org", "shot:b1"), reason="exhausted after 3 attempts: 451 4.3.0")
     bury_by_hand(settings, job_body("password_reset", "e@example.org", "shot:b2"), reason="poison: no such template")
-    browser.set_window_size(1100, 640)  # type: ignore[attr-defined]
+    browser.set_window_size(1200, 620)  # type: ignore[attr-defined]
     out = Path(os.environ.get("BEANMAIL_SCREENSHOTS") == "docs" and ROOT / "docs" or tmp_path)
     try:
         for name, path in (("deferred", "/deferred"), ("buried-filter", "/buried?domain=example.org&reason=451"),

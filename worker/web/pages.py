@@ -60,10 +60,12 @@ def render(console: "Console", req: "Request", template: str, status: int = 200,
     refresh = _refresh(req)
     kept = [(k, v) for k, v in req.query.items() if k not in ("refresh", "done")]
     # a reload repeats the page's query, without the flash of the action that led to it
-    refresh_url = req.root + quote(req.path) + "?" + urlencode([*kept, ("refresh", refresh)])
+    here_url = req.root + quote(req.path) + "?"
+    refresh_url = here_url + urlencode([*kept, ("refresh", refresh)])
+    refresh_links = [(s, here_url + urlencode([*kept, ("refresh", s)] if s else kept)) for s in REFRESH_CHOICES]
     page = ENV.get_template(template).render(
         root=req.root, here=context.pop("here", req.path), csrf=req.environ.get("beanmail.csrf", ""),
-        refresh=refresh, refresh_choices=REFRESH_CHOICES, refresh_url=refresh_url, kept_query=kept, here_path=req.path,
+        refresh=refresh, refresh_url=refresh_url, refresh_links=refresh_links,
         beanstalk_url=console.settings.beanstalk_url, flash=req.query.get("done", ""), age=_age, when=_when,
         seconds=figures.fmt_seconds, **context)
     return Response(status, page)

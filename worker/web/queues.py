@@ -31,7 +31,8 @@ def deferred(settings: Settings, store: Store, masked: bool) -> tuple[list[dict[
         record = store.deliveries(key=key, limit=1) if key and "\x00" not in key else []
         if record:
             last = record[0]
-            reason = "; ".join(x for x in (last.reason, last.reply) if x) or f"({last.outcome}, no reason recorded)"
+            said = last.reason + (f"; {last.reply}" if last.reply and last.reply not in last.reason else "")
+            reason = said or f"({last.outcome}, no reason recorded)"
         else:
             reason = "not tried yet: queued with a delay" if job.releases == 0 else "(no record in the delivery log)"
         rows.append({"id": job.id, "tube": job.tube, "next_at": now + job.time_left, "time_left": job.time_left,

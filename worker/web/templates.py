@@ -7,7 +7,7 @@ import jinja2
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#212529;background:#f8f9fa}
-header{background:#212529;color:#f8f9fa;padding:.6rem 1.2rem;display:flex;gap:1.4rem;align-items:baseline}
+header{background:#212529;color:#f8f9fa;padding:.6rem 1.2rem;display:flex;flex-wrap:wrap;gap:.4rem 1.1rem;align-items:baseline}
 header a{color:#dee2e6;text-decoration:none}header a.here{color:#fff;font-weight:600}
 header .brand{font-weight:700;color:#fff}
 main{padding:1rem 1.2rem;max-width:1100px}
@@ -27,7 +27,7 @@ pre{background:#fff;border:1px solid #dee2e6;padding:.7rem;overflow:auto;max-wid
 .sw-sent{background:#2b8a3e}.sw-skipped{background:#868e96}.sw-deferred{background:#e8590c}.sw-bounced{background:#c92a2a}
 .sw-p50{background:#1971c2}.sw-p99{background:#e03131}.sw-poison{background:#862e9c}.sw-exhausted{background:#5c3d0e}.sw-in_doubt{background:#1971c2}
 .muted{color:#868e96}
-header form.refresh{margin-left:auto;color:#dee2e6}header select{font-size:.85rem}
+header .refresh{color:#adb5bd;font-size:.85rem}header .refresh b{color:#fff}
 form.filter input{margin-right:.4rem}.confirm{background:#fff9db;border:1px solid #ffe066;padding:.5rem .8rem;margin:.6rem 0}
 """
 
@@ -39,8 +39,7 @@ BASE = """<!doctype html>
 <body><header><span class="brand">beanmail</span>
 {% for href, label in [("/", "Overview"), ("/deferred", "Deferred"), ("/buried", "Buried"), ("/log", "Log"), ("/mailout", "Mailouts"), ("/events", "Events"), ("/replies", "Replies"), ("/suppressions", "Suppressions"), ("/bounces", "Bounces"), ("/metrics", "Metrics")] %}
 <a href="{{ root }}{{ href }}{% if refresh and href != '/metrics' %}?refresh={{ refresh }}{% endif %}"{% if href == here %} class="here"{% endif %}>{{ label }}</a>{% endfor %}
-<form class="inline refresh" method="get" action="{{ root }}{{ here_path }}">{% for name, value in kept_query %}<input type="hidden" name="{{ name }}" value="{{ value }}">{% endfor %}
-<label>refresh <select name="refresh" id="refresh">{% for s in refresh_choices %}<option value="{{ s }}"{% if s == refresh %} selected{% endif %}>{{ (s ~ " s") if s else "off" }}</option>{% endfor %}</select></label> <button id="refresh-set">set</button></form>
+<span class="refresh" id="refresh">refresh {% for s, href in refresh_links %}{% if s == refresh %}<b>{{ (s ~ " s") if s else "off" }}</b>{% else %}<a id="refresh-{{ s }}" href="{{ href }}">{{ (s ~ " s") if s else "off" }}</a>{% endif %} {% endfor %}</span>
 <span class="muted">{{ beanstalk_url }}</span></header>
 <main>{% if flash %}<div class="flash" id="flash">{{ flash }}</div>{% endif %}
 {% if error %}<div class="error" id="error">{{ error }}</div>{% endif %}
