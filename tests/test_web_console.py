@@ -18,7 +18,7 @@ import pytest
 
 from producer import Notifier
 from producer.client import connect
-from worker import registry
+from worker import ops, registry
 from worker.events.deliver import Runner
 from worker.events.emit import emit
 from worker.events.inbound import handle
@@ -82,13 +82,16 @@ def test_deferred_mail_shows_when_it_is_tried_next_and_why_it_was_put_off(settin
     tempfail = notifier.notify("welcome", "Tem <tempfail@example.com>", {"name": "T"}, key="def:tempfail")
     later = notifier.notify("welcome", "Lou <lou@example.com>", {"name": "L"}, key="def:later", delay=900)
     notifier.notify("welcome", "Ann <ann@example.com>", {"name": "A"}, key="def:ann")
+    raw = notifier.send_raw(b"From: app@example.com\r\nTo: tempfail-2@example.com\r\nSubject: Your invoice =?utf-8?q?n=C2=BA?= 7"
+                            b" <b>\r\n\r\nHello\r\n", ["tempfail-2@example.com"], key="django:<1@app>")
     before = time.time()
     run_burst(settings.replace(backoff_base=600, backoff_max=1200))  # a retry ten minutes or more away
     smtp.wait_for(1)
     status, _, page = console.get("/deferred")
-    assert status == 200 and 'id="deferred-count">2<' in page
+    assert status == 200 and 'id="deferred-count">3<' in page
     rows = dict(re.findall(r'<tr data-job="(\d+)">(.*?)</tr>', page, re.S))
-    assert set(rows) == {str(tempfail), str(later)}
+    assert set(rows) == {str(tempfail), str(later), str(raw)}
+    assert re.search(r'<td>raw<br><span class="muted">Your invoice nº 7 &lt;b&gt;</span></td>', rows[str(raw)])
     cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[str(tempfail)], re.S)
     # job, tube, next attempt, in, tries, template, recipient, key, last reason
     next_at = time.mktime(time.strptime(cells[2], "%Y-%m-%d %H:%M:%S"))
@@ -376,25 +379,32 @@ def attack(settings: Settings, console: Console) -> None:
 
 # -- the pictures in docs/console.md --------------------------------------------------------------
 
-def test_screenshots_of_the_new_pages(settings: Settings, notifier: Notifier, smtp: SmtpServer, console: Console,
-                                      browser: object, tmp_path: Path) -> None:
+def test_screenshots_of_the_new_pages(events_settings: Settings, notifier: Notifier, smtp: SmtpServer,
+                                      console: Console, browser: object, tmp_path: Path) -> None:
     """Taken in the tests' Chromium; BEANMAIL_SCREENSHOTS=docs writes them to docs/console-*.png."""
     for i in range(3):
         notifier.notify("welcome", f"tempfail{i}@example.com", {"name": "T"}, key=f"shot:tempfail{i}")
     notifier.mailout("welcome", ["ann@example.com", "bob@example.com", "reject@example.com", "tempfail@example.net"],
                      {"name": "you"}, key="newsletter:2026-12")
+    settings = events_settings  # the sends queue message.sent events
     store = Store(settings.store)
     Worker(settings, Fanout(settings), store, tubes=("mailout",)).run(burst=True)
     store.close()
     run_burst(settings.replace(backoff_base=600, backoff_max=1200))
+    ops.pause(settings, "mail.bulk", 3600)
+    store = Store(settings.store)
+    worker_row = registry.Registry(store, ("mail.normal", "mail.bulk"), heartbeat=3600, lost_after=60).start()
+    registry.disable(store, "mail-2.example.net")  # a host taken out of the pool
     bury_by_hand(settings, job_body("welcome", "d@example.org", "shot:b1"), reason="exhausted after 3 attempts: 451 4.3.0")
     bury_by_hand(settings, job_body("password_reset", "e@example.org", "shot:b2"), reason="poison: no such template")
-    browser.set_window_size(1200, 620)  # type: ignore[attr-defined]
     out = Path(os.environ.get("BEANMAIL_SCREENSHOTS") == "docs" and ROOT / "docs" or tmp_path)
     try:
-        for name, path in (("deferred", "/deferred"), ("buried-filter", "/buried?domain=example.org&reason=451"),
+        for name, path in (("overview-actions", "/?refresh=30"), ("deferred", "/deferred"), ("buried-filter", "/buried?domain=example.org&reason=451"),
                            ("mailout", "/mailout?key=newsletter:2026-12"), ("events", "/events")):
             browser.get(console.url + path)  # type: ignore[attr-defined]
+            browser.set_window_size(1200, 860 if name == "overview-actions" else 620)  # type: ignore[attr-defined]
+            if name == "overview-actions":  # the tubes, the registry and the hosts, below the header
+                browser.execute_script("document.getElementById('tubes').scrollIntoView()")  # type: ignore[attr-defined]
             target = out / f"console-{name}.png"
             assert browser.get_screenshot_as_file(str(target))  # type: ignore[attr-defined]
             assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -402,3 +412,5 @@ def test_screenshots_of_the_new_pages(settings: Settings, notifier: Notifier, sm
                 __import__("subprocess").run(["optipng", "-quiet", "-o2", str(target)], check=False)
     finally:
         browser.set_window_size(1280, 1100)  # type: ignore[attr-defined]
+        worker_row.close()
+        store.close()

@@ -17,6 +17,7 @@ from .. import registry as worker_registry
 from . import figures, mailouts, queues
 from .filters import BuriedFilter, matching
 from .jobscan import Scan, ScanError
+from .labels import subject_of
 from .plot import Series, line_plot
 from .templates import CSS, ENV
 
@@ -165,6 +166,7 @@ def buried(console: "Console", req: "Request") -> "Response":
         error = str(exc)
     for j in jobs:
         j["template"], j["recipient"] = figures.summary(j["body"], console.masked)
+        j["subject"] = _text(console, subject_of(figures.envelope_of(j["body"]) or {}))
         j["reason"] = _text(console, j["reason"])
     counts = [(t["tube"], t["buried"]) for t in figures.beanstalk(console.settings).tubes if t["buried"]]
     if tube:
@@ -217,7 +219,7 @@ def _deliveries(console: "Console", rows: list[Any]) -> list[dict[str, Any]]:
         buried_rows = console.with_store(lambda s: s.failures_mentioning(r.key, limit=10)) if r.key else []
         out.append({
             "key": _text(console, r.key), "recipient": ", ".join(_addr(console, a) for a in r.recipient.split(",")),
-            "template": r.template, "outcome": r.outcome, "attempts": r.attempts, "updated_at": r.updated_at,
+            "template": r.template or "(raw message)", "outcome": r.outcome, "attempts": r.attempts, "updated_at": r.updated_at,
             "detail": _text(console, "; ".join(x for x in (r.reason, r.reply) if x)),
             "buried": [{"job": j, "tube": t, "outcome": o, "reason": _text(console, why), "at": at}
                        for j, t, o, why, at in buried_rows],

@@ -14,6 +14,7 @@ from ..settings import Settings
 from ..store import Store
 from . import figures
 from .jobscan import FoundJob, Scan, scan
+from .labels import subject_of
 
 SHOWN = 200  # rows a page lists; the counts say how many there are
 
@@ -37,7 +38,8 @@ def deferred(settings: Settings, store: Store, masked: bool) -> tuple[list[dict[
             reason = "not tried yet: queued with a delay" if job.releases == 0 else "(no record in the delivery log)"
         rows.append({"id": job.id, "tube": job.tube, "next_at": now + job.time_left, "time_left": job.time_left,
                      "attempts": job.releases, "key": mask_text(key) if masked else key, "template": template,
-                     "recipient": recipient, "reason": mask_text(reason) if masked else reason})
+                     "recipient": recipient, "reason": mask_text(reason) if masked else reason,
+                     "subject": mask_text(subject_of(envelope)) if masked else subject_of(envelope)})
     return rows, found
 
 

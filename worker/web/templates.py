@@ -128,9 +128,9 @@ until its cause (template, producer) is fixed. Deleting removes it for good; the
 {% for action, label in [("kick", "kick"), ("delete", "delete")] %}<form class="inline" method="post" action="{{ root }}/buried/{{ action }}"><input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="filter" value="1">{% for name in ("template", "domain", "reason", "tube") %}<input type="hidden" name="{{ name }}" value="{{ filt[name] }}">{% endfor %}
 <input type="hidden" name="expected" value="{{ jobs|length }}"><button id="{{ action }}-matching"{% if action == "delete" %} class="danger"{% endif %}>{{ label }} these {{ jobs|length }}</button></form> {% endfor %}{% endif %}</div>{% endif %}
-<table id="buried"><tr><th>job</th><th>tube</th><th>outcome</th><th>reason</th><th>template</th><th>recipient</th><th class="n">age</th><th></th></tr>
+<table id="buried"><tr><th>job</th><th>tube</th><th>outcome</th><th>reason</th><th>template / subject</th><th>recipient</th><th class="n">age</th><th></th></tr>
 {% for j in jobs %}<tr data-job="{{ j.id }}"><td><a href="{{ root }}/job/{{ j.id }}">{{ j.id }}</a></td><td>{{ j.tube }}</td>
-<td>{{ j.outcome or "?" }}</td><td>{{ j.reason or "(no reason recorded)" }}</td><td>{{ j.template }}</td><td>{{ j.recipient }}</td>
+<td>{{ j.outcome or "?" }}</td><td>{{ j.reason or "(no reason recorded)" }}</td><td>{{ j.template }}{% if j.subject %}<br><span class="muted">{{ j.subject }}</span>{% endif %}</td><td>{{ j.recipient }}</td>
 <td class="n">{{ age(j.age) }}</td><td>
 <form class="inline" method="post" action="{{ root }}/buried/kick"><input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="job" value="{{ j.id }}"><button id="kick-{{ j.id }}">kick</button></form>
@@ -202,9 +202,9 @@ DEFERRED = """{% extends "base.html" %}{% block main %}
 <p>Jobs waiting out a delay in beanstalkd: a temporary failure's backoff, greylisting, a rate-limit slot, or a delay the producer asked for.
 {{ shown|length }} shown of <b id="deferred-count">{{ scan.wanted }}</b> delayed.</p>
 {% include "scan.html" %}
-<table id="deferred"><tr><th>job</th><th>tube</th><th>next attempt</th><th class="n">in</th><th class="n">tries</th><th>template</th><th>recipient</th><th>key</th><th>last reason</th></tr>
+<table id="deferred"><tr><th>job</th><th>tube</th><th>next attempt</th><th class="n">in</th><th class="n">tries</th><th>template / subject</th><th>recipient</th><th>key</th><th>last reason</th></tr>
 {% for j in shown %}<tr data-job="{{ j.id }}"><td><a href="{{ root }}/job/{{ j.id }}">{{ j.id }}</a></td><td>{{ j.tube }}</td><td>{{ when(j.next_at) }}</td>
-<td class="n">{{ age(j.time_left) }}</td><td class="n">{{ j.attempts }}</td><td>{{ j.template }}</td><td>{{ j.recipient }}</td><td>{{ j.key }}</td><td>{{ j.reason }}</td></tr>
+<td class="n">{{ age(j.time_left) }}</td><td class="n">{{ j.attempts }}</td><td>{{ j.template }}{% if j.subject %}<br><span class="muted">{{ j.subject }}</span>{% endif %}</td><td>{{ j.recipient }}</td><td>{{ j.key }}</td><td>{{ j.reason }}</td></tr>
 {% else %}<tr><td colspan="9" class="muted" id="none-deferred">nothing deferred</td></tr>{% endfor %}</table>
 {% endblock %}
 """
