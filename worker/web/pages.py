@@ -326,7 +326,7 @@ def mailout(console: "Console", req: "Request") -> "Response":
             progress = console.with_store(lambda s: mailouts.progress(console.settings, s, key))
         except ScanError as exc:
             error = str(exc)
-    return render(console, req, "mailout.html", key=key, p=progress, error=error)
+    return render(console, req, "mailout.html", key=key, shown_key=_text(console, key), p=progress, error=error)
 
 
 # -- suppressions -----------------------------------------------------------------------------------

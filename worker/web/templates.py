@@ -251,7 +251,7 @@ MAILOUT = """{% extends "base.html" %}{% block main %}
 The delivery log: {% for o, n in p.logged|dictsort %}{{ o }} {{ n }}{{ ", " if not loop.last }}{% else %}nothing yet{% endfor %}.
 {% if not p.complete %}<span class="warn" id="partial">beanstalkd holds more jobs than the console looked at: "left" may be more.</span>{% endif %}</p>
 <p><a href="{{ root }}/log?q={{ key|urlencode }}%3A">its deliveries in the log</a></p>
-{% elif key %}<p id="nothing">nothing known of a mailout with key {{ key }}: no delivery with a key starting “{{ key }}:”, no job of it in beanstalkd</p>{% endif %}
+{% elif key %}<p id="nothing">nothing known of a mailout with key {{ shown_key }}: no delivery with a key starting “{{ shown_key }}:”, no job of it in beanstalkd</p>{% endif %}
 {% endblock %}
 """
 
