@@ -257,6 +257,45 @@ def test_a_mailouts_progress_by_key_and_its_deliveries_by_key_prefix(settings: S
     assert console.get("/mailout?key=" + "k" * 5000)[0] == 400
 
 
+def test_the_log_is_labelled_by_template_and_the_subject_the_worker_sent(settings: Settings, notifier: Notifier,
+                                                                          smtp: SmtpServer, console: Console) -> None:
+    notifier.notify("welcome", "Zoë <zoe@example.com>", {"name": "Zoë"}, key="subj:welcome")
+    notifier.send_raw(b"From: app@example.com\r\nTo: ann@example.com\r\nSubject: =?utf-8?q?Facture_n=C2=BA?= 7\r\n"
+                      b" <script>alert(1)</script>\r\n\r\nHello\r\n", ["ann@example.com"], key="django:<2@app>")
+    run_burst(settings)
+    smtp.wait_for(2)
+    status, _, page = console.get("/log?q=subj:welcome")
+    [subject] = re.findall(r'<td class="subject">(.*?)</td>', page)
+    assert status == 200 and "<td>welcome</td>" in page
+    assert subject == "Welcome to beanmail, Zoë!"  # the template's subject.txt, as rendered and sent
+    status, _, page = console.get("/log?q=django:")  # Django's mail, by the start of its keys
+    row = re.search(r"<td>django:&lt;2\*\*\*@app&gt;</td><td>a\*\*\*@example.com</td><td>\(raw message\)</td>"
+                    r'<td class="subject">(.*?)</td>', page)
+    assert row and row.group(1) == "Facture nº 7 &lt;script&gt;alert(1)&lt;/script&gt;", page[-2000:]
+
+
+def test_subjects_go_to_the_store_in_the_tallys_write_on_both_store_backends(store_location: str) -> None:
+    from worker.web import subjects
+    from worker.web.tally import Tally
+
+    tally = Tally(store_location, interval=3600)
+    for i in range(700):  # more rows than one statement carries
+        tally.record("mail.bulk", "sent", 0.1, "example.com", subject=(f"m:{i}", f"Issue #{i}"))
+    tally.record("mail.normal", "sent", subject=("raw:1", "=?utf-8?q?Gr=C3=BC=C3=9Fe?= from\x00 us"))
+    tally.record("mail.normal", "sent", subject=("m:1", "Issue #1 (again)"))  # a key sent again: its newest
+    tally.record("mail.normal", "deferred", subject=("m:none", ""))  # no subject: nothing recorded
+    tally.record("mail.normal", "poison", subject=("bad\x00key", "x"))  # a key no store holds: left out alone
+    store = Store(store_location)
+    tally.flush(store)
+    found = subjects.subjects_for(store, [f"m:{i}" for i in range(700)] + ["raw:1", "m:none", "nope"])
+    assert len(found) == 701 and found["m:699"] == "Issue #699" and found["m:1"] == "Issue #1 (again)"
+    assert found["raw:1"] == "Grüße from\ufffd us"
+    assert "m:none" not in found
+    assert subjects.header_subject(b"From: a@b\r\nSubject: one\r\n two\r\n\r\nSubject: body") == "one two"
+    assert subjects.header_subject(b"From: a@b\n\nSubject: in the body") == ""
+    store.close()
+
+
 # -- events and replies ---------------------------------------------------------------------------
 
 def test_events_pending_retried_and_failed_and_the_replies_page(events_settings: Settings, endpoint: Endpoint,

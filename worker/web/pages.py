@@ -14,7 +14,7 @@ from producer.client import parse_recipient
 from .. import ops
 from ..logs import mask, mask_text
 from .. import registry as worker_registry
-from . import figures, mailouts, queues
+from . import figures, mailouts, queues, subjects
 from .filters import BuriedFilter, matching
 from .jobscan import Scan, ScanError
 from .labels import subject_of
@@ -215,11 +215,13 @@ def _peek(settings: Any, store: Any, jid: int) -> dict[str, Any] | None:
 # -- the delivery log -------------------------------------------------------------------------------
 def _deliveries(console: "Console", rows: list[Any]) -> list[dict[str, Any]]:
     out = []
+    titles = console.with_store(lambda s: subjects.subjects_for(s, [r.key for r in rows]))
     for r in rows:
         buried_rows = console.with_store(lambda s: s.failures_mentioning(r.key, limit=10)) if r.key else []
         out.append({
             "key": _text(console, r.key), "recipient": ", ".join(_addr(console, a) for a in r.recipient.split(",")),
-            "template": r.template or "(raw message)", "outcome": r.outcome, "attempts": r.attempts, "updated_at": r.updated_at,
+            "template": r.template or "(raw message)", "subject": _text(console, titles.get(r.key, "")),
+            "outcome": r.outcome, "attempts": r.attempts, "updated_at": r.updated_at,
             "detail": _text(console, "; ".join(x for x in (r.reason, r.reply) if x)),
             "buried": [{"job": j, "tube": t, "outcome": o, "reason": _text(console, why), "at": at}
                        for j, t, o, why, at in buried_rows],

@@ -154,10 +154,10 @@ JOB = """{% extends "base.html" %}{% block main %}
 {% endblock %}
 """
 
-DELIVERIES = """<table class="deliveries"><tr><th>last change</th><th>outcome</th><th>key</th><th>recipient</th><th>template</th><th class="n">attempts</th><th>reason / reply</th></tr>
-{% for d in deliveries %}<tr><td>{{ when(d.updated_at) }}</td><td>{{ d.outcome }}</td><td>{{ d.key }}</td><td>{{ d.recipient }}</td><td>{{ d.template }}</td>
+DELIVERIES = """<table class="deliveries"><tr><th>last change</th><th>outcome</th><th>key</th><th>recipient</th><th>template</th><th>subject</th><th class="n">attempts</th><th>reason / reply</th></tr>
+{% for d in deliveries %}<tr><td>{{ when(d.updated_at) }}</td><td>{{ d.outcome }}</td><td>{{ d.key }}</td><td>{{ d.recipient }}</td><td>{{ d.template }}</td><td class="subject">{{ d.subject }}</td>
 <td class="n">{{ d.attempts }}</td><td>{{ d.detail }}</td></tr>
-{% for f in d.buried %}<tr class="muted"><td>{{ when(f.at) }}</td><td>buried ({{ f.outcome }})</td><td colspan="4"><a href="{{ root }}/job/{{ f.job }}">job {{ f.job }}</a> in {{ f.tube }}</td><td>{{ f.reason }}</td></tr>{% endfor %}
+{% for f in d.buried %}<tr class="muted"><td>{{ when(f.at) }}</td><td>buried ({{ f.outcome }})</td><td colspan="5"><a href="{{ root }}/job/{{ f.job }}">job {{ f.job }}</a> in {{ f.tube }}</td><td>{{ f.reason }}</td></tr>{% endfor %}
 {% endfor %}</table>
 """
 
