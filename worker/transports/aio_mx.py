@@ -19,7 +19,7 @@ from ..outcomes import Deferred, Greylisted, Withheld
 from ..settings import Settings, SmtpTarget
 from .aio import RelayPool
 from .mx import MxResolver
-from .smtp import Reply
+from .protocol import Reply
 
 
 class MxPool:
