@@ -30,7 +30,7 @@ from worker.store import Store
 
 from .conftest import ROOT, job_state, run_burst
 from .endpoint import Endpoint
-from .servers import SmtpServer, wait_until
+from .servers import Beanstalkd, SmtpServer, wait_until
 from .test_web import Console, browser, bury_by_hand, csrf_of, start_console, stop_console  # noqa: F401
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -414,6 +414,23 @@ def attack(settings: Settings, console: Console) -> None:
         assert status in (303, 400), (path, form, status, page[:300])
         if status == 303:
             assert "<script>" not in console.get(headers["location"])[2]
+
+
+def test_with_beanstalkd_down_the_new_pages_say_so_and_the_actions_change_nothing(
+        settings: Settings, beanstalkd: Beanstalkd, console: Console) -> None:
+    bury_by_hand(settings, job_body("welcome", "a@example.com", "down:1"), reason="exhausted: 451")
+    cookie, token = csrf_of(console, "/")
+    beanstalkd.stop()
+    for path in ("/deferred", "/events", "/events?view=retried", "/events?view=failed", "/mailout?key=down",
+                 "/buried?domain=example.com", "/"):
+        status, _, page = console.get(path)
+        assert status == 200 and "unreachable" in page, (path, status, page[:300])
+    for path, form in (("/tube/pause", {"tube": "mail.normal", "seconds": "300"}), ("/tube/resume", {"tube": "x"}),
+                       ("/buried/kick", {"filter": "1", "domain": "example.com"}),
+                       ("/buried/delete", {"filter": "1", "reason": "451"})):
+        status, headers, _ = console.post(path, {"csrf": token, **form}, Cookie=cookie)
+        assert status == 303, (path, status)
+        assert "unreachable" in flash_of(console, headers["location"]), path
 
 
 # -- the pictures in docs/console.md --------------------------------------------------------------
