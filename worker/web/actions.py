@@ -53,7 +53,8 @@ def _by_filter(console: "Console", req: "Request", action: str) -> "Response":
     except (ops.OpsError, greenstalk.Error) as exc:
         return Response.redirect(req, back, done=f"not {done}: {exc or type(exc).__name__}")
     seen = req.form.get("expected", "")
-    said = f"; {seen} were shown when you confirmed" if seen.isdigit() and len(seen) < 10 and int(seen) != matched else ""
+    shown = int(seen) if seen.isdigit() and len(seen) < 10 else matched
+    said = f"; {seen} were shown when you confirmed" if shown != matched else ""
     return Response.redirect(req, back, done=f"{done} {touched} buried job(s) of {matched} matching"
                                              f" {f.describe()}{said}")
 

@@ -135,7 +135,8 @@ def overview(console: "Console", req: "Request") -> "Response":
     except Exception:  # noqa: BLE001 - a store from before the registry: nothing disabled
         disabled = set()
     hosts = [{"target": t, "disabled": t in disabled} for t in sorted({w["host"] for w in registry} | disabled)]
-    return render(console, req, "overview.html", bs=bs, hosts=hosts, pause_choices=PAUSE_CHOICES, processes=sup.get("processes", []),
+    return render(console, req, "overview.html", bs=bs, hosts=hosts, pause_choices=PAUSE_CHOICES,
+                  processes=sup.get("processes", []),
                   supervisor_error=sup.get("error", ""), plot=_markup(plot), latency_plot=_markup(latency_plot),
                   hours=hours, windows=HOURS,
                   since=since, legend=[(n, sum(v)) for n, v in series.items()], lat=lat, domains=domains,
