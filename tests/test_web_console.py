@@ -433,6 +433,21 @@ def test_with_beanstalkd_down_the_new_pages_say_so_and_the_actions_change_nothin
         assert "unreachable" in flash_of(console, headers["location"]), path
 
 
+def test_a_scan_past_its_budget_says_so_and_still_finds_each_tubes_next_job(settings: Settings) -> None:
+    from worker.web.jobscan import scan
+
+    with connect(settings.beanstalk_url, encoding=None) as c:
+        c.use("mail.normal")
+        old = [c.put(b"{}", delay=d) for d in (900, 300, 600)]  # the oldest ids, 300 s the soonest
+        for _ in range(60):
+            c.put(b"{}")
+    found = scan(settings, ["mail.normal"], {"delayed"}, budget=40)
+    assert (found.wanted, found.complete, [j.id for j in found.jobs]) == (3, False, [old[1]])
+    assert found.lowest == found.top - 40 and 290 <= found.jobs[0].time_left <= 300
+    whole = scan(settings, ["mail.normal"], {"delayed"})
+    assert whole.complete and sorted(j.id for j in whole.jobs) == sorted(old)
+
+
 # -- the pictures in docs/console.md --------------------------------------------------------------
 
 def test_screenshots_of_the_new_pages(events_settings: Settings, notifier: Notifier, smtp: SmtpServer,

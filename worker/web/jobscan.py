@@ -2,7 +2,8 @@
 only the next one), so the console asks ``stats-job`` for ids, newest first, until it has found
 as many as the tubes' counts say there are, or has asked about ``budget`` ids. On loopback a
 question costs about 45 µs: the default budget of 20,000 ids is under a second, and a scan
-stops as soon as every job it looks for is found."""
+stops as soon as every job it looks for is found. Past the budget, each tube's next ready, next
+delayed and first buried job (what ``peek`` shows) are added, so the next to go is never missed."""
 
 from __future__ import annotations
 
@@ -66,15 +67,20 @@ def _scan(client: greenstalk.Client, tubes: frozenset[str] | None, states: froze
     present = client.tubes()
     names = [t for t in present if tubes is None or t in tubes]
     top = int(client.stats().get("total-jobs", 0))
+    peeked: list[int] = []  # each tube's next ready, next delayed and first buried job
     for tube in names:
         s = client.stats_tube(tube)
         out.wanted += sum(int(s[f"current-jobs-{state}"]) for state in states)
         client.use(tube)
-        for peek in (client.peek_ready, client.peek_delayed, client.peek_buried):
+        for state, peek in (("ready", client.peek_ready), ("delayed", client.peek_delayed),
+                            ("buried", client.peek_buried)):
             try:
-                top = max(top, peek().id)  # ids restored from a binlog may pass total-jobs
+                job_id = peek().id
             except greenstalk.NotFoundError:
-                pass
+                continue
+            top = max(top, job_id)  # ids restored from a binlog may pass total-jobs
+            if state in states:
+                peeked.append(job_id)
     out.top = out.lowest = top + 1
     job_id = top
     while job_id > 0 and len(out.jobs) < out.wanted and top - job_id < budget:
@@ -92,6 +98,14 @@ def _scan(client: greenstalk.Client, tubes: frozenset[str] | None, states: froze
                 continue
             out.jobs.append(_found(stats, body))
         job_id -= 1
+    if not out.complete:  # past the budget: at least what beanstalkd shows of each tube (the next to go)
+        for job_id in sorted(set(peeked) - {j.id for j in out.jobs}, reverse=True):
+            try:
+                stats = client.stats_job(job_id)
+                if stats["state"] in states:
+                    out.jobs.append(_found(stats, client.peek(job_id).body))
+            except greenstalk.NotFoundError:
+                continue
     return out
 
 

@@ -209,7 +209,7 @@ DEFERRED = """{% extends "base.html" %}{% block main %}
 {% endblock %}
 """
 
-SCAN = """{% if not scan.complete %}<p class="warn" id="partial">beanstalkd lists no jobs; the console looked at job ids {{ scan.lowest }} to {{ scan.top - 1 }} and found {{ scan.jobs|length }} of {{ scan.wanted }}: older ones are not shown.</p>{% endif %}"""
+SCAN = """{% if not scan.complete %}<p class="warn" id="partial">beanstalkd lists no jobs; the console looked at job ids {{ scan.lowest }} to {{ scan.top - 1 }}, and at each tube's next job, and found {{ scan.jobs|length }} of {{ scan.wanted }}: older ones are not shown.</p>{% endif %}"""
 
 EVENTS = """{% extends "base.html" %}{% block main %}
 <h1>Delivery events</h1>
