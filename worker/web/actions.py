@@ -49,7 +49,7 @@ def _by_filter(console: "Console", req: "Request", action: str) -> "Response":
                                                        ("domain", f.domain), ("reason", f.reason)) if v])
     done = "kicked" if action == "kick" else "deleted"
     try:
-        touched, matched = apply(console.settings, f, action)
+        touched, matched = apply(console.server, f, action)
     except (ops.OpsError, greenstalk.Error) as exc:
         return Response.redirect(req, back, done=f"not {done}: {exc or type(exc).__name__}")
     seen = req.form.get("expected", "")
@@ -69,10 +69,10 @@ def kick(console: "Console", req: "Request") -> "Response":
         return Response.text(400, f"nothing kicked: {bad}\n")
     try:
         if f.get("job"):
-            ops.kick(console.settings, job=int(f["job"]))
+            ops.kick(console.server, job=int(f["job"]))
             return Response.redirect(req, "/buried", done=f"kicked job {f['job']}")
         if f.get("all") == "1":
-            kicked = ops.kick(console.settings, tube=f.get("tube") or None, every=True)
+            kicked = ops.kick(console.server, tube=f.get("tube") or None, every=True)
             said = ", ".join(f"{t}: {n}" for t, n in kicked.items()) or "nothing was buried"
             return Response.redirect(req, "/buried", done=f"kicked {said}")
     except (ops.OpsError, greenstalk.Error) as exc:
@@ -94,10 +94,10 @@ def delete(console: "Console", req: "Request") -> "Response":
             job = int(f["job"])
             if _state(console, job) != "buried":  # kicked or taken meanwhile: not what was shown
                 return Response.redirect(req, "/buried", done=f"job {job} is no longer buried; nothing deleted")
-            ops.delete(console.settings, job=job)
+            ops.delete(console.server, job=job)
             return Response.redirect(req, "/buried", done=f"deleted job {job}")
         if f.get("all") == "1" and f.get("tube"):
-            deleted = ops.delete(console.settings, tube=f["tube"])
+            deleted = ops.delete(console.server, tube=f["tube"])
             return Response.redirect(req, "/buried", done=f"deleted {deleted.get(f['tube'], 0)} buried job(s)"
                                                            f" of {f['tube']}")
     except (ops.OpsError, greenstalk.Error) as exc:
@@ -107,7 +107,7 @@ def delete(console: "Console", req: "Request") -> "Response":
 
 def _state(console: "Console", job: int) -> str | None:
     try:
-        with connect(console.settings.beanstalk_url, timeout=5, encoding=None) as c:
+        with connect(console.server.beanstalk_url, timeout=5, encoding=None) as c:
             return str(c.stats_job(job)["state"])
     except greenstalk.NotFoundError:
         return None
@@ -162,10 +162,10 @@ def tube_pause(console: "Console", req: "Request") -> "Response":
     if not (seconds.isdigit() and len(seconds) < 10 and int(seconds) in allowed):
         return Response.text(400, f"nothing paused: seconds must be one of {', '.join(map(str, allowed))}\n")
     try:
-        ops.pause(console.settings, tube, int(seconds))
+        servers = _pause_everywhere(console, tube, int(seconds))
     except (ops.OpsError, greenstalk.Error) as exc:
         return Response.redirect(req, "/", done=f"not paused: {exc or type(exc).__name__}")
-    return Response.redirect(req, "/", done=f"paused tube {tube} for {allowed[int(seconds)]}: 1 tube")
+    return Response.redirect(req, "/", done=f"paused tube {tube} for {allowed[int(seconds)]}: 1 tube{servers}")
 
 
 def tube_resume(console: "Console", req: "Request") -> "Response":
@@ -175,10 +175,19 @@ def tube_resume(console: "Console", req: "Request") -> "Response":
     if tube is None:
         return Response.text(400, f"nothing resumed: not a tube name: {req.form.get('tube', '')[:40]!r}\n")
     try:
-        ops.pause(console.settings, tube, 0)
+        servers = _pause_everywhere(console, tube, 0)
     except (ops.OpsError, greenstalk.Error) as exc:
         return Response.redirect(req, "/", done=f"not resumed: {exc or type(exc).__name__}")
-    return Response.redirect(req, "/", done=f"resumed tube {tube}: 1 tube")
+    return Response.redirect(req, "/", done=f"resumed tube {tube}: 1 tube{servers}")
+
+
+def _pause_everywhere(console: "Console", tube: str, seconds: int) -> str:
+    """The tube paused (0: resumed) on every server of the fleet, as `beanmail pause` does;
+    with more than one, " on N servers" for the message."""
+    urls = console.settings.beanstalk_urls
+    for url in urls:
+        ops.pause(console.settings.replace(beanstalk_url=url), tube, seconds)
+    return f" on {len(urls)} servers" if len(urls) > 1 else ""
 
 
 MAX_TARGET = 300  # a host name (253) and a pid, or a worker id

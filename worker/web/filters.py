@@ -77,10 +77,11 @@ def apply(settings: Settings, f: BuriedFilter, action: str) -> tuple[int, int]:
     longer buried when its turn comes is left alone."""
     jobs = matching(settings, f)
     touched = 0
+    url = settings.beanstalk_urls[0]  # where ``ops.buried`` found them
     try:
-        client = connect(settings.beanstalk_url, timeout=5, encoding=None)
-    except OSError as exc:
-        raise ops.OpsError(f"beanstalkd at {settings.beanstalk_url} is unreachable: {exc}") from None
+        client = connect(url, timeout=5, encoding=None)
+    except (OSError, ValueError) as exc:
+        raise ops.OpsError(f"beanstalkd at {url} is unreachable: {exc}") from None
     with client:
         for view in jobs:
             try:

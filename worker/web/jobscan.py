@@ -51,15 +51,16 @@ def scan(settings: Settings, tubes: Iterable[str] | None, states: Iterable[str],
          timeout: float = 5.0) -> Scan:
     """The jobs of ``tubes`` (every tube: None) in ``states``, newest id first."""
     states = frozenset(states)
+    url = settings.beanstalk_urls[0]  # a fleet's first server, as the job pages and ``ops`` read
     try:
-        client = connect(settings.beanstalk_url, timeout=timeout, encoding=None)
-    except OSError as exc:
-        raise ScanError(f"beanstalkd at {settings.beanstalk_url} is unreachable: {exc}") from None
+        client = connect(url, timeout=timeout, encoding=None)
+    except (OSError, ValueError) as exc:
+        raise ScanError(f"beanstalkd at {url} is unreachable: {exc}") from None
     try:
         with client:
             return _scan(client, None if tubes is None else frozenset(tubes), states, budget)
     except (OSError, greenstalk.Error) as exc:
-        raise ScanError(f"beanstalkd at {settings.beanstalk_url} failed: {exc or type(exc).__name__}") from None
+        raise ScanError(f"beanstalkd at {url} failed: {exc or type(exc).__name__}") from None
 
 
 def _scan(client: greenstalk.Client, tubes: frozenset[str] | None, states: frozenset[str], budget: int) -> Scan:

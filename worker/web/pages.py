@@ -162,14 +162,14 @@ def buried(console: "Console", req: "Request") -> "Response":
         return Response.text(400, f"no such filter: {filt}\n")
     error, jobs = "", []
     try:
-        jobs = ops.buried(console.settings, tube=tube, limit=200) if filt.empty else matching(console.settings, filt)
+        jobs = ops.buried(console.server, tube=tube, limit=200) if filt.empty else matching(console.server, filt)
     except ops.OpsError as exc:
         error = str(exc)
     for j in jobs:
         j["template"], j["recipient"] = figures.summary(j["body"], console.masked)
         j["subject"] = _text(console, subject_of(figures.envelope_of(j["body"]) or {}))
         j["reason"] = _text(console, j["reason"])
-    counts = [(t["tube"], t["buried"]) for t in figures.beanstalk(console.settings).tubes if t["buried"]]
+    counts = [(t["tube"], t["buried"]) for t in figures.beanstalk(console.server).tubes if t["buried"]]
     if tube:
         counts = [c for c in counts if c[0] == tube]
     return render(console, req, "buried.html", here="/buried", tube=tube, jobs=jobs, counts=counts, error=error,
@@ -187,7 +187,7 @@ def job(console: "Console", req: "Request", job_id: str) -> "Response":
     if not 0 < jid <= MAX_JOB_ID:
         return Response.text(404, f"no such job: {job_id[:40]}{'…' if len(job_id) > 40 else ''} is not a job id"
                                   f" (1 to {MAX_JOB_ID})\n")
-    settings = console.settings
+    settings = console.server
     view, error = None, ""
     try:
         view = console.with_store(lambda s: _peek(settings, s, jid))
@@ -270,7 +270,7 @@ def deliveries_by_prefix(store: Any, prefix: str, limit: int) -> list[Any]:
 def deferred(console: "Console", req: "Request") -> "Response":
     error, rows, found = "", [], Scan()
     try:
-        rows, found = console.with_store(lambda s: queues.deferred(console.settings, s, console.masked))
+        rows, found = console.with_store(lambda s: queues.deferred(console.server, s, console.masked))
     except ScanError as exc:
         error = str(exc)
     return render(console, req, "deferred.html", shown=rows, scan=found, error=error)
@@ -280,13 +280,13 @@ EVENT_VIEWS = (("pending", "pending"), ("retried", "retried"), ("failed", "faile
 
 
 def events(console: "Console", req: "Request") -> "Response":
-    settings = console.settings
+    settings = console.server
     view = req.query.get("view", "pending")
     view = view if view in dict(EVENT_VIEWS) else "pending"
     counts = {"pending": 0, "retried": 0, "failed": 0}
     error, rows, found = "", [], Scan()
     tube = settings.events_tube
-    for t in figures.beanstalk(settings).tubes:
+    for t in figures.beanstalk(console.server).tubes:
         if t["tube"] == tube:
             counts = {"pending": t["ready"], "retried": t["delayed"], "failed": t["buried"]}
     try:
@@ -326,7 +326,7 @@ def mailout(console: "Console", req: "Request") -> "Response":
     error, progress = "", None
     if key:
         try:
-            progress = console.with_store(lambda s: mailouts.progress(console.settings, s, key))
+            progress = console.with_store(lambda s: mailouts.progress(console.server, s, key))
         except ScanError as exc:
             error = str(exc)
     return render(console, req, "mailout.html", key=key, shown_key=_text(console, key), p=progress, error=error)
