@@ -181,6 +181,26 @@ def test_a_host_disabled_and_enabled_from_the_page_and_the_registry_pruned(setti
         store.close()
 
 
+def test_enable_clears_disabled_rows_and_old_rows_are_pruned_on_both_store_backends(store_location: str) -> None:
+    store = Store(store_location)
+    now = time.time()
+    rows = [("h1:10:a", "h1", 10, "disabled", now), ("h1:11:b", "h1", 11, "running", now),
+            ("h2:12:c", "h2", 12, "disabled", now), ("h3:13:d", "h3", 13, "stopped", now - 2 * 86400),
+            ("h3:14:e", "h3", 14, "lost", now - 2 * 86400), ("h3:15:f", "h3", 15, "disabled", now - 2 * 86400)]
+    for wid, host, pid, state, seen in rows:
+        store.execute("INSERT INTO workers (id, host, pid, tubes, version, state, started_at, last_seen, jobs_done,"
+                      " current_job) VALUES (?, ?, ?, 'mail.normal', '0', ?, ?, ?, 0, '')",
+                      (wid, host, pid, state, seen, seen))
+    registry.disable(store, "h1")
+    registry.disable(store, "h2:12")
+    assert registry.enable(store, "h1") and registry.enable(store, "h2:12")
+    states = {w.id: w.state for w in registry.workers(store, 3 * 86400)}
+    # enabled rows no longer say disabled; a day-old stopped or lost row is gone, a disabled one stays
+    assert states == {"h1:10:a": "stopped", "h1:11:b": "running", "h2:12:c": "stopped", "h3:15:f": "disabled"}
+    assert registry.disabled_targets(store) == []
+    store.close()
+
+
 # -- buried jobs by filter ------------------------------------------------------------------------
 
 def test_buried_jobs_kicked_and_deleted_by_template_domain_and_reason(settings: Settings, console: Console) -> None:
