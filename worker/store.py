@@ -5,7 +5,7 @@ database connection, for the callers that hold a single store.
 ``postgresql://`` DSN for a fleet of worker hosts. Each concern has its owner, with its tables,
 migrations and statements: ``store.ledger`` (claims, how jobs ended, the delivery log),
 ``store.blobs``, ``store.mx``, ``store.rates``, ``store.suppression``, ``store.burials``,
-``store.console``, ``store.feedback``, ``store.events``; digest records are
+``store.console``, ``store.feedback``, ``store.events``, ``store.workers``; digest records are
 ``worker.storage.digests.DigestRecords(store)``. The methods below are those owners' own, bound
 here under the names callers have always used; new code may call the owner directly.
 """
@@ -117,7 +117,7 @@ class Store:
     def lost_after(self, value: float) -> None:
         self.ledger.lost_after = value
 
-    # -- the database, for the modules that keep their own statements (the registry) ------------
+    # -- the database, for callers that still pass their own SQL (web/figures.py, web/actions.py) -
     def schema(self) -> set[int]:
         return self.db.schema()
 

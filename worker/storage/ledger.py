@@ -325,6 +325,14 @@ class Ledger:
             self.journal.remove(holder)
         return recorded
 
+    def release_claims_of(self, process: str) -> int:
+        """Free at once the keys a lost process holds: its claims are ``<process id>:n``,
+        compared exactly up to the last colon, never with LIKE (whose ``_`` would match
+        ``mail-1`` for ``mail_1``). How many were released."""
+        prefix = f"{process}:"
+        return self.db.run("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed'"
+                           " AND substr(claimed_by, 1, ?) = ?", (len(prefix), prefix))
+
     # -- what other owners change on a delivery row ---------------------------------------------
     def note_bounce(self, key: str, reason: str, reply: str) -> bool:
         """A bounce that came back after the message was accepted, on the delivery's own row."""
