@@ -134,6 +134,8 @@ class Database:
     # -- statements (written with ``?``; the connection spells them in its dialect) -------------
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         """The cursor of one statement; for use inside ``transaction()``."""
+        if self._depth:  # the transaction's guard answers for it (and no guard costs nothing)
+            return self._conn.execute(sql, args)
         with self.guard():
             return self._conn.execute(sql, args)
 
@@ -158,8 +160,7 @@ class Database:
 
     def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         """A write; the number of rows it changed."""
-        with self.guard():
-            return int(self._conn.execute(sql, args).rowcount)
+        return int(self.execute(sql, args).rowcount)
 
     def all_in(self, sql: str, values: Iterable[Any]) -> list[Any]:
         """The rows of ``sql`` whose ``IN ({marks})`` takes ``values``, in as many queries as the
