@@ -20,6 +20,7 @@ from .outcomes import Disposition
 from .pipeline import Delivery, Pipeline
 from .settings import Settings
 from .store import Store
+from .relays.transport import FailoverPool
 from .transports.aio import RelayPool
 from .transports.aio_mx import MxPool
 
@@ -32,9 +33,9 @@ class Flight:
         self.settings = settings
         self.pipeline = pipeline
         self.capacity = capacity
-        self.pool = pool or RelayPool(settings.smtp, timeout=settings.smtp_timeout,
-                                      data_timeout=settings.smtp_data_timeout, helo=settings.helo_name,
-                                      cafile=settings.smtp_cafile)
+        # the relays of each priority, in order (worker/relays): the pipeline's book, so what the
+        # sends learn (a relay down, its pace) is what the bulk admission sees
+        self.pool = pool or FailoverPool(settings, getattr(pipeline, "relays", None))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sessions", daemon=True)
         self._thread.start()
@@ -98,8 +99,10 @@ class Flight:
     # -- the event loop's side ------------------------------------------------------------------
     async def _send(self, d: Delivery) -> None:
         try:
-            d.reply = str(await self.pool.send(d.sender, d.recipients, d.message,
-                                               before_end=self.pipeline.gate(d, may_ask_store=False)))
+            route = getattr(self.pool, "route", None)
+            pool = route(d.envelope.priority) if route is not None and d.envelope is not None else self.pool
+            d.reply = str(await pool.send(d.sender, d.recipients, d.message,
+                                          before_end=self.pipeline.gate(d, may_ask_store=False)))
             if d.envelope is not None:  # journaled at the reply, not when the loop's thread collects it
                 self.pipeline.store.journal.sent(d.envelope.id)
         except Exception as exc:  # noqa: BLE001 - classified by the pipeline when recorded
