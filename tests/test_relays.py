@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -42,12 +44,14 @@ def relays() -> Iterator[tuple[PostfixRelay, PostfixRelay, SmtpServer, SmtpServe
                         main_cf={"maximal_queue_lifetime": "1h", "bounce_queue_lifetime": "1h"})
     urgent = PostfixRelay(f"127.0.0.1:{urgent_hop.port}")
     try:
-        bulk.start()
-        urgent.start()
+        with ThreadPoolExecutor(2) as both:  # a Postfix takes about two seconds to start, and to stop
+            list(both.map(PostfixRelay.start, (bulk, urgent)))
         yield bulk, urgent, next_hop, urgent_hop
     finally:
-        for server in (bulk, urgent, next_hop, urgent_hop):
-            server.stop()
+        with ThreadPoolExecutor(2) as both:
+            list(both.map(PostfixRelay.stop, (bulk, urgent)))
+        next_hop.stop()
+        urgent_hop.stop()
 
 
 def releases(settings: Settings, job_id: int) -> int:
@@ -84,7 +88,7 @@ def test_bulk_holds_at_the_relays_high_water_mark_while_urgent_mail_goes_through
                        f"{HIGH} bulk sent and {BULK - HIGH} held ({outcomes()})")
             held_jobs = [j for j, k in bulk_jobs.items() if store.deliveries(key=k, limit=1)[0].outcome != "sent"]
             # held again and again (each hold a release of 1 s), and still at the mark
-            wait_until(lambda: all(releases(settings, j) >= 3 for j in held_jobs), 60, "held bulk retried twice")
+            wait_until(lambda: all(releases(settings, j) >= 2 for j in held_jobs), 60, "held bulk held again")
             assert bulk_relay.queue_length() == HIGH and max(lengths) == HIGH, lengths
             assert all(store.deliveries(key=bulk_jobs[j], limit=1)[0].outcome == "deferred" for j in held_jobs)
             assert not next_hop.messages
@@ -98,10 +102,10 @@ def test_bulk_holds_at_the_relays_high_water_mark_while_urgent_mail_goes_through
                 report = json.loads(beanmail("status", "--json", env=env, check=False).stdout)
                 [view] = [r for r in report["relays"] if r["relay"] == f"smtp://127.0.0.1:{bulk_relay.port}"]
                 return view
-            wait_until(lambda: (bulk_view()["workers"] or {}).get("held"), 30, "status to show bulk held")
+            wait_until(lambda: (bulk_view()["workers"] or {}).get("queue") == HIGH, 30, "status to show the queue")
             view = bulk_view()
             assert view["answers"] and view["priorities"] == ["bulk"] and view["workers"]["queue"] == HIGH
-            assert "queue 5 at or above BEANMAIL_RELAY_QUEUE_HIGH 5" in view["workers"]["held"]
+            assert re.search(r"queue 5( and \d+ just sent)? at or above BEANMAIL_RELAY_QUEUE_HIGH 5", view["workers"]["held"])
             text = metrics.exposition(Console(settings))[0].decode()
             name = f'relay="smtp://127.0.0.1:{bulk_relay.port}"'
             assert f"beanmail_relay_queue{{{name}}} 5.0" in text and f"beanmail_relay_bulk_held{{{name}}} 1.0" in text
@@ -136,3 +140,25 @@ def test_bulk_holds_at_the_relays_high_water_mark_while_urgent_mail_goes_through
     assert sorted(r for m in next_hop.messages for r in m.rcpt_tos) == sorted(f"reader{i}@example.com" for i in range(BULK))
     assert not smtp.messages  # nothing fell back to the normal relay
     assert book_for(settings).relays[f"smtp://127.0.0.1:{bulk_relay.port}"].held == ""
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_dead_relay_of_the_list_is_skipped_and_the_next_one_takes_the_mail(
+        settings: Settings, notifier: Notifier, smtp: SmtpServer, concurrency: int) -> None:
+    """BEANMAIL_SMTP_URL as a list, its first relay refusing connections: every message arrives
+    through the second, once, in the blocking pipeline and with sends in flight on the event loop;
+    /metrics shows the first relay skipped."""
+    dead = SmtpServer()  # never started: its port refuses
+    settings = settings.replace(smtp_url=f"{dead.url},{smtp.url}", concurrency=concurrency, relay_retry_after=60)
+    for i in range(6):
+        notifier.notify("welcome", f"u{i}@example.com", {"name": "u"}, priority=("urgent", "normal", "bulk")[i % 3],
+                        key=f"list:{i}")
+    with running_worker(settings):
+        smtp.wait_for(6, 30)
+        wait_until(lambda: f'beanmail_relay_up{{relay="smtp://127.0.0.1:{dead.port}"}} 0.0'
+                   in metrics.exposition(Console(settings))[0].decode(), 15, "the dead relay shown down")
+        text = metrics.exposition(Console(settings))[0].decode()
+    assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == sorted(f"u{i}@example.com" for i in range(6))
+    assert f'beanmail_relay_up{{relay="smtp://127.0.0.1:{smtp.port}"}} 1.0' in text
+    relay = book_for(settings).relays[f"smtp://127.0.0.1:{dead.port}"]
+    assert relay.failed_over >= 1 and "ConnectionRefusedError" in relay.down_reason

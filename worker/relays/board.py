@@ -106,6 +106,10 @@ class Reporter:
                 self._thread = threading.Thread(target=self._run, name="relay-board", daemon=True)
                 self._thread.start()
 
+    def poke(self) -> None:
+        """A relay's state changed (down, or bulk held or let go): written now, not at the next interval."""
+        self._wake.set()
+
     def detach(self) -> None:
         with self._lock:
             self._users = max(0, self._users - 1)

@@ -107,6 +107,10 @@ class RelayBook:
         if self.reporter is not None:
             self.reporter.detach()
 
+    def changed(self) -> None:
+        if self.reporter is not None:
+            self.reporter.poke()
+
     # -- choosing ---------------------------------------------------------------------------------
     def order(self, priority: str) -> list[RelayState]:
         """The priority's relays that are up, in order; when none is, all of them, the one whose
@@ -132,11 +136,12 @@ class RelayBook:
             return  # the send says every relay is down, with its own delay
         if relay.queue is not None:
             reason = relay.queue.held()
-            if reason != relay.held:
+            if bool(reason) != bool(relay.held):
                 if reason:
                     get_logger().warning("relay: bulk mail held", relay=relay.name, reason=reason)
                 else:
                     get_logger().info("relay: bulk mail goes again", relay=relay.name)
+                self.changed()
             relay.held = reason
             if reason:
                 raise Deferred(f"relay {relay.name}: bulk held: {reason}", delay=self.settings.relay_hold_delay)
@@ -157,6 +162,7 @@ class RelayBook:
             if relay.down_reason:  # it was skipped as dead, and takes mail again
                 relay.down_reason, relay.dead_until = "", float("-inf")
                 get_logger().info("relay up again", relay=relay.name)
+                self.changed()
             return
         if is_congestion(outcome):
             relay.pace.congested(f"{type(outcome).__name__}: {outcome.reply or outcome.reason}"[:200], now, latency)
@@ -173,6 +179,7 @@ class RelayBook:
         if was_up:
             get_logger().warning("relay down: skipped, then tried again", relay=relay.name, reason=why,
                                  retry_in=self.settings.relay_retry_after)
+            self.changed()
 
     def views(self) -> list[dict[str, Any]]:
         now = self.clock()

@@ -83,8 +83,9 @@ class QueueWatch:
         self._admitted: collections.deque = collections.deque()  # monotonic times of admissions
         self._lock = threading.Lock()
 
-    def estimate(self) -> int | None:
-        """The last reading plus this process's admissions it may not include yet."""
+    def estimate(self) -> tuple[int, int] | None:
+        """The last reading, and this process's admissions it may not include yet; None when
+        the queue cannot be read."""
         now = self.clock()
         with self._lock:
             if now - self._read_at >= self.interval:
@@ -98,7 +99,7 @@ class QueueWatch:
                 self._admitted.popleft()
             if self.reading.length is None:
                 return None
-            return self.reading.length + sum(1 for t in self._admitted if t >= self._read_at - ADMIT_GRACE)
+            return self.reading.length, len(self._admitted)
 
     def admitted(self) -> None:
         with self._lock:
@@ -106,9 +107,11 @@ class QueueWatch:
 
     def held(self) -> str:
         """Why bulk mail must wait now, or ""."""
-        length = self.estimate()
-        if length is None:
+        estimate = self.estimate()
+        if estimate is None:
             return f"queue length unknown ({self.reading.error})"
-        if length >= self.high:
-            return f"queue {length} at or above BEANMAIL_RELAY_QUEUE_HIGH {self.high}"
+        length, mine = estimate
+        if length + mine >= self.high:
+            more = f" and {mine} just sent" if mine else ""
+            return f"queue {length}{more} at or above BEANMAIL_RELAY_QUEUE_HIGH {self.high}"
         return ""
