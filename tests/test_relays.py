@@ -106,6 +106,9 @@ def test_bulk_holds_at_the_relays_high_water_mark_while_urgent_mail_goes_through
             view = bulk_view()
             assert view["answers"] and view["priorities"] == ["bulk"] and view["workers"]["queue"] == HIGH
             assert re.search(r"queue 5( and \d+ just sent)? at or above BEANMAIL_RELAY_QUEUE_HIGH 5", view["workers"]["held"])
+            shown = beanmail("status", env=env, check=False).stdout
+            print("\n" + shown[shown.index("relays:"):shown.index("supervisord")])
+            assert f"smtp://127.0.0.1:{bulk_relay.port}" in shown and "bulk HELD: queue 5" in shown
             text = metrics.exposition(Console(settings))[0].decode()
             name = f'relay="smtp://127.0.0.1:{bulk_relay.port}"'
             assert f"beanmail_relay_queue{{{name}}} 5.0" in text and f"beanmail_relay_bulk_held{{{name}}} 1.0" in text
@@ -162,3 +165,16 @@ def test_a_dead_relay_of_the_list_is_skipped_and_the_next_one_takes_the_mail(
     assert f'beanmail_relay_up{{relay="smtp://127.0.0.1:{smtp.port}"}} 1.0' in text
     relay = book_for(settings).relays[f"smtp://127.0.0.1:{dead.port}"]
     assert relay.failed_over >= 1 and "ConnectionRefusedError" in relay.down_reason
+
+
+def test_status_is_unhealthy_only_when_a_priority_has_no_relay_that_answers(settings: Settings,
+                                                                            smtp: SmtpServer) -> None:
+    from worker import health
+
+    dead, also_dead = SmtpServer(), SmtpServer()
+    one_down = settings.replace(smtp_url=f"{dead.url},{smtp.url}")
+    assert health.relay_problem(one_down, 2.0) == ""  # its mail fails over to the second
+    urgent_down = one_down.replace(smtp_url_urgent=also_dead.url, smtp_url=dead.url)
+    problem = health.relay_problem(urgent_down, 2.0)
+    assert problem.startswith("relay: none answers for urgent, normal, bulk mail: ")
+    assert f"smtp://127.0.0.1:{also_dead.port}: cannot connect" in problem

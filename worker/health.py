@@ -74,12 +74,12 @@ def relay_problem(settings: Settings, timeout: float) -> str:
     if len(answers) == 1:
         [why] = answers.values()
         return f"relay: {why}" if why else ""
-    dead = []
-    for priority, targets in plan.routes.items():
-        names = [relay_name(t) for t in targets]
-        if all(answers[n] for n in names):
-            dead.append(f"no {priority} relay answers: " + "; ".join(f"{n}: {answers[n]}" for n in names))
-    return "relay: " + " | ".join(dead) if dead else ""
+    stuck = [p for p, targets in plan.routes.items() if all(answers[relay_name(t)] for t in targets)]
+    if not stuck:
+        return ""
+    names = dict.fromkeys(relay_name(t) for p in stuck for t in plan.routes[p])
+    return (f"relay: none answers for {', '.join(stuck)} mail: "
+            + "; ".join(f"{n}: {answers[n]}" for n in names))
 
 
 def probe_relays(settings: Settings, timeout: float) -> dict[str, str]:

@@ -48,7 +48,7 @@ class Settings:
     relay_queue_high: int = 0  # the queue's high-water mark: at or above it bulk mail is held
     relay_queue_interval: float = 5.0  # seconds between runs of the queue command (per relay and process)
     relay_hold_delay: int = 30  # a held bulk job comes back this much later (no retry spent)
-    relay_pace_max: float = 1000.0  # bulk messages/s per relay and worker process: AIMD's ceiling and start
+    relay_pace_max: float = 10000.0  # bulk messages/s per relay and worker process: AIMD's ceiling and start (never binds until the relay pushes back)
     relay_pace_min: float = 0.2  # the floor multiplicative decreases stop at
     relay_pace_step: float = 1.0  # additive increase: messages/s gained per second of clean bulk sending
     relay_latency_target: float = 1.0  # replies slower than the relay's own baseline by this much slow bulk down

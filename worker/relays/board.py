@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..logs import get_logger
 from ..settings import Settings
-from ..store import Store, StoreCorrupt, StoreUnavailable, worker_id
+from ..identity import process_id
+from ..store import Store, StoreCorrupt, StoreUnavailable
 
 if TYPE_CHECKING:
     from .book import RelayBook
@@ -37,7 +38,7 @@ def ensure_table(store: Store) -> None:
 
 def write(store: Store, views: list[dict[str, Any]], process: str | None = None, now: float | None = None) -> None:
     ensure_table(store)
-    process = process or worker_id()
+    process = process or process_id()
     now = time.time() if now is None else now
     with store._transaction():
         for v in views:

@@ -27,7 +27,7 @@ SMOOTHING = 0.2  # weight of a new latency sample in the moving average
 
 @dataclass
 class Pace:
-    ceiling: float = 1000.0  # messages/s; also where the pace starts
+    ceiling: float = 10000.0  # messages/s; also where the pace starts
     floor: float = 0.2
     step: float = 1.0
     latency_target: float = 1.0

@@ -78,7 +78,7 @@ class QueueWatch:
         self.high = high
         self.interval = interval
         self.clock = clock
-        self.reading = QueueReading(None, "not read yet")
+        self.reading = QueueReading(None)  # not read yet
         self._read_at = float("-inf")  # monotonic: when the last reading began
         self._admitted: collections.deque = collections.deque()  # monotonic times of admissions
         self._lock = threading.Lock()

@@ -48,7 +48,8 @@ def relay_lines(relays: list[dict[str, Any]]) -> list[str]:
                 until = time.strftime("%H:%M:%S", time.localtime(w["skipped_until"]))
                 line += f"; workers skip it until {until} ({w['reason']})"
             if "bulk" in r["priorities"]:
-                line += f"; bulk pace {w['pace']:.3g}/s ({w['sent_rate']:.3g}/s sent, {w['processes']} process(es))"
+                line += (f"; bulk pace {_rate(w['pace'])}/s ({_rate(w['sent_rate'])}/s sent,"
+                         f" {w['processes']} process(es))")
                 if w["queue"] >= 0:
                     line += f"; queue {w['queue']}"
                 elif w["queue_error"]:
@@ -61,3 +62,7 @@ def relay_lines(relays: list[dict[str, Any]]) -> list[str]:
             line += "; no worker reported on it lately"
         lines.append(line)
     return lines
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
