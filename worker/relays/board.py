@@ -90,15 +90,20 @@ class Reporter:
         self._users = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._writing = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def flush(self) -> None:
-        try:
-            if self._store is None:
-                self._store = Store(self.settings.store, timeout=5)
-            write(self._store, self.book.views())
-        except (StoreUnavailable, StoreCorrupt) as exc:
-            get_logger().warning("relay state not written; tried again", error=str(exc))
+    def flush(self, close: bool = False) -> None:
+        with self._writing:  # an ending thread's last write and a new one's first never overlap
+            try:
+                if self._store is None:
+                    self._store = Store(self.settings.store, timeout=5)
+                write(self._store, self.book.views())
+            except (StoreUnavailable, StoreCorrupt) as exc:
+                get_logger().warning("relay state not written; tried again", error=str(exc))
+            if close and self._store is not None:
+                self._store.close()
+                self._store = None
 
     def attach(self) -> None:
         with self._lock:
@@ -125,7 +130,4 @@ class Reporter:
                 if self._users == 0:
                     self._thread = None
                     break
-        self.flush()
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        self.flush(close=True)
