@@ -31,6 +31,16 @@ class Clock:
         return self.now
 
 
+class Pauses:
+    """Stands for the pause of mail.bulk on beanstalkd."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hold(self) -> None:
+        self.count += 1
+
+
 class FakeSession:
     """A relay that answers what it is told: a Reply, or an Outcome to raise."""
 
@@ -56,7 +66,7 @@ class FakeSession:
 
 def transport(clock: Clock, **settings: object) -> tuple[FailoverTransport, dict[str, FakeSession], list[str]]:
     s = Settings(smtp_url=f"{A},{B}", relay_retry_after=30, **settings)  # type: ignore[arg-type]
-    t = FailoverTransport(s, RelayBook(s, clock=clock))
+    t = FailoverTransport(s, RelayBook(s, clock=clock, pause=Pauses()))
     log: list[str] = []
     fakes = {name: FakeSession(name.split("//")[1].split(".")[0], log) for name in t.sessions}
     t.sessions.update(fakes)
@@ -212,13 +222,15 @@ def test_bulk_is_held_at_the_mark_and_urgent_and_normal_go_on() -> None:
     clock = Clock()
     readings = [4]
     s = Settings(smtp_url=A, relay_queue_command="true", relay_queue_high=5, relay_queue_interval=5, relay_hold_delay=7)
-    book = RelayBook(s, clock=clock, read_queue=lambda t: readings[-1])
+    pauses = Pauses()
+    book = RelayBook(s, clock=clock, read_queue=lambda t: readings[-1], pause=pauses)
     book.admit(mail("b1", "bulk"))  # 4 queued: it goes, and counts until a reading includes it
     with pytest.raises(Deferred) as held:
         book.admit(mail("b2", "bulk"))
     assert "queue 4 and 1 just sent at or above BEANMAIL_RELAY_QUEUE_HIGH 5" in held.value.reason
     d = disposition(held.value, 8, Backoff(max_attempts=3))
     assert (d.action, d.delay, d.free) == ("release", 7, True)  # no retry spent, however often
+    assert pauses.count == 1  # mail.bulk paused meanwhile: the held jobs wait in beanstalkd
     book.admit(mail("u1", "urgent"))
     book.admit(mail("n1", "normal"))
     readings.append(2)  # the relay drained
@@ -233,13 +245,13 @@ def test_an_unreadable_queue_holds_bulk_with_the_reason() -> None:
 
     s = Settings(smtp_url=A, relay_queue_command="false", relay_queue_high=5)
     with pytest.raises(Deferred, match="queue length unknown .*cannot read"):
-        RelayBook(s, clock=Clock(), read_queue=broken).admit(mail("b1", "bulk"))
+        RelayBook(s, clock=Clock(), read_queue=broken, pause=Pauses()).admit(mail("b1", "bulk"))
 
 
 def test_bulk_past_its_slot_goes_back_to_beanstalkd_until_then() -> None:
     clock = Clock()
     s = Settings(smtp_url=A, relay_pace_max=0.5, relay_pace_min=0.1)
-    book = RelayBook(s, clock=clock)
+    book = RelayBook(s, clock=clock, pause=Pauses())
     book.admit(mail("b1", "bulk"))
     with pytest.raises(Deferred, match="bulk paced at 0.5/s") as paced:
         book.admit(mail("b2", "bulk"))

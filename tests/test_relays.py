@@ -92,6 +92,8 @@ def test_bulk_holds_at_the_relays_high_water_mark_while_urgent_mail_goes_through
             assert bulk_relay.queue_length() == HIGH and max(lengths) == HIGH, lengths
             assert all(store.deliveries(key=bulk_jobs[j], limit=1)[0].outcome == "deferred" for j in held_jobs)
             assert not next_hop.messages
+            with connect(settings.beanstalk_url, encoding=None) as c:  # held jobs wait in beanstalkd, not churned
+                assert int(c.stats_tube("mail.bulk")["cmd-pause-tube"]) >= 1
 
             # the relay's state as the operator sees it: beanmail status and /metrics
             env = bare_env(settings, BEANMAIL_SMTP_URL_BULK=bulk_relay.url, BEANMAIL_SMTP_URL_URGENT=urgent_relay.url,

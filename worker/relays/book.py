@@ -21,6 +21,7 @@ from ..logs import get_logger
 from ..outcomes import Deferred, Outage, Outcome, Withheld
 from ..settings import Settings, SmtpTarget
 from .pace import Pace
+from .pause import BulkPause
 from .plan import RelayPlan, relay_name
 from .queue import QueueWatch, run_queue_command
 
@@ -77,8 +78,9 @@ class RelayState:
 
 class RelayBook:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
-                 read_queue: Callable[[SmtpTarget], int] | None = None) -> None:
-        """``read_queue``: the queue length of a relay (the operator's command by default)."""
+                 read_queue: Callable[[SmtpTarget], int] | None = None, pause: Any = None) -> None:
+        """``read_queue``: the queue length of a relay (the operator's command by default);
+        ``pause``: what pauses mail.bulk while bulk is held (``BulkPause`` by default)."""
         self.settings = settings
         self.clock = clock
         self.plan = RelayPlan.from_settings(settings)
@@ -97,6 +99,7 @@ class RelayBook:
                         latency_target=settings.relay_latency_target)
             self.relays[relay_name(t)] = RelayState(t, priorities, pace, watch)
         self.routes = {p: [self.relays[relay_name(t)] for t in targets] for p, targets in self.plan.routes.items()}
+        self.pause = pause or BulkPause(settings, clock)
         self.reporter: Any = None  # the board's writer (book_for sets it): attached while a transport uses the book
 
     def attach(self) -> None:
@@ -144,6 +147,7 @@ class RelayBook:
                 self.changed()
             relay.held = reason
             if reason:
+                self.pause.hold()  # mail.bulk paused meanwhile: held jobs wait in beanstalkd, not churned
                 raise Deferred(f"relay {relay.name}: bulk held: {reason}", delay=self.settings.relay_hold_delay)
         wait = relay.pace.book(envelope.id, self.clock())
         if wait >= 1:
