@@ -278,3 +278,10 @@ def test_the_board_sums_processes_and_keeps_the_latest_queue(tmp_path: Path) -> 
     board.write(store, [view], process="old", now=10.0)  # silent too long: not counted
     [r] = board.read(store, fresh_within=60, now=102.0)
     assert (r["up"], r["reason"], r["pace"], r["queue"], r["processes"]) == (False, "refused", 8.0, 12, 2)
+
+
+def test_relay_lists_may_be_toml_lists(tmp_path: Path) -> None:
+    toml = tmp_path / "beanmail.toml"
+    toml.write_text(f'[beanmail]\nsmtp_url = ["{A}", "{B}"]\nsmtp_url_bulk = ["smtp://bulk.example:2525"]\n')
+    plan = RelayPlan.from_settings(load({"BEANMAIL_CONFIG": str(toml)}))
+    assert [t.host for t in plan.routes["bulk"]] == ["bulk.example", "a.example", "b.example"]

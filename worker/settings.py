@@ -279,7 +279,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             return value
-        if name in ("dkim_key", "dkim_selector") and not isinstance(value, str):  # a TOML list
+        if name in ("dkim_key", "dkim_selector", "smtp_url", "smtp_url_urgent", "smtp_url_bulk") \
+                and not isinstance(value, str):  # a TOML list
             return ",".join(str(item).strip() for item in value)
         if name in ("secret", "unsubscribe_secret", "events_secret", "reply_secret"):
             keys = value.split(",") if isinstance(value, str) else [str(k) for k in value]
