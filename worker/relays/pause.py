@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import greenstalk
 
@@ -20,7 +21,7 @@ BULK_TUBE = "mail.bulk"
 
 
 class BulkPause:
-    def __init__(self, settings: Settings, clock=time.monotonic) -> None:  # noqa: ANN001
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
         self._until = float("-inf")
