@@ -25,6 +25,7 @@ from .storage.feedback import FeedbackRecords
 from .storage.ledger import FINAL, Delivery, Finish, Ledger, worker_id
 from .storage.mx_slots import MxSlots
 from .storage.rate_slots import RateSlots
+from .storage.relays import RelayStates
 from .storage.schema import MIGRATIONS
 from .storage.suppression import Suppression
 from .storage.values import KEY_LIMIT, chunks, storable_text, unstorable
@@ -52,6 +53,7 @@ class Store:
         self.console = ConsoleFigures(self.db)
         self.feedback = FeedbackRecords(self.db, self.ledger)
         self.events = EventRecords(self.db)
+        self.relays = RelayStates(self.db)
         self._bind()
 
     def _bind(self) -> None:

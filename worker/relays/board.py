@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..logs import get_logger
 from ..settings import Settings
 from ..identity import process_id
+from ..storage.relays import COLUMNS
 from ..store import Store, StoreCorrupt, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -23,46 +24,20 @@ if TYPE_CHECKING:
 
 INTERVAL = 5.0  # seconds between a process's writes
 
-_TABLE = ("CREATE TABLE IF NOT EXISTS relay_state (process TEXT NOT NULL, relay TEXT NOT NULL,"
-          " priorities TEXT NOT NULL, up INTEGER NOT NULL, skipped_until DOUBLE PRECISION NOT NULL,"
-          " reason TEXT NOT NULL, pace DOUBLE PRECISION NOT NULL, sent_rate DOUBLE PRECISION NOT NULL,"
-          " queue INTEGER NOT NULL, queue_error TEXT NOT NULL, held TEXT NOT NULL,"
-          " updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (process, relay))")
-_COLUMNS = ("relay", "priorities", "up", "skipped_until", "reason", "pace", "sent_rate", "queue", "queue_error",
-            "held", "updated_at")
-
-
-def ensure_table(store: Store) -> None:
-    store._run(_TABLE)
-
-
 def write(store: Store, views: list[dict[str, Any]], process: str | None = None, now: float | None = None) -> None:
-    ensure_table(store)
-    process = process or process_id()
-    now = time.time() if now is None else now
-    with store._transaction():
-        for v in views:
-            store._db.execute(
-                "INSERT INTO relay_state (process, relay, priorities, up, skipped_until, reason, pace, sent_rate,"
-                " queue, queue_error, held, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (process, relay) DO UPDATE SET priorities = excluded.priorities, up = excluded.up,"
-                " skipped_until = excluded.skipped_until, reason = excluded.reason, pace = excluded.pace,"
-                " sent_rate = excluded.sent_rate, queue = excluded.queue, queue_error = excluded.queue_error,"
-                " held = excluded.held, updated_at = excluded.updated_at",
-                (process, v["relay"], v["priorities"], int(bool(v["up"])), float(v["skipped_until"]), v["reason"],
-                 float(v["pace"]), float(v["sent_rate"]), int(v["queue"]), v["queue_error"], v["held"], now))
-        store._db.execute("DELETE FROM relay_state WHERE updated_at < ?", (now - 7 * 86400,))
+    store.relays.write(process or process_id(), [
+        (v["relay"], v["priorities"], int(bool(v["up"])), float(v["skipped_until"]), v["reason"], float(v["pace"]),
+         float(v["sent_rate"]), int(v["queue"]), v["queue_error"], v["held"]) for v in views],
+        time.time() if now is None else now)
 
 
 def read(store: Store, fresh_within: float, now: float | None = None) -> list[dict[str, Any]]:
     """Each relay's state across the processes heard from within ``fresh_within`` seconds."""
-    ensure_table(store)
     now = time.time() if now is None else now
-    rows = store._all("SELECT " + ", ".join(_COLUMNS) + " FROM relay_state WHERE updated_at >= ?"
-                      " ORDER BY relay, updated_at", (now - fresh_within,))
+    rows = store.relays.since(now - fresh_within)
     relays: dict[str, dict[str, Any]] = {}
     for row in rows:
-        v = dict(zip(_COLUMNS, row))
+        v = dict(zip(COLUMNS, row))
         r = relays.setdefault(v["relay"], {"relay": v["relay"], "priorities": v["priorities"], "up": True,
                                            "skipped_until": 0.0, "reason": "", "pace": 0.0, "sent_rate": 0.0,
                                            "queue": -1, "queue_error": "", "held": "", "processes": 0,

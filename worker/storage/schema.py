@@ -2,7 +2,7 @@
 
 Numbers by owner: 1-9 the core (ledger 1, 3; suppression 1, 14; burials 1; rate slots 2;
 blobs 3), 10-19 feedback, 20-29 the console, 30-39 digests, 40-49 the worker registry and MX
-slots, 60-69 delivery events. Gaps are fine; each number runs once, in one transaction, its
+slots, 60-69 delivery events, 70-79 the relays' shared view. Gaps are fine; each number runs once, in one transaction, its
 owners' parts in the order below (a store made before the split got the same statements).
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import blobs, burials, console, digests, events, feedback, ledger, mx_slots, rate_slots, suppression, workers
+from . import (blobs, burials, console, digests, events, feedback, ledger, mx_slots, rate_slots, relays,
+               suppression, workers)
 
-OWNERS = (ledger, suppression, burials, rate_slots, blobs, feedback, console, digests, workers, mx_slots, events)
+OWNERS = (ledger, suppression, burials, rate_slots, blobs, feedback, console, digests, workers, mx_slots, events,
+          relays)
 
 
 def gather(parts: tuple[Mapping[int, str], ...]) -> dict[int, str]:
