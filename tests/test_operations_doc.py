@@ -76,7 +76,7 @@ def _runs_beanmail(command: str) -> bool:
 def _normal(line: str) -> str:
     for rx, to in _VOLATILE:
         line = rx.sub(to, line)
-    return line.rstrip()
+    return re.sub(r"(?<=\S) {2,}", "  ", line.rstrip())  # a column's padding follows its values' widths
 
 
 def _matches(expected: list[str], actual: list[str]) -> bool:
