@@ -1,5 +1,5 @@
 """The events subcommands: ``events run [--burst]`` (deliver queued events) and ``inbound``
-(one reply on standard input). Registered by cli.py; each parses, calls one module, prints."""
+(one reply on standard input; ``inbound fetch``: a mailbox's). Registered by cli.py; each parses, calls one module, prints."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def register(sub: Any) -> None:
     r.set_defaults(handler=cmd_events)
 
     i = sub.add_parser("inbound", help="read one reply on standard input (an MTA's pipe for reply+*@BEANMAIL_REPLY_DOMAIN)"
-                                        " and pass it on as a message.replied event; `inbound --list`: what came")
+                                        " and pass it on as a message.replied event; `inbound fetch`: the replies in"
+                                        " BEANMAIL_REPLY_MAILBOX over IMAP; `inbound --list`: what came")
+    i.add_argument("action", nargs="?", choices=("fetch",), help="fetch: read BEANMAIL_REPLY_MAILBOX instead of stdin")
     i.add_argument("--recipient", default="", help="the envelope recipient, e.g. Postfix pipe's ${original_recipient}")
     i.add_argument("--list", action="store_true", help="list the messages read, newest first, with what became of them")
     i.add_argument("--limit", type=int, default=50)
@@ -53,6 +55,16 @@ def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
     except StoreUnavailable as exc:
         print(f"beanmail inbound: store unavailable: {exc.reason}", file=sys.stderr)
         return EX_TEMPFAIL
+    if args.action == "fetch":
+        from .fetch import fetch
+
+        store.close()
+        counts = fetch(settings)
+        if args.json:
+            print_json(counts)
+        else:
+            print(", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
     try:
         if args.list:
             rows = store.inbound(limit=args.limit)
