@@ -153,3 +153,40 @@ def test_each_providers_inbound_sample_becomes_one_message_replied_or_is_refused
         print(f"\n{checked} of {len(samples())} inbound samples passed on as replies; each forged, expired,"
               " auto-replied and looping copy refused and recorded")
     assert {p for p, _ in samples()} == {"ses", "postmark", "mailgun", "sendgrid"}
+
+
+def test_what_is_no_providers_inbound_payload_is_answered_400_with_the_reason_and_never_500(
+        tmp_path: Path, stand: Stand) -> None:
+    signers = Signers()
+    store = Store(str(tmp_path / "store.sqlite3"))
+    settings = Settings(store=store.location, reply_domain=DOMAIN, reply_secret="r3ply",
+                        ses_topic_arns=signers.topic, sendgrid_inbound_key=signers.sendgrid_public,
+                        postmark_webhook_password="pm-pass", mailgun_signing_key=signers.mailgun_key)
+    stand.app = InboundWebhookApp(settings, store, certificates=lambda url: signers.sns_cert)
+    stamp = str(int(time.time()))
+    mailgun = json.loads(signers.mailgun({"signature": {"timestamp": stamp, "token": "t" * 50, "signature": ""}}, stamp))
+    mailgun_form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def sendgrid(fields: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        body, content_type = _form_data(fields)
+        return body, {"Content-Type": content_type, **signers.sendgrid_headers(body, stamp)}
+    hostile: dict[str, list[tuple[bytes, dict[str, str]]]] = {
+        "postmark": [(b, POSTMARK_AUTH) for b in (b"[]", b"null", b"\xff\xfe", b'{"Headers": "x"}', b"{" * 5000,
+                                                  b'{"FromFull": 3}')],
+        "mailgun": [(urlencode(mailgun["signature"]).encode(), mailgun_form),
+                    (urlencode({**mailgun["signature"], "message-headers": "{not json"}).encode(), mailgun_form),
+                    (json.dumps(mailgun).encode(), {"Content-Type": "application/json"})],
+        "sendgrid": [sendgrid({"to": "x"}), sendgrid({"envelope": "[1", "headers": "From: a@b"}),
+                     (b"not a form", {"Content-Type": "text/plain", **signers.sendgrid_headers(b"not a form", stamp)})],
+        "ses": [(signers.sns("not json", message_id="a"), {}),
+                (signers.sns({"notificationType": "Bounce"}, message_id="b"), {}),
+                (signers.sns({"notificationType": "Received", "receipt": {"action": {"type": "S3"}}}, message_id="c"), {}),
+                (signers.sns({"notificationType": "Received", "content": "@@@",
+                              "receipt": {"action": {"encoding": "BASE64"}}}, message_id="d"), {})],
+    }
+    for provider, requests in hostile.items():
+        for body, headers in requests:
+            status, answer = post(f"{stand.url}/{provider}", body, headers)
+            assert status == 400 and answer["error"].startswith(f"not a {provider} payload: "), (provider, body[:60], answer)
+    assert store.inbound() == []
+    store.close()
