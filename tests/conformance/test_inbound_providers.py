@@ -63,6 +63,8 @@ def _with_header(provider: str, payload: dict[str, Any], name: str, value: str) 
     """A header added to the message the payload carries, where that provider puts headers."""
     if provider == "postmark":
         payload["Headers"].append({"Name": name, "Value": value})
+    elif provider == "mailgun" and "body-mime" in payload:
+        payload["body-mime"] = f"{name}: {value}\r\n" + payload["body-mime"]
     elif provider == "mailgun":
         payload["message-headers"] = json.dumps(json.loads(payload["message-headers"]) + [[name, value]])
     elif provider == "sendgrid":
@@ -111,7 +113,7 @@ def test_each_providers_inbound_sample_becomes_one_message_replied_or_is_refused
         stale = replies.address(replies.make_token(key, sample["sender"], "r3ply", 86400, now=time.time() - 3 * 86400),
                                 DOMAIN)
         forged = replies.address(replies.make_token(key, sample["sender"], "guessed", 86400), DOMAIN)
-        url = f"{stand.url}/{provider}"
+        url = f"{stand.url}/{sample.get('path', provider)}"
 
         def send(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             body, headers = _as_sent(provider, payload, signers)

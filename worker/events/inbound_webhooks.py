@@ -52,9 +52,11 @@ class Received:
 class InboundWebhookApp(WebhookApp):
     def handlers(self) -> dict[str, Callable[[bytes, dict[str, Any]], list[Any]]]:
         return {"ses": self._ses_received, "postmark": self._postmark_inbound, "mailgun": self._mailgun_route,
+                "mailgun/mime": self._mailgun_route,  # Mailgun posts the raw message to a URL ending in "mime"
                 "sendgrid": self._sendgrid_parse}
 
     def _apply(self, provider: str, events: list[Any], body: bytes) -> list[str]:
+        provider = provider.partition("/")[0]
         out = []
         for message in events:
             assert isinstance(message, Received)
