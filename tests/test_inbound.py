@@ -1,4 +1,5 @@
-"""Replies that arrive other ways than an MTA's pipe (docs/events.md, "Replies in"):
+"""Replies in by an MTA and by a mailbox (docs/events.md, "Replies in"): a real Postfix routes the
+reply domain to the pipe docs/events.md shows, running `beanmail inbound` as nobody; and
 `beanmail inbound fetch` reads a real dovecot mailbox over IMAPS and passes each reply on once,
 recorded before it is flagged; a refused message is recorded and never fetched again."""
 
@@ -6,7 +7,12 @@ from __future__ import annotations
 
 import imaplib
 import json
+import re
+import shutil
+import smtplib
 import ssl
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,9 +21,11 @@ from worker.events import replies
 from worker.settings import Settings
 from worker.store import Store
 
-from .conftest import bare_env, beanmail
+from .conftest import ROOT, bare_env, beanmail
 from .endpoint import Endpoint
-from .relay import Dovecot
+from .relay import Dovecot, PostfixRelay
+from .servers import SmtpServer, wait_until
+from .test_feedback import pipe_python
 from .test_replies import DOMAIN, SECRET, delivered, endpoint, reply, reply_settings  # noqa: F401 - fixtures
 
 CLIENTS = Path(__file__).parent / "replies"
@@ -85,3 +93,50 @@ def test_inbound_fetch_passes_each_reply_on_once_and_sets_refused_mail_aside_for
         store.close()
     finally:
         dovecot.stop()
+
+
+@pytest.mark.server
+def test_postfix_pipes_the_reply_domain_into_beanmail_inbound_and_bounces_nothing_back(
+        reply_settings: Settings, endpoint: Endpoint, smtp: SmtpServer) -> None:
+    home = Path(tempfile.mkdtemp(prefix="beanmail-inbound-"))
+    try:
+        store_path = home / "store.sqlite3"
+        store = Store(str(store_path))
+        to_zoe = minted(store, "comment:91:zoe", "zoe.example@gmail.com")
+        store.close()
+        for path in (home, *home.iterdir()):  # the pipe runs as nobody: the store and its -wal/-shm are its
+            shutil.chown(path, "nobody", "nogroup")
+        store = Store(str(store_path))
+        values = {"store": str(store_path), "beanstalk_url": reply_settings.beanstalk_url, "reply_domain": DOMAIN,
+                  "reply_secret": "r3ply", "events_url": endpoint.url, "events_secret": SECRET,
+                  "events_spool": str(home / "events.spool"), "reply_authserv_id": "mx.replies.example.org"}
+        config = home / "beanmail.toml"
+        config.write_text("[beanmail]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+        config.chmod(0o644)
+        relay = PostfixRelay(f"127.0.0.1:{smtp.port}", routes={DOMAIN: "beanmail:"},
+                             pipe_argv=f"{pipe_python()} -m worker.cli --config {config} inbound"
+                                       " --recipient ${original_recipient}",
+                             pipe_environment={"PYTHONPATH": f"{ROOT}:{sysconfig.get_paths()['purelib']}"}).start()
+        try:
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+                client.sendmail("zoe.example@gmail.com", [to_zoe], client_reply("gmail", to_zoe))
+                client.sendmail("zoe.example@gmail.com", [to_zoe],
+                                reply(to_zoe, "I am out of the office until Monday.", sender="zoe.example@gmail.com",
+                                      subject="Automatic reply: Re: New comment on #42", message_id="<ooo@gmail.com>"))
+            piped = re.compile(r"relay=beanmail,.*status=sent")  # the pipe exited 0: nothing bounces back
+            try:
+                wait_until(lambda: len(piped.findall(relay.maillog())) == 2, 30, "two replies through the pipe")
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\n{relay.maillog()[-3000:]}") from None
+        finally:
+            relay.stop()
+        assert sorted(r["outcome"] for r in store.inbound()) == ["refused", "replied"]
+        [event] = delivered(reply_settings.replace(store=str(store_path)), endpoint)
+        data = event["data"]
+        assert (data["key"], data["source"], data["sender_verified"]) == ("comment:91:zoe", "pipe", True)
+        assert data["text"] == "Sounds good, I'll take it. The fix needs a test for the ü case too."
+        assert data["authentication"]["dmarc"] == "pass"
+        assert smtp.messages == []  # nothing went back to the sender: no bounce, no auto-reply loop
+        store.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
