@@ -116,6 +116,7 @@ class InboundWebhookApp(WebhookApp):
 
     # -- Mailgun route, forward() ----------------------------------------------------------------
     def _mailgun_route(self, body: bytes, environ: dict[str, Any]) -> list[Received]:
+        self.require(self.settings.mailgun_signing_key, "BEANMAIL_MAILGUN_SIGNING_KEY")  # before reading the body
         form = _form(body, environ)
         self.check_mailgun(form.get("timestamp", ""), form.get("token", ""), form.get("signature", ""))
         recipient = form.get("recipient", "")

@@ -326,8 +326,7 @@ class WebhookApp:
 
     def check_sendgrid(self, body: bytes, environ: dict[str, Any], public_key: str, setting: str) -> None:
         """SendGrid's ECDSA P-256 signature over the signed timestamp and the body, by ``public_key``."""
-        if not public_key:
-            raise Refused(f"{setting} is not set")
+        self.require(public_key, setting)
         signature = environ.get("HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE", "")
         timestamp = environ.get("HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP", "")
         self._fresh(timestamp)
@@ -361,6 +360,7 @@ class WebhookApp:
 
     # -- Mailgun ---------------------------------------------------------------------------------
     def _mailgun(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
+        self.require(self.settings.mailgun_signing_key, "BEANMAIL_MAILGUN_SIGNING_KEY")  # before reading the body
         payload = _object(_json(body), "the body")
         sig = _object(payload.get("signature"), "'signature'")
         self.check_mailgun(_text(sig, "timestamp", required=True), _text(sig, "token", required=True),
@@ -369,13 +369,18 @@ class WebhookApp:
 
     def check_mailgun(self, timestamp: str, token: str, signature: str) -> None:
         """Mailgun's HMAC-SHA256 of timestamp and token with the signing key, the timestamp fresh."""
-        if not self.settings.mailgun_signing_key:
-            raise Refused("BEANMAIL_MAILGUN_SIGNING_KEY is not set")
+        self.require(self.settings.mailgun_signing_key, "BEANMAIL_MAILGUN_SIGNING_KEY")
         self._fresh(timestamp)
         expected = hmac.new(self.settings.mailgun_signing_key.encode(), f"{timestamp}{token}".encode(),
                             hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise Refused("Mailgun signature does not verify")
+
+    @staticmethod
+    def require(value: str, setting: str) -> None:
+        """A provider's key or password must be set: without it no request is the provider's."""
+        if not value:
+            raise Refused(f"{setting} is not set")
 
     def _fresh(self, timestamp: str) -> None:
         try:
