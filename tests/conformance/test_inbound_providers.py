@@ -125,7 +125,8 @@ def test_each_providers_inbound_sample_becomes_one_message_replied_or_is_refused
         assert again in ((200, {"handled": ["replay"]}), (200, {"handled": ["duplicate"]})), (provider, again)
         refusals = {"forged": _fill(copy.deepcopy(sample["payload"]), forged),
                     "expired": _fill(copy.deepcopy(sample["payload"]), stale)}
-        for name, header in (("auto-reply", ("Auto-Submitted", "auto-replied")), ("loop", ("X-Loop", DOMAIN))):
+        for name, header in (("auto-reply", ("Auto-Submitted", "auto-replied")), ("loop", ("X-Loop", DOMAIN)),
+                             ("unreadable", ("Cc", 'x:y;z@w, "\\x" <'))):  # Python's email package raises on it
             refusals[name] = _fill(copy.deepcopy(sample["payload"]), good)
             _with_header(provider, refusals[name], *header)
         before = len(store.inbound(limit=1000))
@@ -153,7 +154,7 @@ def test_each_providers_inbound_sample_becomes_one_message_replied_or_is_refused
     store.close()
     with capsys.disabled():
         print(f"\n{checked} of {len(samples())} inbound samples passed on as replies; each forged, expired,"
-              " auto-replied and looping copy refused and recorded")
+              " auto-replied, looping and unreadable copy refused and recorded")
     assert {p for p, _ in samples()} == {"ses", "postmark", "mailgun", "sendgrid"}
 
 

@@ -27,7 +27,7 @@ from mailparser_reply.constants import MAIL_LANGUAGES
 
 from ..logs import get_logger, mask
 from ..settings import Settings
-from ..store import Store
+from ..store import Store, StoreCorrupt, StoreUnavailable
 from . import replies
 from .authentication import from_headers
 from .config import reply_secret
@@ -65,23 +65,29 @@ def handle(settings: Settings, store: Store, raw: bytes, recipient: str = "", *,
     delivery, sender and Message-ID) is recorded as a duplicate and passed on once only."""
     log = get_logger()
     text_raw = raw.decode("utf-8", "replace")
-    msg = BytesParser(policy=policy.default).parsebytes(raw)
-    sender = _address(msg.get("From", ""))
-    shown = mask(sender) if settings.mask_addresses else sender
+    sender = ""
     try:
+        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        sender = _address(msg.get("From", ""))
         key, original, template, entities = _check(settings, store, msg, sender, recipient)
-    except InboundRefused as refused:
+        text, html = _bodies(msg)
+        message_id = str(msg.get("Message-ID", "")).strip()
+        auth = dict(authentication) if authentication else from_headers(msg, settings.reply_authserv_id)
+        event = Event(REPLIED, key, original, template, entities, {
+            "from": sender, "sender_verified": sender == original, "subject": str(msg.get("Subject", "")),
+            "message_id": message_id, "text": reply_text(text)[:MAX_TEXT], "html": html[:MAX_TEXT],
+            "authentication": auth, "source": source},
+            discriminator=f"{sender}\0{message_id or hashlib.sha256(raw).hexdigest()}")
+    except (StoreUnavailable, StoreCorrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a header the email package cannot read (it raises on some): refused
+        refused = exc if isinstance(exc, InboundRefused) else InboundRefused(
+            f"a message that cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
+        shown = mask(sender) if settings.mask_addresses else sender
         store.record_inbound(outcome="refused", reason=refused.reason, key=refused.key, address=sender, raw=text_raw)
         log.warning("inbound refused", reason=refused.reason, sender=shown, source=source)
         return Inbound("refused", refused.reason)
-    text, html = _bodies(msg)
-    message_id = str(msg.get("Message-ID", "")).strip()
-    auth = dict(authentication) if authentication else from_headers(msg, settings.reply_authserv_id)
-    event = Event(REPLIED, key, original, template, entities, {
-        "from": sender, "sender_verified": sender == original, "subject": str(msg.get("Subject", "")),
-        "message_id": message_id, "text": reply_text(text)[:MAX_TEXT], "html": html[:MAX_TEXT],
-        "authentication": auth, "source": source},
-        discriminator=f"{sender}\0{message_id or hashlib.sha256(raw).hexdigest()}")
+    shown = mask(sender) if settings.mask_addresses else sender
     if store.webhook_event_seen(SEEN, event.id):
         reason = f"a reply handled before ({event.id}): passed on once"
         store.record_inbound(outcome="duplicate", reason=reason, key=key, address=sender, raw=text_raw)
@@ -174,7 +180,7 @@ def reply_text(text: str) -> str:
     return message.replies[0].body if message.replies else text.strip()
 
 
-_ATTRIBUTION_END = re.compile(r"(wrote|schrieb|a écrit|escribió|scrisse|schreef|skrev)\s*:\s*$|:\s*$", re.I)
+_ATTRIBUTION_END = re.compile(r":\s*$")  # "On … wrote:", "Am … schrieb Ann:", "Le … a écrit :"
 
 
 def _after_leading_quote(text: str) -> str:

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.utils import formataddr
 from typing import Any, Callable, Mapping
 
@@ -146,8 +146,7 @@ class InboundWebhookApp(WebhookApp):
             return [Received(form["email"].encode("utf-8"), recipient, auth)]
         if not form.get("headers"):
             raise Malformed("neither 'email' nor 'headers': not a SendGrid Inbound Parse post")
-        parsed = BytesHeaderParser(policy=policy.default).parsebytes(form["headers"].encode("utf-8"))
-        headers = [(name, str(value)) for name, value in parsed.items()]
+        headers = list(HeaderParser(policy=policy.default).parsestr(form["headers"]).raw_items())
         return [Received(rebuilt(headers, form.get("text", ""), form.get("html", "")), recipient, auth)]
 
 
@@ -157,7 +156,11 @@ def rebuilt(headers: list[tuple[str, str]], text: str, html: str) -> bytes:
     msg = EmailMessage(policy=policy.SMTP)
     for name, value in headers:
         if name and value and name.lower() not in _BODY_HEADERS:
-            msg[name] = " ".join(value.split())  # unfolded: a provider may hand folded or CRLF-laden values
+            value = " ".join(value.split())  # unfolded: a provider may hand folded or CRLF-laden values
+            try:
+                msg[name] = value
+            except Exception:  # noqa: BLE001 - the email package raises on some values: kept as they came,
+                msg.set_raw(name, value.encode("ascii", "replace").decode())  # for handle to refuse, recorded
     msg.set_content(text or "")
     if html:
         msg.add_alternative(html, subtype="html")

@@ -176,7 +176,7 @@ class WebhookApp:
             return _reply(start_response, exc.status, {"error": str(exc)}, extra)
         except CertificateUnavailable as exc:
             return _reply(start_response, "503 Service Unavailable", {"error": str(exc)}, [("Retry-After", "60")])
-        except (Malformed, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        except (Malformed, ValueError, LookupError, TypeError, AttributeError, RecursionError) as exc:
             # whatever the body is (a list, a string, null, deep nesting, not UTF-8), it is no event
             reason = str(exc) if isinstance(exc, Malformed) else f"{type(exc).__name__}: {exc}"
             log.warning("webhook body refused", provider=provider, reason=reason[:300])
