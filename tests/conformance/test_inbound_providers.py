@@ -74,10 +74,13 @@ def _with_header(provider: str, payload: dict[str, Any], name: str, value: str) 
         payload["content"] = f"{name}: {value}\r\n" + payload["content"]
 
 
-def _form_data(fields: dict[str, str]) -> tuple[bytes, str]:
+def _form_data(fields: dict[str, str], files: dict[str, bytes] | None = None) -> tuple[bytes, str]:
     boundary = "xYzZY" + uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
-    return ("".join(parts) + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.bin"\r\n'
+              f"Content-Type: application/octet-stream\r\n\r\n".encode() + v + b"\r\n" for k, v in (files or {}).items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def _as_sent(provider: str, payload: dict[str, Any], signers: Signers) -> tuple[bytes, dict[str, str]]:
@@ -192,4 +195,26 @@ def test_what_is_no_providers_inbound_payload_is_answered_400_with_the_reason_an
             status, answer = post(f"{stand.url}/{provider}", body, headers)
             assert status == 400 and answer["error"].startswith(f"not a {provider} payload: "), (provider, body[:60], answer)
     assert store.inbound() == []
+    store.close()
+
+
+def test_a_reply_with_a_large_attachment_is_taken_and_its_text_passed_on(tmp_path: Path, stand: Stand) -> None:
+    """Mailgun posts a reply's attachments with it (multipart/form-data): 3 MiB is taken (the
+    attachment is not kept), where the bounce webhooks stop at 1 MiB."""
+    signers = Signers()
+    store = Store(str(tmp_path / "store.sqlite3"))
+    settings = Settings(store=store.location, reply_domain=DOMAIN, reply_secret="r3ply",
+                        mailgun_signing_key=signers.mailgun_key)
+    stand.app = InboundWebhookApp(settings, store)
+    [(_, sample)] = [(p, s) for p, s in samples() if s["name"] == "forward() fully parsed"]
+    store.remember_reply(replies.token_id("k:big", sample["sender"]), "k:big", sample["sender"], "comment", "{}")
+    payload = _fill(copy.deepcopy(sample["payload"]), replies.address(replies.make_token("k:big", sample["sender"],
+                                                                                           "r3ply", 86400), DOMAIN))
+    stamp = str(int(time.time()))
+    signed = json.loads(signers.mailgun({"signature": {"timestamp": stamp, "token": "b" * 50, "signature": ""}}, stamp))
+    body, content_type = _form_data({**payload, **signed["signature"], "attachment-count": "1"},
+                                    {"attachment-1": os.urandom(3 * 1024 * 1024)})
+    assert post(f"{stand.url}/mailgun", body, {"Content-Type": content_type}) == (200, {"handled": ["replied"]})
+    [row] = store.inbound()
+    assert (row["outcome"], row["key"]) == ("replied", "k:big")
     store.close()

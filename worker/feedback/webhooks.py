@@ -133,6 +133,8 @@ def _kind(value: Any) -> str:
 
 
 class WebhookApp:
+    max_body = MAX_BODY  # bytes a request may carry
+
     def __init__(self, settings: Settings, store: Store | None = None, *,
                  certificates: Callable[[str], bytes] = fetch_certificate,
                  now: Callable[[], float] = time.time) -> None:
@@ -164,7 +166,7 @@ class WebhookApp:
             length = -1
         if length < 0:
             return _reply(start_response, "400 Bad Request", {"error": "Content-Length is not a number of bytes"})
-        if length > MAX_BODY:
+        if length > self.max_body:
             return _reply(start_response, "413 Payload Too Large", {"error": "too large"})
         body = environ["wsgi.input"].read(length) if length else b""
         log = get_logger()
