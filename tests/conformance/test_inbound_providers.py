@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -26,6 +26,7 @@ from worker.settings import Settings
 from worker.store import Store
 
 from ..endpoint import Endpoint
+from ..test_replies import endpoint  # noqa: F401 - the fixture
 from ..webhook_signers import Signers, post
 from .test_providers import POSTMARK_AUTH, Stand, stand  # noqa: F401 - the fixture
 
@@ -40,13 +41,6 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
         data = json.loads(path.read_text())
         out += [(data["provider"], sample) for sample in data["samples"]]
     return out
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    e = Endpoint().start()
-    yield e
-    e.stop()
 
 
 def _fill(value: Any, reply_to: str) -> Any:
