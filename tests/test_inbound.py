@@ -143,3 +143,22 @@ def test_postfix_pipes_the_reply_domain_into_beanmail_inbound_and_bounces_nothin
         store.close()
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_console_serves_the_inbound_webhooks_under_webhooks_inbound(tmp_path: Path) -> None:
+    import io
+
+    from worker.feedback.webhooks import with_webhooks
+
+    app = with_webhooks(lambda environ, start: (start("200 OK", []), [b"console"])[1],
+                        Settings(store=str(tmp_path / "store.sqlite3"), postmark_webhook_password="p"))
+
+    def call(path: str) -> tuple[str, bytes]:
+        status: list[str] = []
+        body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": "POST", "CONTENT_LENGTH": "2",
+                             "wsgi.input": io.BytesIO(b"{}")}, lambda s, h: status.append(s)))
+        return status[0], body
+    assert call("/webhooks/inbound/nowhere") == ("404 Not Found", b'{"error": "POST to /ses, /postmark, /mailgun,'
+                                                                   b' /mailgun/mime, /sendgrid"}')
+    assert call("/webhooks/inbound/postmark")[0] == "401 Unauthorized"  # the reply app's own check, ahead of the console's
+    assert call("/webhooks/nowhere")[0] == "404 Not Found" and call("/issues")[1] == b"console"
