@@ -29,18 +29,15 @@ from ..endpoint import Endpoint
 from ..test_replies import endpoint  # noqa: F401 - the fixture
 from ..webhook_signers import Signers, post
 from .test_providers import POSTMARK_AUTH, Stand, stand  # noqa: F401 - the fixture
+from .test_providers import samples as provider_samples
 
 SAMPLES = Path(__file__).parent / "inbound"
-DOMAIN = "replies.example.org"
-SECRET = "whsec_" + base64.b64encode(b"i" * 32).decode()
 
 
 def samples() -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for path in sorted(SAMPLES.glob("*.json")):
-        data = json.loads(path.read_text())
-        out += [(data["provider"], sample) for sample in data["samples"]]
-    return out
+    return provider_samples(SAMPLES)
+DOMAIN = "replies.example.org"
+SECRET = "whsec_" + base64.b64encode(b"i" * 32).decode()
 
 
 def _fill(value: Any, reply_to: str) -> Any:

@@ -44,7 +44,7 @@ MAX_MESSAGE = 10 * 1024 * 1024
 def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when the message was passed on or refused (both recorded: an MTA must not bounce an
     auto-reply back), 75 when the store is unavailable (the MTA tries again)."""
-    from ..commands import print_json
+    from ..commands import print_counts, print_json
     from ..logs import configure
     from ..store import Store, StoreUnavailable
     from .inbound import handle
@@ -59,11 +59,7 @@ def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
         from .fetch import fetch
 
         store.close()
-        counts = fetch(settings)
-        if args.json:
-            print_json(counts)
-        else:
-            print(", ".join(f"{k} {v}" for k, v in counts.items()))
+        print_counts(fetch(settings), args.json)
         return 0
     try:
         if args.list:
