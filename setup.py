@@ -28,7 +28,7 @@ setup(
     version=VERSION,
     description="Asynchronous notification mail: beanstalkd jobs, supervisord workers, jinja2, SMTP",
     packages=find_packages(include=["producer", "producer.*", "worker", "worker.*"]),
-    package_data={"producer": ["envelope.schema.json"]},
+    package_data={"producer": ["envelope.schema.json", "django/templates/beanmail/admin/*.html"]},
     python_requires=">=3.11",
     # a web app that only enqueues needs greenstalk alone; the worker's parts are an extra
     install_requires=[
@@ -46,6 +46,7 @@ setup(
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],
         "postgresql": ["psycopg[binary]>=3.1"],
+        "mysql": ["PyMySQL>=1.1"],  # entity resolvers over MySQL/MariaDB (worker/entities.py)
     },
     entry_points={"console_scripts": ["beanmail = worker.cli:main"]},
 )

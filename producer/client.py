@@ -7,7 +7,8 @@ import hashlib
 import inspect
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from . import envelope as env
 from . import spool
@@ -19,6 +20,7 @@ from .servers import Refused, ServerSet, Unanswered
 
 if TYPE_CHECKING:
     from .prefs import PreferenceStore, Preferences
+    from .schedule import Schedule
 
 DEFAULT_URL = "beanstalk://127.0.0.1:11300"
 DEFAULT_TTR = 120
@@ -188,12 +190,17 @@ class Notifier:
     def mailout(self, template: str, recipients: Iterable[Any], context: Mapping[str, Any] | None = None,
                 *, key: str, priority: str = "bulk", exclude: Iterable[str] = (),
                 not_after: float | None = None, digest: str | None = None,
-                entities: Mapping[str, Mapping[str, Any]] | None = None, reply: bool = False) -> list[int]:
+                entities: Mapping[str, Mapping[str, Any]] | None = None, reply: bool = False,
+                send_at: "datetime | float | None" = None, send_at_local: "str | datetime | None" = None) -> list[int]:
         """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk.
         ``reply``: each recipient's mail gets a reply address of its own, as notify's.
         ``digest``: every recipient's mail is collected into their digest of that period.
         ``entities``: resolved at send time for each recipient, as notify's (worker/entities.py:
         a resolver may find one not visible to a recipient, who then gets nothing).
+        ``send_at`` (an aware datetime or a UNIX time) or ``send_at_local`` (``"08:00"``, ``"2026-12-07
+        08:00"``: that clock time in each recipient's time zone, from their preferences) hold the
+        chunks in the store (``blobs=``/BEANMAIL_STORE) until due (producer/schedule.py); nothing is
+        queued now and the list returned is empty. ``beanmail mailout cancel KEY`` cancels it.
         A recipient that is not a valid address (``producer.addresses``): in a list or tuple it
         raises AddressError before anything is queued; from an iterator (read once) it is left
         out, the others are queued, and RecipientsRefused (an AddressError) then names it."""
@@ -206,29 +213,83 @@ class Notifier:
         if isinstance(recipients, (list, tuple)):  # a bad address refuses the mailout before anything is queued
             recipients = [parse_recipient(r) for r in recipients]
         refused: list[AddressError] = []
-        ids: list[int] = []
-        chunk: list[Recipient] = []
+        valid = self._valid_recipients(recipients, excluded, refused)
         empty = len(env.encode(Envelope(id=f"{key}#000000", to=(), created_at=env.now(), **base))) + 80
-        size = empty
+        if send_at is not None or send_at_local is not None:
+            self._schedule(template, valid, key, base, empty, priority, send_at, send_at_local)
+            ids: list[int] = []
+        else:
+            ids = [self._put_chunk(key, n, chunk, base) for n, (_, chunk) in enumerate(_chunks(valid, empty))]
+        if refused:
+            raise RecipientsRefused(refused, ids)
+        return ids
+
+    @staticmethod
+    def _valid_recipients(recipients: Iterable[Any], excluded: set[str], refused: list[AddressError]) -> Iterator[Recipient]:
         for value in recipients:
             try:
                 recipient = parse_recipient(value)
             except AddressError as exc:  # an iterator is read once: left out, named at the end
                 refused.append(exc)
                 continue
-            if recipient.address.lower() in excluded:
-                continue
-            cost = len(env.canonical(recipient.to_json())) + 1
-            if chunk and size + cost > CHUNK_BYTES:
-                ids.append(self._put_chunk(key, len(ids), chunk, base))
-                chunk, size = [], empty
-            chunk.append(recipient)
-            size += cost
-        if chunk:
-            ids.append(self._put_chunk(key, len(ids), chunk, base))
-        if refused:
-            raise RecipientsRefused(refused, ids)
-        return ids
+            if recipient.address.lower() not in excluded:
+                yield recipient
+
+    def _schedule(self, template: str, recipients: Iterator[Recipient], key: str, base: dict[str, Any], empty: int,
+                  priority: str, send_at: "datetime | float | None", send_at_local: "str | datetime | None") -> None:
+        """The chunks into the store, each with its due time; the mailout row says "scheduled"
+        only once the last chunk is written, so a releaser never sends half of one."""
+        from . import schedule as sched
+
+        if (send_at is None) == (send_at_local is None):
+            raise sched.ScheduleError("give one of send_at and send_at_local, not both")
+        now = sched.clock()
+        local = ""
+        if send_at is not None:
+            when = sched.instant(send_at)
+            if when <= now:
+                raise sched.ScheduleError(f"mailout {key!r}: send_at {datetime.fromtimestamp(when, sched.zone('UTC')).isoformat()} is not"
+                                          " in the future (a mailout for now: leave send_at out)")
+            due: Callable[[list[Recipient]], list[float]] = lambda batch: [when] * len(batch)  # noqa: E731
+        else:
+            sched.parse_local(send_at_local)  # type: ignore[arg-type] - a bad clock time raises before anything is written
+            local = send_at_local.isoformat(" ", "minutes") if isinstance(send_at_local, datetime) else str(send_at_local)
+            fallback = sched.default_timezone()
+            zones = self.schedule_store().zones
+
+            def due(batch: list[Recipient]) -> list[float]:
+                by_address = zones([r.address for r in batch], fallback)
+                return [sched.local_due(send_at_local, by_address[r.address.lower()], now)  # type: ignore[arg-type]
+                        for r in batch]
+        store = self.schedule_store()
+        store.begin(key, template, priority, local)
+        count = chunks = 0
+        first, last = float("inf"), 0.0
+        try:
+            for n, (due_at, chunk) in enumerate(_chunks(recipients, empty, due)):
+                if due_at <= now:  # send_at_local on a day that has passed (for these recipients)
+                    raise sched.ScheduleError(f"mailout {key!r}: {local} is past for {chunk[0].address}"
+                                              f" ({datetime.fromtimestamp(due_at, sched.zone('UTC')).isoformat()})")
+                body = env.encode(Envelope(id=f"{key}#{n}", to=tuple(chunk), created_at=env.now(), **base), self.secret)
+                store.add_chunk(key, n, due_at, len(chunk), body)
+                count, chunks = count + len(chunk), chunks + 1
+                first, last = min(first, due_at), max(last, due_at)
+        except BaseException:
+            store.abandon(key)  # nothing half-scheduled; the same key may be scheduled again
+            raise
+        # no recipient at all: nothing to wait for (listed as released, like an empty mailout put now)
+        store.finish(key, count, chunks, first if chunks else 0.0, last, state="scheduled" if chunks else "released")
+
+    def schedule_store(self) -> "Schedule":
+        from .schedule import Schedule
+
+        with self._blob_lock:
+            if getattr(self, "_schedule_store", None) is None:
+                if not self.blobs:
+                    raise BlobError("a scheduled mailout is held in the store: configure it (Notifier(blobs=...)"
+                                    " or BEANMAIL_STORE)")
+                self._schedule_store = Schedule(self.blobs)
+            return self._schedule_store
 
     def notify_watchers(self, template: str, watchers: Iterable[Any], actor: Any = None,
                         context: Mapping[str, Any] | None = None, *, key: str, priority: str = "normal",
@@ -356,6 +417,9 @@ class Notifier:
             if getattr(self, "_prefs", None) is not None:
                 self._prefs.close()
                 self._prefs = None
+            if getattr(self, "_schedule_store", None) is not None:
+                self._schedule_store.close()
+                self._schedule_store = None
 
 
 def _check_priority(priority: str) -> None:
@@ -371,3 +435,32 @@ def _check_digest(digest: str | None) -> str:
 
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def _chunks(recipients: Iterable[Recipient], empty: int,
+            due: Callable[[list[Recipient]], list[float]] | None = None) -> Iterator[tuple[float, list[Recipient]]]:
+    """(due time, chunk) pairs, each chunk's body under CHUNK_BYTES; with ``due`` (a batch's due
+    times), recipients due at the same instant share chunks. Memory: one open chunk per distinct
+    due time (a few hundred time zones at most) and a batch of 500."""
+    open_chunks: dict[float, tuple[list[Recipient], int]] = {}
+    batch: list[Recipient] = []
+
+    def place(batch: list[Recipient]) -> Iterator[tuple[float, list[Recipient]]]:
+        for recipient, due_at in zip(batch, due(batch) if due else [0.0] * len(batch)):
+            chunk, size = open_chunks.get(due_at, ([], empty))
+            cost = len(env.canonical(recipient.to_json())) + 1
+            if chunk and size + cost > CHUNK_BYTES:
+                yield due_at, chunk
+                chunk, size = [], empty
+            chunk.append(recipient)
+            open_chunks[due_at] = (chunk, size + cost)
+
+    for recipient in recipients:
+        batch.append(recipient)
+        if len(batch) >= 500:
+            yield from place(batch)
+            batch = []
+    yield from place(batch)
+    for due_at, (chunk, _) in sorted(open_chunks.items(), key=lambda kv: kv[0]):
+        if chunk:
+            yield due_at, chunk

@@ -171,8 +171,25 @@ def signature(obj: dict[str, Any], secret: Secret) -> str:
 
 # -- encoding ---------------------------------------------------------------------------------------
 
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not the text "\u0000" (its backslash escaped)
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON. Text no mail can carry is refused here, at the producer, with where
+    it is, rather than buried by the worker later: a lone surrogate (bytes decoded wrongly, or
+    ``surrogateescape``) and NUL (RFC 5322 forbids it; PostgreSQL cannot store it)."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode()
+    except UnicodeEncodeError as exc:
+        raise EnvelopeError(f"text that is not Unicode: a lone surrogate {text[exc.start]!r} after "
+                            f"{text[max(0, exc.start - 40):exc.start]!r}; decode the bytes it came from with "
+                            "their real charset") from None
+    nul = _NUL.search(data)
+    if nul:
+        before = data[max(0, nul.start() - 40):nul.start()].decode(errors="replace")
+        raise EnvelopeError(f"a NUL character (\\x00) after {before!r}: mail cannot carry it; remove it")
+    return data
 
 
 def encode(envelope: Envelope, secret: Secret = None) -> bytes:

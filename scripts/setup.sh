@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what beanmail needs on a Debian machine, idempotently:
 #   scripts/setup.sh run    beanstalkd, Node.js (for the maildev catcher), the venv
-#   scripts/setup.sh test   the same plus the test servers (dnsmasq, postfix's smtp-sink, PostgreSQL, PHP)
+#   scripts/setup.sh test   the same plus the test servers (dnsmasq, postfix's smtp-sink, PostgreSQL, MariaDB, PHP)
 #                           and Django's own mail tests (var/conformance/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ packages=(beanstalkd)
 # Node.js may come from elsewhere than Debian (as on many dev machines): keep it if it works.
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$what" = test ] || [ "$what" = bench ]; then
-  packages+=(dnsmasq-base postfix postgresql php-cli php-pda-pheanstalk ruby ruby-beaneater openssl curl dovecot-imapd dovecot-lmtpd
+  packages+=(dnsmasq-base postfix postgresql mariadb-server php-cli php-pda-pheanstalk ruby ruby-beaneater openssl curl dovecot-imapd dovecot-lmtpd
             chromium chromium-driver  # the console's browser tests (selenium drives Debian's build)
             prometheus  # promtool tests docs/alerts
             opendkim-tools  # opendkim-testmsg: the second DKIM verifier in tests/test_dkim.py
@@ -36,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f .venv/.installed ] || [ setup.py -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e '.[worker,test,postgresql]'
+  .venv/bin/pip install -q -e '.[worker,test,postgresql,mysql]'
   touch .venv/.installed
 fi
 

@@ -17,7 +17,7 @@ from worker.flight import sending_stage
 from worker.settings import Settings
 from worker.store import Store
 
-from .servers import Beanstalkd, Postgres, SmtpServer
+from .servers import Beanstalkd, MariaDB, Postgres, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -40,6 +40,14 @@ def smtp() -> Iterator[SmtpServer]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     server = Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    """One MariaDB server for the session (mariadb-install-db once); each test its own database."""
+    server = MariaDB().start()
     yield server
     server.stop()
 
@@ -174,7 +182,7 @@ def beanmail(*args: str, env: dict[str, str], timeout: float = 60, check: bool =
 
 # The fast tier: `make test-unit` (pytest -m unit) runs, in seconds, every test that needs none of
 # the server fixtures, so a change to a stage can be checked before the whole suite.
-SERVER_FIXTURES = {"beanstalkd", "smtp", "postgres", "store_location", "settings", "notifier", "tmpfs",
+SERVER_FIXTURES = {"beanstalkd", "smtp", "postgres", "mariadb", "store_location", "settings", "notifier", "tmpfs",
                    "stack", "env", "django_app", "maildev", "relay", "dnsmasq", "browser", "console",
                    "fleet", "dns"}
 

@@ -1,5 +1,5 @@
 """Real servers for the tests (and the benchmark), each on a free loopback port: beanstalkd,
-aiosmtpd, dnsmasq, PostgreSQL, maildev and Postfix's smtp-sink.
+aiosmtpd, dnsmasq, PostgreSQL, MariaDB, maildev and Postfix's smtp-sink.
 
 Every wait here is a condition with a deadline, never a fixed sleep.
 """
@@ -299,6 +299,85 @@ class Postgres:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(30)
+            self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class MariaDB:
+    """A throw-away MariaDB server (Debian's mariadb-server): its own datadir, socket and pid file
+    in a temp dir, TCP on a free loopback port, root without a password from 127.0.0.1. Started as
+    its own instance (``--no-defaults``): the machine's my.cnf and service are never touched."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="beanmail-mariadb-"))
+        self.datadir = self.workdir / "data"
+        self.socket = self.workdir / "mysqld.sock"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.user = "root" if os.geteuid() == 0 else ""
+
+    def dsn(self, db: str) -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> "MariaDB":
+        user = [f"--user={self.user}"] if self.user else []
+        subprocess.run([which("mariadb-install-db"), "--no-defaults", f"--datadir={self.datadir}", *user,
+                        "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
+                       check=True, capture_output=True, timeout=120)
+        self.proc = subprocess.Popen(
+            [which("mariadbd"), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
+             f"--port={self.port}", "--bind-address=127.0.0.1", f"--pid-file={self.workdir / 'mysqld.pid'}",
+             *user, "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=16M",
+             "--innodb-log-file-size=8M", "--innodb-flush-log-at-trx-commit=0",
+             f"--log-error={self.workdir / 'error.log'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._accepts, 60, "MariaDB to accept connections")
+        return self
+
+    def _accepts(self) -> bool:
+        import pymysql
+
+        if self.proc is not None and self.proc.poll() is not None:
+            log = (self.workdir / "error.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"mariadbd exited {self.proc.returncode}:\n{log}")
+        try:
+            pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=2).close()
+            return True
+        except pymysql.err.OperationalError:
+            return False
+
+    def create_database(self, name: str, statements: list[str] = ()) -> str:  # type: ignore[assignment]
+        import pymysql
+
+        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+                cur.execute(f"USE `{name}`")
+                for statement in statements:
+                    cur.execute(statement)
+        finally:
+            conn.close()
+        return self.dsn(name)
+
+    def execute(self, db: str, statement: str) -> None:
+        import pymysql
+
+        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", database=db, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
             self.proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -217,6 +217,46 @@ def test_a_status_part_without_recipient_blocks_leaves_the_text_to_read() -> Non
     assert (failure.address, failure.classification, failure.reason) == ("gone@example.com", "hard", "user-unknown")
 
 
+def _one_dsn(reporting_mta: str, notice: str, recipient_block: str) -> bytes:
+    return _report(f"--r\r\nContent-Type: text/plain\r\n\r\n{notice}\r\n\r\n--r\r\n"
+                   f"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {reporting_mta}\r\n\r\n"
+                   f"{recipient_block}\r\n\r\n")
+
+
+GONE = "Final-Recipient: rfc822; gone@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n" \
+       "Diagnostic-Code: smtp; 550 5.1.1 Mailbox does not exist"
+
+
+def test_a_refusal_by_an_amazon_ses_receipt_rule_never_suppresses_at_once() -> None:
+    """SES receiving bounces with the text its domain's owner picked: no proof the address is gone."""
+    [failure] = parse(_one_dsn("inbound-smtp.us-west-2.amazonaws.com", "This message could not be delivered.",
+                               GONE)).failures
+    assert (failure.reason, failure.classification) == ("filtered", "soft")
+    [failure] = parse(_one_dsn("mx.example.com", "This message could not be delivered.", GONE)).failures
+    assert (failure.reason, failure.classification) == ("user-unknown", "hard")
+
+
+def test_a_notice_that_contradicts_its_user_unknown_counts_as_soft() -> None:
+    """"Not enough disk space" above "550 5.1.1 User Unknown": evidence that disagrees never
+    suppresses a recipient for good; a notice about two recipients is not read that way."""
+    notice = "Your message to <nekochan> was automatically rejected:\r\nNot enough disk space"
+    [failure] = parse(_one_dsn("mx.example.com", notice, GONE)).failures
+    assert (failure.reason, failure.classification) == ("mailbox-full", "soft")
+    two = GONE + "\r\n\r\n" + GONE.replace("gone@", "other@")
+    assert {f.classification for f in parse(_one_dsn("mx.example.com", notice, two)).failures} == {"hard"}
+
+
+def test_each_line_of_a_sendmail_transcript_speaks_for_its_own_recipient() -> None:
+    raw = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example>\r\nTo: bounces@returns.beanmail.example\r\n"
+           b"Subject: Returned mail: User unknown\r\n\r\n   ----- Transcript of session follows -----\r\n"
+           b"554 <reset@example.edu>... Remote protocol error: Connection reset by peer\r\n"
+           b"550 example.org (smtp)... 550 Host unknown\r\n"
+           b"554 <nohost@example.org>... 550 Host unknown (Authoritative answer from name server)\r\n"
+           b"   ----- Unsent message follows -----\r\nTo: reset@example.edu\r\n\r\nhi\r\n")
+    got = {f.address: f.classification for f in parse(raw).failures}
+    assert got == {"reset@example.edu": "soft", "nohost@example.org": "hard"}
+
+
 @pytest.mark.parametrize("action", ["failed (bad destination mailbox address)", "failure", "error", "Failed"])
 def test_every_spelling_of_a_failed_action_is_a_failure(action: str) -> None:
     raw = _report(f"--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"

@@ -1,5 +1,5 @@
 """Access checked at send time: a resolver may take the recipient and say the entity is not
-visible to them, on SQLite, PostgreSQL (read-only sessions) and in Python."""
+visible to them, on SQLite, PostgreSQL and MariaDB (read-only sessions) and in Python."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from worker.outcomes import Deferred, Poison, Skipped
 from producer import Notifier
 from worker.settings import Settings
 
-from .servers import Postgres, SmtpServer
+from .servers import MariaDB, Postgres, SmtpServer
 
 SCHEMA = [
     "CREATE TABLE issues (id INTEGER PRIMARY KEY, title TEXT, private INTEGER)",
@@ -84,6 +84,45 @@ def test_postgresql_access_is_checked_on_read_only_sessions(postgres: Postgres) 
         gone.resolve({"issue": {"type": "issue", "id": 1}}, "ana@example.com")
 
 
+def test_mysql_access_is_checked_on_read_only_pooled_sessions(mariadb: MariaDB) -> None:
+    """The same rules against a real MariaDB server through PyMySQL: one read-only session per
+    thread, reused; a write refused; a database that is not there is an outage (deferred)."""
+    import threading
+
+    import pymysql
+
+    name = f"app{time.monotonic_ns()}"
+    dsn = mariadb.create_database(name, [s.replace("TEXT", "VARCHAR(200)") for s in SCHEMA])
+    check_access(issue(dsn), lambda: mariadb.execute(name, "DELETE FROM watchers"))
+
+    mariadb.execute(name, "INSERT INTO watchers VALUES (2, 'ana@example.com')")
+    registry = issue(dsn)
+    sessions: set[int] = set()
+
+    def session_ids() -> None:
+        for _ in range(3):
+            registry.resolve({"issue": {"type": "issue", "id": 2}}, "ana@example.com")
+            resolver = registry._resolvers["issue"]
+            sessions.add(resolver._one("SELECT CONNECTION_ID() AS s", {"id": 0, "recipient": ""})["s"])
+    threads = [threading.Thread(target=session_ids) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(sessions) == 2  # one session per thread, each kept for its three look-ups
+
+    writer = Registry.from_settings({"issue": {"database": dsn, "sql": "INSERT INTO issues VALUES (:id, 'x', 0)"}})
+    with pytest.raises(pymysql.err.OperationalError, match="READ ONLY"):
+        writer.resolve({"issue": {"type": "issue", "id": 5}}, "ana@example.com")
+    gone = Registry.from_settings({"issue": {"database": mariadb.dsn("nosuchdb"), "sql": "SELECT 1 AS one"}})
+    with pytest.raises(Deferred, match="entity store unavailable for issue 1: mysql mysql://root@127.0.0.1"):
+        gone.resolve({"issue": {"type": "issue", "id": 1}}, "ana@example.com")
+    from worker.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="mysql://user:password@host:port/database"):
+        Registry.from_settings({"issue": {"database": "mysql://ro:secret@127.0.0.1/", "sql": "SELECT 1"}})
+
+
 def test_a_callable_may_take_the_recipient_and_say_not_visible() -> None:
     members = {"ana@example.com"}
 
@@ -138,3 +177,35 @@ def test_a_watcher_removed_after_the_mail_was_queued_gets_nothing(settings: Sett
     [ana] = store.deliveries(recipient="ana@example.com")
     store.close()
     assert ana.outcome == "skipped" and ana.reason.startswith("not visible to a***@example.com: issue 2")
+
+
+def test_the_example_trackers_private_issue_mails_no_watcher_removed_after_the_comment(
+        settings: Settings, smtp: SmtpServer, tmp_path: Path) -> None:
+    """examples/tracker: Bob comments on private issue #3 (Ann and Cat watch it); Cat is removed
+    from the issue before the worker sends; Ann gets the comment, Cat nothing. A public issue's
+    comment still reaches every watcher (its jobs carry no entity to check)."""
+    from examples.tracker.app import Tracker, entities
+    from worker.store import Store
+
+    from .conftest import run_burst
+    from .test_mailout import run_fanout
+
+    db = str(tmp_path / "tracker.sqlite3")
+    notifier = Notifier(settings.beanstalk_url)
+    app = Tracker(db, notifier)
+    workers = settings.replace(entities=entities(db))
+    app.comment(3, "bob@example.com", "Rotated the keys.")
+    app.unwatch(3, "cat@example.com")
+    app.comment(1, "bob@example.com", "Fixed.")
+    run_fanout(workers)
+    run_burst(workers)
+    got = sorted((m.rcpt_tos[0], m.message["Subject"]) for m in smtp.wait_for(3))
+    assert [(to, subject.split(":")[0]) for to, subject in got] == [
+        ("ann@example.com", "[#1] Login fails with a ü in the password"),
+        ("ann@example.com", "[#3] Session tokens in the access log"),
+        ("cat@example.com", "[#1] Login fails with a ü in the password")]
+    store = Store(settings.store)
+    [cat] = [d for d in store.deliveries(recipient="cat@example.com") if d.key.startswith("comment:1:")]
+    store.close()
+    assert cat.outcome == "skipped" and cat.reason.startswith("not visible to c***@example.com: issue 3")
+    notifier.close()

@@ -160,7 +160,7 @@ def test_a_server_that_answers_the_end_of_data_after_the_ttr_gets_one_copy(setti
 
 
 def test_no_reply_to_the_end_of_data_is_in_doubt_and_not_resent(settings: Settings, smtp: SmtpServer) -> None:
-    smtp.handler.data_delay = 3
+    smtp.handler.reply_delay = 3  # takes the message at its end of data, answers after the client gave up
     settings = settings.replace(smtp_data_timeout=1, in_doubt_delay=600)
     notifier = Notifier(settings.beanstalk_url)
     job = notifier.notify("welcome", "doubt@example.com", {"name": "doubt"}, key="doubt:1")
@@ -291,7 +291,7 @@ def test_an_application_header_replaces_the_built_in_one(settings: Settings, smt
     assert len(msg.get_all("List-Id")) == 1
 
 
-@pytest.mark.parametrize("char", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x00", "\x7f"])
+@pytest.mark.parametrize("char", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x7f"])
 def test_control_characters_never_reach_a_header(settings: Settings, smtp: SmtpServer, char: str) -> None:
     n = Notifier(settings.beanstalk_url)
     in_header = n.notify("welcome", "z@example.com", {"name": "z"}, headers={"X-Tag": f"a{char}b"})
@@ -301,6 +301,22 @@ def test_control_characters_never_reach_a_header(settings: Settings, smtp: SmtpS
     for job in (in_header, in_subject):
         assert "control character" in store.failure(settings.beanstalk_url, job)[1]
     assert smtp.messages == []
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "a\ud800b"], ids=["nul", "lone surrogate"])
+def test_text_no_mail_can_carry_is_refused_at_notify_saying_where(text: str) -> None:
+    """NUL (RFC 5322 forbids it, PostgreSQL cannot store it) and a lone surrogate (bytes decoded
+    wrongly) are refused by the producer, before any server is asked, not buried later."""
+    n = Notifier("beanstalk://127.0.0.1:1")  # never reached
+    for call in (lambda: n.notify("welcome", "z@example.com", {"name": text}),
+                 lambda: n.notify("welcome", "z@example.com", {"name": "z"}, headers={"X-Tag": text}),
+                 lambda: n.mailout("welcome", ["a@example.com"], {"name": text}, key="news-1")):
+        with pytest.raises(env.EnvelopeError, match="NUL|surrogate") as refused:
+            call()
+        assert '"a' in str(refused.value)  # the text just before it, to find it by
+    with pytest.raises(Exception) as other:  # the six characters \u0000 are text, not a NUL: they pass
+        n.notify("welcome", "z@example.com", {"name": "a\\u0000b"})
+    assert not isinstance(other.value, env.EnvelopeError)
 
 
 # -- masking means every line -----------------------------------------------------------------------

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deliveries in flight in this process (default: $BEANMAIL_CONCURRENCY or 1;"
                         " --threads is its older name)")
 
-    f = sub.add_parser("fanout", help="expand mailout chunks into one mail.bulk job per recipient")
+    f = sub.add_parser("fanout", help="expand mailout chunks into one mail.bulk job per recipient; release"
+                                      " scheduled mailouts when due")
     f.add_argument("--burst", action="store_true", help="exit 0 once no chunk is ready")
 
     e = sub.add_parser("enqueue", help="queue one templated message")
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .events import commands as events_commands
 
     events_commands.register(sub)  # beanmail events run [--burst], inbound
+    from .mailout_commands import register as register_mailout
+
+    register_mailout(sub)  # beanmail mailout list | cancel KEY | progress KEY
     return p
 
 

@@ -211,11 +211,28 @@ def cmd_fanout(settings: Settings, args: argparse.Namespace) -> int:
     from .fanout import Fanout
 
     logs.configure(settings.log_format)
+    from producer.blobs import BlobError
+
+    from .scheduled import Releaser
+
     loops = [Worker(settings, Fanout(settings), open_store(settings), tubes=(MAILOUT_TUBE,), url=url)
              for url in settings.beanstalk_urls]
     worker: Worker | Pool = loops[0] if len(loops) == 1 else Pool(loops)
     worker.install_signal_handlers()
-    return worker.run(burst=args.burst)
+    if args.burst:  # what is due now, then the chunks it put
+        releaser = Releaser(settings)
+        try:
+            releaser.release()
+        except (BlobError, EnqueueError) as exc:  # held in the store: a later run releases them
+            logs.get_logger().warning("scheduled mailouts not released", error=logs.mask_text(str(exc)))
+        finally:
+            releaser.stop()
+        return worker.run(burst=True)
+    releaser = Releaser(settings).start()  # scheduled mailouts, released as they fall due
+    try:
+        return worker.run()
+    finally:
+        releaser.stop()
 
 
 def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:

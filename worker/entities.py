@@ -5,14 +5,16 @@ A job says ``"entities": {"issue": {"type": "issue", "id": 42}}``; the resolver 
 type ``issue`` loads it and the template sees ``issue``. Resolvers come from settings:
 
     [beanmail.entities.issue]
-    database = "app.sqlite3"                  # sqlite3 file, or postgresql://… (read-only sessions)
+    database = "app.sqlite3"                  # sqlite3 file, postgresql://… or mysql://… (read-only sessions)
     sql = "SELECT id, title FROM issues WHERE id = :id"
     access = "SELECT 1 FROM watchers WHERE issue_id = :id AND email = :recipient"   # optional
 
     [beanmail.entities.user]
     callable = "myapp.mail:load_user"         # f(id) or f(id, recipient) -> mapping or None
 
-``sql`` may name ``:id`` and ``:recipient`` (on SQLite, one ``?`` for the id too). An access check that
+``sql`` may name ``:id`` and ``:recipient`` (on SQLite, one ``?`` for the id too). A MySQL or
+MariaDB database is ``mysql://user:password@host:port/db`` (``?unix_socket=/path`` for a socket),
+read through PyMySQL (``pip install beanmail[mysql]``), its sessions set ``TRANSACTION READ ONLY``. An access check that
 finds no row, a ``sql`` naming ``:recipient`` that finds none, or a callable raising
 ``NotVisible`` skips the delivery with the reason "not visible" (recorded, never retried): the
 worker has no user session, so access is checked here, per recipient, when the mail goes.
@@ -26,6 +28,7 @@ import re
 import sqlite3
 import threading
 from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .logs import mask
 from .outcomes import Deferred, Poison, Skipped
@@ -47,8 +50,8 @@ _NAMED = re.compile(r"(?<![:\w]):(id|recipient)\b")
 
 
 class SqlResolver:
-    """``sql`` (and an optional ``access`` check) over an SQLite file or a PostgreSQL database,
-    on read-only connections, one per thread (each worker thread keeps its own, reopened after an
+    """``sql`` (and an optional ``access`` check) over an SQLite file, a PostgreSQL or a MySQL/MariaDB
+    database, on read-only connections, one per thread (each worker thread keeps its own, reopened after an
     error)."""
 
     def __init__(self, database: str, sql: str, access: str = "") -> None:
@@ -56,6 +59,9 @@ class SqlResolver:
         self.sql = sql
         self.access = access
         self.postgres = database.startswith(("postgresql://", "postgres://"))
+        self.mysql = database.startswith(("mysql://", "mariadb://"))
+        if self.mysql:
+            mysql_options(database)  # a malformed URL is a settings error now, not at the first job
         self.by_recipient = ":recipient" in sql
         self._local = threading.local()
 
@@ -76,15 +82,15 @@ class SqlResolver:
             if not self._is_outage(exc):
                 raise
             self._local.conn = None
-            raise EntityUnavailable(f"{'postgresql' if self.postgres else 'sqlite'} {self._where()}: {exc}") from exc
+            raise EntityUnavailable(f"{self._engine()} {self._where()}: {exc}") from exc
 
     def _one(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
         conn = getattr(self._local, "conn", None) or self._connect()
-        if self.postgres:
+        if self.postgres or self.mysql:
             with conn.cursor() as cur:
                 cur.execute(_NAMED.sub(r"%(\1)s", sql.replace("%", "%%")), params)
                 row = cur.fetchone()
-                return dict(zip([c.name for c in cur.description], row)) if row is not None else None
+                return dict(zip([c[0] for c in cur.description], row)) if row is not None else None
         args: Any = params if _NAMED.search(sql) else (params["id"],)
         found = conn.execute(sql, args).fetchone()
         return dict(found) if found is not None else None
@@ -96,6 +102,13 @@ class SqlResolver:
             # a resolver reads: its sessions cannot write, whatever its SQL says
             conn = psycopg.connect(self.database, autocommit=True, connect_timeout=5,
                                    options="-c default_transaction_read_only=on")
+        elif self.mysql:
+            import pymysql
+
+            conn = pymysql.connect(**mysql_options(self.database), autocommit=True, connect_timeout=5,
+                                   read_timeout=30, charset="utf8mb4")
+            with conn.cursor() as cur:  # every statement of this session: a read-only transaction
+                cur.execute("SET SESSION TRANSACTION READ ONLY")
         else:
             # mode=ro: a missing database file is "unavailable", never silently created empty
             conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5, check_same_thread=False)
@@ -110,10 +123,44 @@ class SqlResolver:
             import psycopg
 
             return isinstance(exc, psycopg.OperationalError)
+        if self.mysql:
+            import pymysql
+
+            if isinstance(exc, pymysql.err.InterfaceError):
+                return True
+            code = exc.args[0] if isinstance(exc, pymysql.err.OperationalError) and exc.args else None
+            return isinstance(code, int) and (code >= 2000 or code in _MYSQL_OUTAGES)
         return False
+
+    def _engine(self) -> str:
+        return "postgresql" if self.postgres else "mysql" if self.mysql else "sqlite"
 
     def _where(self) -> str:
         return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", self.database)
+
+
+# server errors that mean "not reachable now" (client errors, 2000 and up, all do): too many
+# connections, access denied, unknown database, server shutting down, lock wait timeout, deadlock,
+# connection killed (as PostgreSQL's OperationalError: the store is not there for us now).
+# Others (a write refused by the read-only session, bad SQL) are bugs, not outages.
+_MYSQL_OUTAGES = {1040, 1044, 1045, 1049, 1053, 1205, 1213, 1927}
+
+
+def mysql_options(url: str) -> dict[str, Any]:
+    """``mysql://user:password@host:port/database?unix_socket=/path`` -> PyMySQL's arguments."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if set(query) - {"unix_socket"} or not parts.path.strip("/"):
+        shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+        raise ValueError(f"a MySQL database is mysql://user:password@host:port/database[?unix_socket=/path],"
+                         f" got {shown!r}")
+    options: dict[str, Any] = {"user": unquote(parts.username or "root"), "password": unquote(parts.password or ""),
+                               "database": unquote(parts.path.strip("/"))}
+    if "unix_socket" in query:
+        options["unix_socket"] = query["unix_socket"]
+    else:
+        options["host"], options["port"] = parts.hostname or "127.0.0.1", parts.port or 3306
+    return options
 
 
 SqliteResolver = SqlResolver  # its older name

@@ -142,11 +142,10 @@ def sending_stage(settings: Settings, store: Store, transport: object = None) ->
 
 def flies(settings: Settings) -> bool:
     """Whether sends fly on the event loop: BEANMAIL_CONCURRENCY above 1, through a relay, or
-    direct to MX hosts from one beanstalkd server without a fleet-wide connection cap. Otherwise
-    direct MX runs that many threads sharing one transport, whose per-domain cap then holds for
-    the whole process and whose connections hold the fleet's slots."""
+    direct to MX hosts (with or without the fleet's per-domain cap) from one beanstalkd server.
+    With several servers, direct MX runs that many threads sharing one transport, so that the
+    per-domain cap holds for the whole process (each server's loop would have its own pool)."""
     if settings.in_flight <= 1:
         return False
-    return settings.transport == "smtp" or (len(settings.beanstalk_urls) == 1
-                                            and not settings.mx_fleet_connections_per_domain)
+    return settings.transport == "smtp" or len(settings.beanstalk_urls) == 1
 

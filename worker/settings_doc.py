@@ -57,7 +57,7 @@ HELP: dict[str, str] = {
     "web_password": "HTTP basic auth for every console page but `/healthz`",
     "web_hosts": "names the console answers to beside `127.0.0.1`, `localhost` and `[::1]` (its `Host` header), comma-separated: `NAME` or `NAME:PORT`",
     "web_timeout": "seconds a console connection may stay silent, or take to send a whole request, before it is closed",
-    "entities": "entity resolvers, `[beanmail.entities.NAME]` tables: `database` (an SQLite file or `postgresql://…`, read-only sessions) + `sql` naming `:id` (and `:recipient`), with an optional `access` query (no row: not visible to this recipient, the delivery skipped); or `callable = \"module:function\"` (f(id) or f(id, recipient) → mapping or None, raising `worker.entities.NotVisible`); TOML only",
+    "entities": "entity resolvers, `[beanmail.entities.NAME]` tables: `database` (an SQLite file, `postgresql://…` or `mysql://user:password@host:port/db` with the `mysql` extra, PyMySQL; read-only sessions, one per worker thread) + `sql` naming `:id` (and `:recipient`), with an optional `access` query (no row: not visible to this recipient, the delivery skipped); or `callable = \"module:function\"` (f(id) or f(id, recipient) → mapping or None, raising `worker.entities.NotVisible`); TOML only",
     "dkim_key": "PEM file(s) of DKIM keys (RSA or Ed25519), comma-separated (a TOML list); each adds its own signature to every message whose From is in the signing domain: RSA beside Ed25519, or an old and a new key during a rotation (at most 4)",
     "dkim_selector": "the selector of each key, in the same order (`beanmail dkim keygen` prints its DNS record)",
     "dkim_domain": "the signing domain (default: the From domain)",

@@ -4,6 +4,9 @@ The classic watch-list hook, in plain WSGI and sqlite3, to show the one rule tha
 notification is enqueued after the comment is committed (producer.hooks.transaction). Each user
 chooses "immediately" or "daily digest" (/prefs): the choice is a beanmail preference, so the
 hook itself never changes and a busy issue sends a digest user one mail a day (docs/digests.md).
+A private issue is seen by its watchers only, and its mail is checked again when it goes: a
+watcher removed after the comment was queued gets nothing (the workers need ``entities()``, below,
+as ``[beanmail.entities.issue]`` in beanmail.toml; README "Settings").
 With ``--events-secret`` (beanmail's BEANMAIL_EVENTS_SECRET, its BEANMAIL_EVENTS_URL pointing at
 ``/beanmail/events``) comment mail asks for replies and a reply becomes a comment (replies.py).
 
@@ -30,7 +33,7 @@ from .replies import ReplyHook
 ROOT = Path(__file__).resolve().parents[2]
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS issues (id INTEGER PRIMARY KEY, title TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issues (id INTEGER PRIMARY KEY, title TEXT NOT NULL, private INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS watchers (issue_id INTEGER NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
                                      PRIMARY KEY (issue_id, email));
 CREATE TABLE IF NOT EXISTS comments (id INTEGER PRIMARY KEY, issue_id INTEGER NOT NULL,
@@ -41,7 +44,19 @@ SEED = [
     (1, "Login fails with a ü in the password", [("ann@example.com", "Ann Müller"), ("bob@example.com", "Bob"),
                                                  ("cat@example.com", "Cat")]),
     (2, "Dark mode", [("ann@example.com", "Ann Müller")]),
+    (3, "Session tokens in the access log", [("ann@example.com", "Ann Müller"), ("bob@example.com", "Bob"),
+                                             ("cat@example.com", "Cat")]),
 ]
+PRIVATE = {3}
+
+
+def entities(db_path: str) -> dict[str, dict[str, str]]:
+    """The workers' resolver for a private issue's mail (``Settings.entities``, or in beanmail.toml
+    ``[beanmail.entities.issue]`` with these keys): read at send time, it finds the issue not
+    visible to a recipient who no longer watches it."""
+    return {"issue": {"database": db_path, "sql": "SELECT id, title FROM issues WHERE id = :id",
+                      "access": "SELECT 1 FROM issues i WHERE i.id = :id AND (i.private = 0 OR EXISTS (SELECT 1"
+                                " FROM watchers w WHERE w.issue_id = i.id AND lower(w.email) = :recipient))"}}
 
 
 class Tracker:
@@ -51,9 +66,11 @@ class Tracker:
         self._local = threading.local()
         with self.db() as db:
             db.executescript(SCHEMA)
+            if "private" not in [c[1] for c in db.execute("PRAGMA table_info(issues)")]:  # a database from before
+                db.execute("ALTER TABLE issues ADD COLUMN private INTEGER NOT NULL DEFAULT 0")
             if not db.execute("SELECT 1 FROM issues").fetchone():
                 for issue_id, title, watchers in SEED:
-                    db.execute("INSERT INTO issues VALUES (?, ?)", (issue_id, title))
+                    db.execute("INSERT INTO issues VALUES (?, ?, ?)", (issue_id, title, int(issue_id in PRIVATE)))
                     db.executemany("INSERT INTO watchers VALUES (?, ?, ?)",
                                    [(issue_id, e, n) for e, n in watchers])
         self.replies = ReplyHook(events_secret, self.db, self.comment) if events_secret else None
@@ -65,21 +82,27 @@ class Tracker:
 
     def comment(self, issue_id: int, author: str, body: str) -> int:
         db = self.db()
-        title = db.execute("SELECT title FROM issues WHERE id = ?", (issue_id,)).fetchone()
+        title = db.execute("SELECT title, private FROM issues WHERE id = ?", (issue_id,)).fetchone()
         if title is None:
             raise LookupError(issue_id)
+        # a private issue's mail names it, so the worker asks at send time whether each watcher may still see it
+        checked = {"issue": {"type": "issue", "id": issue_id}} if title[1] else None
         with transaction(db, self.notifier) as mail:
             comment_id = db.execute("INSERT INTO comments (issue_id, author, body) VALUES (?, ?, ?)",
                                     (issue_id, author, body)).lastrowid
             db.execute("INSERT OR IGNORE INTO watchers VALUES (?, ?, ?)", (issue_id, author, author))
             watchers = [{"address": e, "name": n}
                         for e, n in db.execute("SELECT email, name FROM watchers WHERE issue_id = ?", (issue_id,))]
-            mail.notify_watchers("comment", watchers, actor=author, key=f"comment:{comment_id}",
+            mail.notify_watchers("comment", watchers, actor=author, key=f"comment:{comment_id}", entities=checked,
                                  reply=self.replies is not None, context={
                 "issue": {"id": issue_id, "title": title[0]},
                 "comment": {"id": comment_id, "author": author, "body": body},
             })
         return int(comment_id)
+
+    def unwatch(self, issue_id: int, email: str) -> None:
+        with self.db() as db:
+            db.execute("DELETE FROM watchers WHERE issue_id = ? AND email = ?", (issue_id, email))
 
     # -- WSGI -----------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -139,8 +162,9 @@ class Tracker:
         return f"<h1>Notification mail</h1><ul>{rows}</ul>"
 
     def _index(self) -> str:
-        rows = self.db().execute("SELECT id, title FROM issues ORDER BY id").fetchall()
-        items = "".join(f'<li><a href="/issues/{i}">#{i} {html.escape(t)}</a></li>' for i, t in rows)
+        rows = self.db().execute("SELECT id, title, private FROM issues ORDER BY id").fetchall()
+        items = "".join(f'<li><a href="/issues/{i}">#{i} {html.escape(t)}</a>{" (private)" if p else ""}</li>'
+                        for i, t, p in rows)
         return f'<h1>Issues</h1><ul>{items}</ul><p><a href="/prefs">Notification mail: immediately or daily digest</a></p>'
 
     def _issue(self, issue_id: int) -> str:

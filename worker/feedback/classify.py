@@ -112,7 +112,7 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
     ("mailbox-full", _rx(r"(mailbox|mail box|mailfolder|inbox|account|user|disk|quota|storage)[^.;]{0,40}"
                          r"(full|exceeded|over|limit)", r"over ?quota", r"quota (exceeded|exceed|full|violation)",
                          r"exceeded (its|the|their|his|her)? ?(storage|quota|mailbox)", r"insufficient (disk|storage)",
-                         r"not enough (space|storage)", r"no space left", r"full mailbox", r"mailbox is full",
+                         r"not enough (disk )?(space|storage)", r"no space left", r"full mailbox", r"mailbox is full",
                          r"too much mail", r"out of (disk|storage|space)", r"size limit exceeded for (this|the) mailbox",
                          r"would exceed.{0,30}quota", r"storage (space|allocation)")),
     ("message-too-big", _rx(r"message (size|length) (exceeds|too|is over|larger)", r"(message|mail|email) (is )?too "
@@ -247,6 +247,27 @@ def classify(status: str, diagnostic: str, *, action: str = "failed", context: s
     if temporary and effect_of(reason) == "hard":
         reason = _TEMPORARY_OF[reason]
     return reason
+
+
+# Reporting MTAs whose refusals are a rule the recipient domain's owner wrote, not evidence that
+# the address is gone: Amazon SES receiving answers with a receipt rule's bounce action, whose
+# text ("Mailbox does not exist") the owner picks from a template. Never a hard bounce.
+_RULE_REPORTERS = re.compile(r"^inbound-smtp\.[\w-]+\.amazonaws\.com$", re.I)
+# the mailbox's state said in a notification's own sentences; soft reasons only
+_STATE_REASONS = ("mailbox-full", "suspended")
+
+
+def refused_by_rule(reporting_mta: str) -> bool:
+    """Whether the report comes from a server whose refusals are an owner's rule."""
+    host = reporting_mta.split(";", 1)[-1].strip()
+    return bool(_RULE_REPORTERS.match(host))
+
+
+def state_in_notice(notice: str) -> str:
+    """A soft reason the notification's general sentences give (not any recipient's own lines):
+    "Not enough disk space", "The user(s) account is disabled."; "" when they give none."""
+    words = " ".join(notice[:4000].split())
+    return next((reason for reason in _STATE_REASONS if _says(reason, words)), "")
 
 
 def _says(reason: str, words: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import message_from_bytes, policy
 from email.message import Message
 from email.parser import HeaderParser
@@ -22,7 +22,7 @@ from email.utils import getaddresses
 
 from flufl.bounce import all_failures
 
-from .classify import classify, effect_of
+from .classify import classify, effect_of, refused_by_rule, state_in_notice
 
 COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")  # not-spam and auth-failure are no complaint
 MAX_PARSE = 1024 * 1024  # a bounce's head: what carries the report (the original message may follow whole)
@@ -382,8 +382,31 @@ def _dsn(report: Report, status_parts: list[Message], body: str) -> bool:
     if report.failures:
         report.kind = "dsn"
         _dedupe(report)
+        reporter = _text(_header(blocks[0], "Reporting-MTA")) if blocks else ""
+        if refused_by_rule(reporter):  # an owner's rule refused it: the address may well exist
+            report.failures = [replace(f, reason="filtered") if effect_of(f.reason) == "hard" else f
+                               for f in report.failures]
+        _soften_on_conflict(report, body)
         return True
     return False
+
+
+def _soften_on_conflict(report: Report, body: str) -> None:
+    """One recipient called gone while the notification's own sentences say its mailbox is full
+    or disabled ("Not enough disk space" above "550 5.1.1 User Unknown"): the evidence
+    disagrees, and a wrongful suppression silences a user for good, so it counts as soft."""
+    if len(report.failures) != 1 or effect_of(report.failures[0].reason) != "hard":
+        return
+    state = state_in_notice(_general_sentences(body))
+    if state:
+        report.failures[0] = replace(report.failures[0], reason=state)
+
+
+def _general_sentences(body: str) -> str:
+    """The notification's lines about no recipient in particular: not indented (a recipient's
+    continuation lines are), naming no address, no report field."""
+    return "\n".join(line for line in body.split("\n") if line.strip() and not line[:1].isspace()
+                     and "@" not in line and not re.match(r"^[\w-]+: ", line) and not line.startswith(">"))
 
 
 def _about(address: str, body: str) -> str:
@@ -395,7 +418,10 @@ def _about(address: str, body: str) -> str:
         if low in line.lower():
             out = [line]
             j = i + 1
+            statement = _TRANSCRIPT_STATEMENT.match(line) is not None
             while j < len(lines) and (lines[j].strip() or len(out) == 1) and len(out) < 8:
+                if statement and (_TRANSCRIPT_STATEMENT.match(lines[j]) or _TRANSCRIPT_TURN.match(lines[j])):
+                    break  # a sendmail transcript: each reply line is a statement of its own
                 if lines[j].strip():
                     if _ADDRESS.search(lines[j]) and _looks_like_recipient_line(lines[j]) and \
                             low not in lines[j].lower():
@@ -404,6 +430,10 @@ def _about(address: str, body: str) -> str:
                 j += 1
             return _text(" ".join(out))
     return ""
+
+
+_TRANSCRIPT_STATEMENT = re.compile(r"^[245]\d\d[ -]")  # "554 <a@example.org>... Remote protocol error", unindented
+_TRANSCRIPT_TURN = re.compile(r"^(>>>|<<<|while talking to|\.\.\. while talking to)", re.I)
 
 
 def _looks_like_recipient_line(line: str) -> bool:

@@ -1,74 +1,116 @@
 """Relay sessions on an event loop: many deliveries in flight without a thread each.
 
-A small SMTP client on asyncio streams rather than aiosmtplib: aiosmtplib cannot pipeline (its
-protocol reads one reply per command written), and with PIPELINING (RFC 2920) a message costs
-two round trips instead of four, which is what 250 sessions waiting on slow servers spend their
-time on (measured in `make bench`'s slow-receivers scenario: 0.76 of ideal with aiosmtplib,
-see docs/operations.md for this version's figure).
-
-Replies are classified as the blocking session classifies them (``smtp._classify``): a 4xx defers,
-a 5xx bounces (hard when the address itself is refused), a connection lost after the end of data
-is in doubt (the server may have taken the message), and a kept-alive connection the server
-closed meanwhile is tried once more on a fresh one.
+The driver of the protocol core (``protocol.py``) on asyncio streams; ``smtp.SmtpSession`` is
+the same conversations on a blocking socket. Written here rather than with aiosmtplib, which
+cannot pipeline (its protocol reads one reply per command written): with PIPELINING (RFC 2920)
+a message costs two round trips instead of four, which is what 250 sessions waiting on slow
+servers spend their time on (measured in `make bench`'s slow-receivers scenario: 0.76 of ideal
+with aiosmtplib, see docs/operations.md for this version's figure).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import socket
 import ssl
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from ..outcomes import Deferred, Outage, Outcome
 from ..settings import SmtpTarget
-from .smtp import (Reply, _classify, _reply, content, envelope_refusal, no_final_reply, smtputf8_parameter,
-                   smtputf8_refusal)
+from .protocol import (Close, Lost, Read, Reply, StartTls, Stale, Write, is_last_line, open_session, parse_reply,
+                       quit_session, transaction)
 
-_LOST = (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, EOFError)
+_LOST = (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, EOFError, ssl.SSLError)
 
 
 class Session:
-    """One connection: EHLO done, STARTTLS and AUTH as the target wants."""
+    """One connection on asyncio streams, performing a conversation's operations."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> None:
-        self.reader, self.writer, self.timeout = reader, writer, timeout
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float,
+                 data_timeout: float, host: str, tls: Callable[[], ssl.SSLContext]) -> None:
+        self.reader, self.writer, self.timeout, self.data_timeout = reader, writer, timeout, data_timeout
+        self.host, self.tls = host, tls
         self.extensions: set[str] = set()
+        self.holder = ""  # the connection slot it holds (``ConnectionSlots``), if any
+        self.on_close: Callable[[], None] | None = None  # told once, when the connection closes
 
     @property
     def open(self) -> bool:
         return not self.writer.is_closing()
 
-    async def reply(self, timeout: float | None = None) -> Reply:
+    async def run(self, conversation: object) -> object:
+        """Drive a conversation to its end (as ``smtp._Connection.run``, awaiting its reads)."""
+        gen = conversation
+        value: object = None
+        error: Lost | None = None
+        while True:
+            try:
+                op = gen.throw(error) if error is not None else gen.send(value)  # type: ignore[attr-defined]
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = await self._perform(op)
+            except Lost as exc:
+                error = exc
+            except _LOST as exc:
+                error = Lost(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+    async def _perform(self, op: object) -> Reply | None:
+        if isinstance(op, Close):
+            self.close()
+            return None
+        if not self.open:
+            raise Lost("the connection is closed")
+        if isinstance(op, Write):
+            self.writer.write(op.data)
+            return None
+        if isinstance(op, Read):
+            return await self.reply(self.data_timeout if op.final else self.timeout)
+        if isinstance(op, StartTls):
+            await self.writer.start_tls(self.tls(), server_hostname=self.host)
+            return None
+        raise TypeError(f"not an SMTP operation: {op!r}")
+
+    async def reply(self, timeout: float) -> Reply:
         """One reply, its lines joined (``250-a`` ... ``250 b``)."""
         lines = []
         while True:
-            line = await asyncio.wait_for(self.reader.readline(), timeout or self.timeout)
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
             if not line.endswith(b"\n"):
-                raise EOFError("the server closed the connection")
-            lines.append(line[4:].strip())
-            if line[3:4] != b"-":
-                try:
-                    return _reply(int(line[:3]), b" ".join(lines))
-                except ValueError:
-                    raise EOFError(f"not an SMTP reply: {line[:40]!r}") from None
-
-    async def command(self, line: str) -> Reply:
-        self.writer.write(line.encode() + b"\r\n")
-        return await self.reply()
+                raise Lost("the server closed the connection")
+            lines.append(line)
+            if is_last_line(line):
+                return parse_reply(lines)
 
     def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+
+
+class ConnectionSlots(Protocol):
+    """Who may open a connection: a count kept elsewhere (the fleet's per-domain cap in the
+    store). ``take`` a slot before connecting (Deferred with a delay of its own when none is
+    free), ``renew`` it at each reuse (False: it lapsed and went to another), ``give_back`` at close."""
+
+    async def take(self) -> str: ...
+
+    async def renew(self, holder: str) -> bool: ...
+
+    def give_back(self, holder: str) -> None: ...
 
 
 class RelayPool:
     """Sessions to one relay, opened as deliveries need them and kept for the next."""
 
     def __init__(self, target: SmtpTarget, *, timeout: float = 30.0, data_timeout: float = 600.0,
-                 helo: str = "", cafile: str = "", verify: bool = True) -> None:
+                 helo: str = "", cafile: str = "", verify: bool = True, slots: ConnectionSlots | None = None) -> None:
         """``verify``: check the server's certificate (a relay); False for an MX host, where
-        STARTTLS is opportunistic and a certificate for another name is the rule, not an attack."""
+        STARTTLS is opportunistic and a certificate for another name is the rule, not an attack.
+        ``slots``: each connection holds one while open (none needed without)."""
         self.target = target
         self.timeout = timeout
         self.data_timeout = data_timeout
@@ -78,6 +120,7 @@ class RelayPool:
         self._context: ssl.SSLContext | None = None
         self.idle: list[Session] = []
         self.connects = 0
+        self.slots = slots
 
     def _where(self) -> str:
         return f"{self.target.host}:{self.target.port}"
@@ -96,75 +139,49 @@ class RelayPool:
 
     async def _connect(self) -> Session:
         t = self.target
+        holder = await self.slots.take() if self.slots is not None else ""
         self.connects += 1
         context = self._tls_context() if t.tls == "ssl" else None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 t.host, t.port, ssl=context, limit=1 << 16), self.timeout)
-        except (*_LOST, ssl.SSLError) as exc:
+        except _LOST as exc:
+            if holder:
+                self.slots.give_back(holder)  # type: ignore[union-attr]
             raise Outage(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from None
-        session = Session(reader, writer, self.timeout)
+        session = Session(reader, writer, self.timeout, self.data_timeout, t.host, self._tls_context)
+        if holder:
+            session.holder = holder
+            session.on_close = lambda: self.slots.give_back(holder)  # type: ignore[union-attr]
         try:
-            greeting = await session.reply()
-            if greeting.code != 220:
-                raise Deferred(f"{self._where()} greeting refused", reply=str(greeting))
-            ehlo = await self._ehlo(session)
-            if "STARTTLS" in session.extensions and t.tls in ("required", "opportunistic"):
-                started = await session.command("STARTTLS")
-                if started.code != 220:
-                    raise Deferred(f"{self._where()} refused STARTTLS", reply=str(started))
-                await writer.start_tls(self._tls_context(), server_hostname=t.host)
-                ehlo = await self._ehlo(session)
-            elif t.tls == "required":
-                raise Deferred(f"{self._where()} does not offer STARTTLS and it is required")
-            if t.user:
-                secret = base64.b64encode(f"\0{t.user}\0{t.password}".encode()).decode()
-                auth = await session.command(f"AUTH PLAIN {secret}")
-                if auth.code != 235:
-                    raise Deferred(f"{self._where()} AUTH failed", reply=str(auth))
-            if ehlo.code // 100 != 2:
-                raise Deferred(f"{self._where()} refused the session", reply=str(ehlo))
+            session.extensions = await session.run(open_session(t, self.helo, self._where()))  # type: ignore[assignment]
         except Outcome:
             session.close()
             raise
-        except (*_LOST, ssl.SSLError) as exc:
+        except Lost as exc:
             session.close()
-            raise Deferred(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from None
+            raise Deferred(f"cannot connect to {self._where()}: {exc}") from None
         return session
-
-    async def _ehlo(self, session: Session) -> Reply:
-        session.writer.write(f"EHLO {self.helo}\r\n".encode())
-        lines = []
-        while True:
-            line = await asyncio.wait_for(session.reader.readline(), self.timeout)
-            if not line.endswith(b"\n"):
-                raise EOFError("the server closed the connection")
-            lines.append(line)
-            if line[3:4] != b"-":
-                break
-        code = int(lines[-1][:3])
-        if code != 250:
-            return await session.command(f"HELO {self.helo}")
-        session.extensions = {ln[4:].split(b" ")[0].strip().decode("ascii", "replace").upper() for ln in lines[1:]}
-        return _reply(code, lines[0][4:])
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes,
                    before_end: Callable[[], None] | None = None) -> Reply:
         """``before_end``: called after the 354, before the content goes; what it raises (an
         Outcome) abandons the transaction with its connection, nothing of the content sent."""
-        reused = bool(self.idle)
-        session = self.idle.pop() if reused else await self._connect()
+        session = await self._idle_session()
+        reused = session is not None
+        if session is None:
+            session = await self._connect()
         try:
             try:
                 reply = await self._transaction(session, sender, recipients, message, before_end)
-            except _Stale:
+            except Stale:
                 session.close()
                 if not reused:
                     raise Deferred(f"{self._where()} dropped the connection") from None
                 session = await self._connect()  # the server closed a kept-alive one: one fresh try
                 try:
                     reply = await self._transaction(session, sender, recipients, message, before_end)
-                except _Stale as exc:
+                except Stale as exc:
                     session.close()
                     raise Deferred(f"{self._where()} dropped the connection: {exc}") from None
         except Outcome:
@@ -177,73 +194,31 @@ class RelayPool:
         self.idle.append(session)
         return reply
 
+    async def _idle_session(self) -> Session | None:
+        """A kept connection whose slot (if it needs one) is still its own."""
+        while self.idle:
+            session = self.idle.pop()
+            if not session.open:
+                session.close()
+                continue
+            if session.holder and not await self.slots.renew(session.holder):  # type: ignore[union-attr]
+                session.holder = ""
+                session.on_close = None  # lapsed: the slot is another's now, nothing to give back
+                session.close()
+                continue
+            return session
+        return None
+
     async def _transaction(self, session: Session, sender: str, recipients: Sequence[str],
                            message: bytes, before_end: Callable[[], None] | None = None) -> Reply:
-        refusal = smtputf8_refusal(self._where(), "SMTPUTF8" in session.extensions, sender, recipients)
-        if refusal is not None:
-            raise refusal
-        try:
-            lines = [f"MAIL FROM:<{sender}>{smtputf8_parameter(sender, recipients)}", *(f"RCPT TO:<{r}>" for r in recipients),
-                     "DATA"]
-            if "PIPELINING" in session.extensions:  # one write, the replies read in order
-                session.writer.write(("\r\n".join(lines) + "\r\n").encode())
-                mail = await session.reply()
-                rcpts = [await session.reply() for _ in recipients]
-                data = await session.reply()
-            else:
-                mail = await session.command(lines[0])
-                rcpts, data = [], Reply(503, "not sent")
-                if mail.code == 250:
-                    rcpts = [await session.command(line) for line in lines[1:-1]]
-                    if any(r.code in (250, 251) for r in rcpts):
-                        data = await session.command("DATA")
-            if mail.code == 421:  # the server closed the session (after its last message, say)
-                raise _Stale(f"421 {mail.text}")
-            refusal = envelope_refusal(self.target.host, mail, rcpts, data)
-            if refusal is not None:
-                if data.code == 354:
-                    session.close()  # it waits for content nobody may get
-                else:
-                    await self._reset(session)
-                raise refusal
-            if before_end is not None:
-                try:
-                    before_end()
-                except Outcome:
-                    session.close()  # it waits for content that may not go
-                    raise
-            session.writer.write(content(message))
-        except _LOST as exc:
-            raise _Stale(f"{type(exc).__name__}: {exc}") from None
-        # the message is out: from here on a lost reply means the server may have taken it
-        try:
-            final = await session.reply(self.data_timeout)
-        except _LOST as exc:
-            session.close()
-            raise no_final_reply(self._where(), type(exc).__name__) from None
-        if final.code != 250:
-            await self._reset(session)
-            raise _classify(final, "message refused", recipient=False)
-        return final
-
-    @staticmethod
-    async def _reset(session: Session) -> None:
-        try:
-            reply = await session.command("RSET")
-            if reply.code != 250:
-                session.close()
-        except _LOST:
-            session.close()  # not reused
+        return await session.run(transaction(self._where(), session.extensions, sender, recipients, message,
+                                             before_end))  # type: ignore[return-value]
 
     async def close(self) -> None:
         idle, self.idle = self.idle, []
         for session in idle:
+            session.timeout = min(session.timeout, 2.0)
             try:
-                await asyncio.wait_for(session.command("QUIT"), 2)
-            except _LOST:
-                pass
-            session.close()
-
-
-class _Stale(Exception):
-    pass
+                await session.run(quit_session())
+            finally:
+                session.close()

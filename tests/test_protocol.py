@@ -1,0 +1,206 @@
+"""The SMTP protocol core (worker/transports/protocol.py) driven by a scripted server: what the
+client writes, and what each reply, each refusal and each broken connection becomes. No socket:
+the unit tier's view of every rule both real drivers (blocking and event loop) share."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import pytest
+
+from worker.outcomes import Bounced, Deferred, Greylisted, InDoubt
+from worker.settings import SmtpTarget
+from worker.transports.protocol import (Close, Lost, Read, Reply, StartTls, Stale, Write, auth_mechanisms,
+                                        open_session, parse_reply, pipelined, transaction)
+
+WHERE = "mx.example:25"
+LOST = object()  # in a script: the connection breaks at this read
+
+
+class Server:
+    """Replies in order (b"250 ok" lines, or LOST); records what the client wrote and did."""
+
+    def __init__(self, *replies: object) -> None:
+        self.replies = list(replies)
+        self.written: list[bytes] = []
+        self.events: list[str] = []
+
+    def run(self, conversation):  # noqa: ANN001, ANN201 - a generator of protocol operations
+        value, error = None, None
+        while True:
+            try:
+                op = conversation.throw(error) if error is not None else conversation.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            if isinstance(op, Write):
+                self.written.append(op.data)
+            elif isinstance(op, Read):
+                reply = self.replies.pop(0)
+                if reply is LOST:
+                    error = Lost("reset by peer")
+                else:
+                    lines = [line + b"\r\n" for line in reply.split(b"\n")]  # type: ignore[union-attr]
+                    value = parse_reply(lines)
+                    self.events.append(f"read{'-final' if op.final else ''} {value.code}")
+            elif isinstance(op, StartTls):
+                self.events.append("starttls")
+            elif isinstance(op, Close):
+                self.events.append("close")
+
+    @property
+    def commands(self) -> list[str]:
+        return [line for chunk in self.written for line in chunk.decode(errors="replace").split("\r\n")
+                if line and line.split(" ")[0].split(":")[0].isupper()]
+
+
+PIPELINING = {"PIPELINING", "8BITMIME"}
+
+
+def send(server: Server, offered: set[str] = PIPELINING, recipients: Sequence[str] = ("a@example.com",),
+         before_end: Callable[[], None] | None = None) -> Reply:
+    return server.run(transaction(WHERE, offered, "s@example.org", recipients, b"Subject: x\r\n\r\n.dot\r\n",
+                                  before_end))
+
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_pipelined_message_is_one_envelope_write_its_dot_stuffed_content_and_the_final_reply() -> None:
+    server = Server(b"250 ok", b"250 ok", b"354 go", b"250 2.0.0 queued as X")
+    assert send(server) == Reply(250, "2.0.0 queued as X")
+    assert server.written == [b"MAIL FROM:<s@example.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n",
+                              b"Subject: x\r\n\r\n..dot\r\n.\r\n"]
+    assert server.events[-1] == "read-final 250"
+
+
+def test_without_pipelining_each_command_waits_for_its_reply_and_no_data_after_every_rcpt_refused() -> None:
+    server = Server(b"250 ok", b"550 5.1.1 no such user", b"250 reset")
+    with pytest.raises(Bounced) as refused:
+        send(server, offered=set())
+    assert refused.value.hard and "5.1.1" in refused.value.reason
+    assert server.commands == ["MAIL FROM:<s@example.org>", "RCPT TO:<a@example.com>", "RSET"]
+
+
+@pytest.mark.parametrize("reply, kind, hard", [
+    (b"550 5.1.1 user unknown", Bounced, True),
+    (b"550 5.7.1 rejected by policy", Bounced, False),
+    (b"450 4.2.0 mailbox busy", Deferred, None),
+    (b"451 4.7.1 Greylisted, try again in 5 minutes", Greylisted, None),
+    (b"550 no such user here", Bounced, True),  # no enhanced code: the address itself
+])
+def test_a_refused_recipient_becomes_its_outcome(reply: bytes, kind: type, hard: bool | None) -> None:
+    server = Server(b"250 ok", reply, b"554 no valid recipients", b"250 reset")
+    with pytest.raises(kind) as refused:
+        send(server)
+    assert type(refused.value) is kind
+    if hard is not None:
+        assert refused.value.hard is hard  # type: ignore[attr-defined]
+    assert server.commands[-1] == "RSET"
+
+
+def test_a_354_after_every_recipient_was_refused_closes_rather_than_sending_data() -> None:
+    server = Server(b"250 ok", b"550 5.1.1 gone", b"354 go ahead anyway")
+    with pytest.raises(Deferred, match="without a valid envelope"):
+        send(server)
+    assert server.events[-1] == "close" and len(server.written) == 1
+
+
+def test_the_content_refused_after_the_end_of_data_is_reset_and_classified_as_the_message() -> None:
+    server = Server(b"250 ok", b"250 ok", b"354 go", b"554 5.7.1 spam", b"250 reset")
+    with pytest.raises(Bounced) as refused:
+        send(server)
+    assert not refused.value.hard and server.commands[-1] == "RSET"
+
+
+def test_a_connection_lost_before_the_content_is_stale_and_after_it_in_doubt() -> None:
+    with pytest.raises(Stale):
+        send(Server(b"250 ok", LOST))
+    server = Server(b"250 ok", b"250 ok", b"354 go", LOST)
+    with pytest.raises(InDoubt, match="may have been delivered"):
+        send(server)
+    assert server.events[-1] == "close"
+
+
+def test_a_421_to_mail_is_a_session_the_server_ended_not_a_refusal_of_the_message() -> None:
+    with pytest.raises(Stale, match="421"):
+        send(Server(b"421 4.3.2 closing", b"503 bad sequence", b"503 bad sequence"))
+
+
+def test_the_gate_before_the_end_may_stop_the_message_with_nothing_of_it_sent() -> None:
+    class Held(Deferred):
+        pass
+
+    def gate() -> None:
+        raise Held("claim lost")
+    server = Server(b"250 ok", b"250 ok", b"354 go")
+    with pytest.raises(Held):
+        send(server, before_end=gate)
+    assert len(server.written) == 1 and server.events[-1] == "close"
+
+
+def test_a_utf8_local_part_needs_smtputf8_and_is_refused_before_the_envelope_without_it() -> None:
+    server = Server()
+    with pytest.raises(Bounced, match="SMTPUTF8"):
+        send(server, recipients=("zoë@example.com",))
+    assert server.written == []
+    server = Server(b"250 ok", b"250 ok", b"354 go", b"250 ok")
+    send(server, offered=PIPELINING | {"SMTPUTF8"}, recipients=("zoë@example.com",))
+    assert server.written[0].startswith("MAIL FROM:<s@example.org> SMTPUTF8\r\n".encode())
+
+
+def test_a_session_says_ehlo_upgrades_with_starttls_says_ehlo_again_and_authenticates() -> None:
+    server = Server(b"220 mx ESMTP", b"250-mx\n250-STARTTLS\n250 PIPELINING", b"220 go ahead",
+                    b"250-mx\n250-AUTH PLAIN LOGIN\n250 PIPELINING", b"235 ok")
+    target = SmtpTarget("mx.example", 25, "required", "mailer", "s3cret")
+    offered = server.run(open_session(target, "client.example", WHERE))
+    assert offered == {"AUTH", "PIPELINING"}
+    assert server.commands == ["EHLO client.example", "STARTTLS", "EHLO client.example",
+                               "AUTH PLAIN AG1haWxlcgBzM2NyZXQ="]
+    assert "starttls" in server.events
+
+
+@pytest.mark.parametrize("script, why", [
+    ((b"554 go away",), "greeting refused"),
+    ((b"220 mx", b"250 mx"), "does not offer STARTTLS and it is required"),
+    ((b"220 mx", b"250-mx\n250 STARTTLS", b"454 TLS not available"), "refused STARTTLS"),
+])
+def test_each_refused_step_of_a_session_is_named(script: tuple[bytes, ...], why: str) -> None:
+    with pytest.raises(Deferred, match=why):
+        Server(*script).run(open_session(SmtpTarget("mx.example", 25, "required"), "c", WHERE))
+
+
+def test_a_server_without_esmtp_gets_helo_and_a_login_only_server_gets_login() -> None:
+    server = Server(b"220 old", b"500 what", b"250 hello")
+    assert server.run(open_session(SmtpTarget("mx.example", 25, "off"), "c", WHERE)) == set()
+    assert server.commands == ["EHLO c", "HELO c"]
+    server = Server(b"220 mx", b"250-mx\n250 AUTH LOGIN", b"334 VXNlcm5hbWU6", b"334 UGFzc3dvcmQ6", b"235 ok")
+    server.run(open_session(SmtpTarget("mx.example", 25, "off", "u", "p"), "c", WHERE))
+    assert server.commands[1:] == ["AUTH LOGIN"]  # then the two base64 answers
+    assert server.written[-2:] == [b"dQ==\r\n", b"cA==\r\n"]
+    assert auth_mechanisms(parse_reply([b"250-mx\r\n", b"250 AUTH=PLAIN\r\n"])) == {"PLAIN"}
+
+
+def test_a_pipelined_batch_writes_each_content_with_the_next_envelope_and_reports_each_message() -> None:
+    items = [("s@example.org", ["a@example.com"], b"one\r\n"), ("s@example.org", ["b@example.com"], b"two\r\n"),
+             ("s@example.org", ["c@example.com"], b"three\r\n")]
+    server = Server(b"250 ok", b"250 ok", b"354 go", b"250 first",
+                    b"250 ok", b"550 5.1.1 gone", b"554 no valid recipients", b"250 reset",
+                    b"250 ok", b"250 ok", b"354 go", b"250 third")
+    outcomes: dict[int, object] = {}
+    rest = server.run(pipelined(WHERE, PIPELINING, items, outcomes.__setitem__))
+    assert rest == 3
+    assert outcomes[0] == Reply(250, "first") and outcomes[2] == Reply(250, "third")
+    assert isinstance(outcomes[1], Bounced) and outcomes[1].hard
+    assert server.written[1] == b"one\r\n.\r\nMAIL FROM:<s@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+
+
+def test_a_batch_broken_mid_way_says_which_message_is_in_doubt_and_where_the_rest_resumes() -> None:
+    items = [("s@example.org", ["a@example.com"], b"one\r\n"), ("s@example.org", ["b@example.com"], b"two\r\n")]
+    outcomes: dict[int, object] = {}
+    rest = Server(b"250 ok", b"250 ok", b"354 go", LOST).run(pipelined(WHERE, PIPELINING, items,
+                                                                       outcomes.__setitem__))
+    assert rest == 1 and isinstance(outcomes[0], InDoubt)
+    outcomes.clear()
+    rest = Server(b"250 ok", LOST).run(pipelined(WHERE, PIPELINING, items, outcomes.__setitem__))
+    assert rest == 0 and outcomes == {}  # nothing of the first went: all of it goes on a fresh session
