@@ -13,21 +13,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 
 from producer import Notifier
 from worker.events.deliver import Runner
-from worker.fanout import Fanout
-from worker.loop import Worker
 from worker.settings import Settings
-from worker.store import Store
 
 from .conftest import ROOT, VENV_BIN, bare_env, run_burst
 from .servers import SmtpServer
 from .test_inbound import client_reply
+from .test_mailout import run_fanout
 
 SECRET = "whsec_" + base64.b64encode(b"t" * 32).decode()
 DOMAIN = "replies.tracker.example"
@@ -39,7 +37,7 @@ class Quiet(WSGIRequestHandler):
 
 
 @pytest.fixture
-def tracker(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, object]]:
+def tracker(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Any]]:
     from examples.tracker.app import Tracker
 
     app = Tracker(str(tmp_path / "tracker.sqlite3"), Notifier(settings.beanstalk_url), SECRET)
@@ -51,10 +49,8 @@ def tracker(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, object]]:
 
 
 def send(settings: Settings) -> None:
-    """An in-process worker, --burst: the mailout tube's fan-out, then each watcher's mail."""
-    store = Store(settings.store)
-    assert Worker(settings, Fanout(settings), store, tubes=("mailout",)).run(burst=True) == 0
-    store.close()
+    """In-process workers, --burst: the mailout tube's fan-out, then each watcher's mail."""
+    run_fanout(settings)
     run_burst(settings)
 
 
@@ -68,7 +64,7 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
 
 
 def test_a_watchers_reply_becomes_a_comment_that_mails_the_other_watchers_but_not_the_replier(
-        settings: Settings, smtp: SmtpServer, tracker: tuple[str, object], tmp_path: Path) -> None:
+        settings: Settings, smtp: SmtpServer, tracker: tuple[str, Any], tmp_path: Path) -> None:
     url, app = tracker
     settings = settings.replace(reply_domain=DOMAIN, reply_secret="tr4cker", events_url=f"{url}/beanmail/events",
                                 events_secret=SECRET, events_spool=str(tmp_path / "events.spool"))
@@ -107,3 +103,34 @@ def test_a_watchers_reply_becomes_a_comment_that_mails_the_other_watchers_but_no
     assert "Kind regards" not in body and "Original" not in body
     send(settings)
     assert len(smtp.messages) == 4
+
+
+def test_a_private_issue_takes_replies_only_from_who_still_watches_it(
+        settings: Settings, smtp: SmtpServer, tracker: tuple[str, Any], tmp_path: Path) -> None:
+    from examples.tracker.app import entities
+
+    url, app = tracker
+    settings = settings.replace(reply_domain=DOMAIN, reply_secret="tr4cker", events_url=f"{url}/beanmail/events",
+                                events_secret=SECRET, events_spool=str(tmp_path / "events.spool"),
+                                entities=entities(app.db_path))
+    app.comment(3, "ann@example.com", "Rotated the keys.")
+    send(settings)
+    reply_to = {m.rcpt_tos[0]: str(m.message["Reply-To"]) for m in smtp.wait_for(2)}
+    app.unwatch(3, "cat@example.com")
+    env = bare_env(settings, BEANMAIL_REPLY_DOMAIN=DOMAIN, BEANMAIL_REPLY_SECRET="tr4cker",
+                   BEANMAIL_EVENTS_URL=settings.events_url, BEANMAIL_EVENTS_SECRET=SECRET,
+                   BEANMAIL_EVENTS_SPOOL=settings.events_spool)
+    for who, name in (("cat@example.com", "iphone"), ("bob@example.com", "thunderbird")):
+        raw = client_reply(name, reply_to[who])
+        raw = raw.replace(b"cat@icloud.com", who.encode()).replace(b"dan@example.net", who.encode())
+        proc = subprocess.run([str(VENV_BIN / "beanmail"), "inbound"], env=env, cwd=ROOT, input=raw,
+                              capture_output=True, timeout=60)
+        assert proc.stdout.splitlines()[-1].startswith(b"replied"), proc.stdout + proc.stderr
+    runner = Runner(settings)
+    assert runner.run(burst=True) == 0
+    runner.close()
+    comments = app.db().execute("SELECT author, body FROM comments WHERE issue_id = 3 ORDER BY id").fetchall()
+    assert comments == [("ann@example.com", "Rotated the keys."), ("bob@example.com", "Looks fine to me.")]
+    send(settings)
+    assert [m.rcpt_tos[0] for m in smtp.wait_for(3)[2:]] == ["ann@example.com"]  # cat left, bob replied
+    assert len(smtp.messages) == 3

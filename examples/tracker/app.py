@@ -8,7 +8,8 @@ A private issue is seen by its watchers only, and its mail is checked again when
 watcher removed after the comment was queued gets nothing (the workers need ``entities()``, below,
 as ``[beanmail.entities.issue]`` in beanmail.toml; README "Settings").
 With ``--events-secret`` (beanmail's BEANMAIL_EVENTS_SECRET, its BEANMAIL_EVENTS_URL pointing at
-``/beanmail/events``) comment mail asks for replies and a reply becomes a comment (replies.py).
+``/beanmail/events``) comment mail asks for replies and a reply becomes a comment (replies.py;
+a private issue takes replies only from who still watches it).
 
     python examples/tracker/app.py            # http://127.0.0.1:8000/ against the dev stack
 """
