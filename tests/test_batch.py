@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 
 import greenstalk
@@ -40,9 +39,8 @@ def test_one_write_deletes_and_reserves_a_batch_the_first_waiting(beanstalkd: Be
     assert reserve_batch(client, [j.id for j in rest], 0, 4) == []  # nothing ready: no job, no error
     later = threading.Timer(0.3, lambda: connect(beanstalkd.url, encoding=None, use="t").put(b"late"))
     later.start()
-    started = time.monotonic()
-    [late] = reserve_batch(client, [], 5, 4)  # the first reservation waits for a job to come
-    assert late.body == b"late" and time.monotonic() - started < 4
+    [late] = reserve_batch(client, [], 5, 4)  # the first reservation waits for a job to come (none: [])
+    assert late.body == b"late"
 
 
 def test_a_batch_is_claimed_and_recorded_once_per_key(settings: Settings, notifier: Notifier, smtp: SmtpServer) -> None:

@@ -11,7 +11,7 @@ import json
 import random
 import ssl
 import subprocess
-import time
+import threading
 from email.utils import make_msgid
 from pathlib import Path
 
@@ -83,11 +83,9 @@ def hostile() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", list(hostile()))
 def test_parse_reads_hostile_mail_without_raising_and_says_why(name: str) -> None:
-    started = time.monotonic()
-    report = parse(hostile()[name])
+    report = _parse_without_hanging(hostile()[name])
     assert report.kind == "unknown" and report.failures == []
     assert report.note  # "not read: ... a MIME bomb", "not a bounce", ...
-    assert time.monotonic() - started < 5
 
 
 def test_each_recipient_of_one_dsn_gets_its_own_status_and_reason() -> None:
@@ -331,6 +329,18 @@ def test_a_providers_permanent_verdict_yields_to_words_of_a_passing_trouble() ->
                    permanent=False).classification == "soft"
 
 
+def _parse_without_hanging(raw: bytes, deadline: float = 60.0):  # noqa: ANN202
+    """parse() of hostile input, given a deadline no linear reading comes near (it takes about a
+    second here) and a quadratic one far exceeds (hours): a guard against hanging the intake,
+    not a measure of speed (that is `make bench`'s)."""
+    done: list[object] = []
+    reader = threading.Thread(target=lambda: done.append(parse(raw)), daemon=True)
+    reader.start()
+    reader.join(deadline)
+    assert done, f"parse() still reading after {deadline:g} s: the intake would hang on this mail"
+    return done[0]
+
+
 @pytest.mark.parametrize("shape", ["30000 named in text", "10000 DSN blocks"])
 def test_a_report_naming_thousands_of_recipients_is_read_for_its_first_hundred_quickly(shape: str) -> None:
     """A MiB of report (the most read) takes a second, not minutes."""
@@ -340,9 +350,7 @@ def test_a_report_naming_thousands_of_recipients_is_read_for_its_first_hundred_q
     else:
         raw = _report("--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n" + "".join(
             f"Final-Recipient: rfc822; u{i}@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n" for i in range(10000)))
-    started = time.monotonic()
-    report = parse(raw)
-    assert time.monotonic() - started < 5
+    report = _parse_without_hanging(raw)
     assert len(report.failures) == 100 and report.failures[0].address == "u0@example.com"
     assert {f.classification for f in report.failures} == {"hard"}
 
@@ -350,7 +358,5 @@ def test_a_report_naming_thousands_of_recipients_is_read_for_its_first_hundred_q
 def test_a_mebibyte_of_short_lines_after_a_bounce_is_read_in_seconds() -> None:
     raw = (b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\n\r\n<gone@example.com>: 550 5.1.1 user"
            b" unknown (in reply to RCPT TO command)\r\n\r\n" + b"x\n" * 500000)
-    started = time.monotonic()
-    [failure] = parse(raw).failures
-    assert time.monotonic() - started < 5
+    [failure] = _parse_without_hanging(raw).failures
     assert (failure.address, failure.classification) == ("gone@example.com", "hard")

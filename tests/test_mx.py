@@ -208,6 +208,31 @@ def test_the_per_domain_connection_cap_holds_for_the_whole_process(mx_settings: 
     assert server.handler.connections == 1
 
 
+def test_several_beanstalkd_servers_share_one_event_loop_and_its_per_domain_cap(mx_settings: Settings, hosts,  # noqa: ANN001
+                                                                                 tmp_path: Path) -> None:
+    """Direct MX from two servers' loops in one process, on the event loop: one pool for both,
+    so a cap of one connection per domain is one connection, whichever server the mail came from."""
+    from .conftest import bare_env, beanmail
+    from .servers import Beanstalkd
+
+    second = Beanstalkd(tmp_path / "second").start()
+    try:
+        server = hosts("127.0.0.4")
+        server.handler.data_delay = 0.1  # slow enough that both loops want the domain at once
+        for url in (mx_settings.beanstalk_url, second.url):
+            notifier = Notifier(url)
+            for i in range(4):
+                notifier.notify("welcome", f"u{i}-{url[-5:]}@aonly.mx.example", {"name": "u"}, key=f"two:{url}:{i}")
+        env = bare_env(mx_settings, BEANMAIL_TRANSPORT="mx", BEANMAIL_DNS=mx_settings.dns,
+                       BEANMAIL_BEANSTALK_URL=f"{mx_settings.beanstalk_url},{second.url}",
+                       BEANMAIL_MX_PORT=str(mx_settings.mx_port), BEANMAIL_MX_CONNECTIONS_PER_DOMAIN="1")
+        beanmail("worker", "--burst", "--threads", "4", env=env)
+        assert len(server.wait_for(8)) == 8
+        assert server.handler.connections == 1
+    finally:
+        second.stop(kill=True)
+
+
 def test_a_fleet_cap_holds_across_worker_processes(mx_settings: Settings, hosts, tmp_path: Path) -> None:  # noqa: ANN001
     """Two worker processes (hosts of a fleet, on one store), each allowed two connections per
     domain, share one with BEANMAIL_MX_FLEET_CONNECTIONS_PER_DOMAIN=1: the domain's server sees a

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +129,14 @@ def _the_story(settings: Settings) -> None:
         c.put(b"not json either")
 
 
+def _schedule_news(settings: Settings) -> None:
+    """A mailout to two for three days ahead (the document shows a Monday 08:00)."""
+    notifier = Notifier(settings.beanstalk_url, blobs=settings.store)
+    notifier.mailout("welcome", ["ann@example.com", "bob@example.com"], {"name": "all"}, key="news:1",
+                     send_at=time.time() + 3 * 86400)
+    notifier.close()
+
+
 def _address(url: str) -> tuple[str, int]:
     host, port = url.split("//", 1)[1].rsplit(":", 1)
     return host, int(port)
@@ -150,6 +159,8 @@ def test_every_cli_sample_is_what_the_command_prints(settings: Settings, tmp_pat
                 continue
             if sample.section == "delete" and sample.command.startswith("beanmail delete --job"):
                 beanmail("worker", "--burst", env=env)  # the jobs `kick` moved are poison: buried again
+            if sample.section == "mailout" and sample.command == "beanmail mailout list":
+                _schedule_news(settings)
             _check(sample, env, tmp_path)
             checked += 1
     finally:

@@ -10,49 +10,9 @@ import pytest
 
 from worker.outcomes import Bounced, Deferred, Greylisted, InDoubt
 from worker.settings import SmtpTarget
-from worker.transports.protocol import (Close, Lost, Read, Reply, StartTls, Stale, Write, auth_mechanisms,
-                                        open_session, parse_reply, pipelined, transaction)
+from worker.transports.protocol import Reply, Stale, auth_mechanisms, open_session, parse_reply, pipelined, transaction
 
-WHERE = "mx.example:25"
-LOST = object()  # in a script: the connection breaks at this read
-
-
-class Server:
-    """Replies in order (b"250 ok" lines, or LOST); records what the client wrote and did."""
-
-    def __init__(self, *replies: object) -> None:
-        self.replies = list(replies)
-        self.written: list[bytes] = []
-        self.events: list[str] = []
-
-    def run(self, conversation):  # noqa: ANN001, ANN201 - a generator of protocol operations
-        value, error = None, None
-        while True:
-            try:
-                op = conversation.throw(error) if error is not None else conversation.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value, error = None, None
-            if isinstance(op, Write):
-                self.written.append(op.data)
-            elif isinstance(op, Read):
-                reply = self.replies.pop(0)
-                if reply is LOST:
-                    error = Lost("reset by peer")
-                else:
-                    lines = [line + b"\r\n" for line in reply.split(b"\n")]  # type: ignore[union-attr]
-                    value = parse_reply(lines)
-                    self.events.append(f"read{'-final' if op.final else ''} {value.code}")
-            elif isinstance(op, StartTls):
-                self.events.append("starttls")
-            elif isinstance(op, Close):
-                self.events.append("close")
-
-    @property
-    def commands(self) -> list[str]:
-        return [line for chunk in self.written for line in chunk.decode(errors="replace").split("\r\n")
-                if line and line.split(" ")[0].split(":")[0].isupper()]
-
+from .fakes import LOST, WHERE, Server
 
 PIPELINING = {"PIPELINING", "8BITMIME"}
 

@@ -434,6 +434,18 @@ def test_a_fleet_of_beanstalkd_servers_is_summed_and_each_is_checked(settings: S
             text = c.get("/metrics")[2]
             assert 'beanmail_tube_jobs{state="buried",tube="mail.bulk"} 2.0' in text
             assert c.get("/healthz")[:1] == (200,)
+            # the pages of jobs read the first server (a job id is one server's); pause acts on every one
+            for path in ("/buried", "/buried?domain=example.com", "/deferred", "/events", "/events?view=failed",
+                         "/mailout?key=k", "/job/1", "/"):
+                status, _, page = c.get(path)
+                assert status == 200 and "the console failed" not in page, (path, status, page[:300])
+            cookie, token = csrf_of(c, "/")
+            status, headers, _ = c.post("/tube/pause", {"tube": "mail.bulk", "seconds": "300", "csrf": token},
+                                        Cookie=cookie)
+            assert status == 303 and "on+2+servers" in headers["location"]
+            for url in (beanstalkd.url, second.url):
+                with connect(url, encoding=None) as bs:
+                    assert int(bs.stats_tube("mail.bulk")["pause-time-left"]) > 0
             second.stop()
             status, _, body = c.get("/healthz")
             assert status == 503 and body == f"beanstalkd: not answering: {second.url}: [Errno 111] Connection refused\n"

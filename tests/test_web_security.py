@@ -321,7 +321,10 @@ def walk_every_page(settings: Settings, console: Console, store_location: str) -
              "/log?q=%3C%40%3E", "/suppressions?q=%3C%3E%40", "/suppressions?q=%25", "/bounces?q=%40%40",
              "/bounces?q=%ff%fe", "/metrics", "/healthz", "/job/0", "/job/99999999999999999999999",
              "/job/18446744073709551615", "/job/9223372036854775807", f"/job/{2**62}", "/job/%EF%BC%91",
-             "/job/" + "9" * 5000, "/nowhere", "/job/-1"]
+             "/job/" + "9" * 5000, "/nowhere", "/job/-1", "/deferred", "/events", "/events?view=retried",
+             "/events?view=failed", "/replies", "/replies?outcome=refused", "/mailout?key=bad+address%40%40example.com",
+             "/mailout?key=%25_%00%ff", "/log?q=bad+addr", "/buried?domain=example.com&reason=%25",
+             "/buried?template=%ff%fe&tube=mail.bulk", "/?refresh=10", "/deferred?refresh=%ff"]
     status, page, _ = get(port, "/buried")
     listed = sorted(set(re.findall(r'href="/job/(\d+)"', page)), key=int)
     assert status == 200 and len(listed) >= len(ids) - 2, (ids, listed)  # on PostgreSQL: all but the unrecorded
@@ -329,7 +332,7 @@ def walk_every_page(settings: Settings, console: Console, store_location: str) -
     for path in pages:
         status, page, took = get(port, path)
         assert status in (200, 404, 503) and status != 500, (path, status, page[:500])
-        shown = re.sub(r'<input name="q" value="[^"]*"', "", page)  # (the search box shows what was typed)
+        shown = re.sub(r'<input name="(q|key)" value="[^"]*"', "", page)  # (the search box shows what was typed)
         assert "bad address@@" not in shown and "address@@example.com" not in shown, path
     status, page, _ = get(port, "/buried")
     assert "b***@example.com" in page
@@ -340,7 +343,11 @@ def walk_every_page(settings: Settings, console: Console, store_location: str) -
              ("/buried/delete", {"all": "1", "tube": "-nope"}), ("/buried/delete", {"all": "1", "tube": "é" * 100}),
              ("/suppressions/add", {"address": "bad address@@example.com"}),
              ("/suppressions/add", {"address": "a@" + "b" * 300 + ".com", "reason": "x" * 70000}),
-             ("/suppressions/remove", {"ref": "x", "hint": "%_%@%"}), ("/suppressions/remove", {})]
+             ("/suppressions/remove", {"ref": "x", "hint": "%_%@%"}), ("/suppressions/remove", {}),
+             ("/buried/kick", {"filter": "1", "domain": "example.com", "reason": "ÿ%_"}),
+             ("/buried/delete", {"filter": "1", "template": "%", "tube": "-bad"}),
+             ("/tube/pause", {"tube": "mail.bulk", "seconds": "-1"}), ("/tube/resume", {"tube": "nope"}),
+             ("/host/disable", {"target": "%_"}), ("/host/enable", {"target": "é" * 100})]
     for path, form in forms:
         status, _, page = console.post(path, {"csrf": token, **form}, Cookie=cookie)
         assert status in (303, 400, 404, 413), (path, form, status, page[:300])

@@ -67,7 +67,7 @@ def cmd_spool(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from .flight import flies, sending_stage
+    from .flight import flies, sending_stage, shared_sessions
     from .pipeline import make_transport
 
     if MAILOUT_TUBE in settings.tubes:
@@ -87,8 +87,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             logs.get_logger().info("spool flushed", jobs=flushed, spool=settings.spool)
     except CommandError as exc:  # beanstalkd down: the loop below waits for it; the spool waits too
         logs.get_logger().warning("spool not flushed", reason=str(exc))
-    # BEANMAIL_CONCURRENCY sessions on one event loop per beanstalkd server of the fleet, or (direct
-    # MX across several servers, or with a fleet cap) that many loops (threads) per server
+    # BEANMAIL_CONCURRENCY sessions in flight on an event loop per beanstalkd server of the fleet
+    # (direct MX: one loop and pool for them all), or at 1 one blocking loop per server
     per_server = 1 if flies(settings) else settings.in_flight
     servers = [url for url in settings.beanstalk_urls for _ in range(per_server)]
     stores = [open_store(settings) if args.burst else wait_for_store(settings) for _ in servers]
@@ -101,18 +101,24 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
                                       keys=recovered)
     except StoreUnavailable:
         pass  # claimed keys wait; the next start, or a worker meeting their claims, reads the journals
-    # one direct-MX transport per process, so its per-domain connection cap holds for the whole
-    # process; a relay session is one connection and stays with its loop
+    # one direct-MX transport (or pool) per process, so its per-domain connection cap holds for the
+    # whole process; a relay session is one connection and stays with its loop
     shared = make_transport(settings) if settings.transport == "mx" and not flies(settings) else None
-    loops = [Worker(settings, sending_stage(settings, s, transport=shared), s, url=url) for url, s in zip(servers, stores)]
+    sessions = shared_sessions(settings)
+    loops = [Worker(settings, sending_stage(settings, s, transport=shared, shared=sessions), s, url=url)
+             for url, s in zip(servers, stores)]
     worker: Worker | Pool = loops[0] if len(loops) == 1 else Pool(loops)
     worker.install_signal_handlers()
     registry = _register(settings, loops, burst=args.burst)
     if registry is None:
+        if sessions is not None:
+            sessions.close(settings.smtp_timeout)
         return 0
     try:
         return worker.run(burst=args.burst)
     finally:
+        if sessions is not None:
+            sessions.close(settings.smtp_timeout)
         registry.close()
         for s in stores:  # an empty journal goes with a clean exit; one still holding keys stays
             s.journal.close()

@@ -24,20 +24,41 @@ from .transports.aio import RelayPool
 from .transports.aio_mx import MxPool
 
 
+class Sessions:
+    """One asyncio event loop in a helper thread and the pool whose sessions wait on it: a
+    Flight's own, or one a process's server loops share (direct MX with several beanstalkd
+    servers: one pool, so the per-domain cap holds for the whole process)."""
+
+    def __init__(self, pool: "RelayPool | MxPool") -> None:
+        self.pool = pool
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="sessions", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.pool.close(), self.loop).result(timeout)
+        except Exception:  # noqa: BLE001 - closing: a server that does not answer QUIT is let go
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
 class Flight:
     def __init__(self, settings: Settings, pipeline: Pipeline, capacity: int,
-                 pool: RelayPool | MxPool | None = None) -> None:
+                 pool: RelayPool | MxPool | None = None, shared: Sessions | None = None) -> None:
         """``pool``: where the sends go (anything with ``async send(sender, recipients, message)``
-        and ``async close()``); the relay's sessions by default."""
+        and ``async close()``); the relay's sessions by default. ``shared``: a loop and pool other
+        flights use too (closed by whoever made it, not here)."""
         self.settings = settings
         self.pipeline = pipeline
         self.capacity = capacity
-        self.pool = pool or RelayPool(settings.smtp, timeout=settings.smtp_timeout,
-                                      data_timeout=settings.smtp_data_timeout, helo=settings.helo_name,
-                                      cafile=settings.smtp_cafile)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="sessions", daemon=True)
-        self._thread.start()
+        self._shared = shared
+        self._sessions = shared or Sessions(pool or RelayPool(
+            settings.smtp, timeout=settings.smtp_timeout, data_timeout=settings.smtp_data_timeout,
+            helo=settings.helo_name, cafile=settings.smtp_cafile))
+        self.pool = self._sessions.pool
+        self._loop = self._sessions.loop
         self._done: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self._flying: dict[int, Delivery] = {}
         self._followers: dict[int, list[Delivery]] = {}  # copies of a key in flight, by the flying one
@@ -120,32 +141,35 @@ class Flight:
         self.pipeline.record_pending()
 
     def close(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.pool.close(), self._loop).result(self.settings.smtp_timeout)
-        except Exception:  # noqa: BLE001 - closing: a server that does not answer QUIT is let go
-            pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        if self._shared is None:
+            self._sessions.close(self.settings.smtp_timeout)
         self.pipeline.close()
 
 
-def sending_stage(settings: Settings, store: Store, transport: object = None) -> Pipeline | Flight:
+def sending_stage(settings: Settings, store: Store, transport: object = None,
+                  shared: Sessions | None = None) -> Pipeline | Flight:
     """The stage a `beanmail worker` loop runs: the blocking pipeline, or with BEANMAIL_CONCURRENCY
     above 1 the pipeline with its sends in flight on the event loop, through the relay or straight
-    to each domain's MX hosts (a queue per domain; see ``flies``)."""
+    to each domain's MX hosts (a queue per domain); ``shared``: the process's one direct-MX pool
+    and its loop when several servers' loops send (``shared_sessions``)."""
     pipeline = Pipeline(settings, store, transport=transport)  # type: ignore[arg-type]
     if flies(settings):
-        pool = MxPool.from_settings(settings) if settings.transport == "mx" else None
-        return Flight(settings, pipeline, settings.in_flight, pool)
+        pool = MxPool.from_settings(settings) if settings.transport == "mx" and shared is None else None
+        return Flight(settings, pipeline, settings.in_flight, pool, shared=shared)
     return pipeline
 
 
+def shared_sessions(settings: Settings) -> Sessions | None:
+    """Direct MX from several beanstalkd servers: one pool on one loop for all their flights, so
+    a domain's connection cap holds for the whole process. None otherwise (each flight its own)."""
+    if flies(settings) and settings.transport == "mx" and len(settings.beanstalk_urls) > 1:
+        return Sessions(MxPool.from_settings(settings))
+    return None
+
+
 def flies(settings: Settings) -> bool:
-    """Whether sends fly on the event loop: BEANMAIL_CONCURRENCY above 1, through a relay, or
-    direct to MX hosts (with or without the fleet's per-domain cap) from one beanstalkd server.
-    With several servers, direct MX runs that many threads sharing one transport, so that the
-    per-domain cap holds for the whole process (each server's loop would have its own pool)."""
-    if settings.in_flight <= 1:
-        return False
-    return settings.transport == "smtp" or len(settings.beanstalk_urls) == 1
+    """Whether sends fly on the event loop: BEANMAIL_CONCURRENCY above 1, through a relay or
+    straight to MX hosts, from any number of beanstalkd servers. At 1 the blocking pipeline sends
+    (a fast local relay's CPU is the limit, and one session a process is the fastest)."""
+    return settings.in_flight > 1
 

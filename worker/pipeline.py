@@ -31,6 +31,7 @@ from .transports.smtp import Reply
 from .validate import check_envelope
 from .digest.collect import Digests
 from .feedback.outbound import Outbound
+from .web.subjects import header_subject
 from .web.tally import tally_for
 
 
@@ -80,6 +81,7 @@ class Delivery:
     sender: str = ""
     recipients: Sequence[str] = ()
     message: bytes = b""
+    subject: str = ""  # the built message's Subject, for the console's log (worker/web/subjects.py)
     job: Reserved | None = None
     started: float = 0.0
     already_sent: bool = False  # this process sent it before and could not record it then
@@ -213,7 +215,8 @@ class Pipeline:
         envelope = result.envelope
         created = envelope.created_at if envelope is not None else 0
         domain = envelope.to[0].address.rpartition("@")[2].lower() if envelope is not None and envelope.to else None
-        self.tally.record(tube, disp.outcome, time.time() - created if created and disp.outcome == "sent" else None, domain)
+        self.tally.record(tube, disp.outcome, time.time() - created if created and disp.outcome == "sent" else None, domain,
+                          subject=(envelope.id, d.subject) if envelope is not None and d.subject else None)
         return job_event(result, job_id=job.id, tube=tube, attempt=attempt, started=d.started,
                          mask_addresses=self.settings.mask_addresses)
 
@@ -370,6 +373,7 @@ class Pipeline:
             message, d.recipients = self._build(d.envelope)
             sender = d.envelope.sender or self.sender.addr_spec  # a raw job may name its own
             d.sender, d.message = self.outbound.prepare(d.envelope, message, sender)
+            d.subject = header_subject(d.message)
         except Exception as exc:  # noqa: BLE001
             d.error = exc
 

@@ -111,13 +111,24 @@ class Registry:
             self._thread.join(5)
         done, _ = self.progress()
         try:
+            still = self.disabled and self.is_disabled()  # (enabled meanwhile: it simply stopped)
             self.store.execute("UPDATE workers SET state = ?, last_seen = ?, jobs_done = ?, current_job = ''"
-                               " WHERE id = ?", ("disabled" if self.disabled else "stopped", time.time(), done, self.id))
+                               " WHERE id = ?", ("disabled" if still else "stopped", time.time(), done, self.id))
         except StoreUnavailable:
             pass
 
 
 # -- the fleet, for operators ---------------------------------------------------------------------
+
+PRUNE_AFTER = 86400.0  # a stopped or lost worker's row is kept this long after it was last seen
+
+
+def prune(store: Store, older_than: float = PRUNE_AFTER) -> int:
+    """Stopped and lost workers' rows last seen more than ``older_than`` seconds ago go: a dev
+    stack restarted three times shows its live workers, not twelve rows. How many went."""
+    return store.execute("DELETE FROM workers WHERE state IN ('stopped', 'lost') AND last_seen < ?",
+                         (time.time() - older_than,))
+
 
 def mark_lost(store: Store, lost_after: float) -> list[str]:
     """Workers silent for ``lost_after`` seconds are lost; their claims are released at once.
@@ -133,6 +144,7 @@ def mark_lost(store: Store, lost_after: float) -> list[str]:
         prefix = f"{worker}:"
         store.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed'"
                       " AND substr(claimed_by, 1, ?) = ?", (len(prefix), prefix))
+    prune(store)
     return lost
 
 
@@ -150,7 +162,12 @@ def disable(store: Store, target: str) -> None:
 
 
 def enable(store: Store, target: str) -> bool:
-    return store.execute("DELETE FROM disabled WHERE target = ?", (target,)) > 0
+    """Lifts a disable; the rows of the workers it had stopped say "stopped", no longer
+    "disabled" (a running one says "running" again at its next heartbeat)."""
+    lifted = store.execute("DELETE FROM disabled WHERE target = ?", (target,)) > 0
+    store.execute("UPDATE workers SET state = 'stopped' WHERE state = 'disabled' AND (host = ? OR id = ?"
+                  " OR host || ':' || CAST(pid AS TEXT) = ?)", (target, target, target))
+    return lifted
 
 
 def disabled_targets(store: Store) -> list[str]:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import hmac
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 import greenstalk
 
 from producer.client import connect, parse_recipient
 
 from .. import ops
-from .pages import MAX_JOB_ID, _addr
+from .. import registry
+from .filters import BuriedFilter, apply
+from .pages import MAX_JOB_ID, PAUSE_CHOICES, _addr
 
 if TYPE_CHECKING:
     from .app import Console, Request, Response
@@ -32,18 +35,44 @@ def _bad_form(f: dict[str, str]) -> str:
     return ""
 
 
+def _by_filter(console: "Console", req: "Request", action: str) -> "Response":
+    """Kick or delete the buried jobs a filter picks; the page it came from says how many it
+    touched, of how many matched (and of how many the operator saw when they confirmed)."""
+    from .app import Response
+
+    f = BuriedFilter.from_fields(req.form)
+    if isinstance(f, str):
+        return Response.text(400, f"nothing {action}ed: {f}\n")
+    if f.empty:
+        return Response.text(400, f"nothing {action}ed: say which jobs: template, domain or reason\n")
+    back = "/buried?" + urlencode([(k, v) for k, v in (("tube", f.tube), ("template", f.template),
+                                                       ("domain", f.domain), ("reason", f.reason)) if v])
+    done = "kicked" if action == "kick" else "deleted"
+    try:
+        touched, matched = apply(console.server, f, action)
+    except (ops.OpsError, greenstalk.Error) as exc:
+        return Response.redirect(req, back, done=f"not {done}: {exc or type(exc).__name__}")
+    seen = req.form.get("expected", "")
+    shown = int(seen) if seen.isdigit() and len(seen) < 10 else matched
+    said = f"; {seen} were shown when you confirmed" if shown != matched else ""
+    return Response.redirect(req, back, done=f"{done} {touched} buried job(s) of {matched} matching"
+                                             f" {f.describe()}{said}")
+
+
 def kick(console: "Console", req: "Request") -> "Response":
     from .app import Response
 
     f = req.form
+    if f.get("filter") == "1":
+        return _by_filter(console, req, "kick")
     if bad := _bad_form(f):
         return Response.text(400, f"nothing kicked: {bad}\n")
     try:
         if f.get("job"):
-            ops.kick(console.settings, job=int(f["job"]))
+            ops.kick(console.server, job=int(f["job"]))
             return Response.redirect(req, "/buried", done=f"kicked job {f['job']}")
         if f.get("all") == "1":
-            kicked = ops.kick(console.settings, tube=f.get("tube") or None, every=True)
+            kicked = ops.kick(console.server, tube=f.get("tube") or None, every=True)
             said = ", ".join(f"{t}: {n}" for t, n in kicked.items()) or "nothing was buried"
             return Response.redirect(req, "/buried", done=f"kicked {said}")
     except (ops.OpsError, greenstalk.Error) as exc:
@@ -56,6 +85,8 @@ def delete(console: "Console", req: "Request") -> "Response":
     from .app import Response
 
     f = req.form
+    if f.get("filter") == "1":
+        return _by_filter(console, req, "delete")
     if bad := _bad_form(f):
         return Response.text(400, f"nothing deleted: {bad}\n")
     try:
@@ -63,10 +94,10 @@ def delete(console: "Console", req: "Request") -> "Response":
             job = int(f["job"])
             if _state(console, job) != "buried":  # kicked or taken meanwhile: not what was shown
                 return Response.redirect(req, "/buried", done=f"job {job} is no longer buried; nothing deleted")
-            ops.delete(console.settings, job=job)
+            ops.delete(console.server, job=job)
             return Response.redirect(req, "/buried", done=f"deleted job {job}")
         if f.get("all") == "1" and f.get("tube"):
-            deleted = ops.delete(console.settings, tube=f["tube"])
+            deleted = ops.delete(console.server, tube=f["tube"])
             return Response.redirect(req, "/buried", done=f"deleted {deleted.get(f['tube'], 0)} buried job(s)"
                                                            f" of {f['tube']}")
     except (ops.OpsError, greenstalk.Error) as exc:
@@ -76,7 +107,7 @@ def delete(console: "Console", req: "Request") -> "Response":
 
 def _state(console: "Console", job: int) -> str | None:
     try:
-        with connect(console.settings.beanstalk_url, timeout=5, encoding=None) as c:
+        with connect(console.server.beanstalk_url, timeout=5, encoding=None) as c:
             return str(c.stats_job(job)["state"])
     except greenstalk.NotFoundError:
         return None
@@ -112,3 +143,86 @@ def suppress_remove(console: "Console", req: "Request") -> "Response":
         return Response.redirect(req, "/suppressions", done="not removed: no such entry (removed meanwhile?)")
     console.with_store(lambda s: s.unsuppress(address))
     return Response.redirect(req, "/suppressions", done=f"removed {_addr(console, address)}")
+
+
+# -- tubes and hosts --------------------------------------------------------------------------------
+def _tube(req: "Request") -> str | None:
+    tube = req.form.get("tube", "")
+    return tube if _TUBE.fullmatch(tube) else None
+
+
+def tube_pause(console: "Console", req: "Request") -> "Response":
+    """beanstalkd's pause-tube: no job of the tube is handed out until the pause ends (or resume)."""
+    from .app import Response
+
+    tube, seconds = _tube(req), req.form.get("seconds", "")
+    allowed = dict(PAUSE_CHOICES)
+    if tube is None:
+        return Response.text(400, f"nothing paused: not a tube name: {req.form.get('tube', '')[:40]!r}\n")
+    if not (seconds.isdigit() and len(seconds) < 10 and int(seconds) in allowed):
+        return Response.text(400, f"nothing paused: seconds must be one of {', '.join(map(str, allowed))}\n")
+    try:
+        servers = _pause_everywhere(console, tube, int(seconds))
+    except (ops.OpsError, greenstalk.Error) as exc:
+        return Response.redirect(req, "/", done=f"not paused: {exc or type(exc).__name__}")
+    return Response.redirect(req, "/", done=f"paused tube {tube} for {allowed[int(seconds)]}: 1 tube{servers}")
+
+
+def tube_resume(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+
+    tube = _tube(req)
+    if tube is None:
+        return Response.text(400, f"nothing resumed: not a tube name: {req.form.get('tube', '')[:40]!r}\n")
+    try:
+        servers = _pause_everywhere(console, tube, 0)
+    except (ops.OpsError, greenstalk.Error) as exc:
+        return Response.redirect(req, "/", done=f"not resumed: {exc or type(exc).__name__}")
+    return Response.redirect(req, "/", done=f"resumed tube {tube}: 1 tube{servers}")
+
+
+def _pause_everywhere(console: "Console", tube: str, seconds: int) -> str:
+    """The tube paused (0: resumed) on every server of the fleet, as `beanmail pause` does;
+    with more than one, " on N servers" for the message."""
+    urls = console.settings.beanstalk_urls
+    for url in urls:
+        ops.pause(console.settings.replace(beanstalk_url=url), tube, seconds)
+    return f" on {len(urls)} servers" if len(urls) > 1 else ""
+
+
+MAX_TARGET = 300  # a host name (253) and a pid, or a worker id
+
+
+def _target(req: "Request") -> str | None:
+    target = req.form.get("target", "").strip()
+    ok = 0 < len(target) <= MAX_TARGET and target.isprintable() and not any(c.isspace() for c in target)
+    return target if ok else None
+
+
+def host_disable(console: "Console", req: "Request") -> "Response":
+    """As `beanmail workers disable TARGET`: its workers finish the job in hand and exit."""
+    from .app import Response
+
+    target = _target(req)
+    if target is None:
+        return Response.text(400, "nothing disabled: target must be a host name, host:pid or a worker id\n")
+    console.with_store(lambda s: registry.disable(s, target))
+    running = sum(1 for w in console.with_store(lambda s: registry.workers(s, console.settings.lost_after))
+                  if w.state == "running" and target in (w.host, f"{w.host}:{w.pid}", w.id))
+    return Response.redirect(req, "/", done=f"disabled {target}: {running} running worker(s) will finish the job"
+                                            " in hand and exit")
+
+
+def host_enable(console: "Console", req: "Request") -> "Response":
+    """As `beanmail workers enable TARGET`, and supervisord asked to start this host's stopped workers."""
+    from .app import Response
+
+    target = _target(req)
+    if target is None:
+        return Response.text(400, "nothing enabled: target must be a host name, host:pid or a worker id\n")
+    lifted = console.with_store(lambda s: registry.enable(s, target))
+    if not lifted:
+        return Response.redirect(req, "/", done=f"{target} was not disabled; nothing changed")
+    started = ops.start_stopped_workers(console.settings)
+    return Response.redirect(req, "/", done=f"enabled {target}" + (f"; started {len(started)} worker"
+                                                                    f" process(es) here" if started else ""))

@@ -99,6 +99,10 @@ Handler = Callable[["Console", Request], Response]
 class Console:
     def __init__(self, settings: Settings, password: str | None = None) -> None:
         self.settings = settings
+        # the pages of jobs (buried, a job, deferred, events, mailouts) read one server, as job
+        # ids are a server's own: a fleet's first; the overview and /metrics read every server
+        urls = settings.beanstalk_urls
+        self.server = settings if len(urls) < 2 else settings.replace(beanstalk_url=urls[0])
         self.password = settings.web_password if password is None else password
         self.masked = settings.mask_addresses
         self.secret = secrets.token_bytes(32)  # CSRF tokens and opaque references; new at every start

@@ -6,13 +6,18 @@ from __future__ import annotations
 import re
 import time
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import quote, urlencode
 
 
 from producer.client import parse_recipient
 
 from .. import ops
 from ..logs import mask, mask_text
-from . import figures
+from .. import registry as worker_registry
+from . import figures, mailouts, queues, subjects
+from .filters import BuriedFilter, matching
+from .jobscan import Scan, ScanError
+from .labels import subject_of
 from .plot import Series, line_plot
 from .templates import CSS, ENV
 
@@ -38,7 +43,14 @@ def _when(at: float | None) -> str:
 
 
 TITLES = {"overview.html": "Overview", "buried.html": "Buried jobs", "job.html": "Job", "log.html": "Delivery log",
-          "suppressions.html": "Suppression list", "bounces.html": "Bounces"}
+          "suppressions.html": "Suppression list", "bounces.html": "Bounces", "deferred.html": "Deferred mail",
+          "events.html": "Delivery events", "replies.html": "Replies", "mailout.html": "Mailout progress"}
+REFRESH_CHOICES = (0, 5, 10, 30, 60)  # seconds between reloads the operator may pick (?refresh=)
+
+
+def _refresh(req: "Request") -> int:
+    asked = req.query.get("refresh", "")
+    return int(asked) if asked.isdigit() and len(asked) < 4 and int(asked) in REFRESH_CHOICES else 0
 
 
 def render(console: "Console", req: "Request", template: str, status: int = 200, **context: Any) -> "Response":
@@ -46,8 +58,15 @@ def render(console: "Console", req: "Request", template: str, status: int = 200,
 
     context.setdefault("error", "")
     context.setdefault("title", TITLES[template])
+    refresh = _refresh(req)
+    kept = [(k, v) for k, v in req.query.items() if k not in ("refresh", "done")]
+    # a reload repeats the page's query, without the flash of the action that led to it
+    here_url = req.root + quote(req.path) + "?"
+    refresh_url = here_url + urlencode([*kept, ("refresh", refresh)])
+    refresh_links = [(s, here_url + urlencode([*kept, ("refresh", s)] if s else kept)) for s in REFRESH_CHOICES]
     page = ENV.get_template(template).render(
         root=req.root, here=context.pop("here", req.path), csrf=req.environ.get("beanmail.csrf", ""),
+        refresh=refresh, refresh_url=refresh_url, refresh_links=refresh_links,
         beanstalk_url=console.settings.beanstalk_url, flash=req.query.get("done", ""), age=_age, when=_when,
         seconds=figures.fmt_seconds, **context)
     return Response(status, page)
@@ -109,11 +128,22 @@ def overview(console: "Console", req: "Request") -> "Response":
                              unit="seconds", height=180, plot_id="latency")
     for w in registry:
         w["current_job"] = _text(console, w["current_job"])
-    return render(console, req, "overview.html", bs=bs, processes=sup.get("processes", []),
+    try:
+        disabled = set(console.with_store(worker_registry.disabled_targets))
+    except (ops.StoreUnavailable, ops.StoreCorrupt, ops.OpsError):
+        disabled = set()
+    except Exception:  # noqa: BLE001 - a store from before the registry: nothing disabled
+        disabled = set()
+    hosts = [{"target": t, "disabled": t in disabled} for t in sorted({w["host"] for w in registry} | disabled)]
+    return render(console, req, "overview.html", bs=bs, hosts=hosts, pause_choices=PAUSE_CHOICES,
+                  processes=sup.get("processes", []),
                   supervisor_error=sup.get("error", ""), plot=_markup(plot), latency_plot=_markup(latency_plot),
                   hours=hours, windows=HOURS,
                   since=since, legend=[(n, sum(v)) for n, v in series.items()], lat=lat, domains=domains,
                   brake=brake, registry=registry, error=error or (f"beanstalkd {bs.error}" if bs.error else ""))
+
+
+PAUSE_CHOICES = ((300, "5 min"), (3600, "1 h"), (21600, "6 h"), (86400, "1 day"))
 
 
 def _markup(svg: str) -> Any:
@@ -124,19 +154,26 @@ def _markup(svg: str) -> Any:
 
 # -- buried jobs ------------------------------------------------------------------------------------
 def buried(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+
     tube = req.query.get("tube") or None
+    filt = BuriedFilter.from_fields(req.query)
+    if isinstance(filt, str):
+        return Response.text(400, f"no such filter: {filt}\n")
     error, jobs = "", []
     try:
-        jobs = ops.buried(console.settings, tube=tube, limit=200)
+        jobs = ops.buried(console.server, tube=tube, limit=200) if filt.empty else matching(console.server, filt)
     except ops.OpsError as exc:
         error = str(exc)
     for j in jobs:
         j["template"], j["recipient"] = figures.summary(j["body"], console.masked)
+        j["subject"] = _text(console, subject_of(figures.envelope_of(j["body"]) or {}))
         j["reason"] = _text(console, j["reason"])
-    counts = [(t["tube"], t["buried"]) for t in figures.beanstalk(console.settings).tubes if t["buried"]]
+    counts = [(t["tube"], t["buried"]) for t in figures.beanstalk(console.server).tubes if t["buried"]]
     if tube:
         counts = [c for c in counts if c[0] == tube]
-    return render(console, req, "buried.html", here="/buried", tube=tube, jobs=jobs, counts=counts, error=error)
+    return render(console, req, "buried.html", here="/buried", tube=tube, jobs=jobs, counts=counts, error=error,
+                  filt=filt)
 
 
 # -- one job ----------------------------------------------------------------------------------------
@@ -150,7 +187,7 @@ def job(console: "Console", req: "Request", job_id: str) -> "Response":
     if not 0 < jid <= MAX_JOB_ID:
         return Response.text(404, f"no such job: {job_id[:40]}{'…' if len(job_id) > 40 else ''} is not a job id"
                                   f" (1 to {MAX_JOB_ID})\n")
-    settings = console.settings
+    settings = console.server
     view, error = None, ""
     try:
         view = console.with_store(lambda s: _peek(settings, s, jid))
@@ -179,11 +216,13 @@ def _peek(settings: Any, store: Any, jid: int) -> dict[str, Any] | None:
 # -- the delivery log -------------------------------------------------------------------------------
 def _deliveries(console: "Console", rows: list[Any]) -> list[dict[str, Any]]:
     out = []
+    titles = console.with_store(lambda s: subjects.subjects_for(s, [r.key for r in rows]))
     for r in rows:
         buried_rows = console.with_store(lambda s: s.failures_mentioning(r.key, limit=10)) if r.key else []
         out.append({
             "key": _text(console, r.key), "recipient": ", ".join(_addr(console, a) for a in r.recipient.split(",")),
-            "template": r.template, "outcome": r.outcome, "attempts": r.attempts, "updated_at": r.updated_at,
+            "template": r.template or "(raw message)", "subject": _text(console, titles.get(r.key, "")),
+            "outcome": r.outcome, "attempts": r.attempts, "updated_at": r.updated_at,
             "detail": _text(console, "; ".join(x for x in (r.reason, r.reply) if x)),
             "buried": [{"job": j, "tube": t, "outcome": o, "reason": _text(console, why), "at": at}
                        for j, t, o, why, at in buried_rows],
@@ -199,6 +238,9 @@ def log(console: "Console", req: "Request") -> "Response":
     else:
         rows = console.with_store(lambda s: s.deliveries(key=q, limit=50))
         searched = "by key"
+        if not rows:
+            rows = console.with_store(lambda s: deliveries_by_prefix(s, q, 50))
+            searched = f"by keys starting “{_text(console, q[:100])}”"
         if not rows and "@" in q:
             try:
                 address = parse_recipient(q).address.lower()
@@ -208,6 +250,86 @@ def log(console: "Console", req: "Request") -> "Response":
                 rows = console.with_store(lambda s: s.deliveries(recipient=address, limit=50))
                 searched = f"by recipient {_addr(console, address)}"
     return render(console, req, "log.html", q=q, searched=searched, deliveries=_deliveries(console, rows))
+
+
+def deliveries_by_prefix(store: Any, prefix: str, limit: int) -> list[Any]:
+    """The newest deliveries whose key starts with ``prefix`` (exactly: no LIKE, whose % and _
+    a key may hold), on both store engines."""
+    from ..store import Delivery
+
+    # SQLite compares keys byte by byte, so ``key >= prefix`` lets it start in its index; a
+    # PostgreSQL database's collation need not, and there the prefix alone decides
+    ranged = "" if store.location.startswith(("postgresql://", "postgres://")) else "key >= ? AND "
+    args = ((prefix,) if ranged else ()) + (len(prefix), prefix, limit)
+    rows = store.all("SELECT key, recipient, template, outcome, reason, reply, attempts, updated_at FROM deliveries"
+                     f" WHERE {ranged}substr(key, 1, ?) = ? ORDER BY updated_at DESC LIMIT ?", args)
+    return [Delivery(*r) for r in rows]
+
+
+# -- deferred mail, events, replies, mailouts -------------------------------------------------------
+def deferred(console: "Console", req: "Request") -> "Response":
+    error, rows, found = "", [], Scan()
+    try:
+        rows, found = console.with_store(lambda s: queues.deferred(console.server, s, console.masked))
+    except ScanError as exc:
+        error = str(exc)
+    return render(console, req, "deferred.html", shown=rows, scan=found, error=error)
+
+
+EVENT_VIEWS = (("pending", "pending"), ("retried", "retried"), ("failed", "failed"))
+
+
+def events(console: "Console", req: "Request") -> "Response":
+    settings = console.server
+    view = req.query.get("view", "pending")
+    view = view if view in dict(EVENT_VIEWS) else "pending"
+    counts = {"pending": 0, "retried": 0, "failed": 0}
+    error, rows, found = "", [], Scan()
+    tube = settings.events_tube
+    for t in figures.beanstalk(console.server).tubes:
+        if t["tube"] == tube:
+            counts = {"pending": t["ready"], "retried": t["delayed"], "failed": t["buried"]}
+    try:
+        if view == "failed":
+            for v in ops.buried(settings, tube=tube, limit=queues.SHOWN):
+                rows.append({"id": v["id"], "outcome": v["outcome"], "reason": _text(console, v["reason"]),
+                             **queues.event_summary(v["body"], console.masked)})
+        else:
+            rows, found = queues.events(settings, "ready" if view == "pending" else "delayed", console.masked)
+    except (ops.OpsError, ScanError) as exc:
+        error = str(exc)
+    return render(console, req, "events.html", view=view, views=EVENT_VIEWS, counts=counts, rows=rows, scan=found,
+                  tube=tube, url=settings.events_url.split("?")[0], error=error)
+
+
+def replies(console: "Console", req: "Request") -> "Response":
+    outcome = req.query.get("outcome", "")
+    outcome = outcome if outcome in ("replied", "refused") else ""
+    rows = console.with_store(lambda s: s.inbound(limit=500 if outcome else 200))
+    if outcome:
+        rows = [r for r in rows if r["outcome"] == outcome][:200]
+    for r in rows:
+        r["address"] = _addr(console, r["address"]) if r["address"] else ""
+        r["key"], r["reason"] = _text(console, r["key"]), _text(console, r["reason"])
+    return render(console, req, "replies.html", rows=rows, outcome=outcome)
+
+
+MAX_KEY = 500  # characters of a key the mailout page looks up
+
+
+def mailout(console: "Console", req: "Request") -> "Response":
+    from .app import Response
+
+    key = req.query.get("key", "").strip()
+    if len(key) > MAX_KEY:
+        return Response.text(400, f"not a mailout key: {len(key):,} characters; a key has at most {MAX_KEY}\n")
+    error, progress = "", None
+    if key:
+        try:
+            progress = console.with_store(lambda s: mailouts.progress(console.server, s, key))
+        except ScanError as exc:
+            error = str(exc)
+    return render(console, req, "mailout.html", key=key, shown_key=_text(console, key), p=progress, error=error)
 
 
 # -- suppressions -----------------------------------------------------------------------------------
@@ -265,7 +387,7 @@ def healthz(console: "Console", req: "Request") -> "Response":
 
 
 def routes() -> dict[tuple[str, str], Callable[..., "Response"]]:
-    from .actions import delete, kick, suppress_add, suppress_remove
+    from .actions import delete, host_disable, host_enable, kick, suppress_add, suppress_remove, tube_pause, tube_resume
 
     return {
         ("GET", "/"): overview, ("GET", "/buried"): buried, ("POST", "/buried/kick"): kick,
@@ -273,6 +395,9 @@ def routes() -> dict[tuple[str, str], Callable[..., "Response"]]:
         ("GET", "/suppressions"): suppressions, ("POST", "/suppressions/add"): suppress_add,
         ("POST", "/suppressions/remove"): suppress_remove, ("GET", "/static/console.css"): stylesheet,
         ("GET", "/bounces"): bounces, ("GET", "/metrics"): metrics, ("GET", "/healthz"): healthz,
+        ("GET", "/deferred"): deferred, ("GET", "/events"): events, ("GET", "/replies"): replies,
+        ("GET", "/mailout"): mailout, ("POST", "/tube/pause"): tube_pause, ("POST", "/tube/resume"): tube_resume,
+        ("POST", "/host/disable"): host_disable, ("POST", "/host/enable"): host_enable,
     }
 
 

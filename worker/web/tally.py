@@ -11,10 +11,12 @@ import time
 
 from ..logs import get_logger
 from ..store import LATENCY_BUCKETS, Store, StoreCorrupt, StoreUnavailable
+from . import subjects
 
 INTERVAL = 5.0  # seconds between writes; the console's figures lag by at most this much
 TOP_DOMAINS = 50  # recipient domains kept by name per minute and write; the rest count as "(other)"
 KEEP_DOMAIN_MINUTES = 2 * 24 * 60  # per-domain counts older than this are dropped (the console shows 24 h)
+MAX_PENDING_SUBJECTS = 100_000  # subjects kept through a store outage; beyond, the log goes without them
 
 _Key = tuple[int, str, str]  # minute, tube, outcome
 
@@ -27,6 +29,7 @@ class Tally:
         self.interval = interval
         self._counts: dict[_Key, list] = {}
         self._domains: dict[_Key, int] = {}  # (minute, domain, outcome) -> messages
+        self._subjects: dict[str, str] = {}  # key -> the Subject of the message built for it
         self._pruned = 0.0
         self._lock = threading.Lock()  # guards _counts: taken for a dict update on the hot path
         self._writing = threading.Lock()  # one write at a time: the flusher thread or close()
@@ -34,10 +37,13 @@ class Tally:
         self._thread: threading.Thread | None = None
 
     def record(self, tube: str, outcome: str, latency: float | None = None, domain: str | None = None,
-               now: float | None = None) -> None:
+               now: float | None = None, subject: tuple[str, str] | None = None) -> None:
+        """``subject``: (key, raw Subject) of the message built for the job, for the log."""
         now = time.time() if now is None else now
         key = (int(now // 60), tube, str(outcome))
         with self._lock:
+            if subject is not None and subject[1] and len(self._subjects) < MAX_PENDING_SUBJECTS:
+                self._subjects[subject[0]] = subject[1]
             if domain:
                 dkey = (key[0], domain, key[2])
                 self._domains[dkey] = self._domains.get(dkey, 0) + 1
@@ -65,7 +71,8 @@ class Tally:
             with self._lock:
                 counts, self._counts = self._counts, {}
                 domains, self._domains = self._domains, {}
-            if not counts and not domains:
+                titled, self._subjects = self._subjects, {}
+            if not counts and not domains and not titled:
                 return
             rows = [(m, t, o, e[0], e[1], e[3], e[2]) for (m, t, o), e in counts.items()]
             prune = 0
@@ -77,10 +84,20 @@ class Tally:
                         self._store = Store(self.location, timeout=5)
                     store = self._store
                 store.add_console_counts(rows, _busiest(domains), prune)
+                counts, domains = {}, {}  # written: an outage of what follows keeps only the subjects
+                try:
+                    subjects.write(store, titled, prune=bool(prune))
+                except (StoreUnavailable, StoreCorrupt):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the log's labels never stop the counts
+                    get_logger().warning("message subjects not recorded", error=repr(exc), messages=len(titled))
                 if prune:
                     self._pruned = time.time()
             except (StoreUnavailable, StoreCorrupt) as exc:
                 with self._lock:
+                    for k, v in titled.items():
+                        if len(self._subjects) < MAX_PENDING_SUBJECTS:
+                            self._subjects.setdefault(k, v)
                     for dkey, n in domains.items():
                         self._domains[dkey] = self._domains.get(dkey, 0) + n
                     for key, e in counts.items():
