@@ -51,6 +51,7 @@ class Received:
 
 class InboundWebhookApp(WebhookApp):
     max_body = 40 * 1024 * 1024  # a reply with attachments (Mailgun and SendGrid post them; they are not kept)
+
     def handlers(self) -> dict[str, Callable[[bytes, dict[str, Any]], list[Any]]]:
         return {"ses": self._ses_received, "postmark": self._postmark_inbound, "mailgun": self._mailgun_route,
                 "mailgun/mime": self._mailgun_route,  # Mailgun posts the raw message to a URL ending in "mime"
