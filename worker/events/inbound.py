@@ -175,9 +175,11 @@ def reply_text(text: str) -> str:
     """The new part of a reply: what the writer added to the quoted mail, without the signature.
     Top-posted (Gmail, Outlook, Apple Mail): what precedes the quote, as ``mail-parser-reply``
     finds it. Bottom-posted (Thunderbird's default): the quote the reply opens with is dropped
-    first, then the rest is read the same way. Replies written between quoted lines keep them."""
+    first, then the rest is read the same way. A quote left at the end (an attribution line the
+    parser does not know, e.g. Android's Russian one) goes with its attribution line(s). Replies
+    written between quoted lines keep them."""
     message = _parser.read(_after_leading_quote(text))
-    return message.replies[0].body if message.replies else text.strip()
+    return _without_trailing_quote(message.replies[0].body if message.replies else text.strip())
 
 
 _ATTRIBUTION_END = re.compile(r":\s*$")  # "On … wrote:", "Am … schrieb Ann:", "Le … a écrit :"
@@ -197,3 +199,21 @@ def _after_leading_quote(text: str) -> str:
         return text
     rest = "\n".join(lines[end:])
     return rest if rest.strip() else text
+
+
+def _without_trailing_quote(text: str) -> str:
+    """``text`` without the ``>`` block it ends with and the one or two lines of attribution right
+    above it (Gmail wraps a long one: ``... <`` then ``address> wrote:``); unchanged when nothing
+    but the quote would be left."""
+    lines = text.rstrip().splitlines()
+    end = len(lines)
+    while end and (lines[end - 1].startswith(">") or not lines[end - 1].strip()):
+        end -= 1
+    if end == len(lines) or not any(line.startswith(">") for line in lines[end:]):
+        return text
+    if end and _ATTRIBUTION_END.search(lines[end - 1]):
+        end -= 1
+        if end and lines[end - 1].rstrip().endswith("<"):
+            end -= 1
+    kept = "\n".join(lines[:end]).rstrip()
+    return kept if kept else text
