@@ -27,7 +27,8 @@ from tests.servers import Beanstalkd, Postgres, SmtpSink  # noqa: E402
 from worker.digest.close import GRACE, Closer  # noqa: E402
 from worker.digest.records import DigestRecords  # noqa: E402
 from worker.settings import Settings  # noqa: E402
-from worker.store import Store, _Postgres  # noqa: E402
+from worker.storage.dialect import POSTGRES  # noqa: E402
+from worker.store import Store  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -46,15 +47,15 @@ def workers(n: int, env: dict[str, str], log: Path) -> float:
 
 def store_size(store: Store, location: str) -> dict[str, object]:
     tables = ("digest_items", "digest_prefs", "deliveries")
-    out: dict[str, object] = {t: int(store._one(f"SELECT count(*) FROM {t}")[0]) for t in tables}
-    if isinstance(store._db, _Postgres):
-        out["bytes"] = int(store._one("SELECT pg_database_size(current_database())")[0])
-        out["digest_items_bytes"] = int(store._one("SELECT pg_total_relation_size('digest_items')")[0])
+    out: dict[str, object] = {t: int(store.db.one(f"SELECT count(*) FROM {t}")[0]) for t in tables}
+    if store.db.dialect is POSTGRES:
+        out["bytes"] = int(store.db.one("SELECT pg_database_size(current_database())")[0])
+        out["digest_items_bytes"] = int(store.db.one("SELECT pg_total_relation_size('digest_items')")[0])
     else:
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.db.run("PRAGMA wal_checkpoint(TRUNCATE)")
         out["bytes"] = os.path.getsize(location)
-        pages = store._one("SELECT count(*) FROM dbstat WHERE name LIKE 'digest_items%'")
-        out["digest_items_bytes"] = int(pages[0]) * int(store._one("PRAGMA page_size")[0])
+        pages = store.db.one("SELECT count(*) FROM dbstat WHERE name LIKE 'digest_items%'")
+        out["digest_items_bytes"] = int(pages[0]) * int(store.db.one("PRAGMA page_size")[0])
     return out
 
 
@@ -100,13 +101,13 @@ def main() -> None:
         close_s = time.monotonic() - started
         closer.notifier.close()
         send_s = workers(args.workers, env, tmp / "send.log")
-        sent = int(store._one("SELECT count(*) FROM deliveries WHERE key LIKE ? AND outcome = 'sent'",
+        sent = int(store.db.one("SELECT count(*) FROM deliveries WHERE key LIKE ? AND outcome = 'sent'",
                               ("digest:%",))[0])
         after = store_size(store, location)
-        if isinstance(store._db, _Postgres):  # what autovacuum would leave: the closed rows' old versions gone
-            store._db.execute("VACUUM digest_items")
+        if store.db.dialect is POSTGRES:  # what autovacuum would leave: the closed rows' old versions gone
+            store.db.run("VACUUM digest_items")
             after["digest_items_bytes_after_vacuum"] = int(
-                store._one("SELECT pg_total_relation_size('digest_items')")[0])
+                store.db.one("SELECT pg_total_relation_size('digest_items')")[0])
         print(json.dumps({
             "scenario": "digest", "store": "postgresql" if pg else "sqlite", "items": args.items,
             "recipients": args.recipients, "workers": args.workers,

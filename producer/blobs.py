@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +21,18 @@ DEFAULT_LOCATION = "var/beanmail.sqlite3"
 _REF = re.compile(r"sha256:[0-9a-f]{64}")
 _TABLE = ("CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, data {blob} NOT NULL,"
           " created_at DOUBLE PRECISION NOT NULL)")
+# a store's name for itself, so that a blob reference can say which store holds it
+IDENTITY_TABLE = "CREATE TABLE IF NOT EXISTS store_identity (id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL)"
+IDENTITY_READ = "SELECT id FROM store_identity ORDER BY created_at, id LIMIT 1"
+IDENTITY_WRITE = "INSERT INTO store_identity (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+
+
+def where(location: str) -> str:
+    """A store's location as messages may show it: a PostgreSQL DSN without its password."""
+    if location.startswith(("postgresql://", "postgres://")):
+        scheme, _, rest = location.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+    return str(Path(location).resolve()) if location != ":memory:" else location
 
 
 def switch_to_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -105,9 +118,7 @@ class BlobStore:
         return db
 
     def _where(self) -> str:
-        if self.postgres:
-            return self.location.split("@")[-1]  # no password in a message
-        return self.location
+        return where(self.location)  # no password in a message
 
     def _execute(self, sql: str, args: Sequence[Any]) -> Any:
         """Run one statement; a dropped PostgreSQL connection is reopened once."""
@@ -142,6 +153,20 @@ class BlobStore:
     def delete(self, ref: str) -> None:
         with self._lock:
             self._execute("DELETE FROM blobs WHERE id = ?", (_check_ref(ref),))
+
+    def identity(self) -> str:
+        """The store's name for itself (made by whichever process asks first; the same for every
+        process that opens this store), which a blob reference carries: a worker reading another
+        store can then say so instead of calling the blob gone."""
+        if getattr(self, "_identity", None) is None:
+            with self._lock:
+                self._execute(IDENTITY_TABLE, ())
+                row = self._execute(IDENTITY_READ, ()).fetchone()
+                if row is None:
+                    self._execute(IDENTITY_WRITE, (uuid.uuid4().hex, time.time()))
+                    row = self._execute(IDENTITY_READ, ()).fetchone()
+            self._identity = str(row[0])
+        return self._identity
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from . import spool
 from .addresses import AddressError, check_address, check_name, parse_mailbox
 from .beanstalk import connect, parse_url, split_urls  # noqa: F401 - connect, parse_url: importable from here
 from .blobs import BlobError, BlobStore
+from .blobs import where as blob_where
 from .envelope import Envelope, Recipient
 from .servers import Refused, ServerSet, Unanswered
 
@@ -351,10 +352,12 @@ class Notifier:
         A job that then fails to queue leaves its blob behind: harmless, and safer than deleting
         a blob a job that did reach beanstalkd (its reply lost) still needs."""
         try:
-            ref = self.blob_store().put(body)
+            blobs = self.blob_store()
+            ref = blobs.put(body)
+            store = {"id": blobs.identity(), "at": blob_where(blobs.location)}  # so a worker reading another store can say so
         except BlobError as exc:
             raise BlobUnavailable(f"job {envelope.id!r} of {len(body)} bytes needs the blob store: {exc}") from exc
-        ref_envelope = Envelope(kind="ref", id=envelope.id, to=(), priority=envelope.priority, ref=ref,
+        ref_envelope = Envelope(kind="ref", id=envelope.id, to=(), priority=envelope.priority, ref=ref, store=store,
                                 created_at=env.now())
         return env.encode(ref_envelope, self.secret)
 

@@ -90,6 +90,7 @@ class Envelope:
     sender: str = ""  # raw kind: envelope sender; empty means the configured From
     exclude: tuple[str, ...] = ()  # mailout kind: addresses to leave out
     ref: str = ""  # ref kind: the blob holding the whole job's body (a large message)
+    store: dict[str, str] = field(default_factory=dict)  # ref kind: {"id", "at"} of the store holding it
     digest: str = ""  # mail, mailout: "hourly" | "daily" | "weekly" collects it; "compiled": a digest
     # the version the body was written in (1 is deprecated); encode() always writes VERSION
     v: int = field(default=VERSION, compare=False)
@@ -102,6 +103,8 @@ class Envelope:
         out: dict[str, Any] = {"v": VERSION, "kind": self.kind, "id": self.id}
         if self.kind == "ref":  # a pointer: everything else lies in the blob
             out["ref"] = self.ref
+            if self.store:
+                out["store"] = dict(self.store)
             out["priority"] = self.priority
             out["created_at"] = self.created_at
             return out
@@ -295,7 +298,7 @@ _FIELDS = {
     "v", "kind", "id", "template", "to", "context", "entities", "priority", "not_after",
     "created_at", "headers", "message", "sender", "exclude", "digest",
 }
-_REF_FIELDS = {"v", "kind", "id", "ref", "priority", "created_at"}
+_REF_FIELDS = {"v", "kind", "id", "ref", "store", "priority", "created_at"}
 _ALLOWED = {2: _FIELDS, 1: _FIELDS | {"sig"}}
 _REF_ALLOWED = {2: _REF_FIELDS, 1: _REF_FIELDS | {"sig"}}
 _ALL_FIELDS = _FIELDS | _REF_FIELDS | {"sig", "signed"}
@@ -305,7 +308,7 @@ def _from_json(obj: dict[str, Any], v: int) -> Envelope:
     kind = obj.get("kind")
     unknown = obj.keys() - (_REF_ALLOWED[v] if kind == "ref" else _ALLOWED[v])
     if unknown:
-        where = " in a ref job (it carries v, kind, id, ref, priority, created_at)" if kind == "ref" else ""
+        where = " in a ref job (it carries v, kind, id, ref, store, priority, created_at)" if kind == "ref" else ""
         raise EnvelopeError(f"unknown field(s){where}: {', '.join(sorted(unknown))}")
     if kind not in KINDS:
         raise EnvelopeError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -316,8 +319,12 @@ def _from_json(obj: dict[str, Any], v: int) -> Envelope:
     if priority not in PRIORITIES:
         raise EnvelopeError(f"'priority' must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     if kind == "ref":
+        store = obj.get("store", {})  # (written since 0.3: a ref without it names no store)
+        if "store" in obj and (not isinstance(store, dict) or set(store) != {"id", "at"}
+                               or not all(isinstance(v, str) for v in store.values())):
+            raise EnvelopeError("'store' must be an object of two strings, id and at (the store holding the blob)")
         return Envelope(kind=kind, id=job_id, to=(), priority=priority, ref=_str(obj, "ref", required=True),
-                        created_at=_number(obj, "created_at") or 0.0, v=v)
+                        store=dict(store), created_at=_number(obj, "created_at") or 0.0, v=v)
     raw_to = obj.get("to")
     if kind == "mail":
         to = (_recipient(raw_to, "to"),)

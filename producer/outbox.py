@@ -12,7 +12,7 @@ application already uses).
 
 from __future__ import annotations
 
-import sqlite3
+import sys
 import time
 from typing import Any, Callable, Iterable
 
@@ -103,7 +103,10 @@ def placeholder_for(connection: Connection, paramstyle: str | None = None) -> st
     (PEP 249's name) says."""
     if paramstyle is None:
         raw = getattr(connection, "dbapi_connection", None) or getattr(connection, "driver_connection", None) or connection
-        paramstyle = "qmark" if isinstance(raw, sqlite3.Connection) else "format"
+        # PEP 249: the driver module says it (sqlite3: qmark, psycopg: pyformat); a wrapper's
+        # module names none (Django's connections take %s whatever the driver)
+        driver = sys.modules.get(type(raw).__module__.partition(".")[0])
+        paramstyle = getattr(driver, "paramstyle", "format")
     try:
         return PLACEHOLDERS[paramstyle]
     except KeyError:

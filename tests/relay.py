@@ -78,9 +78,11 @@ def _alternate_dirs(change: "callable") -> None:  # type: ignore[valid-type]
 
 class PostfixRelay:
     def __init__(self, relayhost: str, *, routes: dict[str, str] | None = None, pipe_argv: str = "",
-                 pipe_user: str = "nobody", pipe_environment: dict[str, str] | None = None) -> None:
+                 pipe_user: str = "nobody", pipe_environment: dict[str, str] | None = None,
+                 main_cf: dict[str, str] | None = None) -> None:
         """``relayhost``: host:port of the "remote" server; ``routes``: domain -> transport
-        (``beanmail:`` for the pipe running ``pipe_argv``, ``lmtp:inet:127.0.0.1:PORT``)."""
+        (``beanmail:`` for the pipe running ``pipe_argv``, ``lmtp:inet:127.0.0.1:PORT``);
+        ``main_cf``: main.cf lines over these (e.g. a queue lifetime, to queue instead of bounce)."""
         self.postfix = which("postfix")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="beanmail-postfix-"))
@@ -111,6 +113,7 @@ class PostfixRelay:
             "biff": "no", "append_dot_mydomain": "no", "smtputf8_enable": "no",
             "beanmail_destination_recipient_limit": "1",
         }
+        main.update(main_cf or {})
         if pipe_environment:  # the pipe's command sees only what master imports and exports
             names = " ".join(pipe_environment)
             main["import_environment"] = ("MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME "
@@ -137,6 +140,22 @@ class PostfixRelay:
             raise RuntimeError(f"postfix start failed ({proc.returncode}): {proc.stderr}\n{self.maillog()}")
         wait_until(lambda: port_open("127.0.0.1", self.port), 20, f"postfix smtpd on {self.port}\n{self.maillog()}")
         return self
+
+    def queue_length(self) -> int:
+        """Messages in the queue (incoming, active, deferred, hold), as `postqueue -j` lists them."""
+        return sum(1 for line in self._postfix_queue().splitlines() if line.strip())
+
+    def queue_command(self) -> str:
+        """The command an operator names in BEANMAIL_RELAY_QUEUE_COMMAND for this instance."""
+        return f"{which('postqueue')} -c {self.conf} -j"
+
+    def _postfix_queue(self) -> str:
+        return subprocess.run([which("postqueue"), "-c", str(self.conf), "-j"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+
+    def flush(self) -> None:
+        """`postqueue -f`: every deferred message tried again now."""
+        subprocess.run([which("postqueue"), "-c", str(self.conf), "-f"], capture_output=True, timeout=30, check=True)
 
     def maillog(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

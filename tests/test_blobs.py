@@ -70,9 +70,11 @@ def test_a_large_send_raw_queues_a_small_ref_job_whose_blob_holds_the_whole_body
     notifier = Notifier(beanstalkd.url, secret="new,old", blobs=store_location)
     assert notifier.send_raw(message, ["a@example.com"], key="invoice:7", priority="urgent") > 0
     tube, body = take_one(beanstalkd.url)
-    assert tube == "mail.urgent" and len(body) < 300
+    assert tube == "mail.urgent" and len(body) < 400 + len(store_location)  # the store is named in it
     ref = env.decode(body, "new")  # signed with the first secret, like every job
     assert (ref.kind, ref.id, ref.priority, ref.to) == ("ref", "invoice:7", "urgent", ())
+    with BlobStore(store_location) as blobs:
+        assert ref.store["id"] == blobs.identity() and len(ref.store["id"]) == 32  # the store that holds it
     with BlobStore(store_location) as blobs:
         whole = blobs.get(ref.ref)
     assert whole is not None and ref.ref == "sha256:" + hashlib.sha256(whole).hexdigest()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.outcomes import Deferred, Skipped
-from worker.store import MIGRATIONS, Store
+from worker.store import MIGRATIONS, Finish, Store
 
 from .servers import wait_until
 
@@ -157,3 +157,30 @@ def test_mx_slots_are_counted_for_the_whole_fleet_and_free_themselves(store_loca
     a.drop_mx_slot("x.example", "h1:1:mx1")
     assert b.take_mx_slot("x.example", "h2:1:mx2", cap=2, lease=0.01)
     assert wait_until(lambda: a.take_mx_slot("x.example", "h1:1:mx3", cap=2, lease=60), 5, "an expired slot")
+
+
+def test_a_batch_of_claims_and_finishes_answers_each_key_as_one_at_a_time_would(store_location: str) -> None:
+    """Claims and finishes go in one batched statement each (PostgreSQL pipelines them): every
+    key still gets its own answer, the contested ones theirs."""
+    store = Store(store_location)
+    store.finish("ended", "a@x.example", "t", "sent")
+    store.finish("doubt", "a@x.example", "t", "in_doubt", hold=600)
+    me = store.me
+    store.me = "otherhost:1"
+    store.claim("held", "a@x.example", "t", lease=600)
+    store.me = me
+    store.claim("mine", "a@x.example", "t", lease=600)
+    keys = ["new", "ended", "held", "mine", "doubt", "new2"]
+    taken = store.claim_many([(k, "a@x.example", "t") for k in keys], lease=600)
+    assert taken[0] == 1 and taken[3] == 2 and taken[5] == 1
+    assert isinstance(taken[1], Skipped) and "already sent" in taken[1].reason
+    assert isinstance(taken[2], Deferred) and "claimed by otherhost:1" in taken[2].reason
+    assert isinstance(taken[4], Deferred) and "in doubt" in taken[4].reason
+    store.finish_many([Finish("new", "a@x.example", "t", "sent", reply="250 ok"),
+                       Finish("ended", "a@x.example", "t", "skipped", "expired", overwrite_final=False),
+                       Finish("held", "a@x.example", "t", "skipped", "expired", overwrite_final=False),
+                       Finish("mine", "a@x.example", "t", "deferred", "451", free=True),
+                       Finish("new2", "a@x.example", "t", "bounced", "550")])
+    assert {d.key: d.outcome for d in store.deliveries(limit=10)} == {
+        "new": "sent", "ended": "sent", "held": "claimed", "mine": "deferred", "doubt": "in_doubt", "new2": "bounced"}
+    assert store.free_releases("mine") == 1 and store.deliveries(key="new")[0].reply == "250 ok"

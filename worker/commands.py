@@ -317,6 +317,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     status = ops.status(settings)
     status["brake"] = brake_status(settings)  # why bulk mail holds, if it does
+    if settings.transport == "smtp":
+        from .relays.status import relay_status
+
+        status["relays"] = relay_status(settings)  # each relay: answers, skipped until, bulk pace, queue
     found = [f"beanstalkd {s['url']}: {s['error']}" for s in status["servers"] if "error" in s]
     try:
         open_store(settings).close()
@@ -338,6 +342,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {t['tube']:<14}{t['ready']:>8}{t['urgent']:>8}{t['reserved']:>10}{t['delayed']:>9}"
                   f"{t['buried']:>8}{t['paused']:>8}{t['watching']:>9}")
     print(brake_line(status["brake"]))
+    if "relays" in status:
+        from .relays.status import relay_lines
+
+        print(redact.text("\n".join(relay_lines(status["relays"]))))
     sup = status["supervisor"]
     if "error" in sup:
         print(redact.text(f"supervisord: {sup['error']}"))

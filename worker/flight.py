@@ -20,6 +20,7 @@ from .outcomes import Disposition
 from .pipeline import Delivery, Pipeline
 from .settings import Settings
 from .store import Store
+from .relays.transport import FailoverPool
 from .transports.aio import RelayPool
 from .transports.aio_mx import MxPool
 
@@ -29,7 +30,7 @@ class Sessions:
     Flight's own, or one a process's server loops share (direct MX with several beanstalkd
     servers: one pool, so the per-domain cap holds for the whole process)."""
 
-    def __init__(self, pool: "RelayPool | MxPool") -> None:
+    def __init__(self, pool: "RelayPool | MxPool | FailoverPool") -> None:
         self.pool = pool
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="sessions", daemon=True)
@@ -46,7 +47,7 @@ class Sessions:
 
 class Flight:
     def __init__(self, settings: Settings, pipeline: Pipeline, capacity: int,
-                 pool: RelayPool | MxPool | None = None, shared: Sessions | None = None) -> None:
+                 pool: RelayPool | MxPool | FailoverPool | None = None, shared: Sessions | None = None) -> None:
         """``pool``: where the sends go (anything with ``async send(sender, recipients, message)``
         and ``async close()``); the relay's sessions by default. ``shared``: a loop and pool other
         flights use too (closed by whoever made it, not here)."""
@@ -54,9 +55,9 @@ class Flight:
         self.pipeline = pipeline
         self.capacity = capacity
         self._shared = shared
-        self._sessions = shared or Sessions(pool or RelayPool(
-            settings.smtp, timeout=settings.smtp_timeout, data_timeout=settings.smtp_data_timeout,
-            helo=settings.helo_name, cafile=settings.smtp_cafile))
+        # the relays of each priority, in order (worker/relays): the pipeline's book, so what the
+        # sends learn (a relay down, its pace) is what the bulk admission sees
+        self._sessions = shared or Sessions(pool or FailoverPool(settings, getattr(pipeline, "relays", None)))
         self.pool = self._sessions.pool
         self._loop = self._sessions.loop
         self._done: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
@@ -119,8 +120,10 @@ class Flight:
     # -- the event loop's side ------------------------------------------------------------------
     async def _send(self, d: Delivery) -> None:
         try:
-            d.reply = str(await self.pool.send(d.sender, d.recipients, d.message,
-                                               before_end=self.pipeline.gate(d, may_ask_store=False)))
+            route = getattr(self.pool, "route", None)
+            pool = route(d.envelope.priority) if route is not None and d.envelope is not None else self.pool
+            d.reply = str(await pool.send(d.sender, d.recipients, d.message,
+                                          before_end=self.pipeline.gate(d, may_ask_store=False)))
             if d.envelope is not None:  # journaled at the reply, not when the loop's thread collects it
                 self.pipeline.store.journal.sent(d.envelope.id)
         except Exception as exc:  # noqa: BLE001 - classified by the pipeline when recorded

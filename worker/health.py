@@ -64,17 +64,41 @@ def _stale_urgent(settings: Settings, timeout: float) -> list[str]:
 
 
 def relay_problem(settings: Settings, timeout: float) -> str:
-    """A session opened with the relay as a worker opens it (greeting, STARTTLS, AUTH), then closed."""
+    """Mail of some priority has no relay that answers: a session opened with each relay as a
+    worker opens it (greeting, STARTTLS, AUTH), then closed. One relay down of several is no
+    problem (its mail fails over); every relay of a priority down is."""
+    from .relays.plan import RelayPlan, relay_name
+
+    plan = RelayPlan.from_settings(settings)
+    answers = probe_relays(settings, timeout)
+    if len(answers) == 1:
+        [why] = answers.values()
+        return f"relay: {why}" if why else ""
+    stuck = [p for p, targets in plan.routes.items() if all(answers[relay_name(t)] for t in targets)]
+    if not stuck:
+        return ""
+    names = dict.fromkeys(relay_name(t) for p in stuck for t in plan.routes[p])
+    return (f"relay: none answers for {', '.join(stuck)} mail: "
+            + "; ".join(f"{n}: {answers[n]}" for n in names))
+
+
+def probe_relays(settings: Settings, timeout: float) -> dict[str, str]:
+    """Each relay's name -> why it does not answer ("" when it does)."""
+    from .relays.plan import RelayPlan, relay_name
     from .transports.smtp import SmtpSession
 
-    session = SmtpSession(settings.smtp, timeout=timeout, helo=settings.helo_name, cafile=settings.smtp_cafile)
-    try:
-        session.connect()
-    except Outcome as exc:
-        return f"relay: {exc.reason}"
-    finally:
-        session.close()
-    return ""
+    answers = {}
+    for target in RelayPlan.from_settings(settings).relays:
+        session = SmtpSession(target, timeout=timeout, helo=settings.helo_name, cafile=settings.smtp_cafile)
+        session.relay = True
+        try:
+            session.connect()
+            answers[relay_name(target)] = ""
+        except Outcome as exc:
+            answers[relay_name(target)] = exc.reason
+        finally:
+            session.close()
+    return answers
 
 
 def dns_problem(settings: Settings, timeout: float) -> str:

@@ -50,10 +50,9 @@ def make_transport(settings: Settings) -> Transport:
         from .transports.mx import MxTransport
 
         return MxTransport.from_settings(settings)
-    from .transports.smtp import RelayTransport
+    from .relays.transport import FailoverTransport
 
-    return RelayTransport(settings.smtp, timeout=settings.smtp_timeout, helo=settings.helo_name,
-                          cafile=settings.smtp_cafile, data_timeout=settings.smtp_data_timeout)
+    return FailoverTransport(settings)  # each priority's relays, in order, a dead one skipped (worker/relays)
 
 
 @dataclass
@@ -112,6 +111,8 @@ class Pipeline:
         self._unrecorded: list[Finish] = []  # outcomes the store could not take (an outage): recorded first
         self._owed: dict[str, tuple[str, str, int]] = {}  # outage releases of unclaimed keys, to give back
         self._gated = "before_end" in inspect.signature(self.transport.send).parameters
+        # relays by priority (worker/relays): bulk paced and held per relay; none for direct MX
+        self.relays = getattr(self.transport, "book", None) if settings.transport == "smtp" else None
         store.in_doubt_delay, store.lost_after = settings.in_doubt_delay, settings.lost_after
 
     # -- the loop's Stage interface -------------------------------------------------------------
@@ -131,28 +132,39 @@ class Pipeline:
                 for d in batch:
                     d.touch()
         keeper = self.keeper(lambda: keys, keep_all)
-        ready = [d for d in batch if d.ready]
-        send_many = getattr(self.transport, "send_many", None)
-        if send_many is not None and len(ready) > 1:  # the relay session pipelines the batch
-            def done(i: int, outcome: Reply | Exception) -> None:
-                d = ready[i]
-                if isinstance(outcome, Exception):
-                    d.error = outcome
-                else:
-                    d.reply = str(outcome)
-                self.sent(d)
-            try:
-                send_many([(d.sender, d.recipients, d.message) for d in ready], keeper, done,
-                          lambda i: self.gate(ready[i])())
-            except Exception as exc:  # noqa: BLE001 - a bug: what has no outcome yet is poison
+        for transport, ready in self._routes([d for d in batch if d.ready]):
+            send_many = getattr(transport, "send_many", None)
+            if send_many is not None and len(ready) > 1:  # the relay session pipelines the batch
+                def done(i: int, outcome: Reply | Exception, ready: list[Delivery] = ready) -> None:
+                    d = ready[i]
+                    if isinstance(outcome, Exception):
+                        d.error = outcome
+                    else:
+                        d.reply = str(outcome)
+                    self.sent(d)
+                try:
+                    send_many([(d.sender, d.recipients, d.message) for d in ready], keeper, done,
+                              lambda i, ready=ready: self.gate(ready[i])())
+                except Exception as exc:  # noqa: BLE001 - a bug: what has no outcome yet is poison
+                    for d in ready:
+                        if d.message:
+                            d.error = exc
+                            d.message = b""
+            else:
                 for d in ready:
-                    if d.message:
-                        d.error = exc
-                        d.message = b""
-        else:
-            for d in ready:
-                self.send(d, keeper)
+                    self.send(d, keeper, transport)
         return self.end(batch)
+
+    def _routes(self, ready: list[Delivery]) -> list[tuple[Any, list[Delivery]]]:
+        """The deliveries by the transport of their priority (a relay transport routes each
+        priority to its own relays), in the batch's order of first appearance."""
+        route = getattr(self.transport, "route", None)
+        if route is None:
+            return [(self.transport, ready)] if ready else []
+        groups: dict[str, list[Delivery]] = {}
+        for d in ready:
+            groups.setdefault(d.envelope.priority if d.envelope is not None else "normal", []).append(d)
+        return [(route(priority), part) for priority, part in groups.items()]
 
     def begin(self, jobs: Sequence[Reserved]) -> list[Delivery]:
         """A batch of reserved jobs, decoded, checked, claimed and built (``prepare``)."""
@@ -269,6 +281,8 @@ class Pipeline:
             self.digests.divert(envelope, prefs=prefs)  # into a digest (Skipped) or held for quiet hours (Deferred)
             self._check_rate(envelope)
             self.outbound.hold(envelope)
+            if self.relays is not None:
+                self.relays.admit(envelope)  # bulk: its relay's queue under the mark, its paced slot come
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             d.error = exc
         return d
@@ -377,14 +391,15 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001
             d.error = exc
 
-    def send(self, d: Delivery, keep: Callable[[], None]) -> None:
+    def send(self, d: Delivery, keep: Callable[[], None], transport: Any = None) -> None:
+        if transport is None:
+            [(transport, _)] = self._routes([d])
         try:
             if self._gated:
-                d.reply = str(self.transport.send(d.sender, d.recipients, d.message, keep,
-                                                  before_end=self.gate(d)))
+                d.reply = str(transport.send(d.sender, d.recipients, d.message, keep, before_end=self.gate(d)))
             else:  # a transport that cannot say when its end of data goes: the gate before it all
                 self.gate(d)()
-                d.reply = str(self.transport.send(d.sender, d.recipients, d.message, keep))
+                d.reply = str(transport.send(d.sender, d.recipients, d.message, keep))
         except Exception as exc:  # noqa: BLE001
             d.error = exc
         self.sent(d)

@@ -67,32 +67,23 @@ class Registry:
 
     # -- this process ---------------------------------------------------------------------------
     def start(self) -> "Registry":
-        now = time.time()
-        self.store.execute(
-            "INSERT INTO workers (id, host, pid, tubes, version, state, started_at, last_seen, jobs_done, current_job)"
-            " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, 0, '') ON CONFLICT (id) DO UPDATE SET tubes = excluded.tubes,"
-            " version = excluded.version, state = 'running', started_at = excluded.started_at,"
-            " last_seen = excluded.last_seen, jobs_done = 0, current_job = ''",
-            (self.id, self.host, self.pid, self.tubes, VERSION, now, now))
+        self.store.workers.register(self.id, self.host, self.pid, self.tubes, VERSION, time.time())
         if self._thread is None:  # a start retried after a store outage beats with one thread
             self._thread = threading.Thread(target=self._beat, name="registry", daemon=True)
             self._thread.start()
         return self
 
     def is_disabled(self) -> bool:
-        row = self.store.one("SELECT count(*) FROM disabled WHERE target IN (?, ?, ?)",
-                             (self.host, f"{self.host}:{self.pid}", self.id))
-        return bool(row and row[0])
+        return self.store.workers.is_disabled(self.host, f"{self.host}:{self.pid}", self.id)
 
     def beat(self) -> None:
         """One heartbeat: say we live, notice a disable, mark the silent lost."""
         done, current = self.progress()
         state = "disabled" if self.disabled else "running"
-        self.store.execute("UPDATE workers SET last_seen = ?, jobs_done = ?, current_job = ?, state = ?"
-                           " WHERE id = ?", (time.time(), done, current, state, self.id))
+        self.store.workers.beat(self.id, state, done, current)
         if not self.disabled and self.is_disabled():
             self.disabled = True
-            self.store.execute("UPDATE workers SET state = 'disabled' WHERE id = ?", (self.id,))
+            self.store.workers.set_state(self.id, "disabled")
             self.log.warning("this worker is disabled: finishing the job in hand, then exiting", worker=self.id)
             self.stop()
         for worker in mark_lost(self.store, self.lost_after):
@@ -112,8 +103,7 @@ class Registry:
         done, _ = self.progress()
         try:
             still = self.disabled and self.is_disabled()  # (enabled meanwhile: it simply stopped)
-            self.store.execute("UPDATE workers SET state = ?, last_seen = ?, jobs_done = ?, current_job = ''"
-                               " WHERE id = ?", ("disabled" if still else "stopped", time.time(), done, self.id))
+            self.store.workers.beat(self.id, "disabled" if still else "stopped", done, "")
         except StoreUnavailable:
             pass
 
@@ -126,49 +116,35 @@ PRUNE_AFTER = 86400.0  # a stopped or lost worker's row is kept this long after 
 def prune(store: Store, older_than: float = PRUNE_AFTER) -> int:
     """Stopped and lost workers' rows last seen more than ``older_than`` seconds ago go: a dev
     stack restarted three times shows its live workers, not twelve rows. How many went."""
-    return store.execute("DELETE FROM workers WHERE state IN ('stopped', 'lost') AND last_seen < ?",
-                         (time.time() - older_than,))
+    return store.workers.prune(time.time() - older_than)
 
 
 def mark_lost(store: Store, lost_after: float) -> list[str]:
     """Workers silent for ``lost_after`` seconds are lost; their claims are released at once.
     A disabled worker with no job in hand is not: it exited as it was told to (its last word
     cleared the job), or is about to, and holds nothing to release."""
-    cutoff = time.time() - lost_after
-    lost = [r[0] for r in store.all("SELECT id FROM workers WHERE (state = 'running' OR (state = 'disabled'"
-                                    " AND current_job != '')) AND last_seen < ?", (cutoff,))]
+    lost = store.workers.mark_lost(time.time() - lost_after)
     for worker in lost:
-        store.execute("UPDATE workers SET state = 'lost' WHERE id = ? AND last_seen < ?", (worker, cutoff))
-        # its claims are ``<worker id>:n``: compared exactly up to the last colon, never with
-        # LIKE (whose ``_`` would match ``mail-1`` for ``mail_1``)
-        prefix = f"{worker}:"
-        store.execute("UPDATE deliveries SET claim_expires = 0 WHERE outcome = 'claimed'"
-                      " AND substr(claimed_by, 1, ?) = ?", (len(prefix), prefix))
+        store.ledger.release_claims_of(worker)
     prune(store)
     return lost
 
 
 def workers(store: Store, lost_after: float) -> list[WorkerRow]:
     mark_lost(store, lost_after)
-    rows = store.all("SELECT id, host, pid, tubes, version, state, started_at, last_seen, jobs_done, current_job"
-                     " FROM workers ORDER BY host, pid")
-    return [WorkerRow(*r) for r in rows]
+    return [WorkerRow(*r) for r in store.workers.rows()]
 
 
 def disable(store: Store, target: str) -> None:
     """``target``: a host name (all its workers), ``host:pid`` or a worker id (one process)."""
-    store.execute("INSERT INTO disabled (target, created_at) VALUES (?, ?) ON CONFLICT (target) DO NOTHING",
-                  (target, time.time()))
+    store.workers.disable(target)
 
 
 def enable(store: Store, target: str) -> bool:
     """Lifts a disable; the rows of the workers it had stopped say "stopped", no longer
     "disabled" (a running one says "running" again at its next heartbeat)."""
-    lifted = store.execute("DELETE FROM disabled WHERE target = ?", (target,)) > 0
-    store.execute("UPDATE workers SET state = 'stopped' WHERE state = 'disabled' AND (host = ? OR id = ?"
-                  " OR host || ':' || CAST(pid AS TEXT) = ?)", (target, target, target))
-    return lifted
+    return store.workers.enable(target)
 
 
 def disabled_targets(store: Store) -> list[str]:
-    return [r[0] for r in store.all("SELECT target FROM disabled ORDER BY target")]
+    return store.workers.disabled_targets()

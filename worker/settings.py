@@ -40,7 +40,18 @@ class Settings:
     # folder), never to where the package is installed; load() makes them absolute
     templates: str = "templates"
     transport: str = "smtp"
-    smtp_url: str = "smtp://127.0.0.1:1025"
+    smtp_url: str = "smtp://127.0.0.1:1025"  # one relay, or several comma-separated: tried in order
+    smtp_url_urgent: str = ""  # urgent mail's own relay(s); BEANMAIL_SMTP_URL's follow as fallbacks
+    smtp_url_bulk: str = ""  # bulk mail's own relay(s); BEANMAIL_SMTP_URL's follow as fallbacks
+    relay_retry_after: float = 30.0  # a dead relay (refused, timed out, 421) is skipped this long, then tried again
+    relay_queue_command: str = ""  # prints the relay MTA's queue length (a number, or `postqueue -j` lines)
+    relay_queue_high: int = 0  # the queue's high-water mark: at or above it bulk mail is held
+    relay_queue_interval: float = 5.0  # seconds between runs of the queue command (per relay and process)
+    relay_hold_delay: int = 30  # a held bulk job comes back this much later (no retry spent)
+    relay_pace_max: float = 10000.0  # bulk messages/s per relay and worker process: AIMD's ceiling and start (never binds until the relay pushes back)
+    relay_pace_min: float = 0.2  # the floor multiplicative decreases stop at
+    relay_pace_step: float = 1.0  # additive increase: messages/s gained per second of clean bulk sending
+    relay_latency_target: float = 1.0  # replies slower than the relay's own baseline by this much slow bulk down
     smtp_timeout: float = 30.0  # seconds per SMTP step
     smtp_data_timeout: float = 600.0  # the reply to the end of data (RFC 5321 4.5.3.2.6: 10 minutes)
     in_doubt_delay: int = 3600  # no reply after the data: retry (maybe a second copy) only this late
@@ -145,7 +156,8 @@ class Settings:
 
     @property
     def smtp(self) -> SmtpTarget:
-        return parse_smtp_url(self.smtp_url)
+        """The first relay of BEANMAIL_SMTP_URL (normal mail's first choice)."""
+        return parse_smtp_urls(self.smtp_url, "BEANMAIL_SMTP_URL")[0]
 
     @property
     def beanstalk_urls(self) -> list[str]:
@@ -270,7 +282,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             return value
-        if name in ("dkim_key", "dkim_selector") and not isinstance(value, str):  # a TOML list
+        if name in ("dkim_key", "dkim_selector", "smtp_url", "smtp_url_urgent", "smtp_url_bulk") \
+                and not isinstance(value, str):  # a TOML list
             return ",".join(str(item).strip() for item in value)
         if name in ("secret", "unsubscribe_secret", "events_secret", "reply_secret"):
             keys = value.split(",") if isinstance(value, str) else [str(k) for k in value]
@@ -284,23 +297,40 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         raise SettingsError(f"{label}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
 
 
-def parse_smtp_url(url: str) -> SmtpTarget:
+def parse_smtp_urls(value: str, variable: str = "BEANMAIL_SMTP_URL") -> list[SmtpTarget]:
+    """A comma-separated list of relays, in the order they are tried (a comma inside a user name
+    or password is written %2C). Raises SettingsError naming ``variable``."""
+    urls = [u.strip() for u in value.split(",")]
+    if not any(urls):
+        raise SettingsError(f"{variable}: names no relay")
+    if not all(urls):
+        raise SettingsError(f"{variable}: an empty entry in {value!r} (relays are comma-separated)")
+    targets = [parse_smtp_url(u, variable) for u in urls]
+    seen = set()
+    for url, t in zip(urls, targets):
+        if (t.host, t.port) in seen:
+            raise SettingsError(f"{variable}: {t.host}:{t.port} is listed twice")
+        seen.add((t.host, t.port))
+    return targets
+
+
+def parse_smtp_url(url: str, variable: str = "BEANMAIL_SMTP_URL") -> SmtpTarget:
     parts = urlsplit(url)
     if parts.scheme not in ("smtp", "smtps"):
-        raise SettingsError(f"BEANMAIL_SMTP_URL: {url!r} must start with smtp:// or smtps://")
+        raise SettingsError(f"{variable}: {url!r} must start with smtp:// or smtps://")
     query = parse_qs(parts.query)
     if parts.scheme == "smtps":
         tls = "ssl"
     else:
         tls = query.get("starttls", ["opportunistic"])[0]
         if tls not in ("required", "opportunistic", "off"):
-            raise SettingsError("BEANMAIL_SMTP_URL: starttls must be required, opportunistic or off")
+            raise SettingsError(f"{variable}: starttls must be required, opportunistic or off")
     try:
         port = parts.port or (465 if tls == "ssl" else 25)
     except ValueError:
-        raise SettingsError(f"BEANMAIL_SMTP_URL: bad port in {url!r}") from None
+        raise SettingsError(f"{variable}: bad port in {url!r}") from None
     if not parts.hostname:
-        raise SettingsError(f"BEANMAIL_SMTP_URL: no host in {url!r}")
+        raise SettingsError(f"{variable}: no host in {url!r}")
     return SmtpTarget(parts.hostname, port, tls, unquote(parts.username or ""), unquote(parts.password or ""))
 
 
@@ -313,8 +343,9 @@ def validate(s: Settings) -> Settings:
         raise SettingsError(f"BEANMAIL_BEANSTALK_URL: {exc}") from None
     if s.transport not in ("smtp", "mx"):
         raise SettingsError(f"BEANMAIL_TRANSPORT: must be smtp or mx, got {s.transport!r}")
-    if s.transport == "smtp":
-        parse_smtp_url(s.smtp_url)
+    from .relays.plan import validate_relays
+
+    validate_relays(s)
     if "@" not in parseaddr(s.from_addr)[1] or any(c in s.from_addr for c in "\r\n\0"):
         raise SettingsError(f"BEANMAIL_FROM: {s.from_addr!r} is not an address")
     from producer.addresses import AddressError, parse_mailbox

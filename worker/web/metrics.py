@@ -4,6 +4,7 @@ scrape, so one scrape of the console sees every worker on every host."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -88,6 +89,50 @@ class PoolCollector:
         yield states
         yield GaugeMetricFamily("beanmail_brake_engaged", "1 while the bulk brake holds mail.bulk and mailout",
                                 value=1 if brake["engaged"] else 0)
+        yield from relay_metrics(self.console)
+
+
+def relay_metrics(console: "Console") -> Iterator[Metric]:
+    """Each relay's state as the workers last reported it (worker/relays/board.py)."""
+    from ..relays import board
+    from ..relays.plan import RelayPlan, relay_name
+
+    settings = console.settings
+    if settings.transport != "smtp":
+        return
+    try:
+        seen = {r["relay"]: r for r in console.with_store(lambda s: board.read(s, settings.lost_after))}
+    except (StoreUnavailable, StoreCorrupt):
+        return
+    plan = RelayPlan.from_settings(settings)
+    configured = GaugeMetricFamily("beanmail_relay_configured", "1 for each relay a priority's mail goes through,"
+                                   " by its place in that priority's list (0: tried first)",
+                                   labels=["relay", "priority", "order"])
+    for priority, targets in plan.routes.items():
+        for i, t in enumerate(targets):
+            configured.add_metric([relay_name(t), priority, str(i)], 1)
+    yield configured
+    up = GaugeMetricFamily("beanmail_relay_up", "1 unless a worker skips the relay as dead (it refused, timed out"
+                           " or answered 421), as the workers reported within BEANMAIL_LOST_AFTER", labels=["relay"])
+    skipped = GaugeMetricFamily("beanmail_relay_skipped_seconds", "seconds until a relay skipped as dead is tried"
+                                " again (0: up)", labels=["relay"])
+    pace = GaugeMetricFamily("beanmail_relay_bulk_pace", "bulk messages/s the workers may send the relay now"
+                             " (AIMD, summed over worker processes)", labels=["relay"])
+    sent = GaugeMetricFamily("beanmail_relay_bulk_sent_rate", "bulk messages/s the relay took over the last"
+                             " seconds (summed over worker processes)", labels=["relay"])
+    queue = GaugeMetricFamily("beanmail_relay_queue", "the relay MTA's queue length, as BEANMAIL_RELAY_QUEUE_COMMAND"
+                              " last said", labels=["relay"])
+    held = GaugeMetricFamily("beanmail_relay_bulk_held", "1 while bulk mail is held at the relay (its queue at"
+                             " BEANMAIL_RELAY_QUEUE_HIGH, or unreadable)", labels=["relay"])
+    for name, r in sorted(seen.items()):
+        up.add_metric([name], 1 if r["up"] else 0)
+        skipped.add_metric([name], 0 if r["up"] else max(0.0, r["skipped_until"] - time.time()))
+        pace.add_metric([name], r["pace"])
+        sent.add_metric([name], r["sent_rate"])
+        if r["queue"] >= 0:
+            queue.add_metric([name], r["queue"])
+        held.add_metric([name], 1 if r["held"] else 0)
+    yield from (up, skipped, pace, sent, queue, held)
 
 
 def exposition(console: "Console") -> tuple[bytes, str]:
