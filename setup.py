@@ -19,6 +19,8 @@ WORKER = [
     "waitress>=3.0",  # serves the console: no thread held by a half-sent request, bounded connections
     "standardwebhooks>=1.0",  # signs delivery events (worker/events/deliver.py), MIT
     "mail-parser-reply>=1.30",  # the new text of a reply, quote and signature removed (worker/events/inbound.py), MIT
+    "authres>=1.2",  # a reply's Authentication-Results header: DKIM/DMARC/SPF (worker/events/authentication.py), Apache-2.0
+    "multipart>=1.1",  # Mailgun routes' and SendGrid Inbound Parse's form posts (worker/events/inbound_webhooks.py), MIT
 ]
 
 setup(
@@ -35,7 +37,8 @@ setup(
     ],
     extras_require={
         "worker": WORKER,
-        "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3",
+        "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4",
+                 "email-reply-parser>=0.5",  # measured beside mail-parser-reply (tests/test_reply_text.py) "jsonschema>=4", "django>=4.2", "flask>=2.3",
                  "dkimpy[ed25519]>=1.1",  # verifies what worker/dkim.py signs (pynacl for Ed25519)
                  "django-mailer>=2.3",  # the bench compares the relay with it (bench/run.py)
                  "selenium>=4.10",  # drives Debian's chromium + chromium-driver (setup.sh installs them)

@@ -191,9 +191,10 @@ class Notifier:
     def mailout(self, template: str, recipients: Iterable[Any], context: Mapping[str, Any] | None = None,
                 *, key: str, priority: str = "bulk", exclude: Iterable[str] = (),
                 not_after: float | None = None, digest: str | None = None,
-                entities: Mapping[str, Mapping[str, Any]] | None = None,
+                entities: Mapping[str, Mapping[str, Any]] | None = None, reply: bool = False,
                 send_at: "datetime | float | None" = None, send_at_local: "str | datetime | None" = None) -> list[int]:
         """Queue a mailout as chunk jobs on the ``mailout`` tube; memory stays bounded by one chunk.
+        ``reply``: each recipient's mail gets a reply address of its own, as notify's.
         ``digest``: every recipient's mail is collected into their digest of that period.
         ``entities``: resolved at send time for each recipient, as notify's (worker/entities.py:
         a resolver may find one not visible to a recipient, who then gets nothing).
@@ -208,7 +209,8 @@ class Notifier:
         excluded = {parse_recipient(a).address.lower() for a in exclude}
         base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
                     not_after=_int(not_after), exclude=tuple(sorted(excluded)), digest=_check_digest(digest),
-                    entities={k: dict(v) for k, v in (entities or {}).items()})
+                    entities={k: dict(v) for k, v in (entities or {}).items()},
+                    headers={"X-Beanmail-Reply": "1"} if reply else {})
         if isinstance(recipients, (list, tuple)):  # a bad address refuses the mailout before anything is queued
             recipients = [parse_recipient(r) for r in recipients]
         refused: list[AddressError] = []
@@ -293,10 +295,11 @@ class Notifier:
     def notify_watchers(self, template: str, watchers: Iterable[Any], actor: Any = None,
                         context: Mapping[str, Any] | None = None, *, key: str, priority: str = "normal",
                         not_after: float | None = None, digest: str | None = None,
-                        entities: Mapping[str, Mapping[str, Any]] | None = None) -> list[int]:
+                        entities: Mapping[str, Mapping[str, Any]] | None = None, reply: bool = False) -> list[int]:
         """The classic hook: tell everyone watching something, except whoever caused the event."""
         return self.mailout(template, watchers, context, key=key, priority=priority,
-                            exclude=[actor] if actor else (), not_after=not_after, digest=digest, entities=entities)
+                            exclude=[actor] if actor else (), not_after=not_after, digest=digest, entities=entities,
+                            reply=reply)
 
     # -- a recipient's delivery preferences (docs/digests.md), written to the store directly ----
     def set_preferences(self, address: str, *, mode: str | None = None, timezone: str | None = None,

@@ -67,6 +67,18 @@ if [ "$what" = test ] && [ ! -f var/corpora/flufl-bounce/.complete ]; then
   rm -rf "$tmp"
 fi
 
+# the reply-text corpus: talon's standard replies (Apache-2.0), mail clients' replies to "Hello", from its sdist on PyPI
+if [ "$what" = test ] && [ ! -f var/corpora/talon-replies/.complete ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --no-binary :all: talon==1.4.4 -d "$tmp" >/dev/null
+  tar -xzf "$tmp"/talon-1.4.4.tar.gz -C "$tmp"
+  rm -rf var/corpora/talon-replies && mkdir -p var/corpora/talon-replies
+  cp "$tmp"/talon-1.4.4/tests/fixtures/standard_replies/*.eml var/corpora/talon-replies/
+  cp "$tmp"/talon-1.4.4/LICENSE var/corpora/talon-replies/.LICENSE
+  touch var/corpora/talon-replies/.complete
+  rm -rf "$tmp"
+fi
+
 # the development catcher (MailCatcher's ports: SMTP 1025, web 1080), from the npm registry
 if [ ! -x var/catcher/node_modules/.bin/maildev ]; then
   mkdir -p var/catcher

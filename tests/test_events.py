@@ -411,3 +411,17 @@ def test_an_unsubscribe_recorded_through_emitting_queues_message_unsubscribed(
     assert runner.run(burst=True) == 0
     runner.close()
     assert ("message.unsubscribed", "ann@example.com") in payloads(endpoint)
+
+
+@pytest.mark.parametrize("path,fence,start,end", [("examples/php/verify_event.php", "php", "function beanmail_verify_event", "\n}\n"),
+                                                  ("examples/ruby/verify_event.rb", "ruby", "def beanmail_verify_event", "\nend\n")])
+def test_the_php_and_ruby_functions_in_docs_events_md_are_the_tested_ones(path: str, fence: str, start: str,
+                                                                             end: str) -> None:
+    """docs/events.md shows the verifying function of each example file: the one the test above runs."""
+    from .conftest import ROOT
+
+    source = (ROOT / path).read_text()
+    function = source[source.index(start):source.index(end, source.index(start)) + len(end)]
+    docs = (ROOT / "docs" / "events.md").read_text()
+    block = docs[docs.index(f"```{fence}\n"):]
+    assert function in block[:block.index("```\n", 6)], f"docs/events.md's {fence} block differs from {path}"

@@ -35,6 +35,14 @@ def print_json(value: Any) -> None:
     sys.stdout.write(redact.text(json.dumps(value, ensure_ascii=False, indent=None, default=str)) + "\n")
 
 
+def print_counts(counts: dict[str, int], as_json: bool) -> None:
+    """A run's counts (``bounces fetch``, ``inbound fetch``): ``messages 3, hard 1`` or one JSON line."""
+    if as_json:
+        print_json(counts)
+    else:
+        print(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
 def flush_spool(settings: Settings) -> int:
     """Move spooled jobs to beanstalkd; returns how many (0 without a spool)."""
     if not settings.spool:

@@ -142,6 +142,9 @@ class Settings:
     reply_domain: str = ""  # replies.example.org: notify(reply=True) sets Reply-To reply+TOKEN@ there
     reply_secret: str = ""  # signs reply tokens; defaults to BEANMAIL_SECRET; a comma-separated list rotates
     reply_ttl: float = 30 * 86400.0  # how long a reply address is accepted
+    reply_mailbox: str = ""  # imaps://user:pass@host/INBOX for `beanmail inbound fetch`
+    reply_authserv_id: str = ""  # the receiving MTA's Authentication-Results id(s) trusted for DKIM/DMARC
+    sendgrid_inbound_key: str = ""  # Inbound Parse security policy's public key (base64 DER, ECDSA P-256)
 
     @property
     def dkim_signing_domain(self) -> str:

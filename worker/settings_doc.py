@@ -110,6 +110,9 @@ HELP: dict[str, str] = {
     "reply_domain": "`replies.example.org`: `notify(..., reply=True)` mail gets `Reply-To: reply+TOKEN@` there; `beanmail inbound` reads the replies",
     "reply_secret": "signs reply addresses (default: the secret); a comma-separated list rotates: the first signs, all verify",
     "reply_ttl": "seconds a reply address is accepted (30 days)",
+    "reply_mailbox": "`imaps://user:pass@host/INBOX` (`?move=Folder`, `?cafile=PATH`) for `beanmail inbound fetch`",
+    "reply_authserv_id": "comma-separated authserv-ids of your receiving MTA (`mx.replies.example.org`): only its `Authentication-Results` header gives a reply's DKIM/DMARC/SPF result; unset: the topmost one",
+    "sendgrid_inbound_key": "SendGrid Inbound Parse security policy's public key (base64 DER, ECDSA P-256); unset: `/inbound/sendgrid` refuses every request",
 }
 
 

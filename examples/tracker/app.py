@@ -7,6 +7,9 @@ hook itself never changes and a busy issue sends a digest user one mail a day (d
 A private issue is seen by its watchers only, and its mail is checked again when it goes: a
 watcher removed after the comment was queued gets nothing (the workers need ``entities()``, below,
 as ``[beanmail.entities.issue]`` in beanmail.toml; README "Settings").
+With ``--events-secret`` (beanmail's BEANMAIL_EVENTS_SECRET, its BEANMAIL_EVENTS_URL pointing at
+``/beanmail/events``) comment mail asks for replies and a reply becomes a comment (replies.py;
+a private issue takes replies only from who still watches it).
 
     python examples/tracker/app.py            # http://127.0.0.1:8000/ against the dev stack
 """
@@ -25,6 +28,8 @@ from wsgiref.simple_server import make_server
 
 from producer import Notifier
 from producer.hooks import transaction
+
+from .replies import ReplyHook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +61,7 @@ def entities(db_path: str) -> dict[str, dict[str, str]]:
 
 
 class Tracker:
-    def __init__(self, db_path: str, notifier: Notifier) -> None:
+    def __init__(self, db_path: str, notifier: Notifier, events_secret: str = "") -> None:
         self.db_path = db_path
         self.notifier = notifier
         self._local = threading.local()
@@ -69,6 +74,7 @@ class Tracker:
                     db.execute("INSERT INTO issues VALUES (?, ?, ?)", (issue_id, title, int(issue_id in PRIVATE)))
                     db.executemany("INSERT INTO watchers VALUES (?, ?, ?)",
                                    [(issue_id, e, n) for e, n in watchers])
+        self.replies = ReplyHook(events_secret, self.db, self.comment) if events_secret else None
 
     def db(self) -> sqlite3.Connection:
         if not hasattr(self._local, "db"):
@@ -88,7 +94,8 @@ class Tracker:
             db.execute("INSERT OR IGNORE INTO watchers VALUES (?, ?, ?)", (issue_id, author, author))
             watchers = [{"address": e, "name": n}
                         for e, n in db.execute("SELECT email, name FROM watchers WHERE issue_id = ?", (issue_id,))]
-            mail.notify_watchers("comment", watchers, actor=author, key=f"comment:{comment_id}", entities=checked, context={
+            mail.notify_watchers("comment", watchers, actor=author, key=f"comment:{comment_id}", entities=checked,
+                                 reply=self.replies is not None, context={
                 "issue": {"id": issue_id, "title": title[0]},
                 "comment": {"id": comment_id, "author": author, "body": body},
             })
@@ -118,6 +125,11 @@ class Tracker:
                 self.set_delivery(email, mode)
                 start_response("303 See Other", [("Location", "/prefs")])
                 return [b""]
+            if parts == ["beanmail", "events"] and method == "POST" and self.replies is not None:
+                status, text = self.replies.receive(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)),
+                                                    environ)
+                start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+                return [text.encode()]
             if method == "POST" and len(parts) == 3 and parts[0] == "issues" and parts[2] == "comments":
                 size = int(environ.get("CONTENT_LENGTH") or 0)
                 form = parse_qs(environ["wsgi.input"].read(size).decode())
@@ -183,9 +195,11 @@ def main() -> None:
     parser.add_argument("--beanstalk", default=None, help="default: $BEANMAIL_BEANSTALK_URL or the local one")
     parser.add_argument("--store", default=os.environ.get("BEANMAIL_STORE") or str(ROOT / "var" / "beanmail.sqlite3"),
                         help="beanmail's store, where the digest choice is kept (default: the dev stack's)")
+    parser.add_argument("--events-secret", default=os.environ.get("BEANMAIL_EVENTS_SECRET", ""),
+                        help="whsec_...: receive beanmail's events at /beanmail/events and turn replies into comments")
     args = parser.parse_args()
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    app = Tracker(args.db, Notifier(args.beanstalk, blobs=args.store))
+    app = Tracker(args.db, Notifier(args.beanstalk, blobs=args.store), args.events_secret)
     print(f"tracker on http://127.0.0.1:{args.port}/ — comment on an issue, then look in the catcher")
     make_server("127.0.0.1", args.port, app).serve_forever()
 

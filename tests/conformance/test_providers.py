@@ -55,9 +55,10 @@ def stand() -> Iterator[Stand]:
     s.close()
 
 
-def samples() -> list[tuple[str, dict[str, Any]]]:
+def samples(folder: Path = SAMPLES) -> list[tuple[str, dict[str, Any]]]:
+    """(provider, sample) of every file in ``folder``."""
     out = []
-    for path in sorted(SAMPLES.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
         out += [(data["provider"], sample) for sample in data["samples"]]
     return out

@@ -1,5 +1,5 @@
 """The events subcommands: ``events run [--burst]`` (deliver queued events) and ``inbound``
-(one reply on standard input). Registered by cli.py; each parses, calls one module, prints."""
+(one reply on standard input; ``inbound fetch``: a mailbox's). Registered by cli.py; each parses, calls one module, prints."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def register(sub: Any) -> None:
     r.set_defaults(handler=cmd_events)
 
     i = sub.add_parser("inbound", help="read one reply on standard input (an MTA's pipe for reply+*@BEANMAIL_REPLY_DOMAIN)"
-                                        " and pass it on as a message.replied event; `inbound --list`: what came")
+                                        " and pass it on as a message.replied event; `inbound fetch`: the replies in"
+                                        " BEANMAIL_REPLY_MAILBOX over IMAP; `inbound --list`: what came")
+    i.add_argument("action", nargs="?", choices=("fetch",), help="fetch: read BEANMAIL_REPLY_MAILBOX instead of stdin")
     i.add_argument("--recipient", default="", help="the envelope recipient, e.g. Postfix pipe's ${original_recipient}")
     i.add_argument("--list", action="store_true", help="list the messages read, newest first, with what became of them")
     i.add_argument("--limit", type=int, default=50)
@@ -42,7 +44,7 @@ MAX_MESSAGE = 10 * 1024 * 1024
 def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when the message was passed on or refused (both recorded: an MTA must not bounce an
     auto-reply back), 75 when the store is unavailable (the MTA tries again)."""
-    from ..commands import print_json
+    from ..commands import print_counts, print_json
     from ..logs import configure
     from ..store import Store, StoreUnavailable
     from .inbound import handle
@@ -53,6 +55,12 @@ def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
     except StoreUnavailable as exc:
         print(f"beanmail inbound: store unavailable: {exc.reason}", file=sys.stderr)
         return EX_TEMPFAIL
+    if args.action == "fetch":
+        from .fetch import fetch
+
+        store.close()
+        print_counts(fetch(settings), args.json)
+        return 0
     try:
         if args.list:
             rows = store.inbound(limit=args.limit)

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from ..commands import print_json
+from ..commands import print_counts, print_json
 from ..settings import Settings
 from ..store import StoreCorrupt, StoreUnavailable
 
@@ -99,11 +99,7 @@ def cmd_bounces(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "fetch":
         from .imap import fetch
 
-        counts = fetch(settings)
-        if args.json:
-            print_json(counts)
-        else:
-            print(", ".join(f"{k} {v}" for k, v in counts.items()))
+        print_counts(fetch(settings), args.json)
         return 0
     store = open_store(settings)
     if args.action == "show":

@@ -1,6 +1,7 @@
 """`beanmail bounces fetch`: read the return-path mailbox over IMAP (where the MTA delivers
 bounces when no pipe can be configured: a hosted mailbox, a catch-all), hand each message to
-the same intake as the pipe, and mark it handled so the next run skips it.
+the same intake as the pipe, and mark it handled so the next run skips it. ``drain`` is the
+mailbox loop itself, which `beanmail inbound fetch` (worker/events/fetch.py) shares.
 
 ``BEANMAIL_BOUNCE_MAILBOX=imaps://user:pass@host[:port]/INBOX`` (``imap://`` for STARTTLS;
 ``?cafile=PATH`` to trust a private CA; ``?move=Folder`` to move handled messages there, each
@@ -14,6 +15,7 @@ from __future__ import annotations
 import imaplib
 import ssl
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..logs import get_logger
@@ -39,10 +41,10 @@ class Mailbox:
     move: str = ""
 
 
-def parse_mailbox(url: str) -> Mailbox:
+def parse_mailbox(url: str, setting: str = "BEANMAIL_BOUNCE_MAILBOX") -> Mailbox:
     parts = urlsplit(url)
     if parts.scheme not in ("imaps", "imap") or not parts.hostname or not parts.username:
-        raise SettingsError("BEANMAIL_BOUNCE_MAILBOX: must look like imaps://user:pass@host/INBOX")
+        raise SettingsError(f"{setting}: must look like imaps://user:pass@host/INBOX")
     query = parse_qs(parts.query)
     tls = "ssl" if parts.scheme == "imaps" else "starttls"
     return Mailbox(parts.hostname, parts.port or (993 if tls == "ssl" else 143), tls, unquote(parts.username),
@@ -66,13 +68,25 @@ def _quote(name: str) -> str:
 
 
 def fetch(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
-    """Handle every message not handled before; counts by classification. A store outage stops
+    """Handle every bounce not handled before; counts by classification. A store outage stops
     the run with the message left unmarked (the next run takes it again)."""
     if not settings.bounce_mailbox:
         raise OpsError("no mailbox configured (BEANMAIL_BOUNCE_MAILBOX=imaps://user:pass@host/INBOX)")
-    box = parse_mailbox(settings.bounce_mailbox)
     store = open_store(settings)
     intake = Intake(settings, store)
+    try:
+        return drain(parse_mailbox(settings.bounce_mailbox),
+                     lambda raw: [h.classification for h in intake.handle_message(raw, source="imap")],
+                     what="bounce", timeout=timeout)
+    finally:
+        store.close()
+
+
+def drain(box: Mailbox, handle: Callable[[bytes], list[str]], *, what: str, timeout: float = 30.0,
+          failed: Callable[[bytes, str], None] | None = None) -> dict[str, int]:
+    """``handle`` each message of the mailbox not flagged handled (up to BATCH), then flag it
+    (and move it): what ``handle`` returns is counted. StoreUnavailable stops the run with the
+    message unflagged; any other error flags it failed (``failed`` records why) and sets it aside."""
     counts: dict[str, int] = {"messages": 0}
     try:
         imap = _connect(box, timeout)
@@ -94,20 +108,19 @@ def fetch(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
             if typ != "OK" or raw is None:
                 continue
             try:
-                handled = intake.handle_message(raw, source="imap")
+                outcomes = handle(raw)
             except StoreUnavailable:
-                get_logger().error("store unavailable: bounce left in the mailbox for the next run", uid=uid.decode())
+                get_logger().error(f"store unavailable: {what} left in the mailbox for the next run", uid=uid.decode())
                 raise
             except Exception as exc:  # noqa: BLE001 - one message we cannot handle must not stop the mailbox draining
-                get_logger().error("bounce could not be handled: flagged and set aside", uid=uid.decode(),
-                                   error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                get_logger().error(f"{what} could not be handled: flagged and set aside", uid=uid.decode(), error=reason)
+                if failed is not None:
+                    failed(raw, reason)
                 imap.uid("STORE", uid, "+FLAGS.SILENT", f"({UNHANDLED})")
-                counts["failed"] = counts.get("failed", 0) + 1
-                counts["messages"] += 1
-                _mark(imap, uid, box, can_move)
-                continue
-            for h in handled:
-                counts[h.classification] = counts.get(h.classification, 0) + 1
+                outcomes = ["failed"]
+            for outcome in outcomes:
+                counts[outcome] = counts.get(outcome, 0) + 1
             counts["messages"] += 1
             _mark(imap, uid, box, can_move)
         if box.move and uids:
@@ -117,7 +130,6 @@ def fetch(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
             imap.logout()
         except (OSError, imaplib.IMAP4.error):
             pass
-        store.close()
     return counts
 
 

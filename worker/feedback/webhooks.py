@@ -133,6 +133,8 @@ def _kind(value: Any) -> str:
 
 
 class WebhookApp:
+    max_body = MAX_BODY  # bytes a request may carry
+
     def __init__(self, settings: Settings, store: Store | None = None, *,
                  certificates: Callable[[str], bytes] = fetch_certificate,
                  now: Callable[[], float] = time.time) -> None:
@@ -152,10 +154,10 @@ class WebhookApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         provider = environ.get("PATH_INFO", "").strip("/")
-        handler = {"ses": self._ses, "sendgrid": self._sendgrid, "postmark": self._postmark,
-                   "mailgun": self._mailgun}.get(provider)
+        handlers = self.handlers()
+        handler = handlers.get(provider)
         if handler is None:
-            return _reply(start_response, "404 Not Found", {"error": "POST to /ses, /sendgrid, /postmark or /mailgun"})
+            return _reply(start_response, "404 Not Found", {"error": "POST to " + ", ".join(f"/{p}" for p in handlers)})
         if environ.get("REQUEST_METHOD") != "POST":
             return _reply(start_response, "405 Method Not Allowed", {"error": "POST only"}, [("Allow", "POST")])
         try:
@@ -164,7 +166,7 @@ class WebhookApp:
             length = -1
         if length < 0:
             return _reply(start_response, "400 Bad Request", {"error": "Content-Length is not a number of bytes"})
-        if length > MAX_BODY:
+        if length > self.max_body:
             return _reply(start_response, "413 Payload Too Large", {"error": "too large"})
         body = environ["wsgi.input"].read(length) if length else b""
         log = get_logger()
@@ -176,7 +178,7 @@ class WebhookApp:
             return _reply(start_response, exc.status, {"error": str(exc)}, extra)
         except CertificateUnavailable as exc:
             return _reply(start_response, "503 Service Unavailable", {"error": str(exc)}, [("Retry-After", "60")])
-        except (Malformed, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        except (Malformed, ValueError, LookupError, TypeError, AttributeError, RecursionError) as exc:
             # whatever the body is (a list, a string, null, deep nesting, not UTF-8), it is no event
             reason = str(exc) if isinstance(exc, Malformed) else f"{type(exc).__name__}: {exc}"
             log.warning("webhook body refused", provider=provider, reason=reason[:300])
@@ -185,9 +187,16 @@ class WebhookApp:
             handled = self._apply(provider, events, body)
         except StoreUnavailable as exc:
             return _reply(start_response, "503 Service Unavailable", {"error": exc.reason}, [("Retry-After", "60")])
-        return _reply(start_response, "200 OK", {"handled": [h.classification for h in handled]})
+        return _reply(start_response, "200 OK", {"handled": handled})
 
-    def _apply(self, provider: str, events: list[Event], body: bytes) -> list[Handled]:
+    def handlers(self) -> dict[str, Callable[[bytes, dict[str, Any]], list[Any]]]:
+        """Each path's reader: the request's body and environ -> what ``_apply`` takes."""
+        return {"ses": self._ses, "sendgrid": self._sendgrid, "postmark": self._postmark, "mailgun": self._mailgun}
+
+    def _apply(self, provider: str, events: list[Any], body: bytes) -> list[str]:
+        return [h.classification for h in self._feedback(provider, events, body)]
+
+    def _feedback(self, provider: str, events: list[Event], body: bytes) -> list[Handled]:
         intake = Intake(self.settings, self.store)
         out: list[Handled] = []
         raw = body.decode("utf-8", "replace")
@@ -233,6 +242,24 @@ class WebhookApp:
 
     # -- Amazon SES through SNS -----------------------------------------------------------------
     def _ses(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
+        envelope = self.sns_notification(body)
+        if envelope is None:
+            return []
+        sns_id, topic = _text(envelope, "MessageId", required=True), _text(envelope, "TopicArn")
+        text = _text(envelope, "Message")
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError):
+            message = None
+        if not isinstance(message, dict):
+            # the topic may carry more than SES's events: a correctly signed notification is kept
+            return [Event("ignored", "", event_id=sns_id, note=f"SNS notification on {topic} whose Message is"
+                                                                   " not an SES event (not a JSON object)")]
+        return _ses_events(message, sns_id)
+
+    def sns_notification(self, body: bytes) -> dict[str, Any] | None:
+        """The SNS message in ``body`` once its signature and topic are checked; None when it is
+        no Notification (a subscription confirmation waits for an operator: it is logged)."""
         envelope = _object(_json(body), "the SNS message")
         self._verify_sns(envelope)
         allowed = [a.strip() for a in self.settings.ses_topic_arns.split(",") if a.strip()]
@@ -244,20 +271,8 @@ class WebhookApp:
             # confirming is an operator's decision: visit SubscribeURL once (it is logged)
             get_logger().warning(f"SNS {kind}: awaiting an operator", topic=topic,
                                  subscribe_url=_text(envelope, "SubscribeURL") or None)
-            return []
-        if kind != "Notification":
-            return []
-        sns_id = _text(envelope, "MessageId", required=True)
-        text = _text(envelope, "Message")
-        try:
-            message = json.loads(text)
-        except (ValueError, RecursionError):
-            message = None
-        if not isinstance(message, dict):
-            # the topic may carry more than SES's events: a correctly signed notification is kept
-            return [Event("ignored", "", event_id=sns_id, note=f"SNS notification on {topic} whose Message is"
-                                                                   " not an SES event (not a JSON object)")]
-        return _ses_events(message, sns_id)
+            return None
+        return envelope if kind == "Notification" else None
 
     def _verify_sns(self, m: dict[str, Any]) -> None:
         """Amazon SNS message signatures (SignatureVersion 1: SHA1, 2: SHA256 with RSA), by a
@@ -300,18 +315,7 @@ class WebhookApp:
 
     # -- SendGrid Event Webhook ------------------------------------------------------------------
     def _sendgrid(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
-        if not self.settings.sendgrid_webhook_key:
-            raise Refused("BEANMAIL_SENDGRID_WEBHOOK_KEY is not set")
-        signature = environ.get("HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE", "")
-        timestamp = environ.get("HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP", "")
-        self._fresh(timestamp)
-        key = serialization.load_der_public_key(base64.b64decode(self.settings.sendgrid_webhook_key))
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise Refused("BEANMAIL_SENDGRID_WEBHOOK_KEY is not an ECDSA public key")
-        try:
-            key.verify(base64.b64decode(signature), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError) as exc:
-            raise Refused("SendGrid signature does not verify") from exc
+        self.check_sendgrid(body, environ, self.settings.sendgrid_webhook_key, "BEANMAIL_SENDGRID_WEBHOOK_KEY")
         batch = _json(body)
         if not isinstance(batch, list):
             raise Malformed(f"the body is {_kind(batch)}, not a list of events")
@@ -322,8 +326,27 @@ class WebhookApp:
                 events.append(event)
         return events
 
+    def check_sendgrid(self, body: bytes, environ: dict[str, Any], public_key: str, setting: str) -> None:
+        """SendGrid's ECDSA P-256 signature over the signed timestamp and the body, by ``public_key``."""
+        self.require(public_key, setting)
+        signature = environ.get("HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE", "")
+        timestamp = environ.get("HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP", "")
+        self._fresh(timestamp)
+        key = serialization.load_der_public_key(base64.b64decode(public_key))
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise Refused(f"{setting} is not an ECDSA public key")
+        try:
+            key.verify(base64.b64decode(signature), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError) as exc:
+            raise Refused("SendGrid signature does not verify") from exc
+
     # -- Postmark --------------------------------------------------------------------------------
     def _postmark(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
+        self.check_postmark(environ)
+        return _postmark_events(_object(_json(body), "the body"))
+
+    def check_postmark(self, environ: dict[str, Any]) -> None:
+        """Postmark signs nothing: the webhook URL carries a password (basic auth)."""
         password = self.settings.postmark_webhook_password
         if not password:
             raise Refused("BEANMAIL_POSTMARK_WEBHOOK_PASSWORD is not set")
@@ -336,21 +359,30 @@ class WebhookApp:
                 given = ""
         if not hmac.compare_digest(given.encode(), password.encode()):
             raise Refused("basic auth required", "401 Unauthorized")
-        return _postmark_events(_object(_json(body), "the body"))
 
     # -- Mailgun ---------------------------------------------------------------------------------
     def _mailgun(self, body: bytes, environ: dict[str, Any]) -> list[Event]:
-        if not self.settings.mailgun_signing_key:
-            raise Refused("BEANMAIL_MAILGUN_SIGNING_KEY is not set")
+        self.require(self.settings.mailgun_signing_key, "BEANMAIL_MAILGUN_SIGNING_KEY")  # before reading the body
         payload = _object(_json(body), "the body")
         sig = _object(payload.get("signature"), "'signature'")
-        timestamp, token = _text(sig, "timestamp", required=True), _text(sig, "token", required=True)
+        self.check_mailgun(_text(sig, "timestamp", required=True), _text(sig, "token", required=True),
+                           _text(sig, "signature"))
+        return _mailgun_events(_object(payload.get("event-data"), "'event-data'"))
+
+    def check_mailgun(self, timestamp: str, token: str, signature: str) -> None:
+        """Mailgun's HMAC-SHA256 of timestamp and token with the signing key, the timestamp fresh."""
+        self.require(self.settings.mailgun_signing_key, "BEANMAIL_MAILGUN_SIGNING_KEY")
         self._fresh(timestamp)
         expected = hmac.new(self.settings.mailgun_signing_key.encode(), f"{timestamp}{token}".encode(),
                             hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode(), _text(sig, "signature").encode()):
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise Refused("Mailgun signature does not verify")
-        return _mailgun_events(_object(payload.get("event-data"), "'event-data'"))
+
+    @staticmethod
+    def require(value: str, setting: str) -> None:
+        """A provider's key or password must be set: without it no request is the provider's."""
+        if not value:
+            raise Refused(f"{setting} is not set")
 
     def _fresh(self, timestamp: str) -> None:
         try:
@@ -548,17 +580,22 @@ def _mailgun_events(e: dict[str, Any]) -> list[Event]:
 
 def with_webhooks(app: Callable[..., Iterable[bytes]], settings: Settings, prefix: str = "/webhooks",
                   **options: Any) -> Callable[..., Iterable[bytes]]:
-    """``app`` with the webhooks mounted under ``prefix`` (ahead of its own authentication, which
+    """``app`` with the webhooks mounted under ``prefix``, the inbound (reply) ones under
+    ``prefix/inbound`` (ahead of its own authentication, which
     providers cannot pass: each proves itself its own way). For the console:
     ``make_server(host, port, with_webhooks(console, settings))``."""
+    from ..events.inbound_webhooks import INBOUND, InboundWebhookApp
+
     hooks = WebhookApp(settings, **options)
+    replies = InboundWebhookApp(settings, **options)
 
     def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path == prefix or path.startswith(prefix + "/"):
-            environ = {**environ, "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + prefix,
-                       "PATH_INFO": path[len(prefix):]}
-            return hooks(environ, start_response)
+        for mount, target in ((prefix + INBOUND, replies), (prefix, hooks)):
+            if path == mount or path.startswith(mount + "/"):
+                environ = {**environ, "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + mount,
+                           "PATH_INFO": path[len(mount):]}
+                return target(environ, start_response)
         return app(environ, start_response)
     return dispatch
 
