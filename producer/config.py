@@ -141,7 +141,8 @@ def _checked(values: dict[str, Any], sources: dict[str, str], extra: dict[str, A
         store = os.path.abspath(store)
         if check_store and not os.path.isfile(store):
             raise fail("store", f"{store} does not exist: point it at the store the workers use (their"
-                                f" BEANMAIL_STORE, created at a worker's first start); a web app never creates one")
+                                f" BEANMAIL_STORE, created at a worker's first start or by `beanmail doctor`);"
+                                f" a web app never creates one")
     spool = os.path.abspath(str(values["spool"])) if values.get("spool") else None
     return ProducerConfig(url=url, secret=secret or None, spool=spool, store=store, ttr=ttr,
                           sources=sources, extra=extra)

@@ -147,14 +147,17 @@ class Outbox:
 
     def render(self, delivery: Captured, templates: str | None = None) -> Any:
         """The delivery's subject, text and HTML through the real templates (``templates``, else
-        BEANMAIL_TEMPLATES, else ./templates, as the workers find them; needs the worker installed:
-        ``pip install 'beanmail[worker]'``), as a worker would render them, entities aside (a test
-        gives their values in the context)."""
+        BEANMAIL_TEMPLATES, else the settings file's ``templates``, else ./templates: as the workers
+        find them; needs the worker installed: ``pip install 'beanmail[worker]'``), as a worker
+        would render them, entities aside (a test gives their values in the context)."""
         import os
 
         from worker.render import Renderer
 
-        templates = templates or os.environ.get("BEANMAIL_TEMPLATES") or "templates"
+        from .config import read_table
+
+        templates = templates or os.environ.get("BEANMAIL_TEMPLATES") or \
+            str(read_table(os.environ, None)[0].get("templates") or "") or "templates"
 
         context = delivery.context
         recipient = delivery.recipient or delivery.envelope.to[0]

@@ -57,6 +57,23 @@ def test_a_captured_notification_renders_through_the_real_templates() -> None:
     assert "https://x.example/r/1" in rendered.text
 
 
+def test_render_finds_the_templates_the_settings_file_names_as_the_workers_do(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A project whose beanmail.toml says ``templates = "mail_templates"`` (what a newcomer's
+    trial tripped on: render() read only BEANMAIL_TEMPLATES)."""
+    (tmp_path / "mail_templates" / "shipped").mkdir(parents=True)
+    (tmp_path / "mail_templates" / "shipped" / "subject.txt").write_text("Order {{ order }} shipped")
+    (tmp_path / "mail_templates" / "shipped" / "body.txt").write_text("Hello {{ recipient.name }}")
+    (tmp_path / "beanmail.toml").write_text('[beanmail]\ntemplates = "mail_templates"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BEANMAIL_TEMPLATES", raising=False)
+    monkeypatch.delenv("BEANMAIL_CONFIG", raising=False)
+    notifier = TestNotifier()
+    notifier.notify("shipped", "Ana <ana@example.com>", {"order": 42})
+    rendered = notifier.outbox.render(notifier.outbox.assert_sent(template="shipped")[0])
+    assert (rendered.subject, rendered.text.strip()) == ("Order 42 shipped", "Hello Ana")
+
+
 def test_raw_messages_are_captured_with_their_parsed_message() -> None:
     notifier = TestNotifier(secret="s3cret")
     notifier.send_raw(b"Subject: Hi there\r\nFrom: a@example.com\r\nTo: b@example.com\r\n\r\nBody\r\n",
