@@ -127,3 +127,31 @@ def test_too_big_without_a_blob_store_names_the_size_the_limit_and_the_setting(b
     assert f"job of {size} bytes" in text and "max-job-size (65535 bytes)" in text
     assert "configure a blob store" in text and "BEANMAIL_STORE" in text
     assert notifier.notify("welcome", "a@example.com", {"name": "x"}) > 0  # the connection is fine
+
+
+def test_a_worker_reading_another_store_says_where_the_blob_is_instead_of_calling_it_gone(
+        settings, smtp, tmp_path: Path) -> None:  # noqa: ANN001
+    """The trial's lost PDF: the app wrote the blob to a store of its own, the worker reads its
+    own. The job is buried naming both stores; a blob really removed from the worker's own store
+    is still 'gone'."""
+    from worker.store import Store
+
+    from .conftest import run_burst
+
+    Store(settings.store).close()  # the workers' store exists (a worker started once)
+    elsewhere = tmp_path / "web" / "beanmail.sqlite3"
+    elsewhere.parent.mkdir()
+    Store(str(elsewhere)).close()  # another store, as a misconfigured web app would point at
+    big = {"name": "x" * (INLINE_LIMIT + 10)}
+    job = Notifier(settings.beanstalk_url, blobs=str(elsewhere)).notify("welcome", "a@example.com", big, key="pdf:1")
+    run_burst(settings)
+    outcome, reason = Store(settings.store).failure(settings.beanstalk_url, job)[:2]
+    assert outcome == "poison" and "is in another store" in reason
+    assert str(elsewhere) in reason and str(Path(settings.store).resolve()) in reason and smtp.messages == []
+    with BlobStore(settings.store) as blobs:  # a ref to the workers' own store whose blob was removed
+        store = {"id": blobs.identity(), "at": str(settings.store)}
+    ref = env.Envelope(kind="ref", id="pdf:2", to=(), ref="sha256:" + "0" * 64, store=store, created_at=env.now())
+    job = Notifier(settings.beanstalk_url).put(ref)
+    run_burst(settings)
+    outcome, reason = Store(settings.store).failure(settings.beanstalk_url, job)[:2]
+    assert outcome == "poison" and "is gone" in reason

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from producer import envelope as env
+from producer.blobs import where as blob_where
 from producer.envelope import PRIORITIES, Envelope
 from producer.unsubscribe import list_unsubscribe_headers
 
@@ -504,6 +505,11 @@ class Pipeline:
             raise Skipped(f"duplicate: key already {done[0].outcome}")
         body = self.store.blob(ref.ref)
         if body is None:
+            mine = self.store.identity()
+            if ref.store and ref.store["id"] != mine:
+                raise Poison(f"blob {ref.ref} is in another store: the producer stored it in {ref.store['at']} (store"
+                             f" {ref.store['id'][:8]}), this worker reads {blob_where(self.store.location)} (store"
+                             f" {mine[:8]}); point the producer's and the workers' BEANMAIL_STORE at one store")
             raise Poison(f"blob {ref.ref} is gone: the message body stored by reference was removed")
         envelope = self._decode(body)
         if envelope.id != ref.id or envelope.kind == "ref":

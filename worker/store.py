@@ -67,7 +67,7 @@ class Store:
             ledger.add_free_releases, ledger.recover_journals, ledger.free_releases)
         self.deliveries, self.outcome_counts, self.note_bounce = (
             ledger.deliveries, ledger.outcome_counts, ledger.note_bounce)
-        self.blob, self.delete_blob = self.blobs.blob, self.blobs.delete_blob
+        self.blob, self.delete_blob, self.identity = self.blobs.blob, self.blobs.delete_blob, self.blobs.identity
         self.take_mx_slot, self.drop_mx_slot = self.mx.take_mx_slot, self.mx.drop_mx_slot
         self.take_slot = self.rates.take_slot
         s = self.suppression

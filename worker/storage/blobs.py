@@ -1,7 +1,14 @@
 """Large job bodies stored by reference: the ``blobs`` table (migration 3), which producer/blobs.py
-writes (and creates the same way, ``IF NOT EXISTS``) and the worker reads and deletes."""
+writes (and creates the same way, ``IF NOT EXISTS``) and the worker reads and deletes; and the
+store's name for itself (``store_identity``, migration 4), which a ref job carries, so a worker
+reading another store than the producer wrote to can say so."""
 
 from __future__ import annotations
+
+import time
+import uuid
+
+from producer.blobs import IDENTITY_READ, IDENTITY_TABLE, IDENTITY_WRITE
 
 from .database import Database
 
@@ -13,6 +20,7 @@ MIGRATIONS: dict[int, str] = {
         created_at DOUBLE PRECISION NOT NULL
     )
     """,
+    4: IDENTITY_TABLE,
 }
 
 
@@ -27,3 +35,13 @@ class Blobs:
 
     def delete_blob(self, ref: str) -> None:
         self.db.run("DELETE FROM blobs WHERE id = ?", (ref,))
+
+    def identity(self) -> str:
+        """The store's name for itself, the same for every process (made by the first to ask)."""
+        if getattr(self, "_identity", None) is None:
+            row = self.db.one(IDENTITY_READ)
+            if row is None:
+                self.db.run(IDENTITY_WRITE, (uuid.uuid4().hex, time.time()))
+                row = self.db.one(IDENTITY_READ)
+            self._identity = str(row[0])
+        return self._identity
