@@ -428,7 +428,7 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
         hosts = by_host(fleet.workers())
         new = [r for r in hosts["h2"] if r["id"] not in old_h2]
         ok = (len(new) == per_host and {r["state"] for r in new} == {"running"}
-              and {r["state"] for r in hosts["h2"] if r["id"] in old_h2} == {"disabled"}
+              and {r["state"] for r in hosts["h2"] if r["id"] in old_h2} == {"stopped"}  # enable clears "disabled"
               and {r["state"] for r in hosts["h1"]} == {"running"})
         return hosts if ok else None
     fleet.wait(lambda: worker_states() == ["RUNNING"] * per_host, 30, "h2's supervisord to start them", h2.states)
@@ -477,11 +477,11 @@ def test_a_mailout_and_notifications_across_hosts_exactly_once_through_a_server_
     assert not failed, failed[:5]
     assert duplicates == 0 and lost == 0 and not unexpected, (duplicates, lost, sorted(unexpected)[:5])
     # the registry at the end: h1's first workers ran throughout, their hearts beating; h2's first
-    # ones stay disabled (they exited), its new ones run
+    # ones are stopped (they exited when disabled; enable cleared "disabled"), its new ones run
     hosts = by_host(final)
     assert {r["state"] for r in hosts["h1"]} == {"running"} and len(hosts["h1"]) == per_host
     assert all(r["last_seen"] > before[r["id"]] for r in hosts["h1"])
-    assert sorted(r["state"] for r in hosts["h2"]) == ["disabled"] * per_host + ["running"] * per_host
+    assert sorted(r["state"] for r in hosts["h2"]) == ["running"] * per_host + ["stopped"] * per_host
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["produce"]:

@@ -172,6 +172,34 @@ def test_an_html_only_reply_loses_its_blockquote_and_keeps_its_html(reply_settin
     assert event["data"]["html"] == html
 
 
+def test_a_replys_attachments_travel_by_reference_into_the_blob_store(reply_settings: Settings,
+                                                                      endpoint: Endpoint) -> None:
+    """A screenshot and a PDF attached to a reply: the event names each (file name, type, size)
+    with a blob reference, and the store gives back exactly their bytes."""
+    from email.message import EmailMessage
+
+    from producer.blobs import BlobStore
+
+    store = Store(reply_settings.store)
+    store.remember_reply(replies.token_id("k:2", "zoe@example.com"), "k:2", "zoe@example.com", "welcome", "{}")
+    msg = EmailMessage()
+    msg["From"], msg["Subject"], msg["Message-ID"] = "zoe@example.com", "Re: x", "<a1@x>"
+    msg["To"] = replies.address(replies.make_token("k:2", "zoe@example.com", "r3ply", 86400), DOMAIN)
+    msg.set_content("Here is the screenshot.")
+    png, pdf = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40, b"%PDF-1.7\n" + b"x" * 5000
+    msg.add_attachment(png, maintype="image", subtype="png", filename="shot.png")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="Rechnung März.pdf")
+    assert handle(reply_settings, store, msg.as_bytes()).outcome == "replied"
+    store.close()
+    [event] = delivered(reply_settings, endpoint)
+    files = event["data"]["attachments"]
+    assert [(f["filename"], f["content_type"], f["size"]) for f in files] == [
+        ("shot.png", "image/png", len(png)), ("Rechnung März.pdf", "application/pdf", len(pdf))]
+    assert event["data"]["text"] == "Here is the screenshot."
+    with BlobStore(reply_settings.store) as blobs:
+        assert [blobs.get(f["ref"]) for f in files] == [png, pdf]
+
+
 def test_the_stores_tables_of_events_and_replies_work_on_sqlite_and_postgresql(store_location: str) -> None:
     store = Store(store_location)
     try:

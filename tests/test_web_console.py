@@ -277,6 +277,50 @@ def test_a_mailouts_progress_by_key_and_its_deliveries_by_key_prefix(settings: S
     assert console.get("/mailout?key=" + "k" * 5000)[0] == 400
 
 
+def test_scheduled_mailouts_are_listed_and_cancelled_from_the_page(settings: Settings, console: Console) -> None:
+    """A mailout for next week shows with its recipients and due time; cancel is a CSRF-guarded
+    POST, and a cancelled one is no longer listed (and never goes)."""
+    notifier = Notifier(settings.beanstalk_url, blobs=settings.store)
+    notifier.mailout("welcome", ["ann@example.com", "bob@example.com"], {"name": "you"}, key="news:<b>8</b>",
+                     send_at=time.time() + 7 * 86400)
+    status, _, page = console.get("/mailout")
+    assert status == 200 and 'id="scheduled"' in page and "news:&lt;b&gt;8&lt;/b&gt;" in page
+    assert re.search(r"<td class=\"n\">2</td>", page)
+    cookie, token = csrf_of(console, "/mailout")
+    assert console.post("/mailout/cancel", {"key": "news:<b>8</b>"}, Cookie=cookie)[0] == 403
+    assert console.get("/mailout/cancel?key=news")[0] == 405
+    status, headers, _ = console.post("/mailout/cancel", {"key": "news:<b>8</b>", "csrf": token}, Cookie=cookie)
+    assert status == 303 and flash_of(console, headers["location"]) == \
+        "cancelled news:&lt;b&gt;8&lt;/b&gt;: 2 of 2 recipient(s) will not get it"  # the key shown as text
+    assert 'id="none-scheduled"' in console.get("/mailout")[2]
+    status, headers, _ = console.post("/mailout/cancel", {"key": "news:<b>8</b>", "csrf": token}, Cookie=cookie)
+    assert "not cancelled" in flash_of(console, headers["location"])
+
+
+def test_the_overview_shows_each_relay_as_the_workers_last_saw_it(settings: Settings, notifier: Notifier,
+                                                                 smtp: SmtpServer, tmp_path: Path) -> None:
+    """Two relays for normal mail, the first refusing connections: after a worker sent through
+    them, the console's relay table says the first is skipped (and why) and the second up."""
+    from .servers import free_port
+
+    dead = f"smtp://127.0.0.1:{free_port()}?starttls=off"
+    relayed = settings.replace(smtp_url=f"{dead},{smtp.url}")
+    console = start_console(relayed)
+    try:
+        notifier.notify("welcome", "ann@example.com", {"name": "A"}, key="relay:1")
+        run_burst(relayed)
+        smtp.wait_for(1)
+        status, _, page = console.get("/")
+        assert status == 200 and 'id="relays"' in page
+        rows = dict(re.findall(r'<tr data-relay="([^"]+)">(.*?)</tr>', page, re.S))
+        [first] = [row for name, row in rows.items() if dead.split("?")[0].split("//")[1] in name]
+        [second] = [row for name, row in rows.items() if f":{smtp.port}" in name]
+        assert "skipped for" in first and ("refused" in first.lower() or "connect" in first.lower()), first
+        assert '"ok">up<' in second
+    finally:
+        stop_console(console)
+
+
 def test_the_log_is_labelled_by_template_and_the_subject_the_worker_sent(settings: Settings, notifier: Notifier,
                                                                           smtp: SmtpServer, console: Console) -> None:
     notifier.notify("welcome", "Zoë <zoe@example.com>", {"name": "Zoë"}, key="subj:welcome")

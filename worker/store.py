@@ -68,6 +68,7 @@ class Store:
         self.deliveries, self.outcome_counts, self.note_bounce = (
             ledger.deliveries, ledger.outcome_counts, ledger.note_bounce)
         self.blob, self.delete_blob, self.identity = self.blobs.blob, self.blobs.delete_blob, self.blobs.identity
+        self.put_blob = self.blobs.put_blob
         self.take_mx_slot, self.drop_mx_slot = self.mx.take_mx_slot, self.mx.drop_mx_slot
         self.take_slot = self.rates.take_slot
         s = self.suppression

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from producer.blobs import IDENTITY_READ, IDENTITY_TABLE, IDENTITY_WRITE
+from producer.blobs import IDENTITY_READ, IDENTITY_TABLE, IDENTITY_WRITE, ref_for
 
 from .database import Database
 
@@ -32,6 +32,13 @@ class Blobs:
         """A job body a producer stored by reference (``producer.blobs``)."""
         row = self.db.one("SELECT data FROM blobs WHERE id = ?", (ref,))
         return bytes(row[0]) if row else None
+
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` by its content (as producer.blobs does); its reference."""
+        ref = ref_for(data)
+        self.db.run("INSERT INTO blobs (id, data, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (ref, bytes(data), time.time()))
+        return ref
 
     def delete_blob(self, ref: str) -> None:
         self.db.run("DELETE FROM blobs WHERE id = ?", (ref,))

@@ -226,3 +226,27 @@ def host_enable(console: "Console", req: "Request") -> "Response":
     started = ops.start_stopped_workers(console.settings)
     return Response.redirect(req, "/", done=f"enabled {target}" + (f"; started {len(started)} worker"
                                                                     f" process(es) here" if started else ""))
+
+
+def mailout_cancel(console: "Console", req: "Request") -> "Response":
+    """As `beanmail mailout cancel KEY`: what is still held of a scheduled mailout never goes."""
+    from producer.blobs import BlobError
+    from producer.schedule import Schedule, ScheduleError
+
+    from .app import Response
+
+    key = req.form.get("key", "").strip()
+    if not key or len(key) > 500:
+        return Response.text(400, "nothing cancelled: key must be a mailout's key (at most 500 characters)\n")
+    try:
+        schedule = Schedule(console.settings.store)
+        try:
+            mailout, kept_from = schedule.cancel(key)
+        finally:
+            schedule.close()
+    except ScheduleError as exc:
+        return Response.redirect(req, "/mailout", done=f"not cancelled: {exc}")
+    except BlobError as exc:
+        return Response.redirect(req, "/mailout", done=f"not cancelled: the store is not available: {exc}")
+    return Response.redirect(req, "/mailout", done=f"cancelled {mailout.key}: {kept_from} of {mailout.recipients}"
+                                                  " recipient(s) will not get it")

@@ -136,6 +136,7 @@ def overview(console: "Console", req: "Request") -> "Response":
         disabled = set()
     hosts = [{"target": t, "disabled": t in disabled} for t in sorted({w["host"] for w in registry} | disabled)]
     return render(console, req, "overview.html", bs=bs, hosts=hosts, pause_choices=PAUSE_CHOICES,
+                  relays=_relays(console),
                   processes=sup.get("processes", []),
                   supervisor_error=sup.get("error", ""), plot=_markup(plot), latency_plot=_markup(latency_plot),
                   hours=hours, windows=HOURS,
@@ -144,6 +145,26 @@ def overview(console: "Console", req: "Request") -> "Response":
 
 
 PAUSE_CHOICES = ((300, "5 min"), (3600, "1 h"), (21600, "6 h"), (86400, "1 day"))
+
+
+def _relays(console: "Console") -> list[dict[str, Any]]:
+    """Each configured relay with what the workers last said of it (worker/relays/board.py): up
+    or skipped until when and why, bulk pace and rate, the relay's queue, bulk held. No session
+    is opened from here (`beanmail status` probes each relay)."""
+    if console.settings.transport != "smtp":
+        return []
+    from ..relays import board
+    from ..relays.plan import RelayPlan, relay_name
+
+    plan = RelayPlan.from_settings(console.settings)
+    try:
+        seen = {r["relay"]: r for r in console.with_store(lambda s: board.read(s, console.settings.lost_after))}
+    except (ops.StoreUnavailable, ops.StoreCorrupt):
+        seen = {}
+    now = time.time()
+    return [{"relay": relay_name(t), "priorities": plan.priorities_of(t), "seen": seen.get(relay_name(t)),
+             "skipped_for": max(0.0, (seen.get(relay_name(t)) or {}).get("skipped_until", 0.0) - now)}
+            for t in plan.relays]
 
 
 def _markup(svg: str) -> Any:
@@ -329,7 +350,25 @@ def mailout(console: "Console", req: "Request") -> "Response":
             progress = console.with_store(lambda s: mailouts.progress(console.server, s, key))
         except ScanError as exc:
             error = str(exc)
-    return render(console, req, "mailout.html", key=key, shown_key=_text(console, key), p=progress, error=error)
+    return render(console, req, "mailout.html", key=key, shown_key=_text(console, key), p=progress, error=error,
+                  scheduled=_scheduled(console))
+
+
+def _scheduled(console: "Console") -> list[Any]:
+    """Mailouts held for later (producer/schedule.py), the soonest first."""
+    from producer.blobs import BlobError
+    from producer.schedule import Schedule
+
+    try:
+        schedule = Schedule(console.settings.store)
+    except BlobError:
+        return []
+    try:
+        return schedule.list()
+    except BlobError:
+        return []
+    finally:
+        schedule.close()
 
 
 # -- suppressions -----------------------------------------------------------------------------------
@@ -387,7 +426,8 @@ def healthz(console: "Console", req: "Request") -> "Response":
 
 
 def routes() -> dict[tuple[str, str], Callable[..., "Response"]]:
-    from .actions import delete, host_disable, host_enable, kick, suppress_add, suppress_remove, tube_pause, tube_resume
+    from .actions import (delete, host_disable, host_enable, kick, mailout_cancel, suppress_add, suppress_remove,
+                          tube_pause, tube_resume)
 
     return {
         ("GET", "/"): overview, ("GET", "/buried"): buried, ("POST", "/buried/kick"): kick,
@@ -398,6 +438,7 @@ def routes() -> dict[tuple[str, str], Callable[..., "Response"]]:
         ("GET", "/deferred"): deferred, ("GET", "/events"): events, ("GET", "/replies"): replies,
         ("GET", "/mailout"): mailout, ("POST", "/tube/pause"): tube_pause, ("POST", "/tube/resume"): tube_resume,
         ("POST", "/host/disable"): host_disable, ("POST", "/host/enable"): host_enable,
+        ("POST", "/mailout/cancel"): mailout_cancel,
     }
 
 

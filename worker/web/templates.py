@@ -64,6 +64,16 @@ OVERVIEW = """{% extends "base.html" %}{% block main %}
 <p>Workers connected to beanstalkd: <b id="workers">{{ bs.workers }}</b>{% if processes %} ·
 supervisord: {% for p in processes %}<span class="{{ 'ok' if p.state == 'RUNNING' else 'bad' }}">{{ p.name }} {{ p.state }}</span>{{ ", " if not loop.last }}{% endfor %}{% elif supervisor_error %} · <span class="muted">supervisord {{ supervisor_error }}</span>{% endif %}</p>
 
+{% if relays %}<h2>Relays</h2>
+<table id="relays"><tr><th>relay</th><th>priorities</th><th>state</th><th class="n">bulk pace</th><th class="n">bulk sent</th><th class="n">queue</th><th>bulk</th></tr>
+{% for r in relays %}<tr data-relay="{{ r.relay }}"><td>{{ r.relay }}</td><td>{{ r.priorities }}</td>
+{% if not r.seen %}<td class="muted" colspan="5">no worker has reported on it yet</td>{% else %}
+<td class="{{ 'ok' if r.seen.up else 'bad' }}">{% if r.seen.up %}up{% else %}skipped for {{ age(r.skipped_for) }}: {{ r.seen.reason }}{% endif %}</td>
+<td class="n">{{ "{:,.0f}".format(r.seen.pace) }}/s</td><td class="n">{{ "{:,.1f}".format(r.seen.sent_rate) }}/s</td>
+<td class="n">{% if r.seen.queue_error %}<span class="bad">{{ r.seen.queue_error }}</span>{% elif r.seen.queue >= 0 %}{{ r.seen.queue }}{% else %}–{% endif %}</td>
+<td class="{{ 'warn' if r.seen.held else '' }}">{{ ("held: " ~ r.seen.held) if r.seen.held else "going" }}</td>{% endif %}</tr>{% endfor %}</table>
+<p class="muted">What the workers last said of each relay (they report every few seconds); <code>beanmail status</code> also opens a session with each.</p>
+{% endif %}
 {% if registry %}<h2>Worker processes (registry)</h2>
 <table id="registry"><tr><th>host</th><th class="n">pid</th><th>tubes</th><th>state</th><th class="n">last seen</th><th class="n">started</th><th class="n">jobs done</th><th>job in hand</th><th>version</th></tr>
 {% for w in registry %}<tr data-worker="{{ w.host }}:{{ w.pid }}"><td>{{ w.host }}</td><td class="n">{{ w.pid }}</td><td>{{ w.tubes }}</td>
@@ -252,6 +262,12 @@ The delivery log: {% for o, n in p.logged|dictsort %}{{ o }} {{ n }}{{ ", " if n
 {% if not p.complete %}<span class="warn" id="partial">beanstalkd holds more jobs than the console looked at: "left" may be more.</span>{% endif %}</p>
 <p><a href="{{ root }}/log?q={{ key|urlencode }}%3A">its deliveries in the log</a></p>
 {% elif key %}<p id="nothing">nothing known of a mailout with key {{ shown_key }}: no delivery with a key starting “{{ shown_key }}:”, no job of it in beanstalkd</p>{% endif %}
+<h2>Scheduled</h2>
+{% if scheduled %}<table id="scheduled"><tr><th>key</th><th>template</th><th class="n">recipients</th><th>due</th><th>state</th><th></th></tr>
+{% for m in scheduled %}<tr data-key="{{ m.key }}"><td><a href="{{ root }}/mailout?key={{ m.key|urlencode }}">{{ m.key }}</a></td><td>{{ m.template }}</td><td class="n">{{ m.recipients }}</td>
+<td>{{ when(m.send_at) }}{% if m.last_at > m.send_at %} to {{ when(m.last_at) }}{% endif %}{% if m.local %} ({{ m.local }} local){% endif %}</td><td>{{ m.state }}</td>
+<td><form class="inline" method="post" action="{{ root }}/mailout/cancel"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="key" value="{{ m.key }}"><button>cancel</button></form></td></tr>{% endfor %}</table>
+{% else %}<p class="muted" id="none-scheduled">no mailout is scheduled (<code>mailout(..., send_at=…)</code>, docs/webapps.md)</p>{% endif %}
 {% endblock %}
 """
 
