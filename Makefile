@@ -27,7 +27,7 @@ status:
 	.venv/bin/beanmail status
 
 test: setup-test
-	.venv/bin/pytest -q --durations=15 tests
+	.venv/bin/pytest -q -n 2 --dist worksteal --durations=15 tests
 
 ## test-unit: the fast tier, every test that needs no server fixture (seconds; the venv must exist)
 test-unit:

@@ -37,8 +37,9 @@ setup(
     ],
     extras_require={
         "worker": WORKER,
-        "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4",
-                 "email-reply-parser>=0.5",  # measured beside mail-parser-reply (tests/test_reply_text.py) "jsonschema>=4", "django>=4.2", "flask>=2.3",
+        "test": [*WORKER, "pytest>=8", "aiosmtpd>=1.4", "jsonschema>=4", "django>=4.2", "flask>=2.3",
+                 "pytest-xdist>=3",  # `make test` runs the suite on two processes (most tests wait on servers)
+                 "email-reply-parser>=0.5",  # measured beside mail-parser-reply (tests/test_reply_text.py)
                  "dkimpy[ed25519]>=1.1",  # verifies what worker/dkim.py signs (pynacl for Ed25519)
                  "django-mailer>=2.3",  # the bench compares the relay with it (bench/run.py)
                  "selenium>=4.10",  # drives Debian's chromium + chromium-driver (setup.sh installs them)
