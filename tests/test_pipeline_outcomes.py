@@ -183,3 +183,53 @@ def test_a_bug_in_a_step_buries_the_job_with_the_bug_named_and_the_stage_goes_on
     assert "KeyError" in result.disposition.reason
     stage.pipeline.transport = stage.transport
     assert stage.run(mail(key="k2")).disposition.outcome is Fate.SENT
+
+
+def test_a_new_step_is_one_class_registered_a_per_tenant_hourly_quota(settings: Settings) -> None:
+    """What a maintainer writes to add a check the pipeline did not have: one class with a name
+    and ``check``, registered before the rate step. Tenant A's third mail of the hour waits for
+    the next hour, at no attempt; tenant B's goes; the built-in steps run as before."""
+    from worker.checks import BatchFacts
+    from worker.outcomes import Deferred
+
+    class TenantQuota:
+        name = "tenant-quota"
+
+        def __init__(self, per_hour: int, clock: float) -> None:
+            self.per_hour, self.clock, self.sent = per_hour, clock, {}
+
+        def check(self, envelope: env.Envelope, batch: BatchFacts) -> env.Envelope:
+            tenant, hour = envelope.context.get("tenant", ""), int(self.clock // 3600)
+            used = self.sent.get((tenant, hour), 0)
+            if used >= self.per_hour:
+                raise Deferred(f"tenant {tenant} sent {used} this hour", delay=int(3600 - self.clock % 3600))
+            self.sent[(tenant, hour)] = used + 1
+            return envelope
+
+    stage = Stage(settings)
+    stage.pipeline.checks.register(TenantQuota(per_hour=2, clock=1_800_000_000.0 + 600), before="rate")
+    assert stage.pipeline.checks.names == ["suppression", "digest", "tenant-quota", "rate", "brake"]
+    fates = [stage.run(mail(key=f"a{i}", tenant="A")).disposition for i in range(3)]
+    assert [d.outcome for d in fates] == [Fate.SENT, Fate.SENT, Fate.DEFERRED]
+    assert (fates[2].delay, fates[2].free) == (3000, True) and "tenant A sent 2" in fates[2].reason
+    assert stage.run(mail(key="b0", tenant="B")).disposition.outcome is Fate.SENT
+    stage.store.suppress("zoe@example.com", "test", "operator")  # the built-in steps still run first
+    assert stage.run(mail(key="a9", tenant="A")).disposition.outcome is Fate.SKIPPED
+
+
+def test_a_step_is_registered_once_and_next_to_a_step_that_exists() -> None:
+    from worker.checks import Checks, Suppression
+
+    checks = Checks([Suppression()])
+    with pytest.raises(ValueError, match="registered already"):
+        checks.register(Suppression())
+
+    class Late:
+        name = "late"
+
+        def check(self, envelope: env.Envelope, batch: object) -> env.Envelope:
+            return envelope
+    with pytest.raises(ValueError, match="no step named 'rate'"):
+        checks.register(Late(), after="rate")
+    checks.register(Late(), after="suppression")
+    assert checks.names == ["suppression", "late"]

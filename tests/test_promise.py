@@ -203,13 +203,13 @@ def test_a_rate_limit_release_does_not_use_up_the_retry_budget(settings: Setting
 
 
 def test_a_stage_that_raises_is_buried_through_the_outcome_table(settings: Settings, smtp: SmtpServer) -> None:
-    class Broken:
+    from worker.job import OneByOne
+
+    class Broken(OneByOne):  # a stage that handles one job at a time, with a bug
+        backoff = Backoff()
+
         def handle(self, job):  # noqa: ANN001, ANN201
             raise ZeroDivisionError("a bug")
-
-        def reload(self) -> None: ...
-
-        def close(self) -> None: ...
 
     job = Notifier(settings.beanstalk_url).notify("welcome", "z@example.com", {"name": "z"})
     store = Store(settings.store)

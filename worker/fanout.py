@@ -15,7 +15,7 @@ from producer import envelope as env
 from producer.client import EnqueueError, Notifier
 from producer.envelope import Envelope
 
-from .job import Reserved
+from .job import OneByOne, Reserved
 from .logs import get_logger, mask_text
 from .outcomes import Backoff, Disposition, Outage, Poison, disposition
 from .validate import check_envelope
@@ -34,7 +34,7 @@ def recipient_key(mailout_key: str, address: str) -> str:
     return f"{mailout_key[:KEY_LIMIT - len(digest) - 2]}:~{digest}"
 
 
-class Fanout:
+class Fanout(OneByOne):
     capacity = 1  # one chunk at a time: each is thousands of puts, and holds its TTR meanwhile
 
     def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
@@ -59,7 +59,7 @@ class Fanout:
                 yield tube, pri, body(recipient_key(mailout_key, recipient.address), recipient)
         return len(self.notifier.put_many(jobs()))
 
-    # -- the loop's Stage interface -------------------------------------------------------------
+    # -- the loop's BatchStage contract, one job at a time (OneByOne) -----------------------------
     def handle(self, job: Reserved) -> Disposition:
         attempt = lambda: job.attempt  # noqa: E731 - asked only by a deferral
         touch = job.touch

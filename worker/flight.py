@@ -130,7 +130,7 @@ class Flight:
             d.error = exc
         self._done.put(d)
 
-    # -- the Stage interface --------------------------------------------------------------------
+    # -- the BatchStage contract (worker/job.py): submit, collect, in_flight, capacity -----------
     def handle(self, job: Reserved) -> Disposition:  # the loop uses submit/collect; for completeness
         done = self.submit([job])
         while not done:

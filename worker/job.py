@@ -1,15 +1,16 @@
-"""A reserved job as a stage sees it, and the Stage interface the loop runs. Stages import this,
-never the loop that runs them."""
+"""A reserved job as a stage sees it, and the BatchStage contract the loop drives. Stages import
+this, never the loop that runs them."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import greenstalk
 
 from .beanstalk import CONNECTION_ERRORS
-from .outcomes import Disposition
+from .logs import get_logger
+from .outcomes import Backoff, Disposition, disposition
 
 
 def attempt_number(stats: dict, max_attempts: int) -> int:
@@ -70,11 +71,63 @@ class Reserved:
         return False
 
 
-class Stage(Protocol):
-    """A pipeline stage as the loop sees it (the sending stage, the fan-out stage)."""
+class BatchStage(Protocol):
+    """A stage as the loop drives it: the sending pipeline, the event loop's flight, fan-out.
 
-    def handle(self, job: Reserved) -> Disposition: ...
+    ``submit`` takes a reserved batch and returns the dispositions of the jobs it has finished; a
+    stage that keeps sends in flight keeps the others (``in_flight`` counts them) and gives them
+    back from ``collect``. ``capacity`` is how many it may hold at once, None for a stage that
+    finishes each batch before the next (the loop then sizes batches by their time).
+    ``record_pending`` records what a store outage kept it from recording."""
+
+    capacity: int | None
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def submit(self, jobs: Sequence[Reserved]) -> list[tuple[Reserved, Disposition]]: ...
+
+    def collect(self, wait: float) -> list[tuple[Reserved, Disposition]]: ...
+
+    def record_pending(self) -> None: ...
 
     def reload(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class OneByOne:
+    """The BatchStage of a stage that handles one job at a time (``handle``; fan-out): each job's
+    failure is its own, buried or retried through the outcome table, never the batch's."""
+
+    capacity: int | None = None
+    in_flight = 0
+    backoff: Backoff
+
+    def handle(self, job: Reserved) -> Disposition:
+        raise NotImplementedError
+
+    def submit(self, jobs: Sequence[Reserved]) -> list[tuple[Reserved, Disposition]]:
+        done = []
+        for r in jobs:
+            try:
+                d = self.handle(r)
+            except CONNECTION_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a stage's own failure never ends the worker
+                get_logger().exception("stage failed", job=r.id, error=repr(exc))
+                d = disposition(exc, lambda r=r: r.attempt, self.backoff)
+            done.append((r, d))
+        return done
+
+    def collect(self, wait: float) -> list[tuple[Reserved, Disposition]]:
+        return []
+
+    def record_pending(self) -> None:
+        pass
+
+    def reload(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

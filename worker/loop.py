@@ -18,7 +18,7 @@ from producer.client import connect
 
 from .beanstalk import CONNECTION_ERRORS, delete_many, reserve_batch
 from .events import hooks as events
-from .job import Reserved, Stage
+from .job import BatchStage, Reserved
 from .logs import get_logger
 from .outcomes import Action, Backoff, Disposition, disposition
 from .settings import Settings
@@ -33,7 +33,7 @@ class _Interrupted(Exception):
 
 
 class Worker:
-    def __init__(self, settings: Settings, stage: Stage, store: Store,
+    def __init__(self, settings: Settings, stage: BatchStage, store: Store,
                  tubes: tuple[str, ...] | None = None, url: str | None = None) -> None:
         """``url``: the one beanstalkd server this loop reserves from (a fleet runs a loop per
         server); the first of the settings' servers by default."""
@@ -120,12 +120,12 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        return int(getattr(self.stage, "in_flight", 0))
+        return self.stage.in_flight
 
     def run(self, burst: bool = False) -> int:
         self.log.info("worker started", burst=burst)
         # a stage that keeps sends in flight says how many; one that finishes each batch takes a batch
-        capacity = int(getattr(self.stage, "capacity", self.batch))
+        capacity = self.stage.capacity or self.batch
         try:
             while not (self.stopping and not self.in_flight):
                 if self.client is None:
@@ -173,15 +173,13 @@ class Worker:
     def _record_pending(self) -> None:
         """What the stage could not record during a store outage, recorded as soon as the store
         is back, before new work (other workers hold those keys back meanwhile)."""
-        record = getattr(self.stage, "record_pending", None)
-        if record is not None:
-            try:
-                self.store.check()  # a store file deleted meanwhile is restored while its handle is open
-                record()
-            except StoreUnavailable:
-                pass  # still away: logged once by the store; the next round tries again
-            except Exception as exc:  # noqa: BLE001 - never ends the worker
-                self.log.exception("recording pending outcomes failed", error=repr(exc))
+        try:
+            self.store.check()  # a store file deleted meanwhile is restored while its handle is open
+            self.stage.record_pending()
+        except StoreUnavailable:
+            pass  # still away: logged once by the store; the next round tries again
+        except Exception as exc:  # noqa: BLE001 - never ends the worker
+            self.log.exception("recording pending outcomes failed", error=repr(exc))
 
     def _maybe_reload(self) -> None:
         if self._reload:
@@ -205,7 +203,7 @@ class Worker:
         """Up to BEANMAIL_BATCH jobs, and no more than about BATCH_SECONDS of sending: an urgent
         job queued meanwhile waits for the batch in hand, so a slow relay gets small batches."""
         n = min(room, self.batch)
-        if self._per_job > 0 and not hasattr(self.stage, "in_flight"):
+        if self._per_job > 0 and self.stage.capacity is None:
             n = min(n, max(1, int(BATCH_SECONDS / self._per_job)))
         return n
 
@@ -240,32 +238,17 @@ class Worker:
     def _handle(self, batch: list[Reserved]) -> list[tuple[Reserved, Disposition]]:
         """The stage's dispositions of the jobs it finished (a stage with sends in flight keeps
         the others until ``collect``); a stage's own failure buries with its reason."""
-        stage = self.stage
         try:
-            if hasattr(stage, "submit"):
-                return stage.submit(batch)
-            if hasattr(stage, "handle_batch"):
-                return list(zip(batch, stage.handle_batch(batch)))
+            return self.stage.submit(batch)
         except CONNECTION_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - a stage's own failure never ends the worker
             self.log.exception("stage failed", jobs=[r.id for r in batch], error=repr(exc))
             return [(r, disposition(exc, lambda r=r: r.attempt, self.backoff)) for r in batch]
-        done = []
-        for r in batch:
-            try:
-                d = stage.handle(r)
-            except CONNECTION_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                self.log.exception("stage failed", job=r.id, error=repr(exc))
-                d = disposition(exc, lambda r=r: r.attempt, self.backoff)
-            done.append((r, d))
-        return done
 
     def _collect(self, wait: float) -> None:
         try:
-            self._dispose(self.stage.collect(wait))  # type: ignore[attr-defined]
+            self._dispose(self.stage.collect(wait))
         except Exception as exc:  # noqa: BLE001 - the sends in flight go on; what ended is retried
             self.log.exception("collecting the sends in flight failed", error=repr(exc))
 

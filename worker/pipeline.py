@@ -21,6 +21,7 @@ from . import logs, mime
 from .entities import Registry
 from .events import hooks as events
 from .events.replies import reply_headers
+from .checks import BatchFacts, standard_checks
 from .job import Reserved
 from .logs import get_logger, mask, mask_text
 from .outcomes import (Action, Backoff, Bounced, Deferred, Disposition, Fate, InDoubt, Outage, Outcome, Poison, Skipped,
@@ -114,9 +115,19 @@ class Pipeline:
         self._gated = "before_end" in inspect.signature(self.transport.send).parameters
         # relays by priority (worker/relays): bulk paced and held per relay; none for direct MX
         self.relays = getattr(self.transport, "book", None) if settings.transport == "smtp" else None
+        self.checks = standard_checks(settings, store, self.digests, self.outbound, self.relays)
         store.in_doubt_delay, store.lost_after = settings.in_doubt_delay, settings.lost_after
 
-    # -- the loop's Stage interface -------------------------------------------------------------
+    # -- the loop's BatchStage contract (worker/job.py) ------------------------------------------
+    capacity: int | None = None  # each batch finished before the next
+    in_flight = 0
+
+    def submit(self, jobs: Sequence[Reserved]) -> list[tuple[Reserved, Disposition]]:
+        return list(zip(jobs, self.handle_batch(jobs)))
+
+    def collect(self, wait: float) -> list[tuple[Reserved, Disposition]]:
+        return []
+
     def handle(self, job: Reserved) -> Disposition:
         return self.handle_batch([job])[0]
 
@@ -277,13 +288,8 @@ class Pipeline:
         read in one query each."""
         if d.error is not None or d.envelope is None:
             return d
-        try:
-            envelope = d.envelope = self._check_suppression(d.envelope, suppressed)
-            self.digests.divert(envelope, prefs=prefs)  # into a digest (Skipped) or held for quiet hours (Deferred)
-            self._check_rate(envelope)
-            self.outbound.hold(envelope)
-            if self.relays is not None:
-                self.relays.admit(envelope)  # bulk: its relay's queue under the mark, its paced slot come
+        try:  # the admission steps (worker/checks.py): suppression, digest, rate, brake, relays, ...
+            d.envelope = self.checks.run(d.envelope, BatchFacts(suppressed, prefs))
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             d.error = exc
         return d
@@ -554,23 +560,6 @@ class Pipeline:
     def _recipient(envelope: Envelope) -> str:
         return ",".join(r.address.lower() for r in envelope.to)
 
-    @staticmethod
-    def _check_suppression(envelope: Envelope, suppressed: Mapping[str, tuple[str, str]]) -> Envelope:
-        """The envelope without its suppressed recipients (``suppressed``: the batch's, by
-        lower-cased address); Skipped when none is left."""
-        kept, reasons = [], []
-        for recipient in envelope.to:
-            entry = suppressed.get(recipient.address.lower())
-            # transactional urgent mail (a password reset) may reach someone who unsubscribed
-            # from notifications or whose mailbox soft-bounced, never an address that hard-bounced
-            if entry is None or (entry[0] in ("unsubscribe", "complaint", "soft-bounce") and envelope.priority == "urgent"):
-                kept.append(recipient)
-            else:
-                reasons.append(f"suppressed ({entry[0]}): {mask(recipient.address)}")
-        if not kept:
-            raise Skipped("; ".join(reasons))
-        return replace(envelope, to=tuple(kept)) if reasons else envelope
-
     def _list_headers(self, envelope: Envelope) -> dict[str, str]:
         """Bulk mail says what it is (RFC 2076 Precedence, RFC 2919 List-Id) and how to leave."""
         s = self.settings
@@ -584,14 +573,6 @@ class Pipeline:
         elif s.unsubscribe_mailto:
             headers["List-Unsubscribe"] = f"<mailto:{s.unsubscribe_mailto}?subject=unsubscribe>"
         return headers
-
-    def _check_rate(self, envelope: Envelope) -> None:
-        domain = envelope.to[0].address.rpartition("@")[2].lower()
-        rate = self.settings.rate_for(domain)
-        if rate > 0:
-            wait = self.store.take_slot(domain, rate, envelope.id)
-            if wait > 0:  # released until its booked slot: the worker is free for other domains' mail
-                raise Deferred(f"rate limit: {domain} at {rate:g}/s", delay=max(1, math.ceil(wait)))
 
     def _build(self, envelope: Envelope) -> tuple[bytes, list[str]]:
         if envelope.kind == "raw":
