@@ -1,15 +1,15 @@
 """The admission steps: what a message passes after it is decoded and before it is claimed and
 sent. Each step is one class with a ``name`` and ``check(envelope, batch)``, which returns the
 envelope (fewer recipients, say) or raises an Outcome: ``Skipped`` (never sent: suppressed,
-collected into a digest), ``Deferred`` with a delay of its own (later, at no attempt: a rate slot,
-the brake, a paced relay). The pipeline runs them in order for every message; a feature adds
+collected into a digest), ``Wait`` (later, at a time of its own and at no attempt: a rate slot,
+quiet hours, the brake, a paced relay). The pipeline runs them in order for every message; a feature adds
 its own by writing a class and registering it, as Dramatiq's middleware is added:
 
     class TenantQuota:
         name = "tenant-quota"
         def check(self, envelope, batch):
             if over_quota(envelope.context["tenant"]):
-                raise Deferred("tenant over its hourly quota", delay=seconds_to_the_next_hour())
+                raise Wait("tenant over its hourly quota", seconds_to_the_next_hour())
             return envelope
 
     pipeline.checks.register(TenantQuota(), before="rate")
@@ -17,14 +17,13 @@ its own by writing a class and registering it, as Dramatiq's middleware is added
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol
 
 from producer.envelope import Envelope
 
 from .logs import mask
-from .outcomes import Deferred, Skipped
+from .outcomes import Skipped, Wait
 
 if TYPE_CHECKING:
     from .digest.collect import Digests
@@ -124,7 +123,7 @@ class RateLimit:
         if rate > 0:
             wait = self.store.take_slot(domain, rate, envelope.id)
             if wait > 0:  # released until its booked slot: the worker is free for other domains' mail
-                raise Deferred(f"rate limit: {domain} at {rate:g}/s", delay=max(1, math.ceil(wait)))
+                raise Wait(f"rate limit: {domain} at {rate:g}/s", wait)
         return envelope
 
 

@@ -17,7 +17,7 @@ from producer.envelope import Envelope
 
 from .job import OneByOne, Reserved
 from .logs import get_logger, mask_text
-from .outcomes import Backoff, Disposition, Outage, Poison, disposition
+from .outcomes import Disposition, Outage, Poison, RetryPolicy, disposition
 from .validate import check_envelope
 from .settings import Settings
 from .store import KEY_LIMIT
@@ -41,7 +41,7 @@ class Fanout(OneByOne):
         self.settings = settings
         # no spool here: a chunk that cannot be fanned out stays in beanstalkd and is retried
         self.notifier = notifier or Notifier(settings.beanstalk_url, secret=settings.secret, spool="", blobs="")
-        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
+        self.backoff = RetryPolicy.from_settings(settings)
         self.log = get_logger()
 
     def expand(self, chunk: Envelope, touch: Callable[[], None]) -> int:

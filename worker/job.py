@@ -10,15 +10,15 @@ import greenstalk
 
 from .beanstalk import CONNECTION_ERRORS
 from .logs import get_logger
-from .outcomes import Backoff, Disposition, disposition
+from .outcomes import Backoff, Disposition, RetryPolicy, disposition
 
 
 def attempt_number(stats: dict, max_attempts: int) -> int:
     """This reservation's attempt, from beanstalkd's own counters (they survive a worker crash).
     A worker that died holding the job (a TTR timeout) counts as an attempt; a job an operator
     kicks out of the buried state starts a fresh retry budget."""
-    attempt = int(stats["releases"]) + int(stats["timeouts"]) + 1
-    return max(1, attempt - int(stats["buries"]) * max_attempts)
+    return RetryPolicy(max_attempts=max_attempts).attempt(int(stats["releases"]), int(stats["timeouts"]),
+                                                          int(stats["buries"]))
 
 
 class Reserved:

@@ -20,7 +20,7 @@ from .beanstalk import CONNECTION_ERRORS, delete_many, reserve_batch
 from .events import hooks as events
 from .job import BatchStage, Reserved
 from .logs import get_logger
-from .outcomes import Action, Backoff, Disposition, disposition
+from .outcomes import Action, Disposition, RetryPolicy, disposition
 from .settings import Settings
 from .store import Store, StoreUnavailable
 
@@ -52,7 +52,7 @@ class Worker:
         self._reload = False
         self.processed = 0
         self.current: int | None = None  # the job in hand, for the registry's heartbeat
-        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts)
+        self.backoff = RetryPolicy.from_settings(settings)
 
     # -- signals --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

@@ -4,10 +4,11 @@ raise, ``disposition`` maps what they raised to one action on beanstalkd and one
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Callable
+from typing import Any, Callable
 
 
 class Action(StrEnum):
@@ -66,6 +67,15 @@ class Deferred(Outcome):
         self.delay = delay
 
 
+class Wait(Deferred):
+    """Later, at a time of its own, and no failure: a connection or a claim busy elsewhere, a
+    booked rate slot, quiet hours, a paced relay. Released after ``delay`` seconds (at least 1);
+    costs no attempt, so however often it waits the job is never exhausted by it."""
+
+    def __init__(self, reason: str, delay: float, *, reply: str = "") -> None:
+        super().__init__(reason, reply=reply, delay=max(1, math.ceil(delay)))
+
+
 class Outage(Deferred):
     """The store, DNS, the relay or the journal is down: nothing is wrong with the job. Released
     with the backoff, but never counted against the retry budget (an outage is waited out,
@@ -103,17 +113,38 @@ class Poison(Outcome):
 
 
 @dataclass(frozen=True)
-class Backoff:
+class RetryPolicy:
+    """Every retry's timing, built once from the settings (``from_settings``): the exponential
+    backoff of a failure, how many attempts a job has, the hold of a message in doubt, the wait
+    after greylisting, and the short waits that are no failure (``Wait``: a slot busy elsewhere,
+    a claim not yet confirmed, the journal down). No delay is written anywhere else."""
     base: float = 30.0
     cap: float = 3600.0
     max_attempts: int = 8
     in_doubt_delay: int = 3600
     greylist_delay: int = 300
+    busy: int = 1  # a connection, slot or claim held elsewhere this instant
+    unconfirmed: int = 5  # the store could not confirm our claim just before the end of data
+    journal_down: int = 30  # the journal cannot record a send: nothing goes until it can
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "RetryPolicy":
+        return cls(settings.backoff_base, settings.backoff_max, settings.max_attempts,
+                   int(settings.in_doubt_delay), int(settings.greylist_delay))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> int:
         """Exponential with jitter: uniform in [d/2, d], d = base * 2**(attempt-1), capped."""
         d = min(self.cap, self.base * 2 ** max(0, attempt - 1))
         return max(1, round((rng or random).uniform(d / 2, d)))
+
+    def attempt(self, releases: int, timeouts: int, buries: int, free: int = 0) -> int:
+        """This reservation's attempt, from beanstalkd's counters (they survive a worker crash):
+        a release or a TTR timeout counts, a release that was a ``Wait`` (``free``, counted by the
+        store) does not, and a job an operator kicked from the buried state starts afresh."""
+        return max(1, releases + timeouts + 1 - buries * self.max_attempts - free)
+
+
+Backoff = RetryPolicy  # its name before it held every delay
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import inspect
 import math
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from producer import envelope as env
@@ -24,8 +24,8 @@ from .events.replies import reply_headers
 from .checks import BatchFacts, standard_checks
 from .job import Reserved
 from .logs import get_logger, mask, mask_text
-from .outcomes import (Action, Backoff, Bounced, Deferred, Disposition, Fate, InDoubt, Outage, Outcome, Poison, Skipped,
-                       Withheld, disposition)
+from .outcomes import (Action, Bounced, Disposition, Fate, InDoubt, Outage, Outcome, Poison, RetryPolicy, Skipped,
+                       Wait, Withheld, disposition)
 from .render import Renderer
 from .settings import Settings
 from .store import FINAL, Finish, Store, StoreUnavailable, unstorable
@@ -105,8 +105,7 @@ class Pipeline:
         self.digests = Digests(settings, store, self.registry)  # collected, or held for quiet hours
         self.outbound = Outbound(settings, store)  # Feedback-ID, VERP, DKIM, the bulk brake
         self.sender = mime.sender_address(settings.from_addr)
-        self.backoff = Backoff(settings.backoff_base, settings.backoff_max, settings.max_attempts,
-                               settings.in_doubt_delay, settings.greylist_delay)
+        self.backoff = RetryPolicy.from_settings(settings)
         self.tally = tally_for(store.location)  # the console's counts, written every few seconds
         self._holding: dict[str, Delivery] = {}  # keys claimed and not yet concluded
         self._confirmed: dict[str, float] = {}  # key -> when (monotonic) its claim was last known ours
@@ -349,7 +348,7 @@ class Pipeline:
                         mine = key in self.store.confirm_many([key], lease)
                     except StoreUnavailable as exc:
                         if age > lease * 2 / 3:
-                            raise Withheld(f"claim not confirmed ({exc.reason})", delay=5) from None
+                            raise Withheld(f"claim not confirmed ({exc.reason})", delay=self.backoff.unconfirmed) from None
                         mine = True  # its lease still runs
                     else:
                         if mine:
@@ -359,7 +358,7 @@ class Pipeline:
             try:
                 self.store.journal.ending(key)
             except Exception as exc:  # noqa: BLE001 - OSError, JournalUnwritable: the send must not happen
-                raise Withheld(f"journal cannot record the send: {exc}", delay=30) from None
+                raise Withheld(f"journal cannot record the send: {exc}", delay=self.backoff.journal_down) from None
         return before_end
 
     def record_pending(self) -> None:
@@ -479,11 +478,11 @@ class Pipeline:
     def _follow(self, leader: Delivery, ended: Result | None) -> Outcome:
         """How a copy of a key in hand ends: as its leader did, when that ended in this batch."""
         if ended is None:  # the leader is still on its way (sends in flight): come back with its lease
-            return Deferred("duplicate: key in hand in this worker", delay=max(1, round(self.settings.ttr / 3)))
+            return Wait("duplicate: key in hand in this worker", self.settings.ttr / 3)
         d = ended.disposition
         if d.action is Action.DELETE:
             return Skipped(f"duplicate: a copy of this key ended {d.outcome} in this worker")
-        return Deferred(f"duplicate: a copy of this key was {d.outcome} in this worker", delay=max(1, d.delay))
+        return Wait(f"duplicate: a copy of this key was {d.outcome} in this worker", d.delay)
 
     def _after(self, d: Delivery, result: Result) -> None:
         """What follows a recorded outcome: a hard bounce's suppression, the feedback brake's

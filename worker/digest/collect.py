@@ -19,7 +19,7 @@ from producer.envelope import DIGEST_PERIODS, Envelope
 from producer.prefs import parse_quiet, zone
 
 from ..entities import Registry
-from ..outcomes import Deferred, Poison, Skipped
+from ..outcomes import Poison, Skipped, Wait
 from ..render import Rendered, Renderer, render_parts
 from ..settings import Settings
 from ..store import Store
@@ -88,7 +88,7 @@ class Digests:
         if left and not (envelope.created_at and envelope.created_at <= self.records.quiet_lifted()):
             # back when they end (a minute's spread, not all at once), or sooner to notice a change
             delay = min(math.ceil(left) + random.randint(0, 59), self.settings.quiet_recheck)
-            raise Deferred(f"quiet hours until {local_text(now + left, tz)} {tz.key}", delay=max(1, int(delay)))
+            raise Wait(f"quiet hours until {local_text(now + left, tz)} {tz.key}", int(delay))
 
     def _collect(self, envelope: Envelope, period: str, tz: Any, now: float) -> bool:
         recipient = envelope.recipient

@@ -9,7 +9,6 @@ of a relay (it refused a session) spares the others the same wait.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, Callable
 from producer.envelope import Envelope
 
 from ..logs import get_logger
-from ..outcomes import Deferred, Outage, Outcome, Withheld
+from ..outcomes import Deferred, Outage, Outcome, Wait, Withheld
 from ..settings import Settings, SmtpTarget
 from .pace import Pace
 from .pause import BulkPause
@@ -148,11 +147,11 @@ class RelayBook:
             relay.held = reason
             if reason:
                 self.pause.hold()  # mail.bulk paused meanwhile: held jobs wait in beanstalkd, not churned
-                raise Deferred(f"relay {relay.name}: bulk held: {reason}", delay=self.settings.relay_hold_delay)
+                raise Wait(f"relay {relay.name}: bulk held: {reason}", self.settings.relay_hold_delay)
         wait = relay.pace.book(envelope.id, self.clock())
         if wait >= 1:
-            raise Deferred(f"relay {relay.name}: bulk paced at {relay.pace.rate:.3g}/s"
-                           f" ({relay.pace.last_cut_reason or 'its ceiling'})", delay=math.ceil(wait))
+            raise Wait(f"relay {relay.name}: bulk paced at {relay.pace.rate:.3g}/s"
+                       f" ({relay.pace.last_cut_reason or 'its ceiling'})", wait)
         if relay.queue is not None:
             relay.queue.admitted()
 

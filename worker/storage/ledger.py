@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from ..identity import process_id, process_of
 from ..journal import Journal
 from ..logs import get_logger
-from ..outcomes import Deferred, Outcome, Poison, Skipped
+from ..outcomes import Deferred, Outcome, Poison, RetryPolicy, Skipped, Wait
 from .database import Database
 from .errors import StoreUnavailable
 from .values import chunks, storable_text
@@ -178,24 +178,23 @@ class Ledger:
         row = db.execute("SELECT outcome, claimed_by, claim_expires, attempts FROM deliveries"
                          " WHERE key = ?" + db.dialect.for_update, (key,)).fetchone()
         if row is None:
-            raise Deferred("claim raced with a removal; retrying", delay=1)
+            raise Wait("claim raced with a removal; retrying", RetryPolicy.busy)
         outcome, holder, expires, attempts = row
         if outcome in FINAL:
             raise Skipped(f"duplicate: key already {outcome}")
         if outcome == "in_doubt" and expires > now:
-            raise Deferred("in doubt: an earlier send got no final reply; held until its retry",
-                           delay=max(1, round(expires - now)))
+            raise Wait("in doubt: an earlier send got no final reply; held until its retry", expires - now)
         if outcome == "claimed" and holder != self.me:
             if self.journal.is_dead(holder):
                 self.workers.mark_dead(process_of(holder))
             else:
                 if expires > now:
-                    raise Deferred(f"duplicate: key claimed by {holder}", delay=max(1, round(expires - now)))
+                    raise Wait(f"duplicate: key claimed by {holder}", expires - now)
                 if self.workers.lives(process_of(holder), now, self.lost_after):
                     # its lease ran out while it lives: it sent and could not record it yet (a
                     # store outage), or it stalls; it records it, or is found lost, before anyone sends
-                    raise Deferred(f"duplicate: key claimed by {holder}, a live worker whose record of it is pending",
-                                   delay=max(1, round(self.lost_after / 4)))
+                    raise Wait(f"duplicate: key claimed by {holder}, a live worker whose record of it is pending",
+                               self.lost_after / 4)
             # taken over from a dead holder, or one silent past its lease and lost: its journal,
             # where this host can read it, says how far it got
             sent, ending = self.journal.read(holder)
@@ -204,14 +203,14 @@ class Ledger:
                 raise Skipped(f"duplicate: key already sent ({_JOURNALED})")
             if key in ending:  # its end of data went, the reply did not come back: maybe delivered
                 db.execute(_JOURNALED_IN_DOUBT, (_JOURNALED_DOUBT, now + self.in_doubt_delay, now, key, holder))
-                raise Deferred(_JOURNALED_DOUBT, delay=max(1, round(self.in_doubt_delay)))
+                raise Wait(_JOURNALED_DOUBT, self.in_doubt_delay)
         taken = db.execute(
             "UPDATE deliveries SET outcome = 'claimed', attempts = attempts + 1, claimed_by = ?,"
             " claim_expires = ?, updated_at = ? WHERE key = ? AND outcome = ? AND claimed_by = ?",
             (self.me, now + lease, now, key, outcome, holder),
         ).rowcount
         if not taken:
-            raise Deferred("duplicate: key claimed by another worker meanwhile", delay=1)
+            raise Wait("duplicate: key claimed by another worker meanwhile", RetryPolicy.busy)
         return int(attempts) + 1
 
     def renew(self, key: str, lease: float) -> bool:

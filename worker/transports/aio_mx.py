@@ -17,14 +17,14 @@ import asyncio
 import socket
 from typing import Callable, Sequence
 
-from ..outcomes import Deferred, Greylisted, Withheld
+from ..outcomes import Deferred, Greylisted, RetryPolicy, Wait, Withheld
 from ..settings import Settings, SmtpTarget
 from .aio import RelayPool
 from .mx import FleetSlots, MxResolver
 from .protocol import Reply
 
 
-class FleetFull(Deferred):
+class FleetFull(Wait):
     """Every connection the fleet allows to a domain is open elsewhere: no failure, the message
     waits a second (a delay of its own, so no attempt is spent) and no other MX host is tried."""
 
@@ -38,7 +38,7 @@ class _DomainSlots:
     async def take(self) -> str:
         holder = self.fleet.new_holder()
         if not await asyncio.to_thread(self.fleet.take, self.domain, holder):
-            raise FleetFull(f"{self.domain}: all {self.fleet.cap} connections of the fleet are open", delay=1)
+            raise FleetFull(f"{self.domain}: all {self.fleet.cap} connections of the fleet are open", RetryPolicy.busy)
         return holder
 
     async def renew(self, holder: str) -> bool:

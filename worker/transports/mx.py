@@ -17,7 +17,7 @@ import dns.name
 import dns.resolver
 
 from ..identity import host_name
-from ..outcomes import Bounced, Deferred, Greylisted, Outage, Withheld
+from ..outcomes import Bounced, Deferred, Greylisted, Outage, RetryPolicy, Wait, Withheld
 from ..settings import Settings, SmtpTarget
 from .smtp import _GREYLIST, Reply, SmtpSession
 
@@ -178,7 +178,7 @@ class MxTransport:
         domain = domains.pop()
         slot = self._slot(domain)
         if not slot.acquire(timeout=self.timeout):
-            raise Deferred(f"{domain}: all {self.per_domain} connections busy", delay=1)
+            raise Wait(f"{domain}: all {self.per_domain} connections busy", RetryPolicy.busy)
         try:
             return self._deliver(domain, sender, recipients, message, touch, before_end)
         finally:
@@ -232,7 +232,7 @@ class MxTransport:
             return ""
         holder = self.fleet.new_holder()
         if not self.fleet.take(domain, holder):
-            raise Deferred(f"{domain}: all {self.fleet.cap} connections of the fleet are open", delay=1)
+            raise Wait(f"{domain}: all {self.fleet.cap} connections of the fleet are open", RetryPolicy.busy)
         return holder
 
     def _release_unless_kept(self, domain: str, holder: str) -> None:
