@@ -10,7 +10,7 @@ import greenstalk
 
 from .beanstalk import CONNECTION_ERRORS
 from .logs import get_logger
-from .outcomes import Backoff, Disposition, RetryPolicy, disposition
+from .outcomes import Disposition, RetryPolicy, disposition
 
 
 def attempt_number(stats: dict, max_attempts: int) -> int:
@@ -102,7 +102,7 @@ class OneByOne:
 
     capacity: int | None = None
     in_flight = 0
-    backoff: Backoff
+    backoff: RetryPolicy
 
     def handle(self, job: Reserved) -> Disposition:
         raise NotImplementedError
