@@ -13,7 +13,8 @@ import pytest
 
 from producer import envelope as env
 from worker.outcomes import Action, Fate, Outage
-from worker.pipeline import Pipeline, Result
+from worker.delivery import Result
+from worker.pipeline import Pipeline
 from worker.settings import Settings
 from worker.store import Store
 

@@ -68,7 +68,7 @@ def cmd_spool(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from .flight import flies, sending_stage, shared_sessions
-    from .pipeline import make_transport
+    from .delivery import make_transport
 
     if MAILOUT_TUBE in settings.tubes:
         raise SettingsError(f"the worker cannot send {MAILOUT_TUBE} chunks (it would bury every one as poison):"

@@ -17,7 +17,8 @@ from typing import Sequence
 
 from .job import Reserved
 from .outcomes import Disposition
-from .pipeline import Delivery, Pipeline
+from .delivery import Delivery
+from .pipeline import Pipeline
 from .settings import Settings
 from .store import Store
 from .relays.transport import FailoverPool

@@ -3,95 +3,32 @@ records what happened in the store and lets ``outcomes.disposition`` decide the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import inspect
 import math
-import re
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from producer import envelope as env
-from producer.blobs import where as blob_where
 from producer.envelope import PRIORITIES, Envelope
-from producer.unsubscribe import list_unsubscribe_headers
 
 from . import logs, mime
 from .entities import Registry
 from .events import hooks as events
-from .events.replies import reply_headers
 from .checks import BatchFacts, standard_checks
+from .compose import Composer
+from .decode import Decoder
+from .delivery import Delivery, Result, Transport, job_event, make_transport
 from .job import Reserved
-from .logs import get_logger, mask, mask_text
+from .logs import get_logger, mask_text
 from .outcomes import (Action, Bounced, Disposition, Fate, InDoubt, Outage, Outcome, Poison, RetryPolicy, Skipped,
                        Wait, Withheld, disposition)
 from .render import Renderer
 from .settings import Settings
-from .store import FINAL, Finish, Store, StoreUnavailable, unstorable
+from .store import Finish, Store, StoreUnavailable
 from .transports.smtp import Reply
-from .validate import check_envelope
 from .digest.collect import Digests
 from .feedback.outbound import Outbound
 from .web.subjects import header_subject
 from .web.tally import tally_for
-
-
-_CRLF = re.compile(rb"\r\n|\r|\n")
-
-
-class Transport(Protocol):
-    def send(self, sender: str, recipients: Sequence[str], message: bytes,
-             touch: Callable[[], None] = ...) -> Reply: ...
-
-    def close(self) -> None: ...
-
-
-def make_transport(settings: Settings) -> Transport:
-    if settings.transport == "mx":
-        from .transports.mx import MxTransport
-
-        return MxTransport.from_settings(settings)
-    from .relays.transport import FailoverTransport
-
-    return FailoverTransport(settings)  # each priority's relays, in order, a dead one skipped (worker/relays)
-
-
-@dataclass
-class Result:
-    disposition: Disposition
-    envelope: Envelope | None
-    reply: str = ""
-    attempt: int = 1  # how often the store saw this key claimed
-
-
-@dataclass
-class Delivery:
-    """One job on its way through the pipeline: checked, claimed, built, sent, concluded. Each
-    step records its failure in ``error`` instead of raising, so a batch goes on without it."""
-    body: bytes
-    attempt: int | Callable[[], int]
-    touch: Callable[[], object] = lambda: None
-    envelope: Envelope | None = None
-    ref: str = ""
-    claiming: bool = False
-    claimed: bool = False
-    claims: int = 1
-    error: BaseException | None = None
-    reply: str = ""
-    sender: str = ""
-    recipients: Sequence[str] = ()
-    message: bytes = b""
-    subject: str = ""  # the built message's Subject, for the console's log (worker/web/subjects.py)
-    job: Reserved | None = None
-    started: float = 0.0
-    already_sent: bool = False  # this process sent it before and could not record it then
-    leader: "Delivery | None" = None  # a copy of a key this process has in hand: it ends as that one does
-
-    @property
-    def ready(self) -> bool:
-        """Claimed and built, nothing failed: the message may go."""
-        return self.error is None and self.claimed and bool(self.message)
 
 
 class Pipeline:
@@ -115,6 +52,9 @@ class Pipeline:
         # relays by priority (worker/relays): bulk paced and held per relay; none for direct MX
         self.relays = getattr(self.transport, "book", None) if settings.transport == "smtp" else None
         self.checks = standard_checks(settings, store, self.digests, self.outbound, self.relays)
+        self.decoder = Decoder(settings, store)
+        self.composer = Composer(settings, store, self.sender, self.registry, self.renderer, self.digests,
+                                 self.outbound)
         store.in_doubt_delay, store.lost_after = settings.in_doubt_delay, settings.lost_after
 
     # -- the loop's BatchStage contract (worker/job.py) ------------------------------------------
@@ -244,7 +184,7 @@ class Pipeline:
                          mask_addresses=self.settings.mask_addresses)
 
     def reload(self) -> None:
-        self.renderer = Renderer(self.settings.templates)
+        self.renderer = self.composer.renderer = Renderer(self.settings.templates)
 
     def close(self) -> None:
         self.transport.close()
@@ -259,28 +199,14 @@ class Pipeline:
 
     # -- the steps ------------------------------------------------------------------------------
     def decode(self, d: Delivery) -> Delivery:
-        """The envelope, dereferenced and checked on its own."""
+        """The envelope, dereferenced and checked on its own (worker/decode.py)."""
         try:
-            envelope = d.envelope = self._decode(d.body)
-            if envelope.kind == "ref":
-                d.ref = envelope.ref
-                envelope = d.envelope = self._dereference(envelope)
-            d.envelope = check_envelope(envelope)
-            self._check_storable(d.envelope)
+            d.envelope = self.decoder.decode(d.body)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             d.error = exc
+        finally:  # as far as it got: the log and the record name the job even when a check refused it
+            d.envelope, d.ref = self.decoder.last_envelope, self.decoder.last_ref
         return d
-
-    @staticmethod
-    def _check_storable(envelope: Envelope) -> None:
-        """Poison, for this job alone, when what the store keys its rows by (the key, the
-        template, the recipients) cannot be stored: a NUL, a lone surrogate, an overlong key."""
-        values = [("key", envelope.id), ("template", envelope.template)]
-        values += [("recipient", r.address) for r in envelope.to]
-        for what, value in values:
-            why = unstorable(what, value)
-            if why is not None:
-                raise Poison(f"unstorable job: {why}")
 
     def check(self, d: Delivery, suppressed: Mapping[str, tuple[str, str]], prefs: Mapping[str, Any]) -> Delivery:
         """Everything else that needs no claim; ``suppressed`` and ``prefs`` are the batch's,
@@ -390,7 +316,7 @@ class Pipeline:
         """Render and sign the message of a claimed delivery."""
         assert d.envelope is not None
         try:
-            message, d.recipients = self._build(d.envelope)
+            message, d.recipients = self.composer.compose(d.envelope)
             sender = d.envelope.sender or self.sender.addr_spec  # a raw job may name its own
             d.sender, d.message = self.outbound.prepare(d.envelope, message, sender)
             d.subject = header_subject(d.message)
@@ -496,31 +422,6 @@ class Pipeline:
         if d.ref and result.disposition.action is Action.DELETE:
             self.store.delete_blob(d.ref)  # a final outcome: the body is needed no more
 
-    def _decode(self, body: bytes) -> Envelope:
-        try:
-            return env.decode(body, self.settings.secret or None)
-        except env.EnvelopeError as exc:
-            raise Poison(f"bad envelope: {exc}") from None
-
-    def _dereference(self, ref: Envelope) -> Envelope:
-        """The job a ``ref`` envelope stands for, from the blob store. A key that already ended
-        is a duplicate (its blob was removed with its final outcome), not a lost body."""
-        done = self.store.deliveries(key=ref.id, limit=1)
-        if done and done[0].outcome in FINAL:
-            raise Skipped(f"duplicate: key already {done[0].outcome}")
-        body = self.store.blob(ref.ref)
-        if body is None:
-            mine = self.store.identity()
-            if ref.store and ref.store["id"] != mine:
-                raise Poison(f"blob {ref.ref} is in another store: the producer stored it in {ref.store['at']} (store"
-                             f" {ref.store['id'][:8]}), this worker reads {blob_where(self.store.location)} (store"
-                             f" {mine[:8]}); point the producer's and the workers' BEANMAIL_STORE at one store")
-            raise Poison(f"blob {ref.ref} is gone: the message body stored by reference was removed")
-        envelope = self._decode(body)
-        if envelope.id != ref.id or envelope.kind == "ref":
-            raise Poison(f"blob {ref.ref} holds job {envelope.id!r} ({envelope.kind}), not {ref.id!r}")
-        return envelope
-
     def _attempt(self, key: str, attempt: int | Callable[[], int]) -> int | Callable[[], int]:
         """beanstalkd counts every release; those that named their own delay (a rate-limit slot,
         a claim held elsewhere) were no failure and are given back. When beanstalkd or the store
@@ -559,44 +460,6 @@ class Pipeline:
     def _recipient(envelope: Envelope) -> str:
         return ",".join(r.address.lower() for r in envelope.to)
 
-    def _list_headers(self, envelope: Envelope) -> dict[str, str]:
-        """Bulk mail says what it is (RFC 2076 Precedence, RFC 2919 List-Id) and how to leave."""
-        s = self.settings
-        list_id = s.list_id or f"<{envelope.template.replace('/', '.')}.{self.sender.domain}>"
-        headers = {"Precedence": "bulk", "List-Id": list_id}
-        address = envelope.recipient.address
-        if s.unsubscribe_url:
-            headers.update(list_unsubscribe_headers(address, s.token_secret, url=s.unsubscribe_url,
-                                                    mailto=s.unsubscribe_mailto, list_id=list_id,
-                                                    ttl=s.unsubscribe_days * 86400))
-        elif s.unsubscribe_mailto:
-            headers["List-Unsubscribe"] = f"<mailto:{s.unsubscribe_mailto}?subject=unsubscribe>"
-        return headers
-
-    def _build(self, envelope: Envelope) -> tuple[bytes, list[str]]:
-        if envelope.kind == "raw":
-            try:
-                message = base64.b64decode(envelope.message, validate=True)
-            except (binascii.Error, ValueError):
-                raise Poison("raw job: 'message' is not base64") from None
-            # SMTP wants CRLF; messages built with "\n" (Django's as_bytes() default) get it here
-            return complete_raw(_CRLF.sub(b"\r\n", message), self.sender.domain), [r.address for r in envelope.to]
-        if envelope.kind != "mail":
-            raise Poison(f"kind {envelope.kind!r} does not belong on a mail tube")
-        context = dict(envelope.context)
-        context.update(envelope.recipient.context)
-        context.update(self.registry.resolve(envelope.entities, envelope.recipient.address))
-        context.setdefault("recipient", {"address": envelope.recipient.address,
-                                         "name": envelope.recipient.name})
-        rendered = (self.digests.render(self.renderer, envelope, context) if envelope.digest == "compiled"
-                    else self.renderer.render(envelope.template, context))
-        headers = mime.merge_headers(self._list_headers(envelope) if envelope.priority == "bulk" else {},
-                                     self.outbound.headers(envelope),
-                                     envelope.headers)  # an application's own headers win
-        headers = reply_headers(self.settings, self.store, envelope, headers)  # notify(reply=True): Reply-To
-        message = mime.build(rendered, self.sender, envelope.recipient, headers)
-        return message, [envelope.recipient.address]
-
 
 def _escaped(value: Any) -> Any:
     """``value`` with every string made encodable (lone surrogates as backslash escapes)."""
@@ -609,59 +472,4 @@ def _escaped(value: Any) -> Any:
     return value
 
 
-_HEADER_END = re.compile(rb"\r\n\r\n")
-
-
-def _has_header(head: bytes, name: bytes) -> bool:
-    return re.search(rb"(?im)^" + re.escape(name) + rb"[ \t]*:", head) is not None
-
-
-def complete_raw(message: bytes, domain: str) -> bytes:
-    """RFC 5322 requires Date and a receiver expects Message-ID: a raw message without them
-    gets them here, as a submission server would add them (RFC 6409 section 8)."""
-    m = _HEADER_END.search(message)
-    head = message[: m.start()] if m else message
-    missing = []
-    if not _has_header(head, b"Date"):
-        missing.append(f"Date: {mime.date_header(time.time())}\r\n".encode())
-    if not _has_header(head, b"Message-ID"):
-        missing.append(f"Message-ID: {mime.new_message_id(domain)}\r\n".encode())
-    return b"".join(missing) + message if missing else message
-
-
-def log_result(result: Result, *, job_id: int, tube: str, attempt: int, started: float,
-               mask_addresses: bool = True) -> None:
-    logs.events("job", [job_event(result, job_id=job_id, tube=tube, attempt=attempt, started=started,
-                                  mask_addresses=mask_addresses)])
-
-
-def job_event(result: Result, *, job_id: int, tube: str, attempt: int, started: float,
-              mask_addresses: bool = True) -> tuple[str, dict[str, object]]:
-    """A job's log line: its level and fields."""
-    envelope = result.envelope
-    d = result.disposition
-    fields: dict[str, object] = {
-        "job": job_id, "tube": tube, "attempt": attempt, "outcome": d.outcome,
-        "action": d.action, "duration_ms": round((time.monotonic() - started) * 1000, 2),
-    }
-    shown = mask_text if mask_addresses else str  # fan-out keys, replies and reasons hold addresses
-    if envelope is not None:
-        fields["key"] = shown(envelope.id)
-        fields["template"] = envelope.template
-        if envelope.created_at:
-            fields["age_ms"] = round((time.time() - envelope.created_at) * 1000, 1)  # enqueue -> now
-        to = [r.address for r in envelope.to[:3]]
-        fields["to"] = [mask(a) for a in to] if mask_addresses else to
-    if d.reason:
-        fields["reason"] = shown(d.reason)
-    if d.delay:
-        fields["delay"] = d.delay
-    if result.reply:
-        fields["reply"] = shown(result.reply)
-    level = "info" if d.outcome in (Fate.SENT, Fate.SKIPPED) else "warning"
-    if d.outcome in (Fate.POISON, Fate.EXHAUSTED):
-        level = "error"
-    return level, fields
-
-
-__all__ = ["Delivery", "Outcome", "Pipeline", "Result", "log_result", "make_transport"]
+__all__ = ["Pipeline"]

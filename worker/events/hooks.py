@@ -24,7 +24,7 @@ from .model import BOUNCED, COMPLAINED, FAILED, SENT, Event
 
 if TYPE_CHECKING:
     from ..feedback.intake import Handled
-    from ..pipeline import Delivery, Result
+    from ..delivery import Delivery, Result
     from ..store import Store
 
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
