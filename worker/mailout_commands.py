@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_mailout(settings: Settings, args: argparse.Namespace) -> int:
-    from .commands import print_json
+    from .output import print_json
 
     if args.mailout_command == "progress":
         open_store(settings).close()  # the delivery log exists, and a store that is down says so

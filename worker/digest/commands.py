@@ -14,7 +14,7 @@ from producer.prefs import Preferences, check_mode, check_timezone, parse_quiet
 
 from .. import logs
 from ..ops import OpsError, open_store
-from ..commands import print_json
+from ..output import print_json
 from ..settings import Settings
 from .close import Closer
 from .records import DigestRecords
@@ -114,7 +114,7 @@ def _prefs(settings: Settings, args: argparse.Namespace) -> int:
             print("no preferences set")
         return 0
     if not args.address:
-        from ..commands import UsageError
+        from ..output import UsageError
 
         raise UsageError(f"prefs {args.action} needs an ADDRESS")
     try:
@@ -126,7 +126,7 @@ def _prefs(settings: Settings, args: argparse.Namespace) -> int:
                 address, check_mode(args.mode) if args.mode is not None else old.mode,
                 check_timezone(args.timezone) if args.timezone is not None else old.timezone, start, end))
     except ValueError as exc:
-        from ..commands import UsageError
+        from ..output import UsageError
 
         raise UsageError(str(exc)) from None
     if args.action == "clear":

@@ -44,7 +44,7 @@ MAX_MESSAGE = 10 * 1024 * 1024
 def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when the message was passed on or refused (both recorded: an MTA must not bounce an
     auto-reply back), 75 when the store is unavailable (the MTA tries again)."""
-    from ..commands import print_counts, print_json
+    from ..output import print_counts, print_json
     from ..logs import configure
     from ..store import Store, StoreUnavailable
     from .inbound import handle

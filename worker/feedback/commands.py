@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from ..commands import print_counts, print_json
+from ..output import print_counts, print_json
 from ..settings import Settings
 from ..store import StoreCorrupt, StoreUnavailable
 
