@@ -30,7 +30,8 @@ from typing import Any, Callable, Mapping
 
 import multipart
 
-from ..feedback.webhooks import Malformed, WebhookApp, _inner, _json, _object, _text
+from ..feedback.provider_events import Malformed, _inner, _json, _object, _text
+from ..feedback.webhooks import WebhookApp
 from .authentication import from_verdicts
 from .inbound import handle
 
