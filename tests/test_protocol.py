@@ -164,3 +164,55 @@ def test_a_batch_broken_mid_way_says_which_message_is_in_doubt_and_where_the_res
     outcomes.clear()
     rest = Server(b"250 ok", LOST).run(pipelined(WHERE, PIPELINING, items, outcomes.__setitem__))
     assert rest == 0 and outcomes == {}  # nothing of the first went: all of it goes on a fresh session
+
+
+@pytest.mark.parametrize("lines, code, text, enhanced", [
+    ([b"250 2.0.0 Ok: queued as 4FZ\r\n"], 250, "2.0.0 Ok: queued as 4FZ", "2.0.0"),
+    ([b"550-5.1.1 The email account that you tried to reach does not exist.\r\n",
+      b"550 5.1.1 Please try double-checking the recipient's address.\r\n"], 550,
+     "5.1.1 The email account that you tried to reach does not exist. 5.1.1 Please try double-checking the"
+     " recipient's address.", "5.1.1"),
+    ([b"451 Greylisted, try again later\r\n"], 451, "Greylisted, try again later", ""),
+    ([b"550 4.1.1 mismatched class\r\n"], 550, "4.1.1 mismatched class", ""),  # an enhanced code of another class
+    ([b"250 \xff\xfe odd bytes\r\n"], 250, "\ufffd\ufffd odd bytes", ""),
+])
+def test_a_reply_is_read_from_its_lines_with_its_enhanced_code(lines: list[bytes], code: int, text: str,
+                                                               enhanced: str) -> None:
+    reply = parse_reply(lines)
+    assert (reply.code, reply.text, reply.enhanced) == (code, text, enhanced)
+
+
+def test_a_line_that_is_no_smtp_reply_is_a_lost_session() -> None:
+    from worker.transports.protocol import Lost, NotSmtp
+
+    with pytest.raises(NotSmtp) as lost:
+        parse_reply([b"HTTP/1.1 400 Bad Request\r\n"])
+    assert isinstance(lost.value, Lost)
+
+
+@pytest.mark.parametrize("message, sent", [
+    (b"a\r\n.b\r\n", b"a\r\n..b\r\n.\r\n"),  # a line starting with a dot is doubled
+    (b"no final line end", b"no final line end\r\n.\r\n"),  # the end always on a line of its own
+    (b".\r\n", b"..\r\n.\r\n"),  # a lone dot is content, not the end
+])
+def test_content_is_dot_stuffed_and_ends_on_a_line_of_its_own(message: bytes, sent: bytes) -> None:
+    from worker.transports.protocol import content
+
+    assert content(message) == sent
+
+
+@pytest.mark.parametrize("line, mechanisms", [
+    (b"250 AUTH PLAIN LOGIN CRAM-MD5\r\n", {"PLAIN", "LOGIN", "CRAM-MD5"}),
+    (b"250 AUTH=LOGIN\r\n", {"LOGIN"}),  # the old form some servers still write
+    (b"250 SIZE 1000\r\n", set()),
+])
+def test_the_auth_mechanisms_a_server_offers(line: bytes, mechanisms: set[str]) -> None:
+    assert auth_mechanisms(parse_reply([b"250-mx.example\r\n", line])) == mechanisms
+
+
+def test_ehlo_keywords_are_read_case_blind_from_every_line_but_the_greeting() -> None:
+    from worker.transports.protocol import extensions
+
+    ehlo = parse_reply([b"250-mx.example greets you\r\n", b"250-pipelining\r\n", b"250-SIZE 35882577\r\n",
+                        b"250 smtputf8\r\n"])
+    assert extensions(ehlo) == {"PIPELINING", "SIZE", "SMTPUTF8"}
