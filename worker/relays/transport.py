@@ -11,15 +11,51 @@ loop); ``FailoverPool`` the event loop's (one ``RelayPool`` per relay). Both giv
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
-from ..outcomes import Outcome
+from ..outcomes import Outage, Outcome
 from ..settings import Settings
 from ..transports.aio import RelayPool
 from ..transports.smtp import Reply, SmtpSession
 from .book import RelayBook, RelayState, book_for, is_down
 
 Item = tuple[str, Sequence[str], bytes]
+
+
+class Try:
+    """One relay's turn at a send, as ``with attempt:`` around it: the relay's answer is told to
+    the book (its latency, whether it is down); a refusal that says the relay is down is
+    swallowed so that the next relay takes the message; any other outcome goes to the caller."""
+
+    def __init__(self, book: RelayBook, relay: RelayState, priority: str, downs: list[Outcome]) -> None:
+        self.book, self.relay, self.priority, self.downs = book, relay, priority, downs
+
+    def __enter__(self) -> "Try":
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        elapsed = time.monotonic() - self.started
+        if exc is None:
+            self.book.answered(self.relay, None, elapsed, self.priority)
+            return False
+        if not isinstance(exc, Outcome):
+            return False
+        self.book.answered(self.relay, exc, elapsed, self.priority)
+        if not is_down(exc):
+            return False
+        self.relay.failed_over += 1
+        self.downs.append(exc)
+        return True
+
+
+def tries(book: RelayBook, priority: str) -> Iterator[Try]:
+    """The priority's relays in order, each a ``Try``; after the last, the last relay's refusal:
+    every relay down is an outage, waited out with no retry spent."""
+    downs: list[Outcome] = []
+    for relay in book.order(priority):
+        yield Try(book, relay, priority, downs)
+    raise downs[-1] if downs else Outage(f"no relay configured for {priority} mail")
 
 
 class Route:
@@ -30,22 +66,10 @@ class Route:
 
     def send(self, sender: str, recipients: Sequence[str], message: bytes,
              touch: Callable[[], None] = lambda: None, before_end: Callable[[], None] | None = None) -> Reply:
-        last: Outcome | None = None
-        for relay in self.book.order(self.priority):
-            started = time.monotonic()
-            try:
-                reply = self.sessions[relay.name].send(sender, recipients, message, touch, before_end)
-            except Outcome as exc:
-                self.book.answered(relay, exc, time.monotonic() - started, self.priority)
-                if not is_down(exc):
-                    raise
-                relay.failed_over += 1
-                last = exc
-                continue
-            self.book.answered(relay, None, time.monotonic() - started, self.priority)
-            return reply
-        assert last is not None
-        raise last  # every relay refused: an outage, waited out with no retry spent
+        for attempt in tries(self.book, self.priority):
+            with attempt:
+                return self.sessions[attempt.relay.name].send(sender, recipients, message, touch, before_end)
+        raise AssertionError("unreachable: tries() raises when every relay is down")
 
     def send_many(self, items: Sequence[Item], touch: Callable[[], None],
                   done: Callable[[int, Reply | Exception], None],
@@ -129,22 +153,10 @@ class PoolRoute:
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes,
                    before_end: Callable[[], None] | None = None) -> Reply:
-        last: Outcome | None = None
-        for relay in self.book.order(self.priority):
-            started = time.monotonic()
-            try:
-                reply = await self.pools[relay.name].send(sender, recipients, message, before_end)
-            except Outcome as exc:
-                self.book.answered(relay, exc, time.monotonic() - started, self.priority)
-                if not is_down(exc):
-                    raise
-                relay.failed_over += 1
-                last = exc
-                continue
-            self.book.answered(relay, None, time.monotonic() - started, self.priority)
-            return reply
-        assert last is not None
-        raise last  # every relay refused: an outage, waited out with no retry spent
+        for attempt in tries(self.book, self.priority):
+            with attempt:
+                return await self.pools[attempt.relay.name].send(sender, recipients, message, before_end)
+        raise AssertionError("unreachable: tries() raises when every relay is down")
 
 
 class FailoverPool:
