@@ -19,6 +19,7 @@ handling, so a web application schedules with what it already has.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -63,6 +64,9 @@ def default_timezone() -> str:
     return os.environ.get("BEANMAIL_DIGEST_TIMEZONE") or "UTC"
 
 
+MAX_AHEAD = 366 * 86400  # a mailout scheduled further ahead than a year is a mistake (or inf, nan)
+
+
 def instant(send_at: datetime | float | int) -> float:
     """A UNIX time from ``send_at``: a time-zone-aware datetime, or seconds since the epoch. A
     naive datetime is refused: whose 08:00 it means is exactly what must not be guessed."""
@@ -70,10 +74,14 @@ def instant(send_at: datetime | float | int) -> float:
         if send_at.tzinfo is None or send_at.utcoffset() is None:
             raise ScheduleError(f"send_at {send_at.isoformat()} has no time zone: give an aware datetime"
                                 " (datetime(..., tzinfo=ZoneInfo('Europe/Berlin'))) or use send_at_local")
-        return send_at.timestamp()
-    if isinstance(send_at, (int, float)) and not isinstance(send_at, bool):
-        return float(send_at)
-    raise ScheduleError(f"send_at must be a datetime or a UNIX time, not {type(send_at).__name__}")
+        at = send_at.timestamp()
+    elif isinstance(send_at, (int, float)) and not isinstance(send_at, bool):
+        at = float(send_at)
+    else:
+        raise ScheduleError(f"send_at must be a datetime or a UNIX time, not {type(send_at).__name__}")
+    if not math.isfinite(at) or at > time.time() + MAX_AHEAD:
+        raise ScheduleError(f"send_at {send_at!r} is not a time within {MAX_AHEAD // 86400:.0f} days from now")
+    return at
 
 
 def parse_local(wall: str | datetime) -> tuple[date | None, int, int]:

@@ -83,6 +83,9 @@ def test_send_at_local_groups_recipients_by_their_own_time_zone(tmp_path: Path, 
         notifier.mailout("welcome", everyone, key="naive", send_at=datetime(2026, 3, 30, 8, 0))
     with pytest.raises(ScheduleError, match="not in the future"):
         notifier.mailout("welcome", everyone, key="past", send_at=NOW - 1)
+    for never in (float("inf"), float("nan"), 1e300):  # no page or command can show such a time
+        with pytest.raises(ScheduleError, match="is not a time within 366 days"):
+            notifier.mailout("welcome", everyone, key=f"never-{never}", send_at=never)
     with pytest.raises(ScheduleError, match="2026-03-27 08:00 is past for dee@example.com"):
         notifier.mailout("welcome", everyone, key="yesterday", send_at_local="2026-03-27 08:00")
     with pytest.raises(ScheduleError, match="must look like 08:00"):

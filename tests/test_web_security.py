@@ -245,6 +245,22 @@ def test_a_bad_content_length_is_answered_at_once(settings: Settings, console: C
     store.close()
 
 
+def test_an_inbound_reply_with_attachments_may_be_larger_than_a_form(settings: Settings, console: Console) -> None:
+    """A provider posting a 2 MiB reply (its attachments) reaches the inbound webhook, which
+    answers it (here 401: no password is configured for it), where the same length on a console
+    form or a bounce webhook is refused at once; above 40 MiB the reply is refused at once too."""
+    port = console.port
+    body = b'{"RawEmail": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    status, page, _ = raw(port, (f"POST /webhooks/inbound/postmark HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                          + body, timeout=30)
+    assert status != 400 and "above the largest body" not in page, page[:300]
+    for path, length in (("/webhooks/postmark", 2 * 1024 * 1024), ("/webhooks/inbound/postmark", 41 * 1024 * 1024)):
+        status, page, took = raw(port, (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                        f"Content-Length: {length}\r\n\r\n{{}}").encode(), timeout=5)
+        assert status == 400 and "above the largest body" in page and took < 2, (path, status, page[:300])
+
+
 def test_failed_logins_are_slowed_per_client_and_logged(settings: Settings) -> None:
     c = start_console(settings, BEANMAIL_WEB_PASSWORD="right horse battery")
 

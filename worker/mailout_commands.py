@@ -88,4 +88,7 @@ def describe(m: Mailout) -> str:
 
 
 def _local(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    except (OverflowError, ValueError, OSError):  # a stored time no clock can show: shown as it is
+        return str(t)

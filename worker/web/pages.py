@@ -39,7 +39,10 @@ def _age(seconds: float | int | None) -> str:
 
 
 def _when(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "–"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "–"
+    except (OverflowError, ValueError, OSError):  # a stored time no clock can show: shown as it is
+        return str(at)
 
 
 TITLES = {"overview.html": "Overview", "buried.html": "Buried jobs", "job.html": "Job", "log.html": "Delivery log",

@@ -49,6 +49,8 @@ THREADS = 8  # requests served at once; a connection holds none while its reques
 CONNECTIONS = 500  # open connections; at the limit, the longest-waiting half-sent half are closed
 SPARE_FILES = 64  # file descriptors kept for the store, beanstalkd and the logs
 MAX_BODY = 1024 * 1024 + 1  # the largest body read (a provider webhook's, 1 MiB) + 1; a longer one is 400 at once
+# a reply posted by a provider's inbound webhook may carry attachments (docs/events.md: 40 MiB)
+INBOUND_PATH, INBOUND_MAX_BODY = "/webhooks/inbound/", 40 * 1024 * 1024 + 1
 MAX_HEADERS = 64 * 1024
 
 
@@ -62,9 +64,10 @@ class _TimedParser(HTTPRequestParser):
 
     def parse_header(self, header_plus: bytes) -> None:
         super().parse_header(header_plus)
-        if self.content_length >= self.adj.max_request_body_size:
+        limit = INBOUND_MAX_BODY if INBOUND_PATH in (self.path or "") else MAX_BODY
+        if self.content_length >= limit:
             raise ParsingError(f"Content-Length {self.content_length} is above the largest body this console reads"
-                               f" ({self.adj.max_request_body_size - 1} bytes)")
+                               f" at {self.path or '/'} ({limit - 1} bytes)")
 
 
 class _Channel(HTTPChannel):
@@ -120,10 +123,11 @@ def make_server(settings: Settings, app: Callable[..., Iterable[bytes]], host: s
     without blocking and hands a request to one of THREADS only once it has all come, so a
     half-sent request holds a socket, never a thread; a connection silent for, or a request
     slower than, BEANMAIL_WEB_TIMEOUT is closed; a bad Content-Length (negative, not a number,
-    above MAX_BODY) is 400 at once (a chunked body that grows past MAX_BODY: 413)."""
+    above MAX_BODY, or INBOUND_MAX_BODY for an inbound reply) is 400 at once; each app checks its
+    own smaller limit of what it reads (a chunked body past INBOUND_MAX_BODY: 413)."""
     server = create_server(app, host=host, port=port, threads=THREADS, connection_limit=connection_limit(),
                            channel_timeout=settings.web_timeout, cleanup_interval=1,
-                           max_request_body_size=MAX_BODY, max_request_header_size=MAX_HEADERS,
+                           max_request_body_size=INBOUND_MAX_BODY, max_request_header_size=MAX_HEADERS,
                            ident="beanmail", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
                            asyncore_use_poll=True)  # select() stops at descriptor 1024
     for one in getattr(server, "map", {}).values() if isinstance(server, MultiSocketServer) else [server]:
