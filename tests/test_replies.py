@@ -189,15 +189,17 @@ def test_a_replys_attachments_travel_by_reference_into_the_blob_store(reply_sett
     png, pdf = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40, b"%PDF-1.7\n" + b"x" * 5000
     msg.add_attachment(png, maintype="image", subtype="png", filename="shot.png")
     msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="Rechnung März.pdf")
+    msg.add_attachment(b"x", maintype="text", subtype="plain", filename="../../a\x1b[31m\x00.txt")
     assert handle(reply_settings, store, msg.as_bytes()).outcome == "replied"
     store.close()
     [event] = delivered(reply_settings, endpoint)
     files = event["data"]["attachments"]
     assert [(f["filename"], f["content_type"], f["size"]) for f in files] == [
-        ("shot.png", "image/png", len(png)), ("Rechnung März.pdf", "application/pdf", len(pdf))]
+        ("shot.png", "image/png", len(png)), ("Rechnung März.pdf", "application/pdf", len(pdf)),
+        ("../../a[31m.txt", "text/plain", 1)]  # no control character; a path in it is only text
     assert event["data"]["text"] == "Here is the screenshot."
     with BlobStore(reply_settings.store) as blobs:
-        assert [blobs.get(f["ref"]) for f in files] == [png, pdf]
+        assert [blobs.get(f["ref"]) for f in files] == [png, pdf, b"x"]
 
 
 def test_the_stores_tables_of_events_and_replies_work_on_sqlite_and_postgresql(store_location: str) -> None:

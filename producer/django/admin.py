@@ -82,7 +82,7 @@ def mailout_action(template: str, *, recipients: Callable[[QuerySet], Iterable[A
                 raise
             if schedule is not None:
                 schedule.queued(key, len(people))
-        except (EnqueueError, BlobError) as exc:
+        except (EnqueueError, BlobError, ValueError) as exc:  # ValueError: text no mail can carry, a bad schedule
             modeladmin.message_user(request, f"Not sent: {exc}", messages.ERROR)
             return None
         finally:
