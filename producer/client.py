@@ -206,6 +206,8 @@ class Notifier:
         raises AddressError before anything is queued; from an iterator (read once) it is left
         out, the others are queued, and RecipientsRefused (an AddressError) then names it."""
         _check_priority(priority)
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"a mailout needs a key (each recipient's mail is keyed <key>:<address>), got {key!r}")
         excluded = {parse_recipient(a).address.lower() for a in exclude}
         base = dict(kind="mailout", template=template, context=dict(context or {}), priority=priority,
                     not_after=_int(not_after), exclude=tuple(sorted(excluded)), digest=_check_digest(digest),

@@ -295,6 +295,12 @@ def test_scheduled_mailouts_are_listed_and_cancelled_from_the_page(settings: Set
     assert 'id="none-scheduled"' in console.get("/mailout")[2]
     status, headers, _ = console.post("/mailout/cancel", {"key": "news:<b>8</b>", "csrf": token}, Cookie=cookie)
     assert "not cancelled" in flash_of(console, headers["location"])
+    long_key = "k" * 2000  # as long as a producer may make one: listed, and cancelled from the page
+    notifier.mailout("welcome", ["ann@example.com"], {"name": "you"}, key=long_key, send_at=time.time() + 86400)
+    status, headers, _ = console.post("/mailout/cancel", {"key": long_key, "csrf": token}, Cookie=cookie)
+    assert status == 303 and "1 of 1 recipient(s) will not get it" in flash_of(console, headers["location"])
+    with pytest.raises(ValueError, match="a mailout needs a key"):
+        notifier.mailout("welcome", ["ann@example.com"], {"name": "you"}, key=" ", send_at=time.time() + 86400)
 
 
 def test_the_overview_shows_each_relay_as_the_workers_last_saw_it(settings: Settings, notifier: Notifier,
