@@ -73,14 +73,17 @@ def handle(settings: Settings, store: Store, raw: bytes, recipient: str = "", *,
         sender = _address(msg.get("From", ""))
         key, original, template, entities = _check(settings, store, msg, sender, recipient)
         text, html = _bodies(msg)
-        files = _attachments(store, msg)
         message_id = str(msg.get("Message-ID", "")).strip()
         auth = dict(authentication) if authentication else from_headers(msg, settings.reply_authserv_id)
-        event = Event(REPLIED, key, original, template, entities, {
+        details: dict[str, Any] = {
             "from": sender, "sender_verified": sender == original, "subject": str(msg.get("Subject", "")),
             "message_id": message_id, "text": reply_text(text)[:MAX_TEXT], "html": html[:MAX_TEXT],
-            "authentication": auth, "source": source, "attachments": files},
-            discriminator=f"{sender}\0{message_id or hashlib.sha256(raw).hexdigest()}")
+            "authentication": auth, "source": source, "attachments": []}
+        event = Event(REPLIED, key, original, template, entities, details,
+                      discriminator=f"{sender}\0{message_id or hashlib.sha256(raw).hexdigest()}")
+        duplicate = store.webhook_event_seen(SEEN, event.id)
+        if not duplicate:  # stored only for a reply passed on (a duplicate's blobs would be nobody's)
+            details["attachments"] = _attachments(store, msg)
     except (StoreUnavailable, StoreCorrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - a header the email package cannot read (it raises on some): refused
@@ -91,7 +94,7 @@ def handle(settings: Settings, store: Store, raw: bytes, recipient: str = "", *,
         log.warning("inbound refused", reason=refused.reason, sender=shown, source=source)
         return Inbound("refused", refused.reason)
     shown = mask(sender) if settings.mask_addresses else sender
-    if store.webhook_event_seen(SEEN, event.id):
+    if duplicate:
         reason = f"a reply handled before ({event.id}): passed on once"
         store.record_inbound(outcome="duplicate", reason=reason, key=key, address=sender, raw=text_raw)
         log.info("reply seen before: not passed on again", event_id=event.id, source=source)
