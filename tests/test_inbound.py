@@ -162,3 +162,17 @@ def test_the_console_serves_the_inbound_webhooks_under_webhooks_inbound(tmp_path
                                                                    b' /mailgun/mime, /sendgrid"}')
     assert call("/webhooks/inbound/postmark")[0] == "401 Unauthorized"  # the reply app's own check, ahead of the console's
     assert call("/webhooks/nowhere")[0] == "404 Not Found" and call("/issues")[1] == b"console"
+
+
+def test_a_provider_form_with_hundreds_of_attachment_parts_is_read() -> None:
+    """Mailgun and SendGrid post a reply's attachments as file parts of one form: 300 of them
+    (multipart's default of 128 parts refused such a reply as malformed, and it was lost)."""
+    from worker.events.inbound_webhooks import _form
+
+    b = "XyZ"
+    parts = [f'--{b}\r\nContent-Disposition: form-data; name="subject"\r\n\r\nRe: hi\r\n']
+    parts += [f'--{b}\r\nContent-Disposition: form-data; name="attachment-{i}"; filename="f{i}.txt"\r\n'
+              f"Content-Type: text/plain\r\n\r\nx\r\n" for i in range(300)]
+    body = ("".join(parts) + f"--{b}--\r\n").encode()
+    assert _form(body, {"REQUEST_METHOD": "POST", "CONTENT_TYPE": f"multipart/form-data; boundary={b}"}) == \
+        {"subject": "Re: hi"}

@@ -177,13 +177,17 @@ def _list(obj: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return [_object(v, f"an entry of {name!r}") for v in value]
 
 
+FORM_PARTS = 1000  # a reply's fields and attachments in one form post (multipart's default, 128, refused 130 files)
+
+
 def _form(body: bytes, environ: dict[str, Any]) -> dict[str, str]:
     """A form post's fields (multipart/form-data or urlencoded, by the ``multipart`` package);
     uploaded files (attachments) are not kept."""
     if not multipart.is_form_request(environ):
         raise Malformed(f"Content-Type {environ.get('CONTENT_TYPE', '')[:80]!r} is not a form post")
     forms, files = multipart.parse_form_data({**environ, "wsgi.input": io.BytesIO(body),
-                                              "CONTENT_LENGTH": str(len(body))}, strict=True, charset="utf-8")
+                                              "CONTENT_LENGTH": str(len(body))}, strict=True, charset="utf-8",
+                                             part_limit=FORM_PARTS)
     for part in files.values():
         part.close()
     return {name: forms.get(name) for name in forms}
