@@ -216,3 +216,44 @@ def test_ehlo_keywords_are_read_case_blind_from_every_line_but_the_greeting() ->
     ehlo = parse_reply([b"250-mx.example greets you\r\n", b"250-pipelining\r\n", b"250-SIZE 35882577\r\n",
                         b"250 smtputf8\r\n"])
     assert extensions(ehlo) == {"PIPELINING", "SIZE", "SMTPUTF8"}
+
+
+@pytest.mark.parametrize("reply, recipient, kind, hard", [
+    (b"550 5.1.1 <a@example.com>: Recipient address rejected: User unknown", True, Bounced, True),
+    (b"550 5.1.10 RESOLVER.ADR.RecipientNotFound", True, Bounced, True),
+    (b"550 No such user here", True, Bounced, True),  # no enhanced code: the address itself
+    (b"550 5.7.1 Client host rejected: blocked using zen.spamhaus.org", True, Bounced, False),
+    (b"552 5.2.2 Mailbox full", True, Bounced, False),
+    (b"554 5.7.1 Message rejected as spam", False, Bounced, False),  # the message, not the address
+    (b"550 5.1.1 user unknown", False, Bounced, False),  # said of the message (after the end of data)
+    (b"450 4.2.0 mailbox busy", True, Deferred, None),
+    (b"451 4.7.1 Greylisted, please try again in 300 seconds", True, Greylisted, None),
+    (b"450 Graylisting in action, please come back later", True, Greylisted, None),
+    (b"421 4.7.0 Too many connections", False, Deferred, None),
+    (b"354 odd", False, Deferred, None),  # no class of failure: deferred, never bounced
+])
+def test_what_each_refusal_means(reply: bytes, recipient: bool, kind: type, hard: bool | None) -> None:
+    from worker.transports.protocol import classify
+
+    outcome = classify(parse_reply([reply + b"\r\n"]), "refused", recipient=recipient)
+    assert type(outcome) is kind
+    if hard is not None:
+        assert outcome.hard is hard  # type: ignore[attr-defined]
+    assert reply.decode().split(" ", 1)[1] in outcome.reason
+
+
+@pytest.mark.parametrize("mail, rcpts, data, verdict", [
+    (b"250 ok", [b"250 ok"], b"354 go", None),  # the content may follow
+    (b"250 ok", [b"550 5.1.1 gone", b"250 ok"], b"354 go", None),  # one of two refused: the other gets it
+    (b"550 5.7.1 sender refused", [b"503 not after a refused MAIL"], b"503 no", "MAIL FROM refused"),
+    (b"250 ok", [b"550 5.1.1 gone"], b"554 no valid recipients", "recipient refused"),
+    (b"250 ok", [b"250 ok"], b"451 4.3.0 try later", "DATA refused"),
+    (b"250 ok", [b"550 5.1.1 gone"], b"354 go ahead anyway", "DATA without a valid envelope"),
+])
+def test_whether_the_content_may_follow_the_envelopes_replies(mail: bytes, rcpts: list[bytes], data: bytes,
+                                                              verdict: str | None) -> None:
+    from worker.transports.protocol import envelope_refusal
+
+    refusal = envelope_refusal("mx.example", parse_reply([mail + b"\r\n"]),
+                               [parse_reply([r + b"\r\n"]) for r in rcpts], parse_reply([data + b"\r\n"]))
+    assert (refusal is None) if verdict is None else (verdict in refusal.reason)
