@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 DEFAULT_LOCATION = "var/beanmail.sqlite3"
 _REF = re.compile(r"sha256:[0-9a-f]{64}")
@@ -25,6 +25,17 @@ _TABLE = ("CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, data {blob} NO
 IDENTITY_TABLE = "CREATE TABLE IF NOT EXISTS store_identity (id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL)"
 IDENTITY_READ = "SELECT id FROM store_identity ORDER BY created_at, id LIMIT 1"
 IDENTITY_WRITE = "INSERT INTO store_identity (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+PUT = "INSERT INTO blobs (id, data, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING"
+
+
+def read_or_make_identity(one: Callable[[str], Any], run: Callable[[str, tuple[Any, ...]], Any]) -> str:
+    """The store's identity over a connection's ``one(sql)`` (first row or None) and ``run(sql,
+    args)``: read, else made by this process (two at once: the first by time and id wins for all)."""
+    row = one(IDENTITY_READ)
+    if row is None:
+        run(IDENTITY_WRITE, (uuid.uuid4().hex, time.time()))
+        row = one(IDENTITY_READ)
+    return str(row[0])
 
 
 def where(location: str) -> str:
@@ -141,8 +152,7 @@ class BlobStore:
     def put(self, data: bytes) -> str:
         ref = ref_for(data)
         with self._lock:
-            self._execute("INSERT INTO blobs (id, data, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                          (ref, bytes(data), time.time()))
+            self._execute(PUT, (ref, bytes(data), time.time()))
         return ref
 
     def get(self, ref: str) -> bytes | None:
@@ -161,11 +171,7 @@ class BlobStore:
         if getattr(self, "_identity", None) is None:
             with self._lock:
                 self._execute(IDENTITY_TABLE, ())
-                row = self._execute(IDENTITY_READ, ()).fetchone()
-                if row is None:
-                    self._execute(IDENTITY_WRITE, (uuid.uuid4().hex, time.time()))
-                    row = self._execute(IDENTITY_READ, ()).fetchone()
-            self._identity = str(row[0])
+                self._identity = read_or_make_identity(lambda sql: self._execute(sql, ()).fetchone(), self._execute)
         return self._identity
 
     def close(self) -> None:

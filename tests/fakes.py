@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from worker.transports.protocol import Close, Lost, Read, Reply, StartTls, Stale, Write, parse_reply, transaction
+from worker.transports.protocol import Close, Lost, Read, Reply, StartTls, Stale, Write, parse_reply, step, transaction
 
 WHERE = "mx.example:25"
 LOST = object()  # in a script: the connection breaks at this read
@@ -23,10 +23,9 @@ class Server:
     def run(self, conversation):  # noqa: ANN001, ANN201 - a generator of protocol operations
         value, error = None, None
         while True:
-            try:
-                op = conversation.throw(error) if error is not None else conversation.send(value)
-            except StopIteration as stop:
-                return stop.value
+            ended, op = step(conversation, value, error)
+            if ended:
+                return op
             value, error = None, None
             if isinstance(op, Write):
                 self.written.append(op.data)

@@ -6,9 +6,8 @@ reading another store than the producer wrote to can say so."""
 from __future__ import annotations
 
 import time
-import uuid
 
-from producer.blobs import IDENTITY_READ, IDENTITY_TABLE, IDENTITY_WRITE, ref_for
+from producer.blobs import IDENTITY_TABLE, PUT, read_or_make_identity, ref_for
 
 from .database import Database
 
@@ -36,8 +35,7 @@ class Blobs:
     def put_blob(self, data: bytes) -> str:
         """Store ``data`` by its content (as producer.blobs does); its reference."""
         ref = ref_for(data)
-        self.db.run("INSERT INTO blobs (id, data, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    (ref, bytes(data), time.time()))
+        self.db.run(PUT, (ref, bytes(data), time.time()))
         return ref
 
     def delete_blob(self, ref: str) -> None:
@@ -46,9 +44,5 @@ class Blobs:
     def identity(self) -> str:
         """The store's name for itself, the same for every process (made by the first to ask)."""
         if getattr(self, "_identity", None) is None:
-            row = self.db.one(IDENTITY_READ)
-            if row is None:
-                self.db.run(IDENTITY_WRITE, (uuid.uuid4().hex, time.time()))
-                row = self.db.one(IDENTITY_READ)
-            self._identity = str(row[0])
+            self._identity = read_or_make_identity(self.db.one, self.db.run)
         return self._identity

@@ -18,7 +18,7 @@ from typing import Callable, Protocol, Sequence
 from ..outcomes import Deferred, Outage, Outcome
 from ..settings import SmtpTarget
 from .protocol import (Close, Lost, Read, Reply, StartTls, Stale, Write, is_last_line, open_session, parse_reply,
-                       quit_session, transaction)
+                       quit_session, step, transaction)
 
 _LOST = (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, EOFError, ssl.SSLError)
 
@@ -40,14 +40,12 @@ class Session:
 
     async def run(self, conversation: object) -> object:
         """Drive a conversation to its end (as ``smtp._Connection.run``, awaiting its reads)."""
-        gen = conversation
-        value: object = None
+        value: Reply | None = None
         error: Lost | None = None
         while True:
-            try:
-                op = gen.throw(error) if error is not None else gen.send(value)  # type: ignore[attr-defined]
-            except StopIteration as stop:
-                return stop.value
+            ended, op = step(conversation, value, error)
+            if ended:
+                return op
             value, error = None, None
             try:
                 value = await self._perform(op)

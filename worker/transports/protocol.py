@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Sequence, Union
+from typing import Any, Callable, Generator, Sequence, Union
 
 from producer.addresses import needs_smtputf8
 
@@ -169,6 +169,16 @@ class NotSmtp(Lost):
 
 class Stale(Exception):
     """The connection was lost before anything of the message went: a fresh one may take it."""
+
+
+def step(conversation: Any, value: "Reply | None", error: Lost | None) -> tuple[bool, Any]:
+    """Give a conversation what its last operation gave (or throw in how the connection broke):
+    ``(False, the next operation)``, or ``(True, its result)`` once it has ended. The drivers'
+    loops are this and their own I/O."""
+    try:
+        return False, conversation.throw(error) if error is not None else conversation.send(value)
+    except StopIteration as stop:
+        return True, stop.value
 
 
 # -- conversations --------------------------------------------------------------------------------

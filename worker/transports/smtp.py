@@ -17,7 +17,7 @@ from ..outcomes import Deferred, Outage, Outcome
 from ..settings import SmtpTarget
 from .protocol import (_GREYLIST, CLOSE, Close, Conversation, Lost, Read, Reply, StartTls, Stale, Write,  # noqa: F401
                        classify, content, envelope_refusal, is_last_line, make_reply, no_final_reply, open_session,
-                       parse_reply, pipelined, quit_session, smtputf8_parameter, smtputf8_refusal, transaction)
+                       parse_reply, pipelined, quit_session, smtputf8_parameter, smtputf8_refusal, step, transaction)
 
 # the names this module had before the protocol core moved out (tests and older imports)
 _classify, _reply = classify, make_reply
@@ -39,14 +39,12 @@ class _Connection:
     def run(self, conversation: "Conversation | object", touch: Callable[[], None] | None = None) -> object:
         """Drive a conversation to its end: its return value, or what it raises. A broken
         connection is thrown into it as ``Lost`` where it happened."""
-        gen = conversation  # type: ignore[assignment]
-        value: object = None
+        value: Reply | None = None
         error: Lost | None = None
         while True:
-            try:
-                op = gen.throw(error) if error is not None else gen.send(value)  # type: ignore[attr-defined]
-            except StopIteration as stop:
-                return stop.value
+            ended, op = step(conversation, value, error)
+            if ended:
+                return op
             value, error = None, None
             try:
                 value = self._perform(op, touch)
