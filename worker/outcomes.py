@@ -141,7 +141,12 @@ class RetryPolicy:
         """This reservation's attempt, from beanstalkd's counters (they survive a worker crash):
         a release or a TTR timeout counts, a release that was a ``Wait`` (``free``, counted by the
         store) does not, and a job an operator kicked from the buried state starts afresh."""
-        return max(1, releases + timeouts + 1 - buries * self.max_attempts - free)
+        return self.less_waits(releases + timeouts + 1 - buries * self.max_attempts, free)
+
+    @staticmethod
+    def less_waits(attempt: int, free: int) -> int:
+        """An attempt without the releases that were waits (never below the first)."""
+        return max(1, attempt - free)
 
 
 Backoff = RetryPolicy  # its name before it held every delay

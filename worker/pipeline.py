@@ -432,7 +432,7 @@ class Pipeline:
 
         def count() -> int:
             try:
-                return max(1, attempt() - self.store.free_releases(key))
+                return self.backoff.less_waits(attempt(), self.store.free_releases(key))
             except Exception:  # noqa: BLE001 - OSError, NotFoundError, StoreUnavailable
                 return 1
         return count
